@@ -1,0 +1,18 @@
+"""sipflow: read SIP signalling and RTP media from packet captures, and see what happened.
+
+    >>> import sipflow
+    >>> a = sipflow.analyze("samples/basic-call-rtp.pcap")        # doctest: +SKIP
+    >>> for call in a.calls: print(call.call_id, call.outcome(a.end_ts).value)   # doctest: +SKIP
+
+The public API: ``analyze`` (captures -> ``Analysis``), ``Analyzer`` (incremental feeding),
+``parse_message`` / ``parse_sdp`` (bytes -> SIP / SDP objects) and the error types.
+"""
+__version__ = "0.1.0"
+
+from sipflow.analyze import Analysis, Analyzer, Filter, analyze  # noqa: E402
+from sipflow.errors import CaptureError, ParseError, ProbeError, SipflowError  # noqa: E402
+from sipflow.sdp import parse_sdp  # noqa: E402
+from sipflow.sip import SipMessage, parse_message  # noqa: E402
+
+__all__ = ["analyze", "Analysis", "Analyzer", "Filter", "parse_message", "parse_sdp", "SipMessage",
+           "SipflowError", "CaptureError", "ParseError", "ProbeError", "__version__"]

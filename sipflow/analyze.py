@@ -1,0 +1,514 @@
+"""The analyzer: capture records in, an ``Analysis`` out.
+
+Owns the per-packet loop that ties the layers together (capture -> net -> sip/sdp + rtp -> dialogs),
+the join of RTP streams to calls, filters, KPIs and the canonical dict form of an analysis (the JSON
+document of docs/json.md). Renderers (tables, CSV, ladders, HTML) read an ``Analysis``; they never see
+packets.
+
+Hot path (DESIGN.md "Speed is part of the design"): the common frame shape (Ethernet, Linux cooked or
+raw IP; IPv4 without options or fragments; UDP; RTP) is decoded with one precompiled struct unpack and
+goes straight to its stream's statistics through a dict keyed by raw addresses, ports and SSRC. Every
+other frame (SIP, VLAN, IPv6, TCP, tunnels, fragments...) takes the general decoder in ``net``.
+"""
+from __future__ import annotations
+
+import socket
+import struct
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
+
+from sipflow import capture as _capture
+from sipflow.dialogs import Anomaly, Call, Registration, SipEvent, Tracker
+from sipflow.errors import ParseError
+from sipflow.net import Datagram, Decoder, fmt_endpoint
+from sipflow.rtp import RtpStream
+from sipflow.sdp import STATIC_PT
+from sipflow.sip import StreamFramer, looks_like_sip, parse_message
+
+__all__ = ["Analyzer", "Analysis", "Filter", "Malformed", "analyze"]
+
+_IP_UDP_RTP = "BxHxxHxB2x4s4sHHHxxBBHII"
+# link type -> (struct for link header + IPv4 + UDP + RTP, whether the first field is an ethertype,
+# where to start unpacking relative to the packet). Raw-IP frames have no ethertype: their struct starts
+# 2 bytes early (inside the record header, always present) so every shape unpacks to the same fields.
+_ETH = struct.Struct("!12xH" + _IP_UDP_RTP)
+_RAW = struct.Struct("!H" + _IP_UDP_RTP)
+_FAST = {
+    1: (_ETH, True, 0),
+    113: (struct.Struct("!14xH" + _IP_UDP_RTP), True, 0),
+    276: (struct.Struct("!H18x" + _IP_UDP_RTP), True, 0),
+    101: (_RAW, False, -2), 12: (_RAW, False, -2), 14: (_RAW, False, -2), 228: (_RAW, False, -2),
+}
+_RTP_HDR = struct.Struct("!BBHII")
+MIN_HEURISTIC_PACKETS = 10   # an RTP-looking flow nobody announced must have this many packets to be listed
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """Bytes that looked like SIP but could not be read (or were read with damage)."""
+    frame: int
+    file: int
+    ts: float
+    src: str
+    dst: str
+    error: str
+
+
+@dataclass
+class Filter:
+    """What the user asked to see. Empty fields match everything."""
+    call_id: Optional[str] = None
+    user: Optional[str] = None
+    method: Optional[str] = None
+    status: Optional[str] = None     # "486", "4xx"
+    since: Optional[float] = None
+    until: Optional[float] = None
+
+    def __bool__(self) -> bool:
+        return any(v is not None for v in (self.call_id, self.user, self.method, self.status, self.since,
+                                           self.until))
+
+    def status_ok(self, status: Optional[int]) -> bool:
+        if self.status is None:
+            return True
+        if status is None:
+            return False
+        want = self.status.lower()
+        return str(status) == want or (want.endswith("xx") and str(status)[0] == want[0])
+
+    def time_ok(self, ts: float) -> bool:
+        return (self.since is None or ts >= self.since) and (self.until is None or ts <= self.until)
+
+
+@dataclass
+class Analysis:
+    """Everything sipflow learned from the captures. ``to_dict()`` gives the documented JSON form."""
+    files: List[dict]
+    messages: List[SipEvent]
+    calls: List[Call]
+    registrations: List[Registration]
+    bindings: Dict[str, Dict[str, float]]
+    streams: List[RtpStream]
+    malformed: List[Malformed]
+    anomalies: List[Anomaly]
+    methods: Dict[str, Dict[str, int]]
+    stats: Dict[str, int]
+    end_ts: float = 0.0
+    warnings: List[str] = field(default_factory=list)
+
+    @property
+    def problems(self) -> List[Union[Malformed, Anomaly]]:
+        return [*self.malformed, *self.anomalies]
+
+    def call(self, call_id: str) -> Optional[Call]:
+        for c in self.calls:
+            if c.call_id == call_id:
+                return c
+        return None
+
+    # -- filtering ------------------------------------------------------------------------------------
+
+    def filtered(self, f: Filter) -> "Analysis":
+        """A view with only what matches ``f`` (messages, calls, registrations and their streams)."""
+        if not f:
+            return self
+
+        def user_ok(from_user, to_user) -> bool:
+            return f.user is None or any(u and f.user.lower() in u.lower() for u in (from_user, to_user))
+
+        def msg_ok(e: SipEvent) -> bool:
+            m = e.msg
+            if f.call_id is not None and m.call_id != f.call_id:
+                return False
+            if f.method is not None and (m.method or m.cseq[1] or "").upper() != f.method.upper():
+                return False
+            if f.status is not None and not f.status_ok(m.status):
+                return False
+            fu = m.from_.uri.user if m.from_ else None
+            tu = m.to.uri.user if m.to else None
+            return user_ok(fu, tu) and f.time_ok(e.ts)
+
+        calls = [c for c in self.calls
+                 if (f.call_id is None or c.call_id == f.call_id) and user_ok(c.from_user, c.to_user)
+                 and f.time_ok(c.start) and (f.method is None or f.method.upper() == "INVITE")
+                 and f.status_ok(c.final_status)]
+        regs = [r for r in self.registrations
+                if (f.call_id is None or r.call_id == f.call_id)
+                and user_ok(r.aor.split(":", 1)[-1].split("@")[0], None) and f.time_ok(r.start)
+                and (f.method is None or f.method.upper() == "REGISTER") and f.status_ok(r.final_status)]
+        keep_ids = {c.call_id for c in calls}
+        streams = [s for s in self.streams if s.call_id in keep_ids
+                   or (s.call_id is None and f.call_id is None and f.user is None and f.time_ok(s.first_ts))]
+        return Analysis(self.files, [e for e in self.messages if msg_ok(e)], calls, regs, self.bindings, streams,
+                        [m for m in self.malformed if f.time_ok(m.ts)],
+                        [a for a in self.anomalies if f.call_id is None or a.call_id == f.call_id],
+                        self.methods, self.stats, self.end_ts, self.warnings)
+
+    # -- KPIs -----------------------------------------------------------------------------------------
+
+    def kpis(self) -> dict:
+        """ASR, NER, SER and the timing distributions, over calls with a known start (not partial)."""
+        outs = [c.outcome(self.end_ts).value for c in self.calls if c.saw_initial]
+        done = [o for o in outs if o not in ("in_progress",)]
+        answered = outs.count("answered")
+        # NER (ITU-T E.425): calls that reached the far user or were rejected by them (busy, no answer,
+        # user rejects) over all attempts; network failures (5xx, no response) count against it.
+        user_side = sum(1 for c in self.calls if c.saw_initial and c.outcome(self.end_ts).value != "in_progress"
+                        and (c.outcome(self.end_ts).value in ("answered", "busy", "no_answer", "cancelled",
+                                                              "redirected")
+                             or (c.final_status is not None and c.final_status in (403, 404, 484, 603))))
+        # SER (RFC 6076 §4.7): INVITEs answered 200, or redirected, over INVITEs minus 3xx.
+        redirected = outs.count("redirected")
+        ser_base = len(done) - redirected
+
+        def dist(values):
+            vals = sorted(v for v in values if v is not None)
+            if not vals:
+                return None
+            pick = lambda q: vals[min(len(vals) - 1, int(round(q * (len(vals) - 1))))]
+            return {"n": len(vals), "mean": sum(vals) / len(vals), "p50": pick(0.5), "p95": pick(0.95),
+                    "max": vals[-1]}
+
+        timings = [c.timings() for c in self.calls if c.saw_initial]
+        return {
+            "calls": len(outs),
+            "completed_attempts": len(done),
+            "answered": answered,
+            "asr": answered / len(done) if done else None,
+            "ner": user_side / len(done) if done else None,
+            "ser": answered / ser_base if ser_base > 0 else None,
+            "pdd": dist(t["pdd"] for t in timings),
+            "setup_time": dist(t["setup_time"] for t in timings),
+            "time_to_answer": dist(t["time_to_answer"] for t in timings),
+            "duration": dist(t["duration"] for t in timings),
+            "retransmissions": self.stats.get("retransmissions", 0),
+        }
+
+    # -- the JSON document ----------------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        from sipflow import __version__
+        stream_index = {id(s): i for i, s in enumerate(self.streams)}
+        return {
+            "sipflow": __version__,
+            "files": self.files,
+            "messages": [message_dict(e) for e in self.messages],
+            "calls": [call_dict(c, self.end_ts, stream_index) for c in self.calls],
+            "registrations": [registration_dict(r) for r in self.registrations],
+            "bindings": [{"aor": aor, "contact": contact, "expires_at": exp, "active": exp > self.end_ts}
+                         for aor, table in self.bindings.items() for contact, exp in table.items()],
+            "other": [{"method": m, "requests": row.get("requests", 0),
+                       "responses": {k: v for k, v in sorted(row.items()) if k != "requests"}}
+                      for m, row in sorted(self.methods.items()) if m not in ("INVITE", "REGISTER")],
+            "streams": [stream_dict(s) for s in self.streams],
+            "malformed": [{"frame": m.frame, "file": m.file, "ts": m.ts, "src": m.src, "dst": m.dst,
+                           "error": m.error} for m in self.malformed],
+            "anomalies": [{"kind": a.kind, "frame": a.frame, "file": a.file, "call_id": a.call_id,
+                           "detail": a.detail} for a in self.anomalies],
+            "kpis": self.kpis(),
+            "stats": self.stats,
+            "warnings": self.warnings,
+        }
+
+
+def message_dict(e: SipEvent) -> dict:
+    m = e.msg
+    return {
+        "frame": e.frame, "frames": list(e.frames), "file": e.file, "ts": e.ts,
+        "src": e.source, "dst": e.destination, "transport": e.transport,
+        "method": m.method, "status": m.status, "reason": m.reason,
+        "call_id": m.call_id, "cseq": m.cseq[0], "cseq_method": m.cseq[1],
+        "from_user": m.from_.uri.user if m.from_ else None, "to_user": m.to.uri.user if m.to else None,
+        "from_tag": m.from_.tag if m.from_ else None, "to_tag": m.to.tag if m.to else None,
+        "branch": m.branch, "retransmission": e.retransmission,
+    }
+
+
+def call_dict(c: Call, end_ts: float, stream_index: Dict[int, int]) -> dict:
+    d = {
+        "call_id": c.call_id, "from": c.from_uri, "to": c.to_uri, "start": c.start,
+        "outcome": c.outcome(end_ts).value, "final_status": c.final_status,
+        "state": c.state.value, "reason": c.reason, "ended_by": c.ended_by,
+    }
+    d.update(c.timings())
+    d.update({
+        "hops": c.hops, "dialogs": len(c.dialogs), "messages": len(c.events),
+        "holds": [{"ts": ts, "frame": fr, "what": what} for ts, fr, what in c.holds],
+        "streams": [stream_index[id(s)] for s in c.streams if id(s) in stream_index],
+        "anomalies": [{"kind": a.kind, "frame": a.frame, "detail": a.detail} for a in c.anomalies],
+    })
+    return d
+
+
+def registration_dict(r: Registration) -> dict:
+    return {"aor": r.aor, "call_id": r.call_id, "contact": r.contact, "outcome": r.outcome(),
+            "final_status": r.final_status, "expires_requested": r.expires_requested,
+            "expires_granted": r.expires_granted, "challenges": r.challenges, "refreshes": r.refreshes,
+            "requests": r.requests, "start": r.start, "end": r.end}
+
+
+def stream_dict(s: RtpStream) -> dict:
+    return {
+        "src": fmt_endpoint(s.src, s.sport), "dst": fmt_endpoint(s.dst, s.dport), "ssrc": f"0x{s.ssrc:08X}",
+        "payload_type": s.pt, "codec": s.codec, "clock_rate": s.rate, "packets": s.packets,
+        "expected": s.expected, "lost": s.lost, "duplicates": s.duplicates, "out_of_order": s.out_of_order,
+        "seq_wraps": s.seq_wraps, "max_delta_ms": s.max_delta * 1000.0, "jitter_mean_ms": s.jitter_mean,
+        "jitter_max_ms": s.jitter_max, "start": s.first_ts, "end": s.last_ts, "call_id": s.call_id,
+        "nat": s.nat, "rtcp_packets": s.rtcp_packets, "first_frame": s.first_frame, "file": s.file,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
+# The analyzer
+
+
+def _pack_ip(ip: str) -> bytes:
+    return socket.inet_pton(socket.AF_INET6 if ":" in ip else socket.AF_INET, ip)
+
+
+class Analyzer:
+    """Feed it records (``feed`` one at a time, or ``run`` over whole files); ``result()`` any time."""
+
+    def __init__(self) -> None:
+        self.decoder = Decoder()
+        self.tracker = Tracker()
+        self.streams: Dict[tuple, RtpStream] = {}
+        self.rtcp: Dict[int, int] = {}                  # sender SSRC -> RTCP packets
+        self.framers: Dict[tuple, StreamFramer] = {}
+        self.events: List[SipEvent] = []
+        self.malformed: List[Malformed] = []
+        self.files: List[_capture.CaptureFile] = []
+        self.frames = 0
+        self.rtp_packets = 0
+        self.rtcp_packets = 0
+        self.undecoded = 0
+        self.keepalives = 0
+        self.end_ts = 0.0
+
+    # -- the loop -------------------------------------------------------------------------------------
+
+    def run(self, files: Sequence[_capture.CaptureFile]) -> None:
+        self.files.extend(files)
+        streams = self.streams
+        new_stream = self._new_stream
+        slow = self.feed
+        frames = rtp = rtcp = 0
+        last_ts = self.end_ts
+        for rec in _capture.records(list(files)):
+            ts, fi, frame, lt, buf, off, caplen = rec
+            frames += 1
+            fast = _FAST.get(lt)
+            if fast is not None and caplen >= fast[0].size + fast[2]:
+                (et, vihl, _tot, frag, proto, s, d, sp, dp, ulen, b0, b1, seq, rts, ssrc) = \
+                    fast[0].unpack_from(buf, off + fast[2])
+                if (et == 0x0800 or not fast[1]) and vihl == 0x45 and proto == 17 and not frag & 0x3FFF \
+                        and b0 & 0xC0 == 0x80 and ulen >= 20:
+                    if ts > last_ts:
+                        last_ts = ts
+                    if 192 <= b1 <= 223:  # RTCP (SR/RR/SDES/BYE/APP/feedback)
+                        rtcp += 1
+                        self.rtcp[rts] = self.rtcp.get(rts, 0) + 1  # rts holds the sender SSRC here
+                        continue
+                    st = streams.get((s, d, sp, dp, ssrc))
+                    if st is None:
+                        st = new_stream(s, d, sp, dp, ssrc, b1, frame, fi)
+                    st.add(seq, rts, ts, b1, frame)
+                    rtp += 1
+                    continue
+            self.frames += frames
+            self.rtp_packets += rtp
+            self.rtcp_packets += rtcp
+            frames = rtp = rtcp = 0
+            self.end_ts = last_ts
+            slow(ts, fi, frame, lt, bytes(buf[off:off + caplen]))
+            last_ts = self.end_ts
+        self.frames += frames
+        self.rtp_packets += rtp
+        self.rtcp_packets += rtcp
+        self.end_ts = last_ts
+
+    def _new_stream(self, s: bytes, d: bytes, sp: int, dp: int, ssrc: int, b1: int, frame: int, fi: int) -> RtpStream:
+        src = socket.inet_ntop(socket.AF_INET6 if len(s) == 16 else socket.AF_INET, s)
+        dst = socket.inet_ntop(socket.AF_INET6 if len(d) == 16 else socket.AF_INET, d)
+        st = self.streams[(s, d, sp, dp, ssrc)] = RtpStream(src, sp, dst, dp, ssrc, b1 & 0x7F, frame, fi)
+        return st
+
+    def feed(self, ts: float, file: int, frame: int, linktype: int, data: bytes) -> None:
+        """One frame through the general decoder (everything the fast path does not take)."""
+        self.frames += 1
+        if ts > self.end_ts:
+            self.end_ts = ts
+        if linktype < 0:
+            self.undecoded += 1
+            return
+        for dg in self.decoder.decode(ts, file, frame, linktype, data):
+            self._datagram(dg)
+
+    def _datagram(self, dg: Datagram) -> None:
+        payload = dg.payload
+        if dg.transport == "tcp":
+            key = (dg.src, dg.sport, dg.dst, dg.dport)
+            framer = self.framers.get(key)
+            if framer is None:
+                framer = self.framers[key] = StreamFramer()
+            for raw, frames in framer.feed(payload, dg.frames[0]):
+                self._sip(dg, raw, frames, datagram=False)
+            return
+        if dg.transport in ("ws", "sctp"):
+            if payload and looks_like_sip(payload):
+                self._sip(dg, payload, dg.frames, datagram=True)
+            else:
+                self.undecoded += 1
+            return
+        # UDP and HEP: RTP, RTCP, SIP, or something else.
+        if len(payload) >= 12 and payload[0] & 0xC0 == 0x80:
+            b0, b1, seq, rts, ssrc = _RTP_HDR.unpack_from(payload, 0)
+            if 192 <= b1 <= 223:
+                self.rtcp_packets += 1
+                self.rtcp[rts] = self.rtcp.get(rts, 0) + 1
+                return
+            s, d = _pack_ip(dg.src), _pack_ip(dg.dst)
+            st = self.streams.get((s, d, dg.sport, dg.dport, ssrc))
+            if st is None:
+                st = self._new_stream(s, d, dg.sport, dg.dport, ssrc, b1, dg.frame, dg.file)
+            st.add(seq, rts, dg.ts, b1, dg.frame)
+            self.rtp_packets += 1
+            return
+        if payload.strip(b"\r\n\x00") == b"":
+            self.keepalives += 1
+            return
+        if looks_like_sip(payload):
+            self._sip(dg, payload, dg.frames, datagram=True)
+        else:
+            self.undecoded += 1
+
+    def _sip(self, dg: Datagram, raw: bytes, frames, datagram: bool) -> None:
+        try:
+            msg = parse_message(raw, datagram=datagram)
+        except ParseError as e:
+            self.malformed.append(Malformed(dg.frame, dg.file, dg.ts, fmt_endpoint(dg.src, dg.sport),
+                                            fmt_endpoint(dg.dst, dg.dport), str(e)))
+            return
+        ev = SipEvent(msg, dg.ts, dg.file, dg.frame, tuple(frames), dg.src, dg.sport, dg.dst, dg.dport,
+                      dg.transport, len(self.events))
+        damage = [p for p in msg.problems if p.startswith(("missing", "bad header", "no empty line"))]
+        if damage:
+            self.malformed.append(Malformed(dg.frame, dg.file, dg.ts, ev.source, ev.destination,
+                                            "; ".join(damage)))
+        self.events.append(ev)
+        self.tracker.feed(ev)
+
+    # -- the result -----------------------------------------------------------------------------------
+
+    def finish(self) -> None:
+        for dg in self.decoder.finish():
+            self._datagram(dg)
+        self.tracker.end_ts = max(self.tracker.end_ts, self.end_ts)
+        self.tracker.finish()
+
+    def result(self) -> Analysis:
+        self.finish()
+        calls = sorted(self.tracker.calls.values(), key=lambda c: c.start)
+        streams = self._join_streams(calls)
+        files = [{"path": f.name, "format": f.format, "frames": f.frames, "truncated": f.truncated,
+                  "linktypes": f.linktypes} for f in self.files]
+        warnings = [f.warning for f in self.files if f.warning]
+        malformed = sorted(self.malformed, key=lambda m: (m.ts, m.file, m.frame))
+        stats = {
+            "frames": self.frames,
+            "sip_messages": len(self.events),
+            "retransmissions": self.tracker.retransmissions,
+            "rtp_packets": self.rtp_packets,
+            "rtcp_packets": self.rtcp_packets,
+            "malformed": len(malformed),
+            "anomalies": len(self.tracker.anomalies),
+            "keepalives": self.keepalives,
+            "undecoded": self.undecoded,
+            "calls": len(calls),
+            "registrations": len(self.tracker.registrations),
+            "streams": len(streams),
+            "tcp_sip_junk_bytes": sum(fr.junk_bytes for fr in self.framers.values()),
+        }
+        stats.update({f"net_{k}": v for k, v in sorted(self.decoder.counters.items())})
+        return Analysis(files, self.events, calls, list(self.tracker.registrations.values()), self.tracker.bindings,
+                        streams, malformed, self.tracker.anomalies, self.tracker.methods, stats, self.end_ts,
+                        warnings)
+
+    def _join_streams(self, calls: List[Call]) -> List[RtpStream]:
+        """Join each stream to the call whose SDP announced its destination (or, with symmetric RTP, its
+        source) nearest before it started; flag ``nat`` when only the port matched."""
+        by_endpoint: Dict[tuple, list] = {}
+        by_port: Dict[int, list] = {}
+        for call in calls:
+            for offer in call.media:
+                by_endpoint.setdefault((offer.ip, offer.port), []).append((offer, call))
+                by_port.setdefault(offer.port, []).append((offer, call))
+
+        def pick(cands, t):
+            before = [c for c in cands if c[0].ts <= t + 1.0]
+            return max(before, key=lambda c: c[0].ts) if before else min(cands, key=lambda c: c[0].ts)
+
+        out = []
+        for st in self.streams.values():
+            st.call_id = None
+            st.nat = False
+            st.codec = None
+            match = None
+            cands = by_endpoint.get((st.dst, st.dport))
+            if cands:
+                match = pick(cands, st.first_ts)
+            else:
+                cands = by_endpoint.get((st.src, st.sport))
+                if cands:
+                    match = pick(cands, st.first_ts)
+                    # symmetric RTP: the sender is where its SDP says; is the receiver where its SDP says?
+                    st.nat = not any(o.ip == st.dst and o.port == st.dport for o in match[1].media)
+                else:
+                    cands = [c for c in by_port.get(st.dport, []) if c[1].start - 1.0 <= st.first_ts
+                             and (c[1].bye is None or st.first_ts <= c[1].bye.ts)]
+                    if cands:
+                        match = pick(cands, st.first_ts)
+                        st.nat = True
+            codec = None
+            if match is not None:
+                offer, call = match
+                st.call_id = call.call_id
+                call.streams.append(st)
+                codec = offer.codecs.get(st.pt)
+                if codec is None:
+                    for o in call.media:
+                        codec = o.codecs.get(st.pt)
+                        if codec:
+                            break
+            if codec is not None:
+                st.codec = codec.name
+                st.set_clock_rate(codec.clock_rate)
+            else:
+                st.codec = STATIC_PT.get(st.pt, (f"PT{st.pt}",))[0]
+            st.rtcp_packets = self.rtcp.get(st.ssrc, 0)
+            if st.call_id is None and not self._plausible(st):
+                continue
+            out.append(st)
+        out.sort(key=lambda s: (s.first_ts, s.src, s.sport))
+        return out
+
+    @staticmethod
+    def _plausible(st: RtpStream) -> bool:
+        """An RTP-looking flow nobody announced: keep it only if it behaves like media."""
+        if st.packets < MIN_HEURISTIC_PACKETS:
+            return False
+        return st.expected <= 2 * st.packets and st.out_of_order * 10 <= st.packets
+
+
+def analyze(paths: Union[str, Iterable[str]], progress: Optional[Callable[[int], None]] = None) -> Analysis:
+    """Read one or more captures (merged by time) and return what they hold.
+
+    >>> a = sipflow.analyze("samples/basic-call-rtp.pcap")   # doctest: +SKIP
+    >>> [c.outcome(a.end_ts).value for c in a.calls]          # doctest: +SKIP
+    """
+    if isinstance(paths, str):
+        paths = [paths]
+    files = _capture.open_captures(list(paths), progress)
+    an = Analyzer()
+    an.run(files)
+    return an.result()

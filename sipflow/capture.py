@@ -1,0 +1,344 @@
+"""Capture sources: pcap and pcapng files (plain, gzip-compressed or on stdin), several merged by time.
+
+Owns reading bytes from files and turning them into records. A record is the tuple
+``(ts, file_index, frame, linktype, buf, offset, caplen)``: the packet's bytes are
+``buf[offset:offset + caplen]`` inside a buffer the reader reuses, so a consumer must copy what it keeps
+before asking for the next record. Nothing here decodes a packet (that is ``net``'s job).
+
+The hot path follows DESIGN.md: read 8 MiB blocks with ``readinto`` into one reused buffer and walk the
+records with precompiled ``struct.Struct``s, creating no object per packet beyond the record tuple.
+"""
+from __future__ import annotations
+
+import gzip
+import heapq
+import io
+import os
+import struct
+import sys
+from typing import Callable, Iterator, List, Optional
+
+from sipflow.errors import CaptureError
+
+BLOCK_SIZE = 8 << 20
+# A record longer than this is not a packet but a corrupt length field.
+MAX_RECORD = 64 << 20
+
+PCAP_MAGIC_US = 0xA1B2C3D4
+PCAP_MAGIC_NS = 0xA1B23C4D
+PCAPNG_SHB = 0x0A0D0D0A
+PCAPNG_BOM = 0x1A2B3C4D
+
+# Link types sipflow can decode (see net.py); anything else is refused up front with a clear message.
+LINKTYPE_NAMES = {
+    0: "BSD loopback", 1: "Ethernet", 12: "raw IP", 14: "raw IP", 101: "raw IP", 108: "OpenBSD loopback",
+    113: "Linux cooked (SLL)", 228: "raw IPv4", 229: "raw IPv6", 276: "Linux cooked v2 (SLL2)",
+}
+
+ProgressFn = Callable[[int], None]
+
+
+class _Prefixed(io.RawIOBase):
+    """A non-seekable stream (stdin) with the bytes already read for format detection put back in front."""
+
+    def __init__(self, prefix: bytes, raw) -> None:
+        self._prefix = prefix
+        self._raw = raw
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        if self._prefix:
+            n = min(len(b), len(self._prefix))
+            b[:n] = self._prefix[:n]
+            self._prefix = self._prefix[n:]
+            return n
+        return self._raw.readinto(b)
+
+
+def _open_stream(path: str):
+    """Open ``path`` ('-' is stdin), transparently un-gzipping; return (file object, display name)."""
+    if path == "-":
+        raw = sys.stdin.buffer
+        head = raw.read(4)
+        stream = _Prefixed(head, raw)
+        if head[:2] == b"\x1f\x8b":
+            return gzip.GzipFile(fileobj=io.BufferedReader(stream)), "<stdin>"
+        return stream, "<stdin>"
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise CaptureError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise CaptureError(f"{path}: is a directory, not a capture file") from None
+    except OSError as e:
+        raise CaptureError(f"{path}: cannot open ({e.strerror})") from None
+    head = f.read(2)
+    f.seek(0)
+    if head == b"\x1f\x8b":
+        return gzip.GzipFile(fileobj=f), path
+    return f, path
+
+
+class CaptureFile:
+    """One capture file: iterate it for records. After iteration ``frames``, ``truncated`` and
+    ``warning`` tell how it went; ``format`` is 'pcap' or 'pcapng' once the header is read."""
+
+    def __init__(self, path: str, index: int = 0, progress: Optional[ProgressFn] = None) -> None:
+        self.path = path
+        self.index = index
+        self.progress = progress
+        self.format = "?"
+        self.frames = 0
+        self.truncated = False
+        self.warning: Optional[str] = None
+        self.linktypes: List[int] = []
+        self._f, self.name = _open_stream(path)
+        try:
+            self.size = os.fstat(self._f.fileno()).st_size if path != "-" and not isinstance(self._f, gzip.GzipFile) else 0
+        except (OSError, io.UnsupportedOperation):
+            self.size = 0
+        self._buf = bytearray(BLOCK_SIZE)
+        self._start = 0
+        self._end = 0
+        self._eof = False
+        # Read the first block now so that a file that is not a capture fails at open, not mid-analysis.
+        self._fill(24)
+        if self._end < 4:
+            raise CaptureError(f"{self.name}: empty file, not a capture" if self._end == 0
+                               else f"{self.name}: too short to be a capture ({self._end} bytes)")
+        magic_le, = struct.unpack_from("<I", self._buf, 0)
+        magic_be, = struct.unpack_from(">I", self._buf, 0)
+        if magic_le == PCAPNG_SHB:
+            self.format = "pcapng"
+        elif PCAP_MAGIC_US in (magic_le, magic_be) or PCAP_MAGIC_NS in (magic_le, magic_be):
+            self.format = "pcap"
+        else:
+            raise CaptureError(f"{self.name}: not a pcap or pcapng capture (first bytes "
+                               f"{bytes(self._buf[:4]).hex()}); convert it with 'editcap -F pcap'")
+
+    # -- buffer management -------------------------------------------------------------------------
+
+    def _fill(self, need: int) -> bool:
+        """Make at least ``need`` unread bytes available at ``_start``; False at end of file."""
+        while self._end - self._start < need:
+            if self._eof:
+                return False
+            remain = self._end - self._start
+            if need > len(self._buf):
+                bigger = bytearray(max(need, 2 * len(self._buf)))
+                bigger[:remain] = self._buf[self._start:self._end]
+                self._buf = bigger
+            elif self._start:
+                self._buf[:remain] = self._buf[self._start:self._end]
+            self._start, self._end = 0, remain
+            with memoryview(self._buf) as mv:
+                try:
+                    n = self._f.readinto(mv[remain:])
+                except (OSError, EOFError) as e:
+                    # gzip streams cut short raise here: treat as a truncated capture.
+                    self._eof = True
+                    self.truncated = True
+                    self.warning = f"{self.name}: read error ({e}); analysed everything before it"
+                    return False
+            if not n:
+                self._eof = True
+                return self._end - self._start >= need
+            self._end += n
+            if self.progress:
+                self.progress(n)
+        return True
+
+    def _cut(self, what: str) -> None:
+        self.truncated = True
+        self.warning = (f"{self.name}: capture is cut short inside {what} after frame {self.frames}; "
+                        f"analysed everything before the cut")
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __iter__(self) -> Iterator[tuple]:
+        try:
+            if self.format == "pcap":
+                yield from self._pcap()
+            else:
+                yield from self._pcapng()
+        finally:
+            self.close()
+
+    # -- classic pcap ------------------------------------------------------------------------------
+
+    def _pcap(self) -> Iterator[tuple]:
+        buf = self._buf
+        magic, = struct.unpack_from("<I", buf, 0)
+        order = "<" if magic in (PCAP_MAGIC_US, PCAP_MAGIC_NS) else ">"
+        if not self._fill(24):
+            self._cut("the file header")
+            return
+        _, _, _, _, _, snaplen, network = struct.unpack_from(order + "IHHiIII", self._buf, self._start)
+        nano = magic in (PCAP_MAGIC_NS, 0x4D3CB2A1)
+        scale = 1e-9 if nano else 1e-6
+        linktype = network & 0x0FFFFFFF
+        check_linktype(self.name, linktype)
+        self.linktypes = [linktype]
+        self._start += 24
+        hdr = struct.Struct(order + "IIII")
+        unpack = hdr.unpack_from
+        index = self.index
+        frame = 0
+        while True:
+            buf = self._buf
+            start = self._start
+            end = self._end
+            # Walk every complete record in the buffer; this loop is the hottest in sipflow.
+            while end - start >= 16:
+                sec, frac, caplen, _ = unpack(buf, start)
+                if end - start - 16 < caplen:
+                    break
+                frame += 1
+                yield (sec + frac * scale, index, frame, linktype, buf, start + 16, caplen)
+                start += 16 + caplen
+            self._start = start
+            self.frames = frame
+            if end - start >= 16:
+                caplen = unpack(buf, start)[2]
+                if caplen > MAX_RECORD:
+                    self.truncated = True
+                    self.warning = (f"{self.name}: corrupt record header after frame {frame} "
+                                    f"(length {caplen}); analysed everything before it")
+                    return
+                need = 16 + caplen
+            else:
+                need = 16
+            if not self._fill(need):
+                if self._end - self._start:
+                    self._cut("a packet record")
+                return
+
+    # -- pcapng ------------------------------------------------------------------------------------
+
+    def _pcapng(self) -> Iterator[tuple]:
+        order = "<"
+        interfaces: List[tuple] = []  # (linktype, scale, offset_seconds)
+        index = self.index
+        frame = 0
+        u32 = struct.Struct("<I")
+        epb = struct.Struct("<IIIII")
+        while True:
+            if not self._fill(12):
+                if self._end - self._start:
+                    self._cut("a block header")
+                self.frames = frame
+                return
+            buf = self._buf
+            start = self._start
+            btype, blen = struct.unpack_from(order + "II", buf, start)
+            if btype == PCAPNG_SHB:
+                bom, = struct.unpack_from("<I", buf, start + 8)
+                order = "<" if bom == PCAPNG_BOM else ">"
+                if order == ">" and struct.unpack_from(">I", buf, start + 8)[0] != PCAPNG_BOM:
+                    self.truncated = True
+                    self.warning = f"{self.name}: corrupt section header after frame {frame}"
+                    return
+                btype, blen = struct.unpack_from(order + "II", buf, start)
+                u32 = struct.Struct(order + "I")
+                epb = struct.Struct(order + "IIIII")
+                interfaces = []
+            if blen < 12 or blen % 4 or blen > MAX_RECORD:
+                self.truncated = True
+                self.warning = (f"{self.name}: corrupt block (type {btype:#x}, length {blen}) after frame "
+                                f"{frame}; analysed everything before it")
+                self.frames = frame
+                return
+            if not self._fill(blen):
+                self._cut("a block")
+                self.frames = frame
+                return
+            buf = self._buf
+            start = self._start
+            body = start + 8
+            if btype == 6:  # Enhanced Packet Block
+                ifid, tsh, tsl, caplen, _ = epb.unpack_from(buf, body)
+                if ifid < len(interfaces) and caplen <= blen - 32:
+                    lt, scale, toff = interfaces[ifid]
+                    frame += 1
+                    self.frames = frame
+                    yield (((tsh << 32) | tsl) * scale + toff, index, frame, lt, buf, body + 20, caplen)
+                else:
+                    frame += 1
+                    self.frames = frame
+                    yield (0.0, index, frame, -1, buf, body, 0)
+            elif btype == 3:  # Simple Packet Block: no timestamp, interface 0
+                origlen, = u32.unpack_from(buf, body)
+                caplen = min(origlen, blen - 16)
+                frame += 1
+                self.frames = frame
+                lt = interfaces[0][0] if interfaces else -1
+                yield (0.0, index, frame, lt, buf, body + 4, caplen)
+            elif btype == 2:  # obsolete Packet Block
+                ifid = struct.unpack_from(order + "H", buf, body)[0]
+                tsh, tsl, caplen, _ = struct.unpack_from(order + "IIII", buf, body + 4)
+                frame += 1
+                self.frames = frame
+                if ifid < len(interfaces):
+                    lt, scale, toff = interfaces[ifid]
+                    yield (((tsh << 32) | tsl) * scale + toff, index, frame, lt, buf, body + 20, caplen)
+                else:
+                    yield (0.0, index, frame, -1, buf, body, 0)
+            elif btype == 1:  # Interface Description Block
+                lt, _, _snap = struct.unpack_from(order + "HHI", buf, body)
+                scale, toff = _idb_options(buf, body + 8, start + blen - 4, order)
+                check_linktype(self.name, lt)
+                interfaces.append((lt, scale, toff))
+                if lt not in self.linktypes:
+                    self.linktypes.append(lt)
+            self._start = start + blen
+
+
+def _idb_options(buf, pos: int, end: int, order: str):
+    """Timestamp resolution (if_tsresol, code 9) and offset (if_tsoffset, code 14) of an interface."""
+    scale, toff = 1e-6, 0
+    while pos + 4 <= end:
+        code, length = struct.unpack_from(order + "HH", buf, pos)
+        if code == 0:
+            break
+        value = pos + 4
+        if code == 9 and length >= 1:
+            r = buf[value]
+            scale = 2.0 ** -(r & 0x7F) if r & 0x80 else 10.0 ** -r
+        elif code == 14 and length >= 8:
+            toff = struct.unpack_from(order + "q", buf, value)[0]
+        pos = value + ((length + 3) & ~3)
+    return scale, toff
+
+
+def check_linktype(name: str, linktype: int) -> None:
+    if linktype not in LINKTYPE_NAMES:
+        raise CaptureError(f"{name}: link type {linktype} is not supported (sipflow reads "
+                           f"{', '.join(sorted(set(LINKTYPE_NAMES.values())))}); "
+                           f"re-capture with 'tcpdump -i any' or convert with editcap")
+
+
+def open_captures(paths: List[str], progress: Optional[ProgressFn] = None) -> List[CaptureFile]:
+    """Open every file first, so a missing or unreadable one is reported before any work is done."""
+    if not paths:
+        raise CaptureError("no capture file given")
+    files = []
+    try:
+        for i, p in enumerate(paths):
+            files.append(CaptureFile(p, i, progress))
+    except CaptureError:
+        for f in files:
+            f.close()
+        raise
+    return files
+
+
+def records(files: List[CaptureFile]) -> Iterator[tuple]:
+    """Records of every file, merged by timestamp when there are several (stable for equal times)."""
+    if len(files) == 1:
+        return iter(files[0])
+    # heapq.merge advances a file only after its previous record was consumed, so the reused-buffer
+    # contract still holds; ties order by file index, then frame number.
+    return heapq.merge(*files, key=lambda r: (r[0], r[1], r[2]))

@@ -1,0 +1,678 @@
+"""Transactions, dialogs, calls and registrations rebuilt from observed SIP messages.
+
+Owns every rule that turns a sequence of ``SipEvent``s into SIP state: transaction matching (RFC 3261
+§17.1.3/§17.2.3, with the RFC 2543 fallback for branches without the magic cookie), retransmission
+detection, ACK and CANCEL matching, dialogs (Call-ID + tags, §12) with forking and hold, calls (all
+dialogs and hops of a Call-ID), registrations and the binding table, and anomalies. It is an observer:
+a message that breaks the protocol is recorded as an ``Anomaly`` and processing goes on.
+
+The state machines are tables (``TRANSACTION_TABLE``, ``CALL_TABLE``) that a test can walk. Time is the
+capture timestamp of the message; nothing here reads a clock or does I/O.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+from sipflow.net import fmt_endpoint, is_private
+from sipflow.sdp import Session, sdp_of
+from sipflow.sip import SipMessage
+
+MAGIC_COOKIE = "z9hG4bK"   # RFC 3261 §8.1.1.7: branches starting with it are unique per transaction
+T1 = 0.5                   # RFC 3261 timer T1, seconds
+TIMER_B = 64 * T1          # INVITE transaction timeout: after this without an answer nobody is answering
+STORM = 4                  # retransmissions of one message that make a "retransmission storm"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Values
+
+
+class SipEvent:
+    """One SIP message as seen on the wire: the message plus where and when. ``retransmission`` is set by
+    the tracker. A small mutable class (not frozen) because the tracker annotates it."""
+    __slots__ = ("msg", "ts", "file", "frame", "frames", "src", "sport", "dst", "dport", "transport",
+                 "index", "retransmission", "call")
+
+    def __init__(self, msg: SipMessage, ts: float, file: int, frame: int, frames: Tuple[int, ...], src: str,
+                 sport: int, dst: str, dport: int, transport: str, index: int = 0) -> None:
+        self.msg, self.ts, self.file, self.frame, self.frames = msg, ts, file, frame, frames
+        self.src, self.sport, self.dst, self.dport, self.transport = src, sport, dst, dport, transport
+        self.index = index
+        self.retransmission = False
+        self.call: Optional["Call"] = None
+
+    @property
+    def source(self) -> str:
+        return fmt_endpoint(self.src, self.sport)
+
+    @property
+    def destination(self) -> str:
+        return fmt_endpoint(self.dst, self.dport)
+
+
+@dataclass(frozen=True)
+class Anomaly:
+    kind: str
+    frame: int
+    call_id: Optional[str]
+    detail: str
+    file: int = 0
+
+
+class TxState(enum.Enum):
+    """Transaction states as an observer sees them (RFC 3261 §17, both sides merged)."""
+    TRYING = "trying"            # request seen, no response yet (INVITE: "calling")
+    PROCEEDING = "proceeding"    # a provisional response seen
+    COMPLETED = "completed"      # a final response seen (INVITE: 300-699, waiting for the ACK)
+    CONFIRMED = "confirmed"      # INVITE only: ACK for the non-2xx final seen
+    ACCEPTED = "accepted"        # INVITE only: 2xx seen (RFC 6026); the ACK belongs to the dialog
+
+
+# (is_invite, state) -> {event: next state}. Events: "1xx", "2xx", "final" (300-699), "ack".
+# An event missing from a state's row is unexpected there: counted as an anomaly, state unchanged.
+TRANSACTION_TABLE: Dict[Tuple[bool, TxState], Dict[str, TxState]] = {
+    (True, TxState.TRYING): {"1xx": TxState.PROCEEDING, "2xx": TxState.ACCEPTED, "final": TxState.COMPLETED},
+    (True, TxState.PROCEEDING): {"1xx": TxState.PROCEEDING, "2xx": TxState.ACCEPTED, "final": TxState.COMPLETED},
+    (True, TxState.COMPLETED): {"final": TxState.COMPLETED, "ack": TxState.CONFIRMED},
+    (True, TxState.CONFIRMED): {"final": TxState.CONFIRMED, "ack": TxState.CONFIRMED},
+    # 2xx retransmissions by the UAS core, and 2xx from other forks, arrive after the first one.
+    (True, TxState.ACCEPTED): {"2xx": TxState.ACCEPTED, "1xx": TxState.ACCEPTED},
+    (False, TxState.TRYING): {"1xx": TxState.PROCEEDING, "2xx": TxState.COMPLETED, "final": TxState.COMPLETED},
+    (False, TxState.PROCEEDING): {"1xx": TxState.PROCEEDING, "2xx": TxState.COMPLETED, "final": TxState.COMPLETED},
+    (False, TxState.COMPLETED): {"2xx": TxState.COMPLETED, "final": TxState.COMPLETED},
+}
+
+
+def response_event(status: int) -> str:
+    return "1xx" if status < 200 else "2xx" if status < 300 else "final"
+
+
+class Transaction:
+    """One request and its responses on one hop."""
+    __slots__ = ("key", "method", "request", "responses", "state", "retransmissions", "ack", "cancel",
+                 "final", "first_response", "first_18x", "unexpected")
+
+    def __init__(self, key: tuple, request: SipEvent) -> None:
+        self.key = key
+        self.method = request.msg.method
+        self.request = request
+        self.responses: List[SipEvent] = []
+        self.state = TxState.TRYING
+        self.retransmissions = 0
+        self.ack: Optional[SipEvent] = None
+        self.cancel: Optional["Transaction"] = None
+        self.final: Optional[SipEvent] = None
+        self.first_response: Optional[SipEvent] = None
+        self.first_18x: Optional[SipEvent] = None
+        self.unexpected = 0
+
+    def on(self, event: str) -> bool:
+        row = TRANSACTION_TABLE.get((self.method == "INVITE", self.state), {})
+        nxt = row.get(event)
+        if nxt is None:
+            self.unexpected += 1
+            return False
+        self.state = nxt
+        return True
+
+
+class Outcome(enum.Enum):
+    ANSWERED = "answered"
+    BUSY = "busy"
+    REJECTED = "rejected"
+    CANCELLED = "cancelled"
+    REDIRECTED = "redirected"
+    NO_ANSWER = "no_answer"          # 408/480, or the caller gave up with no final answer
+    NO_RESPONSE = "no_response"      # not even 100 Trying within Timer B
+    IN_PROGRESS = "in_progress"      # still ringing or waiting when the capture ended
+    PARTIAL = "partial"              # the capture started after the INVITE
+
+
+class CallState(enum.Enum):
+    """Where the call is, as sngrep users know it."""
+    SETUP = "setup"
+    RINGING = "ringing"
+    IN_CALL = "in_call"
+    ENDED = "ended"
+    FAILED = "failed"
+    CANCELLING = "cancelling"
+
+
+# state -> {event: next state}. Events come from the first hop (caller side): "1xx", "18x", "2xx",
+# "final" (300-699), "cancel", "bye".
+CALL_TABLE: Dict[CallState, Dict[str, CallState]] = {
+    CallState.SETUP: {"1xx": CallState.SETUP, "18x": CallState.RINGING, "2xx": CallState.IN_CALL,
+                      "final": CallState.FAILED, "cancel": CallState.CANCELLING, "bye": CallState.ENDED},
+    CallState.RINGING: {"1xx": CallState.RINGING, "18x": CallState.RINGING, "2xx": CallState.IN_CALL,
+                        "final": CallState.FAILED, "cancel": CallState.CANCELLING, "bye": CallState.ENDED},
+    CallState.CANCELLING: {"1xx": CallState.CANCELLING, "18x": CallState.CANCELLING, "final": CallState.FAILED,
+                           "2xx": CallState.IN_CALL, "cancel": CallState.CANCELLING, "bye": CallState.ENDED},
+    CallState.IN_CALL: {"2xx": CallState.IN_CALL, "bye": CallState.ENDED},
+    CallState.ENDED: {"bye": CallState.ENDED},
+    CallState.FAILED: {"final": CallState.FAILED, "2xx": CallState.IN_CALL},
+}
+
+
+class Dialog:
+    """Call-ID + both tags (§12). Early on a 1xx with a To-tag, confirmed on 2xx, ended by BYE."""
+    __slots__ = ("from_tag", "to_tag", "state", "created", "on_hold")
+
+    def __init__(self, from_tag: str, to_tag: str, ts: float) -> None:
+        self.from_tag, self.to_tag = from_tag, to_tag
+        self.state = "early"
+        self.created = ts
+        self.on_hold = False
+
+
+class MediaOffer:
+    """Where a party said it wants to receive media (c= and m= of an SDP body)."""
+    __slots__ = ("ip", "port", "ts", "frame", "codecs", "direction", "sender_ip")
+
+    def __init__(self, ip, port, ts, frame, codecs, direction, sender_ip):
+        self.ip, self.port, self.ts, self.frame = ip, port, ts, frame
+        self.codecs, self.direction, self.sender_ip = codecs, direction, sender_ip
+
+
+class Call:
+    """Everything sharing one Call-ID that contains an INVITE dialog: hops, dialogs, media, timings."""
+
+    def __init__(self, call_id: str, first: SipEvent) -> None:
+        self.call_id = call_id
+        self.events: List[SipEvent] = []
+        self.invites: List[Transaction] = []      # initial INVITE transactions (no To-tag), every hop
+        self.reinvites: List[Transaction] = []
+        self.caller: Optional[Tuple[str, int]] = None
+        self.caller_tag: Optional[str] = None
+        self.from_uri = self.to_uri = ""
+        self.from_user = self.to_user = None
+        self.start = first.ts
+        self.state = CallState.SETUP
+        self.dialogs: Dict[Tuple[str, str], Dialog] = {}
+        self.cancel: Optional[SipEvent] = None
+        self.bye: Optional[SipEvent] = None
+        self.ack_2xx: Optional[SipEvent] = None
+        self.media: List[MediaOffer] = []
+        self.holds: List[Tuple[float, int, str]] = []  # (ts, frame, "hold"/"unhold")
+        self.anomalies: List[Anomaly] = []
+        self.streams: List[int] = []
+        self.saw_initial = False
+
+    # The figures below all look at the first hop: what the caller sent and received.
+
+    def first_hop(self) -> List[Transaction]:
+        if self.caller is None:
+            return []
+        return [t for t in self.invites if (t.request.src, t.request.sport) == self.caller]
+
+    def final_transaction(self) -> Optional[Transaction]:
+        hop = self.first_hop()
+        return hop[-1] if hop else None
+
+    @property
+    def final_status(self) -> Optional[int]:
+        t = self.final_transaction()
+        return t.final.msg.status if t and t.final else None
+
+    def outcome(self, end_ts: float) -> Outcome:
+        if not self.saw_initial:
+            return Outcome.PARTIAL
+        status = self.final_status
+        if status is None:
+            if self.cancel is not None:
+                return Outcome.CANCELLED
+            hop = self.first_hop()
+            last = hop[-1] if hop else None
+            if last is not None and not last.responses and end_ts - last.request.ts >= TIMER_B:
+                return Outcome.NO_RESPONSE
+            return Outcome.IN_PROGRESS
+        if 200 <= status < 300:
+            return Outcome.ANSWERED
+        if 300 <= status < 400:
+            return Outcome.REDIRECTED
+        if status in (486, 600):
+            return Outcome.BUSY
+        if status == 487:
+            return Outcome.CANCELLED
+        if status in (408, 480):
+            return Outcome.NO_ANSWER
+        return Outcome.REJECTED
+
+    def _first(self, pred) -> Optional[SipEvent]:
+        best = None
+        for t in self.first_hop():
+            for r in t.responses:
+                if pred(r.msg.status) and (best is None or r.ts < best.ts):
+                    best = r
+        return best
+
+    def timings(self) -> Dict[str, Optional[float]]:
+        hop = self.first_hop()
+        if not hop:
+            return dict(time_to_first_response=None, pdd=None, time_to_answer=None, setup_time=None,
+                        duration=None)
+        t0 = hop[0].request.ts
+        first = self._first(lambda s: True)
+        ring = self._first(lambda s: 180 <= s < 190)
+        answer = self._first(lambda s: 200 <= s < 300)
+        dur = None
+        if answer is not None and self.bye is not None:
+            dur = self.bye.ts - answer.ts
+        return dict(
+            time_to_first_response=first.ts - t0 if first else None,
+            pdd=ring.ts - t0 if ring else None,
+            time_to_answer=answer.ts - t0 if answer else None,
+            setup_time=self.ack_2xx.ts - t0 if self.ack_2xx is not None else None,
+            duration=dur,
+        )
+
+    @property
+    def ended_by(self) -> Optional[str]:
+        if self.bye is None:
+            return None
+        tag = self.bye.msg.from_.tag if self.bye.msg.from_ else None
+        return "caller" if tag is not None and tag == self.caller_tag else "callee"
+
+    @property
+    def reason(self) -> Optional[str]:
+        for ev in (self.bye, self.cancel):
+            if ev is not None and ev.msg.header("Reason"):
+                return ev.msg.header("Reason")
+        return None
+
+    @property
+    def hops(self) -> int:
+        by_cseq: Dict[int, int] = {}
+        for t in self.invites:
+            n = t.request.msg.cseq[0] or 0
+            by_cseq[n] = by_cseq.get(n, 0) + 1
+        return max(by_cseq.values()) if by_cseq else 0
+
+
+class Registration:
+    """One client's REGISTER history for one address-of-record (one Call-ID, RFC 3261 §10.2)."""
+
+    def __init__(self, aor: str, call_id: str, first: SipEvent) -> None:
+        self.aor, self.call_id = aor, call_id
+        self.contact: Optional[str] = None
+        self.start = self.end = first.ts
+        self.requests = 0
+        self.challenges = 0
+        self.consecutive_challenges = 0
+        self.final_status: Optional[int] = None
+        self.expires_requested: Optional[int] = None
+        self.expires_granted: Optional[int] = None
+        self.successes = 0
+        self.unregister = False
+        self.pending = False
+        self.events: List[SipEvent] = []
+
+    @property
+    def refreshes(self) -> int:
+        return max(0, self.successes - 1)
+
+    def outcome(self) -> str:
+        s = self.final_status
+        if s is None:
+            return "no_response"
+        if 200 <= s < 300:
+            return "unregistered" if self.unregister else "registered"
+        if s in (401, 407):
+            return "failed" if self.consecutive_challenges >= 2 else "challenged"
+        return "failed"
+
+
+# ---------------------------------------------------------------------------------------------------
+# The tracker
+
+
+def _request_key(msg: SipMessage, src: str, sport: int) -> tuple:
+    """Transaction key of a request (§17.2.3). ACK and CANCEL share the INVITE's branch; ACK is folded
+    into the INVITE (it belongs to a non-2xx INVITE transaction), CANCEL keeps its own method."""
+    method = msg.method
+    m = "INVITE" if method == "ACK" else method
+    via = msg.vias[0] if msg.vias else None
+    branch = via.branch if via else None
+    sent_by = via.sent_by if via else fmt_endpoint(src, sport)
+    if branch and branch.startswith(MAGIC_COOKIE):
+        return ("b", branch, sent_by, m)
+    # RFC 2543 peers: Request-URI, tags, Call-ID, CSeq number and top Via identify the transaction.
+    cseq = msg.cseq[0]
+    ftag = msg.from_.tag if msg.from_ else None
+    return ("o", msg.call_id, ftag, cseq, m, via.raw if via else None)
+
+
+def _response_key(msg: SipMessage) -> tuple:
+    via = msg.vias[0] if msg.vias else None
+    branch = via.branch if via else None
+    method = msg.cseq[1]
+    sent_by = via.sent_by if via else ""
+    if branch and branch.startswith(MAGIC_COOKIE):
+        return ("b", branch, sent_by, method)
+    ftag = msg.from_.tag if msg.from_ else None
+    return ("o", msg.call_id, ftag, msg.cseq[0], method, via.raw if via else None)
+
+
+INVITE_DIALOG_METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "PRACK", "UPDATE", "INFO")
+
+
+class Tracker:
+    """Feeds on SipEvents in capture order; holds transactions, calls and registrations."""
+
+    def __init__(self) -> None:
+        self.transactions: Dict[tuple, Transaction] = {}
+        self.calls: Dict[str, Call] = {}
+        self.registrations: Dict[Tuple[str, str], Registration] = {}
+        self.bindings: Dict[str, Dict[str, float]] = {}   # aor -> contact -> expires at
+        self.methods: Dict[str, Dict[str, int]] = {}       # method -> {"requests": n, status: n}
+        self.anomalies: List[Anomaly] = []
+        self.retransmissions = 0
+        self._last_cseq: Dict[Tuple[str, str], int] = {}   # (call-id, from-tag) -> last CSeq sent
+        self.end_ts = 0.0
+
+    def anomaly(self, kind: str, ev: SipEvent, detail: str, call: Optional[Call] = None) -> None:
+        a = Anomaly(kind, ev.frame, ev.msg.call_id, detail, ev.file)
+        self.anomalies.append(a)
+        if call is not None:
+            call.anomalies.append(a)
+
+    # -- entry point --------------------------------------------------------------------------------
+
+    def feed(self, ev: SipEvent) -> None:
+        self.end_ts = max(self.end_ts, ev.ts)
+        msg = ev.msg
+        for p in msg.problems:
+            if p.startswith("Content-Length") or p.startswith("invalid Content-Length"):
+                self.anomaly("content_length_mismatch", ev, p)
+        if msg.method:
+            self._request(ev)
+        else:
+            self._response(ev)
+
+    def _count(self, method: Optional[str], what: str) -> None:
+        if not method:
+            method = "?"
+        row = self.methods.setdefault(method, {})
+        row[what] = row.get(what, 0) + 1
+
+    # -- requests -------------------------------------------------------------------------------------
+
+    def _request(self, ev: SipEvent) -> None:
+        msg = ev.msg
+        method = msg.method
+        key = _request_key(msg, ev.src, ev.sport)
+        tx = self.transactions.get(key)
+        call = self._call_for(ev)
+        if method == "ACK":
+            if tx is not None and tx.final is not None and tx.final.msg.status >= 300:
+                # ACK for a non-2xx final: part of the INVITE transaction (§17.1.1.3).
+                if tx.ack is not None:
+                    self._retransmitted(ev, tx)
+                    return
+                tx.ack = ev
+                tx.on("ack")
+                self._count("ACK", "requests")
+                return
+            # ACK for 2xx: its own transaction (new branch), belongs to the dialog (§13.2.2.4).
+            key = ("ack2xx",) + key
+            if key in self.transactions:
+                self._retransmitted(ev, self.transactions[key])
+                return
+            self.transactions[key] = Transaction(key, ev)
+            self._count("ACK", "requests")
+            if call is not None and call.ack_2xx is None:
+                if call.caller and (ev.src, ev.sport) == call.caller:
+                    call.ack_2xx = ev
+            return
+        if tx is not None and tx.method == method:
+            self._retransmitted(ev, tx)
+            return
+        tx = self.transactions[key] = Transaction(key, ev)
+        self._count(method, "requests")
+        self._check_cseq(ev, call)
+        self._nat_check(ev, call)
+        if method == "INVITE":
+            self._invite(ev, tx, call)
+        elif method == "CANCEL":
+            inv = self.transactions.get(key[:-1] + ("INVITE",))
+            if inv is not None:
+                inv.cancel = tx
+            if call is not None:
+                if call.cancel is None:
+                    call.cancel = ev
+                self._call_event(call, "cancel")
+        elif method == "BYE" and call is not None:
+            if call.bye is None:
+                call.bye = ev
+                if not any(t.final is not None and 200 <= t.final.msg.status < 300 for t in call.invites):
+                    self.anomaly("bye_before_answer", ev, "BYE before any 2xx to the INVITE", call)
+            self._call_event(call, "bye")
+        elif method == "REGISTER":
+            self._register(ev)
+        elif method in ("UPDATE",) and call is not None:
+            self._sdp(ev, call)
+
+    def _retransmitted(self, ev: SipEvent, tx: Transaction) -> None:
+        ev.retransmission = True
+        tx.retransmissions += 1
+        self.retransmissions += 1
+        if tx.retransmissions == STORM:
+            self.anomaly("retransmission_storm", ev, f"{ev.msg.summary()} sent {STORM + 1} times or more",
+                         ev.call)
+
+    def _call_for(self, ev: SipEvent) -> Optional[Call]:
+        msg = ev.msg
+        cid = msg.call_id
+        if cid is None:
+            return None
+        call = self.calls.get(cid)
+        method = msg.method or msg.cseq[1]
+        if call is None and method in INVITE_DIALOG_METHODS:
+            call = self.calls[cid] = Call(cid, ev)
+        if call is not None:
+            call.events.append(ev)
+            ev.call = call
+        return call
+
+    def _invite(self, ev: SipEvent, tx: Transaction, call: Optional[Call]) -> None:
+        if call is None:
+            return
+        msg = ev.msg
+        if msg.to is not None and msg.to.tag:
+            call.reinvites.append(tx)
+        else:
+            call.invites.append(tx)
+            if not call.saw_initial:
+                call.saw_initial = True
+                call.caller = (ev.src, ev.sport)
+                call.caller_tag = msg.from_.tag if msg.from_ else None
+                call.start = ev.ts
+                call.from_uri = str(msg.from_.uri) if msg.from_ else ""
+                call.to_uri = str(msg.to.uri) if msg.to else ""
+                call.from_user = msg.from_.uri.user if msg.from_ else None
+                call.to_user = msg.to.uri.user if msg.to else None
+        self._sdp(ev, call)
+
+    def _sdp(self, ev: SipEvent, call: Call) -> Optional[Session]:
+        sess = sdp_of(ev.msg.header("Content-Type") or "", ev.msg.body)
+        if sess is None:
+            return None
+        for m in sess.media:
+            if m.address and m.port:
+                call.media.append(MediaOffer(m.address, m.port, ev.ts, ev.frame,
+                                             {c.pt: c for c in m.codecs}, m.direction, ev.src))
+                if is_private(m.address) and m.address != ev.src and not is_private(ev.src):
+                    self.anomaly("nat", ev, f"SDP c={m.address} is private but the packet came from {ev.src}",
+                                 call)
+        audio = [m for m in sess.media if m.kind == "audio"]
+        if audio and ev.msg.to is not None and ev.msg.to.tag and ev.msg.method in ("INVITE", "UPDATE"):
+            hold = all(m.on_hold for m in audio)
+            was = call.holds[-1][2] == "hold" if call.holds else False
+            if hold != was:
+                call.holds.append((ev.ts, ev.frame, "hold" if hold else "unhold"))
+        return sess
+
+    def _nat_check(self, ev: SipEvent, call: Optional[Call]) -> None:
+        for c in ev.msg.contacts[:1]:
+            host = c.uri.host
+            if host and is_private(host) and host != ev.src and not is_private(ev.src):
+                self.anomaly("nat", ev, f"Contact host {host} is private but the packet came from {ev.src}", call)
+
+    def _check_cseq(self, ev: SipEvent, call: Optional[Call]) -> None:
+        msg = ev.msg
+        if msg.method in ("ACK", "CANCEL") or msg.cseq[0] is None or msg.call_id is None or msg.from_ is None:
+            return
+        k = (msg.call_id, msg.from_.tag or "", ev.src)
+        last = self._last_cseq.get(k)
+        if last is not None and msg.cseq[0] < last:
+            self.anomaly("cseq_backwards", ev, f"CSeq {msg.cseq[0]} after {last} from the same sender", call)
+        self._last_cseq[k] = msg.cseq[0] if last is None else max(last, msg.cseq[0])
+
+    def _call_event(self, call: Call, event: str) -> None:
+        nxt = CALL_TABLE.get(call.state, {}).get(event)
+        if nxt is not None:
+            call.state = nxt
+
+    # -- responses ------------------------------------------------------------------------------------
+
+    def _response(self, ev: SipEvent) -> None:
+        msg = ev.msg
+        status = msg.status
+        key = _response_key(msg)
+        tx = self.transactions.get(key)
+        method = msg.cseq[1]
+        call = self._call_for(ev)
+        if tx is None:
+            self._count(method, str(status))
+            self.anomaly("response_without_request", ev, f"{msg.summary()} to {method or '?'} with no request "
+                         f"in the capture", call)
+            return
+        totag = msg.to.tag if msg.to else None
+        for r in tx.responses:
+            if r.msg.status == status and (r.msg.to.tag if r.msg.to else None) == totag \
+                    and (r.src, r.sport, r.dst, r.dport) == (ev.src, ev.sport, ev.dst, ev.dport):
+                self._retransmitted(ev, tx)
+                return
+        self._count(method, str(status))
+        tx.responses.append(ev)
+        event = response_event(status)
+        tx.on(event)
+        if tx.first_response is None:
+            tx.first_response = ev
+        if 180 <= status < 190 and tx.first_18x is None:
+            tx.first_18x = ev
+        if status >= 200 and tx.final is None:
+            tx.final = ev
+        if tx.method == "INVITE" and call is not None:
+            self._invite_response(ev, tx, call, totag)
+        elif tx.method == "REGISTER":
+            self._register_response(ev, tx)
+
+    def _invite_response(self, ev: SipEvent, tx: Transaction, call: Call, totag: Optional[str]) -> None:
+        status = ev.msg.status
+        ftag = ev.msg.from_.tag if ev.msg.from_ else ""
+        if totag and 100 < status < 300:
+            d = call.dialogs.get((ftag, totag))
+            if d is None:
+                d = call.dialogs[(ftag, totag)] = Dialog(ftag, totag, ev.ts)
+            if status >= 200:
+                d.state = "confirmed"
+        if ev.msg.body:
+            self._sdp(ev, call)
+        if tx in call.first_hop():
+            if 180 <= status < 190:
+                self._call_event(call, "18x")
+            else:
+                self._call_event(call, response_event(status))
+
+    # -- registrations --------------------------------------------------------------------------------
+
+    def _register(self, ev: SipEvent) -> None:
+        msg = ev.msg
+        aor = str(msg.to.uri) if msg.to else "?"
+        key = (msg.call_id or "", aor)
+        reg = self.registrations.get(key)
+        if reg is None:
+            reg = self.registrations[key] = Registration(aor, msg.call_id or "", ev)
+        reg.events.append(ev)
+        reg.requests += 1
+        reg.end = ev.ts
+        reg.pending = True
+        contacts = msg.contacts
+        if contacts:
+            reg.contact = contacts[0].raw
+        expires = None
+        if contacts and contacts[0].param("expires") is not None:
+            try:
+                expires = int(contacts[0].param("expires"))
+            except ValueError:
+                pass
+        if expires is None:
+            expires = msg.expires()
+        reg.expires_requested = expires
+        reg.unregister = expires == 0 or any(c.raw == "*" for c in contacts)
+
+    def _register_response(self, ev: SipEvent, tx: Transaction) -> None:
+        status = ev.msg.status
+        if status < 200:
+            return
+        req = tx.request.msg
+        aor = str(req.to.uri) if req.to else "?"
+        reg = self.registrations.get((req.call_id or "", aor))
+        if reg is None:
+            return
+        reg.end = ev.ts
+        reg.final_status = status
+        reg.pending = False
+        if status in (401, 407):
+            reg.challenges += 1
+            reg.consecutive_challenges += 1
+            return
+        reg.consecutive_challenges = 0
+        if not 200 <= status < 300:
+            return
+        reg.successes += 1
+        table = self.bindings.setdefault(aor, {})
+        if reg.unregister:
+            if any(c.raw == "*" for c in req.contacts):
+                table.clear()
+            for c in req.contacts:
+                table.pop(str(c.uri), None)
+            reg.expires_granted = 0
+            return
+        # The 200 lists every binding the registrar now holds, each with its expires (§10.3 step 8).
+        granted = None
+        header_exp = ev.msg.expires()
+        mine = {str(c.uri) for c in req.contacts}
+        for c in ev.msg.contacts or req.contacts:
+            exp = c.param("expires")
+            try:
+                e = int(exp) if exp is not None else header_exp
+            except ValueError:
+                e = header_exp
+            if e is None:
+                e = reg.expires_requested if reg.expires_requested is not None else 3600
+            table[str(c.uri)] = ev.ts + e
+            if str(c.uri) in mine and granted is None:
+                granted = e
+        reg.expires_granted = granted if granted is not None else header_exp
+
+    # -- end of capture -------------------------------------------------------------------------------
+
+    def finish(self) -> None:
+        """Anomalies that can only be judged once the capture is over."""
+        end = self.end_ts
+        for tx in self.transactions.values():
+            if tx.method == "INVITE" and tx.final is not None and tx.final.msg.status >= 300 and tx.ack is None \
+                    and end - tx.final.ts > 2 * T1:
+                self.anomaly("missing_ack", tx.final, f"no ACK for {tx.final.msg.summary()}", tx.request.call)
+        for call in self.calls.values():
+            for tx in call.invites:
+                if tx.final is not None and 200 <= tx.final.msg.status < 300:
+                    acked = any(e.msg.method == "ACK" and e.msg.cseq[0] == tx.request.msg.cseq[0]
+                                for e in call.events)
+                    if not acked and end - tx.final.ts > 2 * T1:
+                        self.anomaly("missing_ack", tx.final, f"no ACK for {tx.final.msg.summary()} to INVITE",
+                                     call)
+                        break

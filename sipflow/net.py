@@ -1,0 +1,600 @@
+"""Network layers: from a captured frame's bytes to transport payloads (datagrams).
+
+Owns link layers (Ethernet with 802.1Q/QinQ, Linux SLL/SLL2, raw IP, BSD loopback), IPv4/IPv6 with
+fragment reassembly in any order, tunnels (IP-in-IP, GRE, ERSPAN I-III, VXLAN), UDP, TCP stream
+reassembly, SCTP DATA chunks, WebSocket framing (RFC 6455/7118) and HEP v2/v3 encapsulation.
+Leaves SIP framing and parsing to ``sip``, RTP to ``rtp``. Does no I/O: frames come in, datagrams go out.
+
+Broken or unknown layers are counted in ``Decoder.counters`` and otherwise ignored, never raised.
+"""
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+# ---------------------------------------------------------------------------------------------------
+# Values
+
+
+@dataclass(frozen=True)
+class Datagram:
+    """A transport payload with where it came from. For TCP and WebSocket it is a piece of an in-order
+    byte stream (``payload`` None means "bytes were lost here": the consumer must resynchronise)."""
+    __slots__ = ("ts", "file", "frame", "src", "sport", "dst", "dport", "transport", "payload", "frames")
+    ts: float
+    file: int
+    frame: int
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    transport: str          # udp | tcp | sctp | ws | hep
+    payload: Optional[bytes]
+    frames: Tuple[int, ...]  # every frame that carried part of the payload
+
+
+def fmt_endpoint(ip: str, port: int) -> str:
+    """``ip:port``, or ``[ipv6]:port`` as in the JSON output and the SIP URI syntax."""
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+_ntop4 = socket.inet_ntoa
+
+
+def _ntop6(b: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET6, b)
+
+
+_PRIVATE_NETS = [ipaddress.ip_network(n) for n in (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7", "fe80::/10")]
+
+
+def is_private(ip: str) -> bool:
+    """RFC 1918 / RFC 6598 / ULA address: the kind a NAT rewrites."""
+    try:
+        a = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(a in n for n in _PRIVATE_NETS)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Byte streams with frame references (shared by TCP-based framing here and in sip.py)
+
+
+class StreamBuffer:
+    """In-order bytes of one direction of a stream, remembering which frame carried which byte, so a
+    message cut out of it can name every frame it came from."""
+    __slots__ = ("data", "marks")
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.marks: List[Tuple[int, int]] = []  # (end offset in data, frame)
+
+    def append(self, chunk: bytes, frame: int) -> None:
+        self.data += chunk
+        self.marks.append((len(self.data), frame))
+
+    def take(self, n: int) -> Tuple[bytes, Tuple[int, ...]]:
+        """Remove the first ``n`` bytes; return them and the frames that carried them."""
+        out = bytes(self.data[:n])
+        del self.data[:n]
+        # A mark covers [previous end, end); it overlaps [0, n) if previous end < n.
+        frames, keep, prev = [], [], 0
+        for end, frame in self.marks:
+            if prev < n and frame not in frames:
+                frames.append(frame)
+            if end > n:
+                keep.append((end - n, frame))
+            prev = end
+        self.marks = keep
+        return out, tuple(frames)
+
+    def clear(self) -> None:
+        self.data.clear()
+        self.marks.clear()
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Decoder
+
+_ETH_VLAN = (0x8100, 0x88A8, 0x9100)
+_IP4 = struct.Struct("!BBHHHBBH4s4s")
+_UDP = struct.Struct("!HHHH")
+_TCP = struct.Struct("!HHIIBBHHH")
+_H = struct.Struct("!H")
+_I = struct.Struct("!I")
+
+# IPv6 extension headers that are skipped on the way to the payload (fragment header 44 is handled).
+_IP6_EXT = {0, 43, 60, 51, 135, 139, 140}
+
+FRAG_TIMEOUT = 60.0      # seconds of capture time before an incomplete IP datagram is dropped
+TCP_IDLE = 900.0         # seconds of capture time before an idle TCP stream's state is dropped
+TCP_OOO_LIMIT = 1 << 20  # bytes held out of order before a gap is declared
+
+
+class _TcpDir:
+    """One direction of a TCP connection: next expected sequence number and out-of-order segments."""
+    __slots__ = ("next_seq", "ooo", "held", "last", "mode", "ws", "ws_parts", "ws_frames")
+
+    def __init__(self) -> None:
+        self.next_seq: Optional[int] = None
+        self.ooo: Dict[int, Tuple[bytes, int]] = {}
+        self.held = 0
+        self.last = 0.0
+        self.mode = ""              # "" undecided, "raw" plain stream, "ws" WebSocket frames
+        self.ws: Optional[StreamBuffer] = None
+        self.ws_parts: List[bytes] = []
+        self.ws_frames: List[int] = []
+
+
+class Decoder:
+    """Turns frames into datagrams. Holds the state reassembly needs (IP fragments, TCP streams) and
+    nothing else; memory is bounded by concurrent fragments and connections, never by packets."""
+
+    def __init__(self) -> None:
+        self.frags: Dict[tuple, list] = {}
+        self.tcp: Dict[tuple, _TcpDir] = {}
+        self.sctp_parts: Dict[tuple, list] = {}
+        self.counters: Dict[str, int] = {}
+        self._sweep_at = 0.0
+        # Set by decode() for the benefit of consumers of the current frame.
+        self.ts = 0.0
+        self.file = 0
+        self.frame = 0
+
+    def count(self, what: str) -> None:
+        self.counters[what] = self.counters.get(what, 0) + 1
+
+    # -- entry point --------------------------------------------------------------------------------
+
+    def decode(self, ts: float, file: int, frame: int, linktype: int, data: bytes) -> List[Datagram]:
+        self.ts, self.file, self.frame = ts, file, frame
+        out: List[Datagram] = []
+        if ts > self._sweep_at:
+            self._sweep(ts)
+        try:
+            self._link(linktype, data, out, 0)
+        except (struct.error, IndexError, ValueError):
+            self.count("truncated_headers")
+        return out
+
+    def _link(self, lt: int, data: bytes, out: list, depth: int) -> None:
+        if lt == 1:
+            self._ether(data, 0, out, depth)
+        elif lt == 113:  # Linux cooked capture v1: 16-byte header, protocol last
+            self._ethertype(_H.unpack_from(data, 14)[0], data, 16, out, depth)
+        elif lt == 276:  # SLL2: protocol first, 20-byte header
+            self._ethertype(_H.unpack_from(data, 0)[0], data, 20, out, depth)
+        elif lt in (12, 14, 101, 228, 229):
+            self._ip(data, 0, out, depth)
+        elif lt in (0, 108):  # BSD loopback: address family, host order (0) or network order (108)
+            fam = struct.unpack_from("<I" if lt == 0 else "!I", data, 0)[0]
+            if lt == 0 and fam > 0xFFFF:
+                fam = struct.unpack_from("!I", data, 0)[0]
+            if fam == 2 or fam in (10, 24, 28, 30):
+                self._ip(data, 4, out, depth)
+            else:
+                self.count("not_ip")
+        else:
+            self.count("unknown_linktype")
+
+    def _ether(self, data: bytes, off: int, out: list, depth: int) -> None:
+        etype = _H.unpack_from(data, off + 12)[0]
+        off += 14
+        while etype in _ETH_VLAN:  # 802.1Q / QinQ tags
+            etype = _H.unpack_from(data, off + 2)[0]
+            off += 4
+        self._ethertype(etype, data, off, out, depth)
+
+    def _ethertype(self, etype: int, data: bytes, off: int, out: list, depth: int) -> None:
+        if etype == 0x0800 or etype == 0x86DD:
+            self._ip(data, off, out, depth)
+        elif etype == 0x8847 or etype == 0x8848:  # MPLS: pop labels until bottom of stack
+            while not data[off + 2] & 1:
+                off += 4
+            self._ip(data, off + 4, out, depth)
+        else:
+            self.count("not_ip")
+
+    # -- IP -------------------------------------------------------------------------------------------
+
+    def _ip(self, data: bytes, off: int, out: list, depth: int) -> None:
+        if depth > 4:
+            self.count("tunnel_too_deep")
+            return
+        version = data[off] >> 4
+        if version == 4:
+            vihl, _, total, ident, frag, _, proto, _, s, d = _IP4.unpack_from(data, off)
+            ihl = (vihl & 0x0F) * 4
+            end = off + total if total >= ihl else len(data)
+            payload = data[off + ihl:min(end, len(data))]
+            mf = frag & 0x2000
+            fofs = (frag & 0x1FFF) * 8
+            src, dst = _ntop4(s), _ntop4(d)
+            frames = (self.frame,)
+            if mf or fofs:
+                payload, frames = self._defrag((4, s, d, proto, ident), fofs, bool(mf), payload)
+                if payload is None:
+                    return
+            self._l4(proto, src, dst, payload, out, depth, frames)
+        elif version == 6:
+            plen = _H.unpack_from(data, off + 4)[0]
+            nxt = data[off + 6]
+            s, d = data[off + 8:off + 24], data[off + 24:off + 40]
+            pos = off + 40
+            end = min(pos + plen, len(data)) if plen else len(data)
+            frag = None
+            while nxt in _IP6_EXT or nxt == 44:
+                if nxt == 44:
+                    fo = _H.unpack_from(data, pos + 2)[0]
+                    frag = (fo & 0xFFF8, bool(fo & 1), _I.unpack_from(data, pos + 4)[0])
+                    nxt = data[pos]
+                    pos += 8
+                else:
+                    hlen = (data[pos + 1] + 1) * (4 if nxt == 51 else 8)
+                    nxt = data[pos]
+                    pos += hlen
+            payload = data[pos:end]
+            frames = (self.frame,)
+            if frag is not None:
+                payload, frames = self._defrag((6, s, d, frag[2]), frag[0], frag[1], payload)
+                if payload is None:
+                    return
+            self._l4(nxt, _ntop6(s), _ntop6(d), payload, out, depth, frames)
+        else:
+            self.count("not_ip")
+
+    def _defrag(self, key: tuple, offset: int, more: bool, part: bytes):
+        """Collect fragments in any order; return (whole payload, frames) when every byte is in,
+        (None, ()) before."""
+        entry = self.frags.get(key)
+        if entry is None:
+            entry = self.frags[key] = [self.ts, None, {}, []]  # first seen, total length, parts, frames
+        if not more:
+            entry[1] = offset + len(part)
+        entry[2].setdefault(offset, part)
+        entry[3].append(self.frame)
+        total = entry[1]
+        if total is None:
+            return None, ()
+        have = 0
+        for o in sorted(entry[2]):
+            if o > have:
+                return None, ()
+            have = max(have, o + len(entry[2][o]))
+        if have < total:
+            return None, ()
+        del self.frags[key]
+        buf = bytearray(total)
+        for o in sorted(entry[2]):
+            p = entry[2][o]
+            buf[o:o + len(p)] = p
+        self.count("ip_reassembled")
+        return bytes(buf[:total]), tuple(entry[3])
+
+    def _l4(self, proto: int, src: str, dst: str, payload: bytes, out: list, depth: int, frames: tuple) -> None:
+        if proto == 17:
+            if len(payload) < 8:
+                self.count("truncated_headers")
+                return
+            sport, dport, ulen, _ = _UDP.unpack_from(payload, 0)
+            body = payload[8:ulen] if 8 <= ulen <= len(payload) else payload[8:]
+            self._udp(src, sport, dst, dport, body, frames, out, depth)
+        elif proto == 6:
+            self._tcp(src, dst, payload, out)
+        elif proto == 132:
+            self._sctp(src, dst, payload, frames, out)
+        elif proto == 4 or proto == 41:  # IP-in-IP, IPv6-in-IP
+            self._ip(payload, 0, out, depth + 1)
+        elif proto == 47:
+            self._gre(payload, out, depth + 1)
+        else:
+            self.count("other_ip_protocol")
+
+    # -- UDP and what rides on it --------------------------------------------------------------------
+
+    def _udp(self, src, sport, dst, dport, body, frames, out, depth) -> None:
+        if body[:4] == b"HEP3" or (body[:1] in (b"\x01", b"\x02") and len(body) > 20 and body[2:3] in (b"\x02", b"\x0a")
+                                   and (sport == 9060 or dport == 9060)):
+            if self._hep(body, out):
+                return
+        if (dport == 4789 or sport == 4789) and len(body) > 22 and body[0] & 0x08:  # VXLAN
+            self._ether(body, 8, out, depth + 1)
+            return
+        out.append(Datagram(self.ts, self.file, self.frame, src, sport, dst, dport, "udp", body, frames))
+
+    def _hep(self, body: bytes, out: list) -> bool:
+        """HEP v3 chunks or HEP v1/v2 fixed header around a captured payload (usually SIP)."""
+        if body[:4] == b"HEP3":
+            total = _H.unpack_from(body, 4)[0]
+            pos, end = 6, min(total, len(body))
+            src = dst = None
+            sport = dport = 0
+            proto = 17
+            payload = None
+            while pos + 6 <= end:
+                _vendor, ctype, clen = struct.unpack_from("!HHH", body, pos)
+                if clen < 6:
+                    break
+                v = body[pos + 6:pos + clen]
+                if ctype == 2:
+                    proto = v[0]
+                elif ctype == 3:
+                    src = _ntop4(v)
+                elif ctype == 4:
+                    dst = _ntop4(v)
+                elif ctype == 5:
+                    src = _ntop6(v)
+                elif ctype == 6:
+                    dst = _ntop6(v)
+                elif ctype == 7:
+                    sport = _H.unpack(v)[0]
+                elif ctype == 8:
+                    dport = _H.unpack(v)[0]
+                elif ctype == 15:
+                    payload = v
+                pos += clen
+            if payload is None or src is None or dst is None:
+                self.count("hep_incomplete")
+                return False
+        else:
+            hlen, fam, proto = body[1], body[2], body[3]
+            sport, dport = struct.unpack_from("!HH", body, 4)
+            if fam == 2:
+                src, dst, pos = _ntop4(body[8:12]), _ntop4(body[12:16]), 16
+            else:
+                src, dst, pos = _ntop6(body[8:24]), _ntop6(body[24:40]), 40
+            if body[0] == 2:
+                pos += 12  # timestamp seconds, microseconds, capture id
+            payload = body[max(pos, hlen):]
+        self.count("hep")
+        out.append(Datagram(self.ts, self.file, self.frame, src, sport, dst, dport, "hep", bytes(payload),
+                            (self.frame,)))
+        return True
+
+    def _gre(self, data: bytes, out: list, depth: int) -> None:
+        flags, proto = struct.unpack_from("!HH", data, 0)
+        off = 4 + (4 if flags & 0x8000 else 0) + (4 if flags & 0x2000 else 0)
+        seq_present = flags & 0x1000
+        off += 4 if seq_present else 0
+        if proto == 0x88BE:  # ERSPAN type II (sequence bit set) has an 8-byte header; type I has none
+            self._ether(data, off + (8 if seq_present else 0), out, depth)
+        elif proto == 0x22EB:  # ERSPAN type III: 12 bytes, plus 8 when the O flag announces a subheader
+            o_flag = data[off + 11] & 0x01
+            self._ether(data, off + 12 + (8 if o_flag else 0), out, depth)
+        elif proto == 0x6558:  # transparent Ethernet bridging
+            self._ether(data, off, out, depth)
+        elif proto in (0x0800, 0x86DD):
+            self._ip(data, off, out, depth)
+        else:
+            self.count("gre_unknown")
+
+    # -- SCTP -----------------------------------------------------------------------------------------
+
+    def _sctp(self, src: str, dst: str, data: bytes, frames, out: list) -> None:
+        sport, dport = struct.unpack_from("!HH", data, 0)
+        pos = 12
+        while pos + 4 <= len(data):
+            ctype, cflags, clen = struct.unpack_from("!BBH", data, pos)
+            if clen < 4:
+                break
+            if ctype == 0 and clen >= 16:  # DATA
+                sid = _H.unpack_from(data, pos + 8)[0]
+                user = data[pos + 16:pos + clen]
+                key = (src, sport, dst, dport, sid)
+                if cflags & 3 == 3:  # unfragmented user message
+                    out.append(Datagram(self.ts, self.file, self.frame, src, sport, dst, dport, "sctp", user, frames))
+                else:
+                    if cflags & 2:  # beginning
+                        self.sctp_parts[key] = [user]
+                    elif key in self.sctp_parts:
+                        self.sctp_parts[key].append(user)
+                    if cflags & 1 and key in self.sctp_parts:  # end
+                        whole = b"".join(self.sctp_parts.pop(key))
+                        out.append(Datagram(self.ts, self.file, self.frame, src, sport, dst, dport, "sctp", whole, frames))
+            pos += (clen + 3) & ~3
+
+    # -- TCP ------------------------------------------------------------------------------------------
+
+    def _tcp(self, src: str, dst: str, data: bytes, out: list) -> None:
+        sport, dport, seq, _ack, offx, flags, _win, _sum, _urg = _TCP.unpack_from(data, 0)
+        payload = data[(offx >> 4) * 4:]
+        key = (src, sport, dst, dport)
+        d = self.tcp.get(key)
+        if d is None:
+            if not payload and not flags & 0x02:
+                return
+            d = self.tcp[key] = _TcpDir()
+        d.last = self.ts
+        if flags & 0x02:  # SYN: data starts after it
+            d.next_seq = (seq + 1) & 0xFFFFFFFF
+            d.ooo.clear()
+            d.held = 0
+            if not payload:
+                return
+            seq = (seq + 1) & 0xFFFFFFFF
+        if payload:
+            self._tcp_segment(key, d, seq, payload, out)
+        if flags & 0x05:  # FIN or RST: this direction is over
+            if d.ooo:
+                self._tcp_flush(key, d, out)
+            del self.tcp[key]
+
+    def _tcp_segment(self, key, d: _TcpDir, seq: int, payload: bytes, out: list) -> None:
+        if d.next_seq is None:  # capture started mid-connection
+            d.next_seq = seq
+        rel = (seq - d.next_seq) & 0xFFFFFFFF
+        if rel >= 0x80000000:
+            rel -= 0x100000000
+        if rel < 0:
+            if rel + len(payload) <= 0:
+                self.count("tcp_retransmission")
+                return
+            payload = payload[-rel:]
+            self.count("tcp_overlap")
+        elif rel > 0:
+            if seq not in d.ooo:
+                d.ooo[seq] = (payload, self.frame)
+                d.held += len(payload)
+                self.count("tcp_out_of_order")
+            if d.held > TCP_OOO_LIMIT:
+                self._tcp_flush(key, d, out)
+            return
+        self._tcp_deliver(key, d, payload, self.frame, out)
+        self._tcp_drain(key, d, out)
+
+    def _tcp_drain(self, key, d: _TcpDir, out: list) -> None:
+        while d.ooo:
+            progressed = False
+            for s in list(d.ooo):
+                rel = (s - d.next_seq) & 0xFFFFFFFF
+                if rel >= 0x80000000:
+                    rel -= 0x100000000
+                if rel <= 0:
+                    p, fr = d.ooo.pop(s)
+                    d.held -= len(p)
+                    if rel + len(p) > 0:
+                        self._tcp_deliver(key, d, p[-rel:] if rel else p, fr, out)
+                    progressed = True
+            if not progressed:
+                return
+
+    def _tcp_flush(self, key, d: _TcpDir, out: list) -> None:
+        """Give up waiting for missing bytes: skip the gap and go on from the lowest held segment."""
+        while d.ooo:
+            first = min(d.ooo, key=lambda s: (s - d.next_seq) & 0xFFFFFFFF)
+            self.count("tcp_gap")
+            self._emit(key, d, None, self.frame, out)
+            d.next_seq = first
+            self._tcp_drain(key, d, out)
+
+    def _tcp_deliver(self, key, d: _TcpDir, payload: bytes, frame: int, out: list) -> None:
+        d.next_seq = (d.next_seq + len(payload)) & 0xFFFFFFFF
+        self._emit(key, d, payload, frame, out)
+
+    def _emit(self, key, d: _TcpDir, payload: Optional[bytes], frame: int, out: list) -> None:
+        """Hand in-order stream bytes on: as they are, or through the WebSocket de-framer."""
+        if payload is not None and not d.mode:
+            d.mode = self._stream_mode(key, payload)
+            if d.mode == "ws":
+                d.ws = StreamBuffer()
+        if d.mode == "ws" or d.mode == "http":
+            if payload is None:
+                d.ws.clear()
+                d.ws_parts.clear()
+                d.ws_frames.clear()
+                return
+            d.ws.append(payload, frame)
+            self._websocket(key, d, out)
+            return
+        src, sport, dst, dport = key
+        out.append(Datagram(self.ts, self.file, self.frame, src, sport, dst, dport, "tcp", payload, (frame,)))
+
+    def _stream_mode(self, key, first: bytes) -> str:
+        """Decide what the stream carries from its first bytes: a WebSocket upgrade handshake (either
+        side of it), WebSocket frames seen mid-connection, or anything else (plain bytes for SIP)."""
+        head = first[:2048].lower()
+        if (head.startswith(b"get ") and b"upgrade: websocket" in head) or \
+                (head.startswith(b"http/1.1 101") and b"websocket" in head):
+            return "ws"
+        # Mid-connection WebSocket: a final text/binary frame whose (unmasked) payload looks like SIP.
+        if len(first) >= 6 and first[0] in (0x81, 0x82, 0x01, 0x02):
+            try:
+                body = _ws_frame(first)
+            except IndexError:
+                body = None
+            if body and body[2][:8] in (b"SIP/2.0 ",) or (body and body[2][:3].isalpha()
+                                                           and b" sip:" in body[2][:64].lower()):
+                return "ws"
+        reverse = self.tcp.get((key[2], key[3], key[0], key[1]))
+        if reverse is not None and reverse.mode == "ws":
+            return "ws"
+        return "raw"
+
+    def _websocket(self, key, d: _TcpDir, out: list) -> None:
+        buf = d.ws
+        while True:
+            data = buf.data
+            if data[:4] in (b"GET ", b"HTTP"):  # the upgrade handshake: skip the HTTP head
+                end = data.find(b"\r\n\r\n")
+                if end < 0:
+                    return
+                buf.take(end + 4)
+                continue
+            if len(data) < 2:
+                return
+            try:
+                parsed = _ws_frame(data)
+            except IndexError:
+                return
+            if parsed is None:
+                return
+            fin, opcode, payload, flen = parsed
+            _, frames = buf.take(flen)
+            if opcode >= 8:  # control frames (close, ping, pong) carry no SIP
+                self.count("ws_control")
+                continue
+            d.ws_parts.append(payload)
+            d.ws_frames.extend(f for f in frames if f not in d.ws_frames)
+            if fin:
+                msg = b"".join(d.ws_parts)
+                frames_all = tuple(d.ws_frames)
+                d.ws_parts.clear()
+                d.ws_frames.clear()
+                src, sport, dst, dport = key
+                out.append(Datagram(self.ts, self.file, self.frame, src, sport, dst, dport, "ws", msg, frames_all))
+
+    # -- housekeeping ---------------------------------------------------------------------------------
+
+    def _sweep(self, now: float) -> None:
+        """Drop fragments and streams idle for long (capture time) so memory stays bounded."""
+        self._sweep_at = now + 10.0
+        for k in [k for k, e in self.frags.items() if now - e[0] > FRAG_TIMEOUT]:
+            del self.frags[k]
+            self.count("ip_fragments_expired")
+        for k in [k for k, d in self.tcp.items() if now - d.last > TCP_IDLE]:
+            del self.tcp[k]
+
+    def finish(self) -> List[Datagram]:
+        """End of capture: deliver what TCP still holds after gaps."""
+        out: List[Datagram] = []
+        for key, d in list(self.tcp.items()):
+            if d.ooo:
+                self._tcp_flush(key, d, out)
+        if self.frags:
+            self.counters["ip_fragments_incomplete"] = self.counters.get("ip_fragments_incomplete", 0) + len(self.frags)
+        return out
+
+
+def _ws_frame(data) -> Optional[tuple]:
+    """Parse one WebSocket frame at the start of ``data``: (fin, opcode, unmasked payload, frame length),
+    or None when the frame is not complete yet. Raises IndexError on too few bytes for the header."""
+    b0, b1 = data[0], data[1]
+    n = b1 & 0x7F
+    pos = 2
+    if n == 126:
+        n = _H.unpack_from(data, 2)[0]
+        pos = 4
+    elif n == 127:
+        n = struct.unpack_from("!Q", data, 2)[0]
+        pos = 10
+    mask = None
+    if b1 & 0x80:
+        mask = bytes(data[pos:pos + 4])
+        if len(mask) < 4:
+            return None
+        pos += 4
+    if len(data) < pos + n:
+        return None
+    payload = bytes(data[pos:pos + n])
+    if mask:
+        reps = mask * (n // 4 + 1)
+        payload = (int.from_bytes(payload, "big") ^ int.from_bytes(reps[:n], "big")).to_bytes(n, "big") if n else b""
+    return bool(b0 & 0x80), b0 & 0x0F, payload, pos + n

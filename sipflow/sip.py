@@ -1,0 +1,505 @@
+"""SIP messages (RFC 3261): parsing, the lossless message model, URIs, and stream framing.
+
+Owns bytes -> ``SipMessage`` and the framing of SIP on byte streams (TCP, TLS-decrypted, by
+Content-Length, RFC 3261 §18.3). Leaves transactions and dialogs to ``dialogs``, SDP bodies to ``sdp``.
+Does no I/O.
+
+The model is lossless: the raw bytes, every header in order with repeats, names canonicalised (compact
+forms such as ``i`` or ``v`` expanded, §7.3.3) but values untouched. A message that breaks a rule the
+parser can live with (bad Content-Length, junk before the request line) is parsed and the problem kept
+in ``problems``; only bytes that are not a SIP message at all raise ``ParseError``.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Dict, List, Optional, Tuple
+
+from sipflow.errors import ParseError
+from sipflow.net import StreamBuffer
+
+# RFC 3261 §7.3.3 and later RFCs' compact forms.
+COMPACT = {
+    "i": "call-id", "f": "from", "t": "to", "v": "via", "m": "contact", "l": "content-length",
+    "c": "content-type", "k": "supported", "s": "subject", "o": "event", "u": "allow-events",
+    "e": "content-encoding", "r": "refer-to", "b": "referred-by", "x": "session-expires",
+    "a": "accept-contact", "j": "reject-contact", "d": "request-disposition", "y": "identity",
+    "n": "identity-info",
+}
+_CANONICAL = {
+    "call-id": "Call-ID", "cseq": "CSeq", "www-authenticate": "WWW-Authenticate", "mime-version": "MIME-Version",
+    "rack": "RAck", "rseq": "RSeq", "p-asserted-identity": "P-Asserted-Identity", "sip-etag": "SIP-ETag",
+    "sip-if-match": "SIP-If-Match", "session-id": "Session-ID",
+}
+# Headers whose value is a comma-separated list (RFC 3261 §7.3.1); others (e.g. Date, WWW-Authenticate)
+# contain commas that are not separators.
+LIST_HEADERS = frozenset((
+    "via", "contact", "route", "record-route", "allow", "supported", "require", "proxy-require",
+    "unsupported", "allow-events", "accept", "accept-encoding", "accept-language", "content-encoding",
+    "in-reply-to", "path", "service-route", "p-asserted-identity", "reason",
+))
+KNOWN_METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "PRACK", "SUBSCRIBE", "NOTIFY",
+                 "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE")
+
+_TOKEN = rb"[A-Za-z0-9.!%*_+`'~-]+"
+_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") +(\S+) +SIP/2\.0 *\r?$", re.I)
+_STATUS_LINE = re.compile(rb"SIP/2\.0 +([1-6][0-9][0-9])(?: +([^\r\n]*))?\r?$", re.I)
+# Where a SIP message could start inside a stream that was joined mid-way.
+_RESYNC = re.compile(rb"(?:^|\n)(SIP/2\.0 [1-6][0-9][0-9] |(?:" + "|".join(KNOWN_METHODS).encode()
+                     + rb") [^ \r\n]+ SIP/2\.0\r?\n)")
+
+MAX_HEAD = 64 * 1024  # a SIP head larger than this on a stream is junk, not a message in progress
+
+
+def canonical_name(name: str) -> str:
+    low = name.strip().lower()
+    low = COMPACT.get(low, low)
+    return _CANONICAL.get(low) or "-".join(p[:1].upper() + p[1:] for p in low.split("-"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Values: URIs, name-addr, Via
+
+
+def _params(text: str) -> Tuple[Tuple[str, Optional[str]], ...]:
+    out = []
+    for part in text.split(";"):
+        part = part.strip()
+        if not part:
+            continue
+        k, eq, v = part.partition("=")
+        out.append((k.strip().lower(), v.strip().strip('"') if eq else None))
+    return tuple(out)
+
+
+def _param(params, name: str) -> Optional[str]:
+    for k, v in params:
+        if k == name:
+            return v if v is not None else ""
+    return None
+
+
+@dataclass(frozen=True)
+class Uri:
+    """A sip:, sips: or tel: URI (RFC 3261 §19.1, RFC 3966); other schemes keep only ``raw``."""
+    raw: str
+    scheme: str = ""
+    user: Optional[str] = None
+    host: str = ""
+    port: Optional[int] = None
+    params: Tuple[Tuple[str, Optional[str]], ...] = ()
+
+    def param(self, name: str) -> Optional[str]:
+        return _param(self.params, name)
+
+    def __str__(self) -> str:
+        return self.raw
+
+
+def parse_uri(text: str) -> Uri:
+    text = text.strip()
+    scheme, colon, rest = text.partition(":")
+    scheme = scheme.lower()
+    if not colon:
+        return Uri(raw=text)
+    if scheme == "tel":
+        number, _, params = rest.partition(";")
+        return Uri(raw=text, scheme=scheme, user=number, params=_params(params))
+    if scheme not in ("sip", "sips"):
+        return Uri(raw=text, scheme=scheme)
+    rest = rest.split("?", 1)[0]
+    userinfo, at, hostpart = rest.rpartition("@")
+    user = userinfo.split(":", 1)[0] if at else None
+    hostport, _, params = hostpart.partition(";")
+    port = None
+    if hostport.startswith("["):
+        host, _, tail = hostport[1:].partition("]")
+        if tail.startswith(":") and tail[1:].isdigit():
+            port = int(tail[1:])
+    else:
+        host, _, p = hostport.partition(":")
+        if p.isdigit():
+            port = int(p)
+    return Uri(raw=text, scheme=scheme, user=user, host=host.lower(), port=port, params=_params(params))
+
+
+@dataclass(frozen=True)
+class NameAddr:
+    """A From/To/Contact/Route value: name-addr (``"Bob" <sip:bob@x>;tag=1``) or addr-spec form.
+    In addr-spec form the parameters after the URI belong to the header, not the URI (§20.10)."""
+    raw: str
+    uri: Uri
+    display: Optional[str] = None
+    params: Tuple[Tuple[str, Optional[str]], ...] = ()
+
+    @property
+    def tag(self) -> Optional[str]:
+        return _param(self.params, "tag")
+
+    def param(self, name: str) -> Optional[str]:
+        return _param(self.params, name)
+
+
+def parse_name_addr(text: str) -> NameAddr:
+    text = text.strip()
+    lt = text.find("<")
+    if lt >= 0:
+        gt = text.find(">", lt)
+        if gt < 0:
+            gt = len(text)
+        display = text[:lt].strip().strip('"') or None
+        return NameAddr(raw=text, uri=parse_uri(text[lt + 1:gt]), display=display,
+                        params=_params(text[gt + 1:]))
+    if text == "*":
+        return NameAddr(raw=text, uri=Uri(raw="*"))
+    uri, _, params = text.partition(";")
+    return NameAddr(raw=text, uri=parse_uri(uri), params=_params(params))
+
+
+@dataclass(frozen=True)
+class Via:
+    """One Via value (§20.42): ``SIP/2.0/UDP host:port;branch=...;received=...;rport``."""
+    raw: str
+    transport: str
+    host: str
+    port: Optional[int]
+    params: Tuple[Tuple[str, Optional[str]], ...]
+
+    @property
+    def branch(self) -> Optional[str]:
+        return _param(self.params, "branch")
+
+    @property
+    def sent_by(self) -> str:
+        return f"{self.host}:{self.port or ''}"
+
+    def param(self, name: str) -> Optional[str]:
+        return _param(self.params, name)
+
+
+def parse_via(text: str) -> Via:
+    text = text.strip()
+    proto, _, rest = text.partition(" ")
+    transport = proto.rsplit("/", 1)[-1].strip().upper()
+    rest = rest.strip()
+    hostport, _, params = rest.partition(";")
+    hostport = hostport.strip()
+    port = None
+    if hostport.startswith("["):
+        host, _, tail = hostport[1:].partition("]")
+        if tail[1:].strip().isdigit():
+            port = int(tail[1:])
+    else:
+        host, _, p = hostport.partition(":")
+        if p.strip().isdigit():
+            port = int(p)
+    return Via(raw=text, transport=transport, host=host.lower(), port=port, params=_params(params))
+
+
+def split_list(value: str) -> List[str]:
+    """Split a header value on commas that are outside quotes and angle brackets (§7.3.1)."""
+    out, depth, quote, start, i = [], 0, False, 0, 0
+    while i < len(value):
+        ch = value[i]
+        if quote:
+            if ch == "\\":
+                i += 1
+            elif ch == '"':
+                quote = False
+        elif ch == '"':
+            quote = True
+        elif ch == "<":
+            depth += 1
+        elif ch == ">":
+            depth = max(0, depth - 1)
+        elif ch == "," and depth == 0:
+            out.append(value[start:i].strip())
+            start = i + 1
+        i += 1
+    last = value[start:].strip()
+    if last or not out:
+        out.append(last)
+    return [v for v in out if v]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The message
+
+
+@dataclass(frozen=True)
+class SipMessage:
+    """One SIP request or response, lossless. ``method`` is set for requests, ``status`` for responses."""
+    raw: bytes
+    method: Optional[str]
+    uri: Optional[str]
+    status: Optional[int]
+    reason: Optional[str]
+    headers: Tuple[Tuple[str, str], ...]
+    body: bytes
+    problems: Tuple[str, ...] = ()
+    _index: Dict[str, List[str]] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def is_request(self) -> bool:
+        return self.method is not None
+
+    def header(self, name: str) -> Optional[str]:
+        """First value of a header (case-insensitive, compact forms accepted), or None."""
+        values = self._index.get(canonical_name(name))
+        return values[0] if values else None
+
+    def header_values(self, name: str) -> List[str]:
+        """Every value of a header in order, comma-separated lists split where the RFC allows it."""
+        canon = canonical_name(name)
+        values = self._index.get(canon, [])
+        if canon.lower() in LIST_HEADERS:
+            return [v for value in values for v in split_list(value)]
+        return list(values)
+
+    @cached_property
+    def call_id(self) -> Optional[str]:
+        v = self.header("Call-ID")
+        return v.strip() if v is not None else None
+
+    @cached_property
+    def cseq(self) -> Tuple[Optional[int], Optional[str]]:
+        v = self.header("CSeq")
+        if not v:
+            return None, None
+        num, _, method = v.strip().partition(" ")
+        try:
+            return int(num), method.strip().upper() or None
+        except ValueError:
+            return None, method.strip().upper() or None
+
+    @cached_property
+    def from_(self) -> Optional[NameAddr]:
+        v = self.header("From")
+        return parse_name_addr(v) if v is not None else None
+
+    @cached_property
+    def to(self) -> Optional[NameAddr]:
+        v = self.header("To")
+        return parse_name_addr(v) if v is not None else None
+
+    @cached_property
+    def vias(self) -> List[Via]:
+        return [parse_via(v) for v in self.header_values("Via")]
+
+    @cached_property
+    def contacts(self) -> List[NameAddr]:
+        return [parse_name_addr(v) for v in self.header_values("Contact")]
+
+    @property
+    def branch(self) -> Optional[str]:
+        return self.vias[0].branch if self.vias else None
+
+    @property
+    def content_type(self) -> str:
+        return (self.header("Content-Type") or "").split(";")[0].strip().lower()
+
+    def expires(self) -> Optional[int]:
+        v = self.header("Expires")
+        try:
+            return int(v.strip()) if v is not None else None
+        except ValueError:
+            return None
+
+    @property
+    def first_line(self) -> str:
+        if self.method:
+            return f"{self.method} {self.uri} SIP/2.0"
+        return f"SIP/2.0 {self.status} {self.reason or ''}".rstrip()
+
+    def summary(self) -> str:
+        """What a ladder arrow or a list line says: ``INVITE`` or ``200 OK``."""
+        return self.method if self.method else f"{self.status} {self.reason or ''}".rstrip()
+
+
+def looks_like_sip(data) -> bool:
+    """Cheap test on a datagram's first bytes: could this be a SIP message?"""
+    if data[:8] == b"SIP/2.0 ":
+        return True
+    nl = data.find(b"\n", 0, 2048)
+    line = data[:nl if nl >= 0 else min(len(data), 2048)].rstrip(b"\r")
+    return line.endswith(b" SIP/2.0") and b" " in line[:-8]
+
+
+def parse_message(data: bytes, datagram: bool = True) -> SipMessage:
+    """Parse one whole SIP message. ``datagram``: a missing Content-Length means the rest of the data
+    (RFC 3261 §18.3 allows that only on UDP); on a stream the framer has already cut the message out."""
+    problems: List[str] = []
+    raw = bytes(data)
+    start = 0
+    while raw.startswith(b"\r\n", start):  # RFC 5626 keep-alives before a message
+        start += 2
+    head_end = raw.find(b"\r\n\r\n", start)
+    sep = 4
+    if head_end < 0:
+        head_end = raw.find(b"\n\n", start)
+        sep = 2
+        if head_end >= 0:
+            problems.append("header lines end with LF, not CRLF")
+    if head_end < 0:
+        head_end, sep = len(raw), 0
+        problems.append("no empty line after the headers")
+    head = raw[start:head_end]
+    lines = head.split(b"\n")
+    first = lines[0].rstrip(b"\r")
+    method = uri = reason = None
+    status = None
+    m = _STATUS_LINE.match(first)
+    if m:
+        status = int(m.group(1))
+        reason = (m.group(2) or b"").decode("utf-8", "replace").strip()
+    else:
+        m = _REQUEST_LINE.match(first)
+        if not m:
+            raise ParseError(f"not a SIP start line: {first[:60]!r}")
+        method = m.group(1).decode("ascii").upper()
+        if method not in KNOWN_METHODS:
+            for known in KNOWN_METHODS:  # junk glued before a method ("DBREGISTER"), as tshark reads it
+                if method.endswith(known):
+                    problems.append(f"junk before the request line: {method[:-len(known)]!r}")
+                    method = known
+                    break
+        uri = m.group(2).decode("utf-8", "replace")
+    headers: List[Tuple[str, str]] = []
+    index: Dict[str, List[str]] = {}
+    for line in lines[1:]:
+        line = line.rstrip(b"\r")
+        if not line:
+            continue
+        text = line.decode("utf-8", "replace")
+        if text[:1] in (" ", "\t") and headers:  # folded continuation (§7.3.1)
+            name, value = headers[-1]
+            headers[-1] = (name, value + " " + text.strip())
+            index[name][-1] = headers[-1][1]
+            continue
+        name, colon, value = text.partition(":")
+        if not colon or not name.strip() or " " in name.strip():
+            problems.append(f"bad header line: {text[:60]!r}")
+            continue
+        name = canonical_name(name)
+        value = value.strip()
+        headers.append((name, value))
+        index.setdefault(name, []).append(value)
+    rest = raw[head_end + sep:]
+    body = rest
+    cl_values = index.get("Content-Length")
+    if cl_values:
+        try:
+            cl = int(cl_values[0])
+            if cl < 0:
+                raise ValueError
+        except ValueError:
+            problems.append(f"invalid Content-Length {cl_values[0]!r}")
+        else:
+            if cl > len(rest):
+                problems.append(f"Content-Length {cl} but only {len(rest)} body bytes")
+            elif cl < len(rest):
+                body = rest[:cl]
+                if rest[cl:].strip(b"\r\n\x00 "):
+                    problems.append(f"Content-Length {cl} but {len(rest)} bytes follow the headers")
+            raw = raw[:head_end + sep + min(cl, len(rest))] if datagram else raw
+    elif not datagram:
+        problems.append("no Content-Length on a stream transport")
+    for required in ("Call-ID", "CSeq", "From", "To", "Via"):
+        if required not in index:
+            problems.append(f"missing {required}")
+    return SipMessage(raw=raw, method=method, uri=uri, status=status, reason=reason, headers=tuple(headers),
+                      body=body, problems=tuple(problems), _index=index)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Framing on byte streams (TCP, WebSocket is framed by net)
+
+
+def frame_stream(data) -> Tuple[str, int]:
+    """Decide what the start of a stream buffer holds, without consuming it (h11-style: a pure function).
+
+    Returns ``("need", 0)`` when more bytes are needed, ``("keepalive", n)`` for CRLF keep-alives,
+    ``("junk", n)`` for n bytes that cannot start a message (skip them), or ``("message", n)``.
+    """
+    if not data:
+        return "need", 0
+    n = 0
+    while data[n:n + 1] in (b"\r", b"\n") and n < len(data):
+        n += 1
+    if n:
+        return "keepalive", n
+    first_nl = data.find(b"\n")
+    if first_nl < 0:
+        if len(data) > 1024 or not _could_start(data):
+            return _junk(data)
+        return "need", 0
+    if not _could_start(data[:first_nl + 1]) or not (
+            _STATUS_LINE.match(data[:first_nl].rstrip(b"\r")) or _REQUEST_LINE.match(data[:first_nl].rstrip(b"\r"))):
+        return _junk(data)
+    head_end = data.find(b"\r\n\r\n")
+    sep = 4
+    if head_end < 0:
+        lf = data.find(b"\n\n")
+        if lf >= 0:
+            head_end, sep = lf, 2
+    if head_end < 0:
+        if len(data) > MAX_HEAD:
+            return _junk(data, 1)
+        return "need", 0
+    cl = _content_length(bytes(data[:head_end]))
+    total = head_end + sep + cl
+    if len(data) < total:
+        return "need", 0
+    return "message", total
+
+
+def _could_start(prefix) -> bool:
+    return prefix[:1].isalpha() if prefix else True
+
+
+def _junk(data, start: int = 0) -> Tuple[str, int]:
+    """Skip to the next place a message could start (a stream joined mid-message, or garbage)."""
+    m = _RESYNC.search(bytes(data), max(start, 1))
+    if m:
+        return "junk", m.start(1)
+    # No start line in sight: drop every complete line; the last one may be a start line still arriving.
+    cut = data.rfind(b"\n") + 1
+    if cut <= 0 or len(data) - cut > 1024:
+        cut = len(data)
+    return ("junk", cut) if cut else ("need", 0)
+
+
+_CL_RE = re.compile(rb"\n(?:content-length|l)[ \t]*:[ \t]*(\d+)", re.I)
+
+
+def _content_length(head: bytes) -> int:
+    m = _CL_RE.search(head)
+    return int(m.group(1)) if m else 0
+
+
+class StreamFramer:
+    """Cuts SIP messages out of one direction of a byte stream, remembering which frames carried each."""
+
+    def __init__(self) -> None:
+        self.buf = StreamBuffer()
+        self.junk_bytes = 0
+
+    def feed(self, payload: Optional[bytes], frame: int) -> List[Tuple[bytes, Tuple[int, ...]]]:
+        """Add bytes (None: bytes were lost, resynchronise) and return the complete messages now in."""
+        if payload is None:
+            if len(self.buf):
+                self.junk_bytes += len(self.buf)
+            self.buf.clear()
+            return []
+        self.buf.append(payload, frame)
+        out = []
+        while True:
+            kind, n = frame_stream(self.buf.data)
+            if kind == "need" or n == 0:
+                return out
+            data, frames = self.buf.take(n)
+            if kind == "message":
+                out.append((data, frames))
+            elif kind == "junk":
+                self.junk_bytes += n
