@@ -10,12 +10,12 @@ records with precompiled ``struct.Struct``s, creating no object per packet beyon
 """
 from __future__ import annotations
 
-import gzip
 import heapq
 import io
 import os
 import struct
 import sys
+import zlib
 from typing import Callable, Iterator, List, Optional
 
 from sipflow.errors import CaptureError
@@ -57,6 +57,46 @@ class _Prefixed(io.RawIOBase):
         return self._raw.readinto(b)
 
 
+class _Gunzip(io.RawIOBase):
+    """Streaming gzip decompression that, unlike ``gzip.GzipFile``, hands out every byte it could
+    decompress before a cut (a capture copied while still being written) and then reports the cut."""
+
+    def __init__(self, raw) -> None:
+        self._raw = raw
+        self._z = zlib.decompressobj(wbits=31)
+        self._pending = b""
+        self.cut = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while not self._pending:
+            chunk = self._raw.read(1 << 16)
+            if not chunk:
+                if not self._z.eof:
+                    self.cut = True
+                return 0
+            if self._z.eof:  # a further gzip member (concatenated .gz files)
+                self._z = zlib.decompressobj(wbits=31)
+            try:
+                self._pending = self._z.decompress(chunk)
+            except zlib.error as e:
+                raise OSError(f"corrupt gzip data ({e})") from None
+            if self._z.eof and self._z.unused_data:
+                rest = self._z.unused_data
+                self._z = zlib.decompressobj(wbits=31)
+                self._pending += self._z.decompress(rest)
+        n = min(len(b), len(self._pending))
+        b[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
 def _open_stream(path: str):
     """Open ``path`` ('-' is stdin), transparently un-gzipping; return (file object, display name)."""
     if path == "-":
@@ -64,7 +104,7 @@ def _open_stream(path: str):
         head = raw.read(4)
         stream = _Prefixed(head, raw)
         if head[:2] == b"\x1f\x8b":
-            return gzip.GzipFile(fileobj=io.BufferedReader(stream)), "<stdin>"
+            return _Gunzip(stream), "<stdin>"
         return stream, "<stdin>"
     try:
         f = open(path, "rb")
@@ -77,7 +117,7 @@ def _open_stream(path: str):
     head = f.read(2)
     f.seek(0)
     if head == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=f), path
+        return _Gunzip(f), path
     return f, path
 
 
@@ -96,7 +136,7 @@ class CaptureFile:
         self.linktypes: List[int] = []
         self._f, self.name = _open_stream(path)
         try:
-            self.size = os.fstat(self._f.fileno()).st_size if path != "-" and not isinstance(self._f, gzip.GzipFile) else 0
+            self.size = os.fstat(self._f.fileno()).st_size if path != "-" and not isinstance(self._f, _Gunzip) else 0
         except (OSError, io.UnsupportedOperation):
             self.size = 0
         self._buf = bytearray(BLOCK_SIZE)
@@ -144,6 +184,9 @@ class CaptureFile:
                     return False
             if not n:
                 self._eof = True
+                if getattr(self._f, "cut", False):
+                    self.truncated = True
+                    self.warning = f"{self.name}: compressed data is cut short; analysed everything before the cut"
                 return self._end - self._start >= need
             self._end += n
             if self.progress:

@@ -185,8 +185,12 @@ class Call:
         self.reinvites: List[Transaction] = []
         self.caller: Optional[Tuple[str, int]] = None
         self.caller_tag: Optional[str] = None
-        self.from_uri = self.to_uri = ""
-        self.from_user = self.to_user = None
+        # Parties as the first message names them; the initial INVITE, when seen, has the last word.
+        m = first.msg
+        self.from_uri = str(m.from_.uri) if m.from_ else ""
+        self.to_uri = str(m.to.uri) if m.to else ""
+        self.from_user = m.from_.uri.user if m.from_ else None
+        self.to_user = m.to.uri.user if m.to else None
         self.start = first.ts
         self.state = CallState.SETUP
         self.dialogs: Dict[Tuple[str, str], Dialog] = {}
@@ -445,7 +449,8 @@ class Tracker:
         elif method == "BYE" and call is not None:
             if call.bye is None:
                 call.bye = ev
-                if not any(t.final is not None and 200 <= t.final.msg.status < 300 for t in call.invites):
+                if call.saw_initial and not any(t.final is not None and 200 <= t.final.msg.status < 300
+                                                for t in call.invites):
                     self.anomaly("bye_before_answer", ev, "BYE before any 2xx to the INVITE", call)
             self._call_event(call, "bye")
         elif method == "REGISTER":

@@ -484,6 +484,7 @@ class StreamFramer:
     def __init__(self) -> None:
         self.buf = StreamBuffer()
         self.junk_bytes = 0
+        self.keepalive_bytes = 0
 
     def feed(self, payload: Optional[bytes], frame: int) -> List[Tuple[bytes, Tuple[int, ...]]]:
         """Add bytes (None: bytes were lost, resynchronise) and return the complete messages now in."""
@@ -503,3 +504,5 @@ class StreamFramer:
                 out.append((data, frames))
             elif kind == "junk":
                 self.junk_bytes += n
+            else:
+                self.keepalive_bytes += n

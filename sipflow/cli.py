@@ -1,0 +1,213 @@
+"""The ``sipflow`` command line: a thin click layer over the library.
+
+Owns argument parsing, the progress bar, output files and exit codes. Each command opens the captures,
+calls one library function and hands the result to a renderer in ``report``; library errors become one
+clear line and an exit code here, and nowhere else.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import enum
+import functools
+import os
+import sys
+from typing import Callable, List, Optional
+
+import click
+
+from sipflow import __version__
+
+
+class Exit(enum.IntEnum):
+    """Exit codes of the analysis commands."""
+    OK = 0
+    ERROR = 1        # unreadable input: missing file, not a capture, unknown link type
+    USAGE = 2        # bad command line (click's own code)
+    INTERRUPTED = 130
+
+
+def _parse_time(value: Optional[str]) -> Optional[float]:
+    """Epoch seconds, or an ISO 8601 date-time (UTC unless it carries an offset)."""
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        t = _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither epoch seconds nor an ISO time like 2024-05-01T10:00:00")
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=_dt.timezone.utc)
+    return t.timestamp()
+
+
+def analysis_options(formats: List[str]) -> Callable:
+    """Options every analysis command shares: files, format, output and the filters."""
+    def deco(f):
+        f = click.argument("files", nargs=-1, required=True, type=click.Path(allow_dash=True))(f)
+        f = click.option("--format", "fmt", type=click.Choice(formats), default=formats[0], show_default=True,
+                         help="Output format.")(f)
+        f = click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default="-",
+                         help="Write here instead of standard output.")(f)
+        f = click.option("--call-id", help="Only this Call-ID.")(f)
+        f = click.option("--user", help="Only calls/messages whose From or To user contains this text.")(f)
+        f = click.option("--method", help="Only this SIP method (INVITE, REGISTER, OPTIONS...).")(f)
+        f = click.option("--status", help="Only this final status: a code (486) or a class (4xx).")(f)
+        f = click.option("--since", help="Only from this time (epoch seconds or ISO 8601, UTC by default).")(f)
+        f = click.option("--until", help="Only up to this time.")(f)
+        f = click.option("--width", type=int, default=None, help="Table width (default: terminal width, max 160).")(f)
+        f = click.option("--no-progress", is_flag=True, help="No progress bar on standard error.")(f)
+        return f
+    return deco
+
+
+def _run_analysis(files, no_progress: bool, **filters):
+    """Open and analyse the captures with a progress bar on a terminal; return the filtered Analysis."""
+    from sipflow.analyze import Analyzer, Filter
+    from sipflow.capture import open_captures
+
+    sizes = 0
+    for p in files:
+        if p != "-" and os.path.isfile(p):
+            sizes += os.path.getsize(p)
+    show = not no_progress and sys.stderr.isatty() and sizes > 16 << 20
+    bar = None
+    if show:
+        bar = click.progressbar(length=sizes, label="Reading", file=sys.stderr, show_eta=True, width=30)
+        bar.__enter__()
+    try:
+        caps = open_captures(list(files), progress=bar.update if bar else None)
+        an = Analyzer()
+        an.run(caps)
+        result = an.result()
+    finally:
+        if bar:
+            bar.__exit__(None, None, None)
+    for w in result.warnings:
+        click.secho(f"warning: {w}", fg="yellow", err=True)
+    f = Filter(call_id=filters.get("call_id"), user=filters.get("user"), method=filters.get("method"),
+                   status=filters.get("status"), since=_parse_time(filters.get("since")),
+                   until=_parse_time(filters.get("until")))
+    return result.filtered(f)
+
+
+def _emit(text: str, output: str) -> None:
+    if output == "-":
+        click.echo(text)
+    else:
+        with open(output, "w", encoding="utf-8") as fh:
+            fh.write(text if text.endswith("\n") else text + "\n")
+
+
+def _width(width: Optional[int]) -> int:
+    if width:
+        return width
+    try:
+        return max(60, min(160, os.get_terminal_size(sys.stdout.fileno()).columns))
+    except OSError:
+        return 80
+
+
+def handle_errors(f):
+    """Turn sipflow's own errors into one line and an exit code (the one boundary that does this)."""
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        from sipflow.errors import SipflowError
+        ctx = click.get_current_context()
+        try:
+            return f(*args, **kwargs)
+        except SipflowError as e:
+            if ctx.find_root().params.get("traceback"):
+                raise
+            click.secho(f"sipflow: {e}", fg="red", err=True)
+            ctx.exit(Exit.ERROR)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(Exit.INTERRUPTED)
+        except BrokenPipeError:
+            # `sipflow calls x.pcap | head`: the reader went away; not an error.
+            sys.stderr.close()
+            ctx.exit(Exit.OK)
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+             invoke_without_command=True)
+@click.version_option(__version__, prog_name="sipflow")
+@click.option("--traceback", is_flag=True, help="Show the Python traceback on errors (for bug reports).")
+@click.pass_context
+def main(ctx, traceback):
+    """Read SIP and RTP from packet captures and show what happened.
+
+    \b
+    Examples:
+      sipflow calls samples/basic-call-rtp.pcap
+      sipflow summary capture.pcap.gz other.pcapng
+      sipflow analyze capture.pcap --format json -o result.json
+      tcpdump -i any -w - port 5060 | sipflow calls -
+    """
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
+
+
+@main.command()
+@analysis_options(["text", "json", "csv"])
+@handle_errors
+def calls(files, fmt, output, width, no_progress, **filters):
+    """List the calls: start, parties, outcome, post-dial delay, duration, media.
+
+    \b
+    Examples:
+      sipflow calls capture.pcap
+      sipflow calls a.pcap b.pcapng --status 4xx --format csv -o failed.csv
+      sipflow calls capture.pcap --user alice --since 2024-05-01T10:00:00
+    """
+    from sipflow import report
+    a = _run_analysis(files, no_progress, **filters)
+    text = {"text": lambda: report.calls_text(a, _width(width)), "json": lambda: report.calls_json(a),
+            "csv": lambda: report.calls_csv(a)}[fmt]()
+    _emit(text, output)
+
+
+@main.command()
+@analysis_options(["text", "json"])
+@handle_errors
+def summary(files, fmt, output, width, no_progress, **filters):
+    """Response codes by method, call outcomes and KPIs (ASR, NER, SER, PDD), registrations, problems.
+
+    \b
+    Examples:
+      sipflow summary capture.pcap
+      sipflow summary day1.pcap day2.pcap --format json
+    """
+    import json
+
+    from sipflow import report
+    a = _run_analysis(files, no_progress, **filters)
+    _emit(report.summary_text(a, _width(width)) if fmt == "text" else json.dumps(report.summary_dict(a), indent=1),
+          output)
+
+
+@main.command()
+@analysis_options(["json", "text", "csv"])
+@handle_errors
+def analyze(files, fmt, output, width, no_progress, **filters):
+    """Everything: messages, calls, registrations, streams, problems (JSON: see docs/json.md).
+
+    \b
+    Examples:
+      sipflow analyze capture.pcap --format json -o result.json
+      sipflow analyze capture.pcap --call-id 1-2345@127.0.0.1 --format text
+      sipflow analyze capture.pcap --format csv      # one row per SIP message
+    """
+    from sipflow import report
+    a = _run_analysis(files, no_progress, **filters)
+    text = {"json": lambda: report.analysis_json(a), "text": lambda: report.analysis_text(a, _width(width)),
+            "csv": lambda: report.analysis_csv(a)}[fmt]()
+    _emit(text, output)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,287 @@
+"""Renderers over an ``Analysis``: text tables that fit an 80-column terminal, CSV, JSON.
+
+Owns presentation only: which columns, how values are shown (times, durations, addresses), how a
+table is laid out. Reads ``Analysis`` objects and their dict form; never sees packets. (HTML reports and
+ladders will live beside this, on the same data.)
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+from sipflow.analyze import Analysis, call_dict, stream_dict
+
+OUTCOME_LABEL = {
+    "answered": "answered", "busy": "busy", "rejected": "rejected", "cancelled": "cancelled",
+    "redirected": "redirected", "no_answer": "no answer", "no_response": "no response",
+    "in_progress": "in progress", "partial": "partial",
+}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Value formatting
+
+
+def fmt_time(ts: Optional[float]) -> str:
+    """Wall-clock time of a capture timestamp, UTC, to the millisecond."""
+    if ts is None:
+        return "-"
+    return time.strftime("%H:%M:%S", time.gmtime(ts)) + f".{int((ts % 1) * 1000):03d}"
+
+
+def fmt_datetime(ts: Optional[float]) -> str:
+    if ts is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts)) + f".{int((ts % 1) * 1000):03d} UTC"
+
+
+def fmt_secs(v: Optional[float]) -> str:
+    if v is None:
+        return "-"
+    if v < 1:
+        return f"{v * 1000:.0f}ms"
+    if v < 60:
+        return f"{v:.1f}s"
+    m, s = divmod(int(round(v)), 60)
+    return f"{m}:{s:02d}" if m < 60 else f"{m // 60}:{m % 60:02d}:{s:02d}"
+
+
+def fmt_pct(v: Optional[float]) -> str:
+    return "-" if v is None else f"{v * 100:.1f}%"
+
+
+def _clip(text: str, width: int) -> str:
+    text = text or ""
+    return text if len(text) <= width else text[:max(1, width - 1)] + "…"
+
+
+def render_table(headers: Sequence[str], rows: List[Sequence[Any]], max_width: int = 80,
+                 flexible: Dict[int, int] = None, right: Sequence[int] = ()) -> str:
+    """A plain aligned table. Columns in ``flexible`` (index -> narrowest width) shrink, widest first,
+    clipped with …, until the table fits ``max_width``."""
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    total = sum(widths) + 2 * (len(widths) - 1)
+    floors = dict(flexible or {})
+    while total > max_width:
+        shrinkable = [i for i, floor in floors.items() if widths[i] > max(floor, len(headers[i]))]
+        if not shrinkable:
+            break
+        i = max(shrinkable, key=lambda k: widths[k] - floors[k])
+        widths[i] -= 1
+        total -= 1
+    lines = []
+    for n, r in enumerate(cells):
+        parts = []
+        for i, c in enumerate(r):
+            c = _clip(c, widths[i])
+            parts.append(c.rjust(widths[i]) if i in right and n else c.ljust(widths[i]))
+        lines.append("  ".join(parts).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------
+# calls
+
+
+def _party(uri: str) -> str:
+    """sip:alice@example.com -> alice@example.com (what people read in a call list)."""
+    for scheme in ("sips:", "sip:", "tel:"):
+        if uri.startswith(scheme):
+            return uri[len(scheme):]
+    return uri
+
+
+def _media_summary(a: Analysis, call) -> str:
+    if not call.streams:
+        return "-"
+    parts = []
+    for s in call.streams:
+        loss = s.lost / s.expected if s.expected > 0 else 0.0
+        parts.append(f"{s.codec or s.pt} {s.packets}p" + (f" {loss * 100:.0f}%loss" if s.lost > 0 else ""))
+    return ", ".join(parts[:2]) + (f" +{len(parts) - 2}" if len(parts) > 2 else "")
+
+
+def call_rows(a: Analysis) -> List[Dict[str, Any]]:
+    index = {id(s): i for i, s in enumerate(a.streams)}
+    rows = []
+    for c in a.calls:
+        d = call_dict(c, a.end_ts, index)
+        d["media"] = _media_summary(a, c)
+        rows.append(d)
+    return rows
+
+
+def calls_text(a: Analysis, width: int = 80) -> str:
+    if not a.calls:
+        return "No calls (no INVITE) in the capture."
+    rows = []
+    for d in call_rows(a):
+        outcome = OUTCOME_LABEL.get(d["outcome"], d["outcome"])
+        if d["final_status"] is not None and d["outcome"] != "answered":
+            outcome += f" {d['final_status']}"
+        rows.append([fmt_time(d["start"]), _party(d["from"]), _party(d["to"]), outcome, fmt_secs(d["pdd"]),
+                     fmt_secs(d["duration"]), d["media"], d["messages"]])
+    table = render_table(["Start", "From", "To", "Outcome", "PDD", "Dur", "Media", "Msgs"], rows, width,
+                         flexible={1: 12, 2: 12, 6: 8}, right=(4, 5, 7))
+    return table + f"\n\n{len(rows)} call(s). Details: sipflow analyze FILE --call-id ID --format json"
+
+
+CALL_CSV_FIELDS = ["call_id", "start", "from", "to", "outcome", "final_status", "reason", "ended_by",
+                   "time_to_first_response", "pdd", "time_to_answer", "setup_time", "duration", "hops",
+                   "dialogs", "messages", "media"]
+
+
+def calls_csv(a: Analysis) -> str:
+    out = io.StringIO()
+    w = csv.DictWriter(out, fieldnames=CALL_CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for d in call_rows(a):
+        w.writerow(d)
+    return out.getvalue()
+
+
+def calls_json(a: Analysis) -> str:
+    return json.dumps(call_rows(a), indent=2)
+
+
+# ---------------------------------------------------------------------------------------------------
+# summary
+
+
+def summary_dict(a: Analysis) -> dict:
+    outcomes: Dict[str, int] = {}
+    for c in a.calls:
+        o = c.outcome(a.end_ts).value
+        outcomes[o] = outcomes.get(o, 0) + 1
+    regs: Dict[str, int] = {}
+    for r in a.registrations:
+        regs[r.outcome()] = regs.get(r.outcome(), 0) + 1
+    return {
+        "files": a.files,
+        "methods": a.methods,
+        "call_outcomes": outcomes,
+        "registration_outcomes": regs,
+        "kpis": a.kpis(),
+        "malformed": [{"frame": m.frame, "file": m.file, "error": m.error} for m in a.malformed],
+        "anomalies": [{"kind": x.kind, "frame": x.frame, "file": x.file, "call_id": x.call_id, "detail": x.detail}
+                      for x in a.anomalies],
+        "stats": a.stats,
+        "warnings": a.warnings,
+    }
+
+
+def _codes_table(methods: Dict[str, Dict[str, int]], width: int) -> str:
+    codes = sorted({k for row in methods.values() for k in row if k != "requests"},
+                   key=lambda k: (len(k), k))
+    rows = []
+    for m in sorted(methods, key=lambda m: (-methods[m].get("requests", 0), m)):
+        row = methods[m]
+        classes = {f"{n}xx": sum(v for k, v in row.items() if k != "requests" and k.startswith(str(n)))
+                   for n in range(1, 7)}
+        rows.append([m, row.get("requests", 0)] + [row.get(c, "") for c in codes]
+                    + ["/".join(str(classes[f"{n}xx"]) for n in range(1, 7))])
+    headers = ["Method", "Req"] + codes + ["1/2/3/4/5/6xx"]
+    text = render_table(headers, rows, 10_000)
+    if max(len(line) for line in text.splitlines()) <= width:
+        return text
+    # Too many distinct codes for the terminal: one line per method and code instead of a matrix.
+    rows = []
+    for m in sorted(methods):
+        row = methods[m]
+        rows.append([m, row.get("requests", 0), ", ".join(f"{k}×{v}" for k, v in sorted(row.items())
+                                                          if k != "requests")])
+    return render_table(["Method", "Req", "Responses (code×count)"], rows, width, flexible={2: 20})
+
+
+def summary_text(a: Analysis, width: int = 80) -> str:
+    s = summary_dict(a)
+    out = []
+    for f in a.files:
+        out.append(f"{f['path']}: {f['format']}, {f['frames']} frames" + (" (TRUNCATED)" if f["truncated"] else ""))
+    st = a.stats
+    out.append(f"SIP messages {st['sip_messages']} (retransmissions {st['retransmissions']}), "
+               f"RTP packets {st['rtp_packets']}, RTCP {st['rtcp_packets']}, streams {st['streams']}")
+    out.append("")
+    out.append("Responses by method")
+    out.append(_codes_table(a.methods, width) if a.methods else "  (no SIP)")
+    out.append("")
+    if s["call_outcomes"]:
+        out.append("Calls: " + ", ".join(f"{OUTCOME_LABEL.get(k, k)} {v}" for k, v in
+                                         sorted(s["call_outcomes"].items(), key=lambda kv: -kv[1])))
+        k = s["kpis"]
+        out.append(f"  ASR {fmt_pct(k['asr'])}   NER {fmt_pct(k['ner'])}   SER {fmt_pct(k['ser'])}   "
+                   f"(over {k['completed_attempts']} finished attempts)")
+        rows = []
+        for name in ("pdd", "time_to_answer", "setup_time", "duration"):
+            d = k[name]
+            if d:
+                rows.append([name.replace("_", " "), d["n"], fmt_secs(d["mean"]), fmt_secs(d["p50"]),
+                             fmt_secs(d["p95"]), fmt_secs(d["max"])])
+        if rows:
+            out.append(render_table(["Timing", "n", "mean", "p50", "p95", "max"], rows, width, right=(1, 2, 3, 4, 5)))
+    else:
+        out.append("Calls: none")
+    if s["registration_outcomes"]:
+        out.append("Registrations: " + ", ".join(f"{k} {v}" for k, v in sorted(s["registration_outcomes"].items())))
+    out.append("")
+    out.append(f"Malformed: {len(a.malformed)}" + (
+        " (frames " + ", ".join(str(m.frame) for m in a.malformed[:20]) + (" …" if len(a.malformed) > 20 else "")
+        + ")" if a.malformed else ""))
+    kinds: Dict[str, List[int]] = {}
+    for x in a.anomalies:
+        kinds.setdefault(x.kind, []).append(x.frame)
+    out.append(f"Anomalies: {len(a.anomalies)}")
+    for kind, frames in sorted(kinds.items()):
+        out.append(f"  {kind.replace('_', ' ')}: {len(frames)} (frames {', '.join(map(str, frames[:10]))}"
+                   + (" …" if len(frames) > 10 else "") + ")")
+    for w in a.warnings:
+        out.append(f"warning: {w}")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------------
+# analyze (everything) and streams
+
+
+def analysis_json(a: Analysis) -> str:
+    return json.dumps(a.to_dict(), indent=1)
+
+
+def streams_text(a: Analysis, width: int = 80) -> str:
+    if not a.streams:
+        return "No RTP streams."
+    rows = []
+    for s in a.streams:
+        d = stream_dict(s)
+        rows.append([d["src"], d["dst"], d["ssrc"], d["codec"], d["packets"], d["lost"],
+                     f"{d['jitter_max_ms']:.1f}", f"{d['max_delta_ms']:.0f}", (d["call_id"] or "-")])
+    return render_table(["Source", "Destination", "SSRC", "Codec", "Pkts", "Lost", "Jit", "MaxΔ", "Call-ID"], rows,
+                        width, flexible={0: 14, 1: 14, 8: 8}, right=(4, 5, 6, 7))
+
+
+def analysis_text(a: Analysis, width: int = 80) -> str:
+    parts = [summary_text(a, width), "", "Calls", calls_text(a, width), "", "RTP streams", streams_text(a, width)]
+    if a.registrations:
+        rows = [[r.aor, r.outcome(), r.final_status or "-", r.expires_granted if r.expires_granted is not None else "-",
+                 r.challenges, r.refreshes] for r in a.registrations]
+        parts += ["", "Registrations",
+                  render_table(["AOR", "Outcome", "Final", "Expires", "401/7", "Refr"], rows, width, flexible={0: 16})]
+    return "\n".join(parts)
+
+
+def analysis_csv(a: Analysis) -> str:
+    """The message list as CSV (one row per SIP message), the table people paste into a ticket."""
+    out = io.StringIO()
+    fields = ["frame", "file", "ts", "src", "dst", "transport", "method", "status", "reason", "call_id", "cseq",
+              "cseq_method", "from_user", "to_user", "retransmission"]
+    w = csv.DictWriter(out, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for m in a.to_dict()["messages"]:
+        w.writerow(m)
+    return out.getvalue()
