@@ -21,13 +21,15 @@ from sipflow import capture as _capture
 from sipflow.dialogs import Anomaly, Call, Registration, SipEvent, Tracker
 from sipflow.errors import ParseError
 from sipflow.net import Datagram, Decoder, fmt_endpoint
-from sipflow.rtp import RtpStream
+from sipflow.rtp import BATCH, RtpStream
 from sipflow.sdp import STATIC_PT
 from sipflow.sip import StreamFramer, looks_like_sip, parse_message
 
 __all__ = ["Analyzer", "Analysis", "Filter", "Malformed", "analyze"]
 
-_IP_UDP_RTP = "BxHxxHxB2x4s4sHHHxxBBHII"
+# IPv4 (version/IHL, fragment field, protocol, then src+dst addresses and UDP ports as one 12-byte flow
+# key), UDP length, RTP first bytes, sequence, timestamp, SSRC.
+_IP_UDP_RTP = "B5xH1xB2x12sHxxBBHII"
 # link type -> (struct for link header + IPv4 + UDP + RTP, whether the first field is an ethertype,
 # where to start unpacking relative to the packet). Raw-IP frames have no ethertype: their struct starts
 # 2 bytes early (inside the record header, always present) so every shape unpacks to the same fields.
@@ -272,7 +274,8 @@ class Analyzer:
     def __init__(self) -> None:
         self.decoder = Decoder()
         self.tracker = Tracker()
-        self.streams: Dict[tuple, RtpStream] = {}
+        self.streams: Dict[bytes, RtpStream] = {}       # flow key -> its latest stream (see _stream_for)
+        self.by_ssrc: Dict[tuple, RtpStream] = {}       # (flow key, SSRC) -> stream
         self.rtcp: Dict[int, int] = {}                  # sender SSRC -> RTCP packets
         self.framers: Dict[tuple, StreamFramer] = {}
         self.events: List[SipEvent] = []
@@ -288,49 +291,102 @@ class Analyzer:
     # -- the loop -------------------------------------------------------------------------------------
 
     def run(self, files: Sequence[_capture.CaptureFile]) -> None:
+        """Analyse whole files. One classic pcap takes the block-walking hot path; pcapng and several
+        merged files take the record iterator (same logic, one generator step more per packet)."""
+        files = list(files)
         self.files.extend(files)
+        if len(files) == 1 and files[0].format == "pcap":
+            self._run_pcap(files[0])
+        else:
+            self._run_records(_capture.records(files))
+        for st in self.by_ssrc.values():
+            st.flush()
+            if st.packets and st.last_ts > self.end_ts:
+                self.end_ts = st.last_ts
+
+    def _run_pcap(self, f: _capture.CaptureFile) -> None:
         streams = self.streams
-        new_stream = self._new_stream
+        stream_for = self._stream_for
+        rtcp_by_ssrc = self.rtcp
         slow = self.feed
-        frames = rtp = rtcp = 0
-        last_ts = self.end_ts
-        for rec in _capture.records(list(files)):
-            ts, fi, frame, lt, buf, off, caplen = rec
-            frames += 1
+        unpack_rec = f.record_header.unpack_from
+        scale, lt, fi = f.scale, f.linktype, f.index
+        fast = _FAST.get(lt)
+        fast_unpack, check_et, delta = (fast[0].unpack_from, fast[1], fast[2]) if fast else (None, False, 0)
+        min_len = (fast[0].size + delta) if fast else 1 << 30
+        frame = rtcp = 0
+        slow_frames = 0
+        blocks = f.pcap_blocks()
+        for buf, pos, end in blocks:  # send() below advances the generator as well
+            while True:
+                while end - pos >= 16:
+                    sec, frac, caplen, _ = unpack_rec(buf, pos)
+                    off = pos + 16
+                    if end - off < caplen:
+                        break
+                    pos = off + caplen
+                    frame += 1
+                    if caplen >= min_len:
+                        et, vihl, frag, proto, flow, ulen, b0, b1, seq, rts, ssrc = fast_unpack(buf, off + delta)
+                        if b0 & 0xC0 == 0x80 and vihl == 0x45 and proto == 17 and not frag & 0x3FFF \
+                                and ulen >= 20 and (et == 0x0800 or not check_et):
+                            if 192 <= b1 <= 223:  # RTCP; the "rts" field is the sender's SSRC
+                                rtcp += 1
+                                rtcp_by_ssrc[rts] = rtcp_by_ssrc.get(rts, 0) + 1
+                                continue
+                            st = streams.get(flow)
+                            if st is None or st.ssrc != ssrc:
+                                st = stream_for(flow, ssrc, b1, frame, fi)
+                            p = st.pending
+                            p += (seq, rts, sec + frac * scale, b1)
+                            if len(p) >= BATCH:
+                                st.flush()
+                            continue
+                    slow_frames += 1
+                    slow(sec + frac * scale, fi, frame, lt, bytes(buf[off:pos]))
+                f.frames = frame
+                try:
+                    buf, pos, end = blocks.send(pos)
+                except StopIteration:
+                    break
+            break
+        f.frames = frame
+        # Frames the fast path took are not counted one by one: all frames minus the slow path's.
+        self.frames += frame - slow_frames
+        self.rtcp_packets += rtcp
+
+    def _run_records(self, recs) -> None:
+        for ts, fi, frame, lt, buf, off, caplen in recs:
             fast = _FAST.get(lt)
             if fast is not None and caplen >= fast[0].size + fast[2]:
-                (et, vihl, _tot, frag, proto, s, d, sp, dp, ulen, b0, b1, seq, rts, ssrc) = \
-                    fast[0].unpack_from(buf, off + fast[2])
-                if (et == 0x0800 or not fast[1]) and vihl == 0x45 and proto == 17 and not frag & 0x3FFF \
-                        and b0 & 0xC0 == 0x80 and ulen >= 20:
-                    if ts > last_ts:
-                        last_ts = ts
-                    if 192 <= b1 <= 223:  # RTCP (SR/RR/SDES/BYE/APP/feedback)
-                        rtcp += 1
-                        self.rtcp[rts] = self.rtcp.get(rts, 0) + 1  # rts holds the sender SSRC here
+                et, vihl, frag, proto, flow, ulen, b0, b1, seq, rts, ssrc = fast[0].unpack_from(buf, off + fast[2])
+                if b0 & 0xC0 == 0x80 and vihl == 0x45 and proto == 17 and not frag & 0x3FFF and ulen >= 20 \
+                        and (et == 0x0800 or not fast[1]):
+                    self.frames += 1
+                    if 192 <= b1 <= 223:
+                        self.rtcp_packets += 1
+                        self.rtcp[rts] = self.rtcp.get(rts, 0) + 1
                         continue
-                    st = streams.get((s, d, sp, dp, ssrc))
-                    if st is None:
-                        st = new_stream(s, d, sp, dp, ssrc, b1, frame, fi)
-                    st.add(seq, rts, ts, b1, frame)
-                    rtp += 1
+                    st = self.streams.get(flow)
+                    if st is None or st.ssrc != ssrc:
+                        st = self._stream_for(flow, ssrc, b1, frame, fi)
+                    st.add(seq, rts, ts, b1)
                     continue
-            self.frames += frames
-            self.rtp_packets += rtp
-            self.rtcp_packets += rtcp
-            frames = rtp = rtcp = 0
-            self.end_ts = last_ts
-            slow(ts, fi, frame, lt, bytes(buf[off:off + caplen]))
-            last_ts = self.end_ts
-        self.frames += frames
-        self.rtp_packets += rtp
-        self.rtcp_packets += rtcp
-        self.end_ts = last_ts
+            self.feed(ts, fi, frame, lt, bytes(buf[off:off + caplen]))
 
-    def _new_stream(self, s: bytes, d: bytes, sp: int, dp: int, ssrc: int, b1: int, frame: int, fi: int) -> RtpStream:
-        src = socket.inet_ntop(socket.AF_INET6 if len(s) == 16 else socket.AF_INET, s)
-        dst = socket.inet_ntop(socket.AF_INET6 if len(d) == 16 else socket.AF_INET, d)
-        st = self.streams[(s, d, sp, dp, ssrc)] = RtpStream(src, sp, dst, dp, ssrc, b1 & 0x7F, frame, fi)
+    def _stream_for(self, flow: bytes, ssrc: int, b1: int, frame: int, fi: int) -> RtpStream:
+        """The stream of a flow key (packed src+dst address, src+dst port) and SSRC. ``streams`` maps
+        the flow to its most recent stream, so the usual single-SSRC flow costs one dict lookup;
+        ``by_ssrc`` holds every stream, for flows whose SSRC changes."""
+        st = self.by_ssrc.get((flow, ssrc))
+        if st is None:
+            n = (len(flow) - 4) // 2
+            fam = socket.AF_INET6 if n == 16 else socket.AF_INET
+            sport, dport = struct.unpack_from("!HH", flow, 2 * n)
+            st = RtpStream(socket.inet_ntop(fam, flow[:n]), sport, socket.inet_ntop(fam, flow[n:2 * n]), dport,
+                           ssrc, b1 & 0x7F, frame, fi)
+            self.by_ssrc[(flow, ssrc)] = st
+        self.streams[flow] = st
         return st
 
     def feed(self, ts: float, file: int, frame: int, linktype: int, data: bytes) -> None:
@@ -367,12 +423,11 @@ class Analyzer:
                 self.rtcp_packets += 1
                 self.rtcp[rts] = self.rtcp.get(rts, 0) + 1
                 return
-            s, d = _pack_ip(dg.src), _pack_ip(dg.dst)
-            st = self.streams.get((s, d, dg.sport, dg.dport, ssrc))
-            if st is None:
-                st = self._new_stream(s, d, dg.sport, dg.dport, ssrc, b1, dg.frame, dg.file)
-            st.add(seq, rts, dg.ts, b1, dg.frame)
-            self.rtp_packets += 1
+            flow = _pack_ip(dg.src) + _pack_ip(dg.dst) + struct.pack("!HH", dg.sport, dg.dport)
+            st = self.streams.get(flow)
+            if st is None or st.ssrc != ssrc:
+                st = self._stream_for(flow, ssrc, b1, dg.frame, dg.file)
+            st.add(seq, rts, dg.ts, b1)
             return
         if payload.strip(b"\r\n\x00") == b"":
             self.keepalives += 1
@@ -407,6 +462,9 @@ class Analyzer:
         self.tracker.finish()
 
     def result(self) -> Analysis:
+        for st in self.by_ssrc.values():
+            st.flush()
+        self.rtp_packets = sum(st.packets for st in self.by_ssrc.values())
         self.finish()
         calls = sorted(self.tracker.calls.values(), key=lambda c: c.start)
         streams = self._join_streams(calls)
@@ -449,7 +507,7 @@ class Analyzer:
             return max(before, key=lambda c: c[0].ts) if before else min(cands, key=lambda c: c[0].ts)
 
         out = []
-        for st in self.streams.values():
+        for st in self.by_ssrc.values():
             st.call_id = None
             st.nat = False
             st.codec = None

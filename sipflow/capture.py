@@ -16,7 +16,7 @@ import os
 import struct
 import sys
 import zlib
-from typing import Callable, Iterator, List, Optional
+from typing import Callable, Generator, Iterator, List, Optional, Tuple
 
 from sipflow.errors import CaptureError
 
@@ -157,6 +157,8 @@ class CaptureFile:
         else:
             raise CaptureError(f"{self.name}: not a pcap or pcapng capture (first bytes "
                                f"{bytes(self._buf[:4]).hex()}); convert it with 'editcap -F pcap'")
+        if self.format == "pcap":
+            self._pcap_header()
 
     # -- buffer management -------------------------------------------------------------------------
 
@@ -212,43 +214,34 @@ class CaptureFile:
 
     # -- classic pcap ------------------------------------------------------------------------------
 
-    def _pcap(self) -> Iterator[tuple]:
-        buf = self._buf
-        magic, = struct.unpack_from("<I", buf, 0)
+    def _pcap_header(self) -> None:
+        """Read the 24-byte file header: byte order, timestamp unit, link type."""
+        magic, = struct.unpack_from("<I", self._buf, 0)
         order = "<" if magic in (PCAP_MAGIC_US, PCAP_MAGIC_NS) else ">"
         if not self._fill(24):
-            self._cut("the file header")
-            return
-        _, _, _, _, _, snaplen, network = struct.unpack_from(order + "IHHiIII", self._buf, self._start)
-        nano = magic in (PCAP_MAGIC_NS, 0x4D3CB2A1)
-        scale = 1e-9 if nano else 1e-6
-        linktype = network & 0x0FFFFFFF
-        check_linktype(self.name, linktype)
-        self.linktypes = [linktype]
+            raise CaptureError(f"{self.name}: cut short inside the pcap file header")
+        _, _, _, _, _, _snaplen, network = struct.unpack_from(order + "IHHiIII", self._buf, self._start)
+        self.scale = 1e-9 if magic in (PCAP_MAGIC_NS, 0x4D3CB2A1) else 1e-6
+        self.linktype = network & 0x0FFFFFFF
+        check_linktype(self.name, self.linktype)
+        self.linktypes = [self.linktype]
+        self.record_header = struct.Struct(order + "IIII")
         self._start += 24
-        hdr = struct.Struct(order + "IIII")
-        unpack = hdr.unpack_from
-        index = self.index
-        frame = 0
+
+    def pcap_blocks(self) -> Generator[Tuple[bytearray, int, int], int, None]:
+        """The pcap hot path's interface: yields ``(buf, pos, end)``; the caller walks records
+        (``record_header``: seconds, fraction, caplen, origlen; then caplen bytes) from ``pos`` while
+        they are complete, sets ``frames`` to the count so far, and sends back where it stopped. The
+        buffer is refilled in between, so nothing may keep a reference into it."""
+        unpack = self.record_header.unpack_from
         while True:
-            buf = self._buf
-            start = self._start
-            end = self._end
-            # Walk every complete record in the buffer; this loop is the hottest in sipflow.
-            while end - start >= 16:
-                sec, frac, caplen, _ = unpack(buf, start)
-                if end - start - 16 < caplen:
-                    break
-                frame += 1
-                yield (sec + frac * scale, index, frame, linktype, buf, start + 16, caplen)
-                start += 16 + caplen
-            self._start = start
-            self.frames = frame
-            if end - start >= 16:
-                caplen = unpack(buf, start)[2]
+            stop = yield self._buf, self._start, self._end
+            self._start = stop
+            if self._end - stop >= 16:
+                caplen = unpack(self._buf, stop)[2]
                 if caplen > MAX_RECORD:
                     self.truncated = True
-                    self.warning = (f"{self.name}: corrupt record header after frame {frame} "
+                    self.warning = (f"{self.name}: corrupt record header after frame {self.frames} "
                                     f"(length {caplen}); analysed everything before it")
                     return
                 need = 16 + caplen
@@ -258,6 +251,26 @@ class CaptureFile:
                 if self._end - self._start:
                     self._cut("a packet record")
                 return
+
+    def _pcap(self) -> Iterator[tuple]:
+        unpack = self.record_header.unpack_from
+        scale, linktype, index = self.scale, self.linktype, self.index
+        frame = 0
+        blocks = self.pcap_blocks()
+        for buf, pos, end in blocks:  # send() below advances the generator as well
+            while True:
+                while end - pos >= 16:
+                    sec, frac, caplen, _ = unpack(buf, pos)
+                    if end - pos - 16 < caplen:
+                        break
+                    frame += 1
+                    yield (sec + frac * scale, index, frame, linktype, buf, pos + 16, caplen)
+                    pos += 16 + caplen
+                self.frames = frame
+                try:
+                    buf, pos, end = blocks.send(pos)
+                except StopIteration:
+                    return
 
     # -- pcapng ------------------------------------------------------------------------------------
 

@@ -547,7 +547,17 @@ class Tracker:
         key = _response_key(msg)
         tx = self.transactions.get(key)
         method = msg.cseq[1]
-        call = self._call_for(ev)
+        if tx is not None and tx.request.msg.call_id != msg.call_id:
+            # Same branch and CSeq, other Call-ID: a broken (or anonymising) middlebox. The branch is
+            # what identifies the transaction (§17.1.3), so the response stays with its request's call.
+            call = tx.request.call
+            if call is not None:
+                call.events.append(ev)
+                ev.call = call
+            self.anomaly("call_id_mismatch", ev, f"{msg.summary()} has Call-ID {msg.call_id!r} but its request "
+                         f"(frame {tx.request.frame}) has {tx.request.msg.call_id!r}", call)
+        else:
+            call = self._call_for(ev)
         if tx is None:
             self._count(method, str(status))
             self.anomaly("response_without_request", ev, f"{msg.summary()} to {method or '?'} with no request "
