@@ -647,7 +647,8 @@ class Tracker:
         reg.consecutive_challenges = 0
         if not 200 <= status < 300:
             return
-        reg.successes += 1
+        if not reg.unregister:
+            reg.successes += 1
         table = self.bindings.setdefault(aor, {})
         if reg.unregister:
             if any(c.raw == "*" for c in req.contacts):

@@ -98,13 +98,13 @@ def _party(uri: str) -> str:
 
 
 def _media_summary(a: Analysis, call) -> str:
+    """``PCMA 125/125p`` (codec, packets per stream), plus the worst loss when there is any."""
     if not call.streams:
         return "-"
-    parts = []
-    for s in call.streams:
-        loss = s.lost / s.expected if s.expected > 0 else 0.0
-        parts.append(f"{s.codec or s.pt} {s.packets}p" + (f" {loss * 100:.0f}%loss" if s.lost > 0 else ""))
-    return ", ".join(parts[:2]) + (f" +{len(parts) - 2}" if len(parts) > 2 else "")
+    codecs = "/".join(dict.fromkeys(str(s.codec or s.pt) for s in call.streams))
+    text = f"{codecs} {'/'.join(str(s.packets) for s in call.streams)}p"
+    worst = max((s.lost / s.expected for s in call.streams if s.expected > 0), default=0.0)
+    return text + (f" {worst * 100:.1f}%loss" if worst > 0 else "")
 
 
 def call_rows(a: Analysis) -> List[Dict[str, Any]]:
