@@ -1,0 +1,889 @@
+#!/usr/bin/env python3
+"""Regenerate the sipflow sample captures in samples/.
+
+Run it through make_samples.sh, which puts it inside a private network
+namespace (unshare -n) where only the loopback interface exists.  Every
+packet stays on lo (127.0.0.1 / ::1); every process is started under
+`timeout` and is stopped before the script exits.
+
+Real SIP stacks make the traffic: SIPp (UAC/UAS scenarios in scenarios/),
+Kamailio (scenarios/kamailio.cfg: registrar, record-routing proxy, WebSocket
+server) and two small socket clients written here (two SIP requests in one
+TCP segment; SIP over WebSocket).  tcpdump records each capture on lo.
+
+Usage: make_samples.py [--keep-work] [NAME ...]   (NAME without .pcap)
+"""
+
+import argparse
+import base64
+import contextlib
+import hashlib
+import math
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SCENARIOS = os.path.join(HERE, "scenarios")
+KAMAILIO_CFG = os.path.join(SCENARIOS, "kamailio.cfg")
+
+# Ports: proxy (Kamailio) 5060 UDP/TCP and 8080 (WebSocket), UAS 5070,
+# UAC 5061/5062; RTP 6000 (UAC) and 6100 (UAS).
+PROXY, WS_PORT, UAS, UAC, UAC2 = 5060, 8080, 5070, 5061, 5062
+UAC_RTP, UAS_RTP = 6000, 6100
+V4, V6 = "127.0.0.1", "::1"
+
+WORK = None          # temporary working directory (set in main)
+PROCS = []           # every process we started, so that we can stop them
+FAILURES = []
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+# --------------------------------------------------------------------------
+# RTP payload files for SIPp's play_pcap_audio
+# --------------------------------------------------------------------------
+
+def lin2alaw(s):
+    """ITU-T G.711 A-law encoder for one signed 16-bit sample."""
+    mask = 0xD5 if s >= 0 else 0x55
+    if s < 0:
+        s = -s - 1
+    s >>= 3
+    if s > 0xFFF:
+        s = 0xFFF
+    if s < 32:
+        aval = s >> 1
+    else:
+        seg, v = 1, s >> 5
+        while v > 1 and seg < 7:
+            v >>= 1
+            seg += 1
+        aval = (seg << 4) | ((s >> seg) & 0x0F)
+    return aval ^ mask
+
+
+def lin2ulaw(s):
+    """ITU-T G.711 mu-law encoder for one signed 16-bit sample."""
+    BIAS, CLIP = 0x84, 32635
+    sign = 0x80 if s < 0 else 0
+    if s < 0:
+        s = -s
+    s = min(s, CLIP) + BIAS
+    exp, v = 7, 0x4000
+    while exp > 0 and not (s & v):
+        exp -= 1
+        v >>= 1
+    mant = (s >> (exp + 3)) & 0x0F
+    return ~(sign | (exp << 4) | mant) & 0xFF
+
+
+def write_rtp_pcap(path, *, freq, pt, ssrc, seq0, ts0, npkts, sport, dport,
+                   first_marker=True, sample0=0):
+    """Write a pcap (Ethernet/IPv4/UDP/RTP, 20 ms G.711 frames, a sine tone).
+
+    SIPp replays the RTP payloads with the original timing, from the UDP
+    source port found here, to the media address taken from the peer's SDP.
+    """
+    enc = lin2alaw if pt == 8 else lin2ulaw
+    out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)]
+    n = sample0
+    for i in range(npkts):
+        payload = bytearray()
+        for _ in range(160):
+            payload.append(enc(int(8000 * math.sin(2 * math.pi * freq * n / 8000.0))))
+            n += 1
+        marker = 0x80 if (i == 0 and first_marker) else 0
+        rtp = struct.pack("!BBHII", 0x80, pt | marker, (seq0 + i) & 0xFFFF,
+                          (ts0 + 160 * i) & 0xFFFFFFFF, ssrc) + bytes(payload)
+        udp = struct.pack("!HHHH", sport, dport, 8 + len(rtp), 0) + rtp
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), i & 0xFFFF, 0,
+                         64, 17, 0, socket.inet_aton(V4), socket.inet_aton(V4)) + udp
+        eth = b"\x00" * 12 + b"\x08\x00" + ip
+        t_us = i * 20000
+        out.append(struct.pack("<IIII", t_us // 1000000, t_us % 1000000, len(eth), len(eth)) + eth)
+    with open(path, "wb") as f:
+        f.write(b"".join(out))
+
+
+def make_media_files(d):
+    # basic call: 2.5 s of PCMA each way (440 Hz from the caller, 880 Hz back)
+    write_rtp_pcap(os.path.join(d, "rtp-uac.pcap"), freq=440, pt=8, ssrc=0x11223344,
+                   seq0=1000, ts0=16000, npkts=125, sport=UAC_RTP, dport=UAS_RTP)
+    write_rtp_pcap(os.path.join(d, "rtp-uas.pcap"), freq=880, pt=8, ssrc=0x55667788,
+                   seq0=5000, ts0=48000, npkts=125, sport=UAS_RTP, dport=UAC_RTP)
+    # hold/unhold call: PCMU, 1 s before hold and 1 s after resume, same SSRC
+    # and continuing sequence numbers / timestamps across the gap
+    for who, freq, ssrc, seq0, ts0, sport, dport in (
+            ("uac", 350, 0x0A0B0C0D, 2000, 80000, UAC_RTP, UAS_RTP),
+            ("uas", 620, 0x01020304, 7000, 320000, UAS_RTP, UAC_RTP)):
+        write_rtp_pcap(os.path.join(d, f"rtp-hold-{who}-1.pcap"), freq=freq, pt=0, ssrc=ssrc,
+                       seq0=seq0, ts0=ts0, npkts=50, sport=sport, dport=dport)
+        # resumed part starts ~2.2 s after the first one (1.2 s talk, 1 s hold;
+        # see uac_reinvite_hold.xml): the RTP timestamp follows the wall clock
+        write_rtp_pcap(os.path.join(d, f"rtp-hold-{who}-2.pcap"), freq=freq, pt=0, ssrc=ssrc,
+                       seq0=seq0 + 50, ts0=ts0 + 17600, npkts=50, sport=sport,
+                       dport=dport, first_marker=True, sample0=160 * 50)
+
+
+# --------------------------------------------------------------------------
+# process helpers
+# --------------------------------------------------------------------------
+
+CURRENT = ""         # name of the capture being made (for log file names)
+
+
+def start(cmd, name, limit, cwd=None):
+    """Start cmd under `timeout limit`; stdout+stderr go to WORK/<capture>-name.log."""
+    if CURRENT:
+        name = f"{CURRENT}-{name}"
+    logf = open(os.path.join(WORK, name + ".log"), "ab")
+    full = ["timeout", "-k", "2", str(limit)] + [str(c) for c in cmd]
+    p = subprocess.Popen(full, cwd=cwd or WORK, stdin=subprocess.DEVNULL,
+                         stdout=logf, stderr=subprocess.STDOUT)
+    p.sipflow_name = name
+    PROCS.append(p)
+    return p
+
+
+def stop(p, sig=signal.SIGTERM, wait=5.0):
+    if p.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            p.send_signal(sig)          # timeout(1) forwards it to its child
+        try:
+            p.wait(wait)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                p.kill()
+            p.wait(2)
+    if p in PROCS:
+        PROCS.remove(p)
+    return p.returncode
+
+
+def finish(p, what, limit=30.0):
+    """Wait for a process that ends by itself and record a failure if rc != 0.
+
+    When an earlier process of the same capture failed, do not wait long."""
+    if any(f.startswith(what + ":") for f in FAILURES):
+        limit = min(limit, 3.0)
+    try:
+        rc = p.wait(limit)
+    except subprocess.TimeoutExpired:
+        rc = stop(p)
+    if p in PROCS:
+        PROCS.remove(p)
+    if rc != 0:
+        FAILURES.append(f"{what}: {p.sipflow_name} exited with {rc} (see {WORK}/{p.sipflow_name}.log)")
+        log(f"   !! {what}: {p.sipflow_name} rc={rc}")
+    return rc
+
+
+def port_bound(port, proto="udp", v6=False):
+    """True when something is bound to port (reads /proc, sends no packet)."""
+    path = f"/proc/net/{proto}{'6' if v6 else ''}"
+    want = f":{port:04X}"
+    with open(path) as f:
+        next(f)
+        for line in f:
+            cols = line.split()
+            if cols[1].endswith(want) and (proto == "udp" or cols[3] == "0A"):
+                return True
+    return False
+
+
+def wait_port(port, proto="udp", v6=False, limit=10.0):
+    end = time.time() + limit
+    while time.time() < end:
+        if port_bound(port, proto, v6):
+            return True
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {proto}{'6' if v6 else ''} port {port}")
+
+
+def wait_port_free(port, proto="udp", v6=False, limit=10.0):
+    end = time.time() + limit
+    while time.time() < end and port_bound(port, proto, v6):
+        time.sleep(0.05)
+
+
+def sipp(name, scenario, *args, remote=None, limit=15, m=1):
+    """Start SIPp with scenarios/<scenario> (copied into WORK): m calls at most,
+    one at a time, failing if not done within `limit` seconds."""
+    cmd = ["sipp"]
+    if remote:
+        cmd.append(remote)
+    cmd += ["-sf", os.path.join(WORK, scenario), "-m", m, "-l", 1, "-nostdin",
+            "-timeout", f"{limit}s", "-timeout_error", "-trace_err"] + list(args)
+    return start(cmd, name, limit + 5)
+
+
+def uas(scenario, *args, transport="u1", ip=V4, port=UAS, mp=UAS_RTP, m=1, limit=15):
+    p = sipp(f"uas-{scenario}", scenario, "-t", transport, "-i", ip, "-p", port,
+             "-mi", ip, "-mp", mp, "-s", "bob", *args, m=m, limit=limit)
+    wait_port(port, "tcp" if transport.startswith("t") else "udp", ip == V6)
+    return p
+
+
+def uac(scenario, remote, *args, service="bob", transport="u1", ip=V4, port=UAC,
+        mp=UAC_RTP, limit=15):
+    wait_port_free(port, "tcp" if transport.startswith("t") else "udp", ip == V6)
+    return sipp(f"uac-{scenario}", scenario, "-t", transport, "-i", ip, "-p", port,
+                "-mi", ip, "-mp", mp, "-s", service, *args, remote=remote, limit=limit)
+
+
+# --------------------------------------------------------------------------
+# capture
+# --------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def capture(name):
+    """tcpdump -i lo -U -w <name>.pcap around the block, stopped with SIGINT."""
+    tmp = os.path.join(WORK, name + ".pcap")
+    logpath = os.path.join(WORK, f"tcpdump-{name}.log")
+    logf = open(logpath, "wb")
+    p = subprocess.Popen(["timeout", "-k", "2", "90", "tcpdump", "-i", "lo", "-n", "-U", "--immediate-mode",
+                          "-Z", "root", "-w", tmp],
+                         stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT)
+    p.sipflow_name = f"tcpdump-{name}"
+    PROCS.append(p)
+    global CURRENT
+    CURRENT = name
+    end = time.time() + 10
+    while time.time() < end:
+        with open(logpath, "rb") as f:
+            if b"listening on" in f.read():
+                break
+        time.sleep(0.05)
+    else:
+        raise RuntimeError("tcpdump did not start")
+    time.sleep(0.2)
+    log(f"== {name}.pcap")
+    try:
+        yield
+    finally:
+        time.sleep(0.5)
+        stop(p, signal.SIGINT)
+        CURRENT = ""
+        dst = os.path.join(HERE, name + ".pcap")
+        if os.path.exists(tmp):
+            shutil.copyfile(tmp, dst)
+            os.chmod(dst, 0o644)
+
+
+# --------------------------------------------------------------------------
+# Kamailio
+# --------------------------------------------------------------------------
+
+class Kamailio:
+    def __init__(self):
+        self.p = None
+
+    def start(self):
+        run = os.path.join(WORK, "kamailio-run")
+        os.makedirs(run, exist_ok=True)
+        subprocess.run(["kamailio", "-c", "-f", KAMAILIO_CFG], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.p = start(["kamailio", "-f", KAMAILIO_CFG, "-DD", "-E", "-m", "64", "-M", "8",
+                        "-w", run, "-Y", run, "-P", os.path.join(run, "kamailio.pid")],
+                       "kamailio", 600)
+        wait_port(PROXY, "udp")
+        wait_port(PROXY, "tcp")
+        wait_port(WS_PORT, "tcp")
+        time.sleep(0.3)
+
+    def stop(self):
+        if self.p is not None:
+            stop(self.p, signal.SIGTERM, wait=10)
+            self.p = None
+
+
+# --------------------------------------------------------------------------
+# small socket clients
+# --------------------------------------------------------------------------
+
+def recv_sip_over_tcp(sock, count, limit=5.0):
+    """Read `count` SIP messages (Content-Length framed) from a TCP socket."""
+    buf, msgs = b"", []
+    end = time.time() + limit
+    while len(msgs) < count and time.time() < end:
+        sock.settimeout(max(0.1, end - time.time()))
+        try:
+            data = sock.recv(65536)
+        except socket.timeout:
+            break
+        if not data:
+            break
+        buf += data
+        while b"\r\n\r\n" in buf:
+            head, rest = buf.split(b"\r\n\r\n", 1)
+            m = re.search(rb"(?im)^(?:content-length|l)\s*:\s*(\d+)", head)
+            clen = int(m.group(1)) if m else 0
+            if len(rest) < clen:
+                break
+            msgs.append(head + b"\r\n\r\n" + rest[:clen])
+            buf = rest[clen:]
+    return msgs
+
+
+def two_requests_one_segment():
+    """Two complete OPTIONS requests to Kamailio over TCP in ONE send()."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((V4, UAC2))
+    s.settimeout(5)
+    s.connect((V4, PROXY))
+    reqs = []
+    for i in (1, 2):
+        reqs.append(
+            f"OPTIONS sip:{V4}:{PROXY};transport=tcp SIP/2.0\r\n"
+            f"Via: SIP/2.0/TCP {V4}:{UAC2};branch=z9hG4bK-sipflow-pipelined-{i};rport\r\n"
+            f"Max-Forwards: 70\r\n"
+            f"From: <sip:keepalive@{V4}:{UAC2}>;tag=pipelined-{i}\r\n"
+            f"To: <sip:{V4}:{PROXY}>\r\n"
+            f"Call-ID: sipflow-pipelined-{i}@{V4}\r\n"
+            f"CSeq: {i} OPTIONS\r\n"
+            f"Contact: <sip:keepalive@{V4}:{UAC2};transport=tcp>\r\n"
+            f"Accept: application/sdp\r\n"
+            f"User-Agent: sipflow-samples pipelining client\r\n"
+            f"Content-Length: 0\r\n\r\n")
+    s.sendall("".join(reqs).encode())        # one send(), one segment (< MSS)
+    replies = recv_sip_over_tcp(s, 2)
+    time.sleep(0.2)
+    s.close()
+    if len(replies) != 2 or not all(r.startswith(b"SIP/2.0 200") for r in replies):
+        FAILURES.append(f"tcp-segmented: expected two 200 OK replies, got {replies!r}")
+
+
+class WSClient:
+    """Minimal RFC 6455 client speaking SIP (RFC 7118). Frames are masked."""
+
+    def __init__(self, host, port):
+        self.sock = socket.create_connection((host, port), timeout=5)
+        self.buf = b""
+        self.mask_n = 0
+        key = base64.b64encode(b"sipflow-samples!").decode()
+        req = (f"GET / HTTP/1.1\r\n"
+               f"Host: {host}:{port}\r\n"
+               f"Upgrade: websocket\r\n"
+               f"Connection: Upgrade\r\n"
+               f"Sec-WebSocket-Key: {key}\r\n"
+               f"Sec-WebSocket-Version: 13\r\n"
+               f"Sec-WebSocket-Protocol: sip\r\n"
+               f"Origin: http://{host}\r\n"
+               f"User-Agent: sipflow-samples ws client\r\n\r\n")
+        self.sock.sendall(req.encode())
+        while b"\r\n\r\n" not in self.buf:
+            data = self.sock.recv(4096)
+            if not data:
+                raise RuntimeError("websocket handshake: connection closed")
+            self.buf += data
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        accept = base64.b64encode(hashlib.sha1(
+            (key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+        if not head.startswith(b"HTTP/1.1 101") or accept.encode() not in head:
+            raise RuntimeError(f"websocket handshake failed: {head!r}")
+
+    def _mask(self):
+        self.mask_n += 1
+        return struct.pack("!I", (0x5F1F0000 + self.mask_n * 0x01010101) & 0xFFFFFFFF)
+
+    def send_frame(self, opcode, payload, fin=True):
+        b0 = (0x80 if fin else 0) | opcode
+        n = len(payload)
+        if n < 126:
+            hdr = struct.pack("!BB", b0, 0x80 | n)
+        elif n < 65536:
+            hdr = struct.pack("!BBH", b0, 0x80 | 126, n)
+        else:
+            hdr = struct.pack("!BBQ", b0, 0x80 | 127, n)
+        mk = self._mask()
+        masked = bytes(c ^ mk[i % 4] for i, c in enumerate(payload))
+        self.sock.sendall(hdr + mk + masked)
+
+    def send_text(self, text, split_at=None):
+        data = text.encode()
+        if split_at is None:
+            self.send_frame(0x1, data)
+        else:               # fragmented message: text frame FIN=0 + continuation FIN=1
+            self.send_frame(0x1, data[:split_at], fin=False)
+            time.sleep(0.05)            # two TCP segments, too
+            self.send_frame(0x0, data[split_at:], fin=True)
+
+    def _read(self, n, end):
+        while len(self.buf) < n:
+            self.sock.settimeout(max(0.05, end - time.time()))
+            data = self.sock.recv(65536)
+            if not data:
+                raise RuntimeError("websocket: connection closed")
+            self.buf += data
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def recv_frame(self, limit=5.0):
+        end = time.time() + limit
+        b0, b1 = self._read(2, end)
+        n = b1 & 0x7F
+        if n == 126:
+            n = struct.unpack("!H", self._read(2, end))[0]
+        elif n == 127:
+            n = struct.unpack("!Q", self._read(8, end))[0]
+        mk = self._read(4, end) if b1 & 0x80 else None
+        data = self._read(n, end)
+        if mk:
+            data = bytes(c ^ mk[i % 4] for i, c in enumerate(data))
+        return b0 & 0x0F, data
+
+    def recv_sip(self, limit=5.0):
+        for _ in range(20):
+            op, data = self.recv_frame(limit)
+            if op in (0x1, 0x2):
+                return data.decode(errors="replace")
+            if op == 0x8:
+                raise RuntimeError("websocket closed by server")
+        raise RuntimeError("websocket: no SIP message received")
+
+    def close(self):
+        self.send_frame(0x8, struct.pack("!H", 1000) + b"bye")
+        with contextlib.suppress(Exception):
+            while True:
+                op, _ = self.recv_frame(2.0)
+                if op == 0x8:
+                    break
+        self.sock.close()
+
+
+def digest_authorization(challenge, method, uri, user, password, cnonce):
+    params = dict(re.findall(r'(\w+)="?([^",]*)"?', challenge))
+    realm, nonce = params["realm"], params["nonce"]
+    ha1 = hashlib.md5(f"{user}:{realm}:{password}".encode()).hexdigest()
+    ha2 = hashlib.md5(f"{method}:{uri}".encode()).hexdigest()
+    nc = "00000001"
+    if "qop" in params:
+        resp = hashlib.md5(f"{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}".encode()).hexdigest()
+        return (f'Digest username="{user}", realm="{realm}", nonce="{nonce}", uri="{uri}", '
+                f'response="{resp}", algorithm=MD5, cnonce="{cnonce}", qop=auth, nc={nc}')
+    resp = hashlib.md5(f"{ha1}:{nonce}:{ha2}".encode()).hexdigest()
+    return (f'Digest username="{user}", realm="{realm}", nonce="{nonce}", uri="{uri}", '
+            f'response="{resp}", algorithm=MD5')
+
+
+def sip_status(msg):
+    m = re.match(r"SIP/2.0 (\d{3})", msg)
+    return int(m.group(1)) if m else None
+
+
+def header(msg, name):
+    m = re.search(rf"(?im)^{name}\s*:\s*(.*?)\r?$", msg)
+    return m.group(1) if m else None
+
+
+def websocket_session():
+    """REGISTER (401, 200); incoming INVITE answered 486; OPTIONS fragmented over
+    two WebSocket frames; outgoing INVITE -> 100, 404, ACK."""
+    host = "df7jal23ls0d.invalid"          # RFC 7118 style random .invalid host
+    dom = "sipflow.test"
+    ws = WSClient(V4, WS_PORT)
+    local = ws.sock.getsockname()
+
+    def req(method, ruri, cseq, branch, callid, to, ftag, extra="", body=""):
+        ctype = "Content-Type: application/sdp\r\n" if body else ""
+        return (f"{method} {ruri} SIP/2.0\r\n"
+                f"Via: SIP/2.0/WS {host};branch=z9hG4bK{branch}\r\n"
+                f"Max-Forwards: 70\r\n"
+                f"To: {to}\r\n"
+                f"From: \"Carol\" <sip:carol@{dom}>;tag={ftag}\r\n"
+                f"Call-ID: {callid}\r\n"
+                f"CSeq: {cseq} {method}\r\n"
+                f"{extra}"
+                f"User-Agent: sipflow-samples ws client\r\n"
+                f"{ctype}Content-Length: {len(body.encode())}\r\n\r\n{body}")
+
+    contact = f"Contact: <sip:carol@{host};transport=ws>;expires=600\r\n"
+    reg_callid = "ws-register-8c1e3f@sipflow.test"
+    r1 = req("REGISTER", f"sip:{dom}", 1, "wsreg1", reg_callid, f"<sip:carol@{dom}>",
+             "wsreg", contact + "Supported: path, outbound, gruu\r\n")
+    ws.send_text(r1)
+    a1 = ws.recv_sip()
+    if sip_status(a1) != 401:
+        raise RuntimeError(f"ws REGISTER: expected 401, got {a1!r}")
+    auth = digest_authorization(header(a1, "WWW-Authenticate"), "REGISTER", f"sip:{dom}",
+                                "carol", "secretpw", "0a4f113b")
+    r2 = req("REGISTER", f"sip:{dom}", 2, "wsreg2", reg_callid, f"<sip:carol@{dom}>", "wsreg",
+             contact + "Supported: path, outbound, gruu\r\n" + f"Authorization: {auth}\r\n")
+    ws.send_text(r2)
+    a2 = ws.recv_sip()
+    if sip_status(a2) != 200:
+        raise RuntimeError(f"ws REGISTER with credentials: expected 200, got {a2!r}")
+
+    # incoming call: SIPp (UDP) -> Kamailio -> this client over the WebSocket;
+    # the client rings and then answers 486 Busy Here
+    caller = uac("uac_invite_fail.xml", R_PROXY, service="carol")
+    inv = ws.recv_sip()
+    if not inv.startswith("INVITE "):
+        raise RuntimeError(f"ws: expected an INVITE from the proxy, got {inv!r}")
+    head = inv.split("\r\n\r\n", 1)[0].split("\r\n")
+    vias = [ln for ln in head if re.match(r"(?i)(via|v)\s*:", ln)]
+    rrs = [ln for ln in head if re.match(r"(?i)record-route\s*:", ln)]
+
+    def answer(code, reason, with_dialog):
+        lines = [f"SIP/2.0 {code} {reason}"] + vias
+        lines += [f"From: {header(inv, 'From')}",
+                  f"To: {header(inv, 'To')};tag=wsbusy9a1",
+                  f"Call-ID: {header(inv, 'Call-ID')}",
+                  f"CSeq: {header(inv, 'CSeq')}"]
+        if with_dialog:
+            lines += rrs + [f"Contact: <sip:carol@{host};transport=ws>"]
+        lines += ["User-Agent: sipflow-samples ws client", "Content-Length: 0", "", ""]
+        return "\r\n".join(lines)
+
+    ws.send_text(answer(180, "Ringing", True))
+    time.sleep(0.3)
+    ws.send_text(answer(486, "Busy Here", False))
+    ack = ws.recv_sip()
+    if not ack.startswith("ACK "):
+        raise RuntimeError(f"ws: expected the proxy's ACK for 486, got {ack!r}")
+    finish(caller, "websocket")
+
+    # OPTIONS split over a text frame (FIN=0) and a continuation frame (FIN=1)
+    o = req("OPTIONS", f"sip:{dom}", 1, "wsopt1", "ws-options-5d2a@sipflow.test", f"<sip:{dom}>",
+            "wsopt", f"Contact: <sip:carol@{host};transport=ws>\r\nAccept: application/sdp\r\n")
+    ws.send_text(o, split_at=len(o) // 2)
+    a3 = ws.recv_sip()
+    if sip_status(a3) != 200:
+        raise RuntimeError(f"ws fragmented OPTIONS: expected 200, got {a3!r}")
+
+    # INVITE to a user who is not registered -> 100 Trying, 404, ACK
+    sdp = ("v=0\r\n"
+           f"o=- 4611731400430051336 2 IN IP4 {V4}\r\n"
+           "s=-\r\n"
+           "t=0 0\r\n"
+           "m=audio 9 UDP/TLS/RTP/SAVPF 111 0 8\r\n"
+           "c=IN IP4 0.0.0.0\r\n"
+           "a=rtcp:9 IN IP4 0.0.0.0\r\n"
+           "a=ice-ufrag:wsUf\r\n"
+           "a=ice-pwd:sipflowwebsocketicepassword\r\n"
+           "a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:"
+           "00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\n"
+           "a=setup:actpass\r\n"
+           "a=mid:0\r\n"
+           "a=sendrecv\r\n"
+           "a=rtcp-mux\r\n"
+           "a=rtpmap:111 opus/48000/2\r\n"
+           "a=rtpmap:0 PCMU/8000\r\n"
+           "a=rtpmap:8 PCMA/8000\r\n"
+           f"a=candidate:1 1 udp 2122260223 {V4} 50000 typ host\r\n")
+    inv_callid = "ws-invite-77b9@sipflow.test"
+    inv = req("INVITE", f"sip:nobody@{dom}", 1, "wsinv1", inv_callid, f"<sip:nobody@{dom}>",
+              "wsinv", f"Contact: <sip:carol@{host};transport=ws;ob>\r\n", body=sdp)
+    ws.send_text(inv)
+    final = None
+    for _ in range(5):
+        a = ws.recv_sip()
+        st = sip_status(a)
+        if st and st >= 200:
+            final = a
+            break
+    if final is None or sip_status(final) != 404:
+        raise RuntimeError(f"ws INVITE: expected 404, got {final!r}")
+    to = header(final, "To")
+    ack = (f"ACK sip:nobody@{dom} SIP/2.0\r\n"
+           f"Via: SIP/2.0/WS {host};branch=z9hG4bKwsinv1\r\n"
+           f"Max-Forwards: 70\r\n"
+           f"To: {to}\r\n"
+           f"From: \"Carol\" <sip:carol@{dom}>;tag=wsinv\r\n"
+           f"Call-ID: {inv_callid}\r\n"
+           f"CSeq: 1 ACK\r\n"
+           f"Content-Length: 0\r\n\r\n")
+    ws.send_text(ack)
+    time.sleep(0.3)
+    ws.close()
+    return local
+
+
+# --------------------------------------------------------------------------
+# the captures
+# --------------------------------------------------------------------------
+
+R_UAS = f"{V4}:{UAS}"
+R_PROXY = f"{V4}:{PROXY}"
+RSA_PROXY = ["-rsa", R_PROXY]
+
+
+def cap_basic_call_rtp():
+    with capture("basic-call-rtp"):
+        s = uas("uas_call.xml")
+        c = uac("uac_call.xml", R_UAS)
+        finish(c, "basic-call-rtp")
+        finish(s, "basic-call-rtp")
+
+
+def cap_register_401_200():
+    with capture("register-401-200"):
+        c = uac("register.xml", R_PROXY, "-au", "alice", "-ap", "secretpw", service="alice")
+        finish(c, "register-401-200")
+
+
+def cap_unregister():
+    with capture("unregister"):
+        c = uac("register_unregister.xml", R_PROXY, "-au", "bob", "-ap", "secretpw",
+                service="bob")
+        finish(c, "unregister")
+
+
+def cap_register_wrong_password():
+    with capture("register-wrong-password"):
+        c = uac("register_wrong_password.xml", R_PROXY, "-au", "alice", "-ap", "not-the-password",
+                service="alice")
+        finish(c, "register-wrong-password")
+
+
+def cap_call_via_proxy():
+    with capture("call-via-proxy"):
+        s = uas("uas_call.xml")
+        c = uac("uac_call.xml", R_UAS, *RSA_PROXY)
+        finish(c, "call-via-proxy")
+        finish(s, "call-via-proxy")
+
+
+def cap_cancel_487():
+    with capture("cancel-487"):
+        s = uas("uas_ring_cancel.xml")
+        c = uac("uac_cancel.xml", R_UAS)
+        finish(c, "cancel-487")
+        finish(s, "cancel-487")
+
+
+def cap_busy_486():
+    with capture("busy-486"):
+        s = uas("uas_busy.xml")
+        c = uac("uac_invite_fail.xml", R_UAS)
+        finish(c, "busy-486")
+        finish(s, "busy-486")
+
+
+def cap_not_found_404():
+    with capture("not-found-404"):
+        c = uac("uac_invite_fail.xml", R_PROXY, service="nobody")
+        finish(c, "not-found-404")
+
+
+def cap_no_answer_408():
+    with capture("no-answer-408"):
+        s = uas("uas_ring_cancel.xml")
+        c = uac("uac_invite_fail.xml", R_UAS, *RSA_PROXY, service="noanswer")
+        finish(c, "no-answer-408")
+        finish(s, "no-answer-408")
+
+
+def cap_call_tcp():
+    with capture("call-tcp"):
+        s = uas("uas_call.xml", transport="t1")
+        c = uac("uac_call.xml", R_UAS, transport="t1")
+        finish(c, "call-tcp")
+        finish(s, "call-tcp")
+
+
+def cap_call_ipv6():
+    with capture("call-ipv6"):
+        s = uas("uas_call.xml", ip=V6)
+        c = uac("uac_call.xml", f"[{V6}]:{UAS}", ip=V6)
+        finish(c, "call-ipv6")
+        finish(s, "call-ipv6")
+
+
+def cap_udp_fragmented():
+    with capture("udp-fragmented"):
+        s = uas("uas_call_nomedia.xml")
+        c = uac("uac_call_big.xml", R_UAS)
+        finish(c, "udp-fragmented")
+        finish(s, "udp-fragmented")
+
+
+def cap_tcp_segmented():
+    with capture("tcp-segmented"):
+        s = uas("uas_call_nomedia.xml", transport="t1")
+        c = uac("uac_call_big.xml", R_UAS, transport="t1")
+        finish(c, "tcp-segmented")
+        finish(s, "tcp-segmented")
+        two_requests_one_segment()
+
+
+def cap_reinvite_hold():
+    with capture("reinvite-hold"):
+        s = uas("uas_reinvite_hold.xml")
+        c = uac("uac_reinvite_hold.xml", R_UAS)
+        finish(c, "reinvite-hold")
+        finish(s, "reinvite-hold")
+
+
+def cap_options_message_subscribe():
+    with capture("options-message-subscribe"):
+        s = uas("uas_options_message_subscribe.xml", m=3)
+        finish(uac("uac_options.xml", R_UAS), "options-message-subscribe")
+        finish(uac("uac_options_proxy.xml", R_PROXY, port=UAC2), "options-message-subscribe")
+        finish(uac("uac_message.xml", R_UAS), "options-message-subscribe")
+        finish(uac("uac_subscribe.xml", R_UAS), "options-message-subscribe")
+        finish(s, "options-message-subscribe")
+
+
+def cap_websocket():
+    with capture("websocket"):
+        try:
+            websocket_session()
+        except Exception as e:                      # noqa: BLE001
+            FAILURES.append(f"websocket: {e}")
+            log(f"   !! websocket: {e}")
+
+
+CAPTURES = [
+    ("basic-call-rtp", cap_basic_call_rtp),
+    ("register-401-200", cap_register_401_200),
+    ("unregister", cap_unregister),
+    ("register-wrong-password", cap_register_wrong_password),
+    ("call-via-proxy", cap_call_via_proxy),
+    ("cancel-487", cap_cancel_487),
+    ("busy-486", cap_busy_486),
+    ("not-found-404", cap_not_found_404),
+    ("no-answer-408", cap_no_answer_408),
+    ("call-tcp", cap_call_tcp),
+    ("call-ipv6", cap_call_ipv6),
+    ("udp-fragmented", cap_udp_fragmented),
+    ("tcp-segmented", cap_tcp_segmented),
+    ("reinvite-hold", cap_reinvite_hold),
+    ("options-message-subscribe", cap_options_message_subscribe),
+    ("websocket", cap_websocket),
+]
+
+# Expected (SIP messages as tshark counts them, Call-IDs, RTP streams)
+EXPECTED = {
+    "basic-call-rtp": (7, 1, 2),
+    "register-401-200": (4, 1, 0),
+    "unregister": (8, 1, 0),
+    "register-wrong-password": (6, 1, 0),
+    "call-via-proxy": (14, 1, 2),
+    "cancel-487": (7, 1, 0),
+    "busy-486": (5, 1, 0),
+    "not-found-404": (4, 1, 0),
+    "no-answer-408": (12, 1, 0),
+    "call-tcp": (7, 1, 2),
+    "call-ipv6": (7, 1, 2),
+    "udp-fragmented": (7, 1, 0),
+    "tcp-segmented": (11, 3, 0),
+    "reinvite-hold": (13, 1, 2),
+    "options-message-subscribe": (14, 4, 0),
+    "websocket": (19, 4, 0),
+}
+
+TSHARK_SIP = ["-o", "ip.defragment:TRUE", "-o", "tcp.desegment_tcp_streams:TRUE",
+              "--enable-heuristic", "sip_udp", "--enable-heuristic", "sip_tcp"]
+
+
+def tshark_summary(path):
+    """(sip messages, distinct Call-IDs, rtp streams) for a capture."""
+    out = subprocess.run(["tshark", "-r", path, *TSHARK_SIP, "-Y", "sip",
+                          "-T", "fields", "-E", "occurrence=a", "-e", "sip.Call-ID",
+                          "-e", "sip.Method", "-e", "sip.Status-Code"],
+                         capture_output=True, text=True, timeout=60).stdout
+    nmsg, callids = 0, set()
+    for line in out.splitlines():
+        cids, methods, codes = (line.split("\t") + ["", "", ""])[:3]
+        nmsg += len([x for x in methods.split(",") if x]) + len([x for x in codes.split(",") if x])
+        callids.update(x for x in cids.split(",") if x)
+    rtp = subprocess.run(["tshark", "-r", path, "-o", "rtp.heuristic_rtp:TRUE", "-q",
+                          "-z", "rtp,streams"], capture_output=True, text=True, timeout=60).stdout
+    nrtp = len([ln for ln in rtp.splitlines() if re.search(r"0x[0-9A-Fa-f]{8}", ln)])
+    return nmsg, len(callids), nrtp
+
+
+def setup_loopback():
+    cmds = [["ip", "link", "set", "lo", "up"],
+            ["ip", "link", "set", "lo", "mtu", "1500"],
+            ["ethtool", "-K", "lo", "tso", "off", "gso", "off", "gro", "off"]]
+    for c in cmds:
+        subprocess.run(c, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open("/proc/sys/net/ipv6/conf/lo/disable_ipv6") as f:
+        if f.read().strip() != "0":
+            subprocess.run(["sysctl", "-qw", "net.ipv6.conf.lo.disable_ipv6=0"], check=True)
+    addrs = subprocess.run(["ip", "-6", "addr", "show", "dev", "lo"],
+                           capture_output=True, text=True).stdout
+    if "::1/128" not in addrs:
+        subprocess.run(["ip", "-6", "addr", "add", "::1/128", "dev", "lo"], check=True)
+
+
+def assert_isolated():
+    """Refuse to run unless lo is the only network interface (own netns)."""
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    names = [ln.split(":")[1].strip().split("@")[0] for ln in links.splitlines() if ln.strip()]
+    if names != ["lo"]:
+        sys.exit(f"refusing to run: interfaces {names} present; use make_samples.sh "
+                 "(it runs this inside `unshare -n`)")
+
+
+def main():
+    global WORK
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("names", nargs="*", help="captures to make (default: all)")
+    ap.add_argument("--keep-work", action="store_true", help="keep the temporary work dir")
+    args = ap.parse_args()
+    known = [n for n, _ in CAPTURES]
+    for n in args.names:
+        if n.removesuffix(".pcap") not in known:
+            sys.exit(f"unknown capture {n!r}; known: {', '.join(known)}")
+    wanted = {n.removesuffix(".pcap") for n in args.names} or set(known)
+
+    assert_isolated()
+    setup_loopback()
+    WORK = tempfile.mkdtemp(prefix="sipflow-samples-")
+    for f in os.listdir(SCENARIOS):
+        if f.endswith(".xml"):
+            shutil.copy(os.path.join(SCENARIOS, f), WORK)
+    make_media_files(WORK)
+
+    k = Kamailio()
+    t0 = time.time()
+    try:
+        k.start()
+        for name, fn in CAPTURES:
+            if name in wanted:
+                fn()
+    finally:
+        k.stop()
+        for p in list(PROCS):
+            stop(p)
+    log(f"captures done in {time.time() - t0:.1f} s")
+
+    if shutil.which("tshark"):
+        log(f"{'file':34} {'SIP msgs':>8} {'Call-IDs':>8} {'RTP':>4}  bytes")
+        for name, _ in CAPTURES:
+            if name not in wanted:
+                continue
+            path = os.path.join(HERE, name + ".pcap")
+            got = tshark_summary(path)
+            exp = EXPECTED.get(name)
+            flag = "" if exp is None or exp == got else f"   !! expected {exp}"
+            if flag:
+                FAILURES.append(f"{name}: got {got}, expected {exp}")
+            log(f"{name + '.pcap':34} {got[0]:8} {got[1]:8} {got[2]:4}  {os.path.getsize(path)}{flag}")
+
+    if args.keep_work or FAILURES:
+        log(f"work dir kept: {WORK}")
+    else:
+        shutil.rmtree(WORK, ignore_errors=True)
+    if FAILURES:
+        log("FAILURES:\n  " + "\n  ".join(FAILURES))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
