@@ -316,6 +316,7 @@ class Analyzer:
         min_len = (fast[0].size + delta) if fast else 1 << 30
         frame = rtcp = 0
         slow_frames = 0
+        batch = BATCH
         blocks = f.pcap_blocks()
         for buf, pos, end in blocks:  # send() below advances the generator as well
             while True:
@@ -339,7 +340,7 @@ class Analyzer:
                                 st = stream_for(flow, ssrc, b1, frame, fi)
                             p = st.pending
                             p += (seq, rts, sec + frac * scale, b1)
-                            if len(p) >= BATCH:
+                            if len(p) >= batch:
                                 st.flush()
                             continue
                     slow_frames += 1

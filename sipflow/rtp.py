@@ -39,10 +39,16 @@ def is_rtcp(payload: bytes) -> bool:
 
 
 class RtpStream:
-    """Accumulates one stream's statistics, one ``add`` per packet (the hot path: keep it lean)."""
+    """Accumulates one stream's statistics (the hot path: keep it lean).
+
+    Packets are appended to ``pending`` as flat (sequence, RTP timestamp, arrival, second header
+    byte) values and folded into the figures by ``flush`` in batches, with local variables: several
+    times cheaper in Python than attribute updates per packet. Nothing else is kept per packet.
+    Jitter runs in RTP timestamp units (RFC 3550 A.8: D is the difference of relative transit times,
+    transit = arrival x clock rate - RTP timestamp) and is turned into milliseconds when read."""
     __slots__ = ("src", "sport", "dst", "dport", "ssrc", "pt", "rate", "clock_rate_guessed",
-                 "packets", "base_seq", "max_seq", "cycles", "duplicates", "out_of_order",
-                 "first_ts", "last_ts", "last_arrival", "last_rtp_ts", "jitter", "jitter_max", "jitter_sum",
+                 "packets", "base_seq", "expect", "cycles", "duplicates", "out_of_order",
+                 "first_ts", "last_ts", "last_arrival", "last_transit", "jitter_ts", "jmax_ts", "jsum_ts",
                  "jitter_n", "max_delta", "first_frame", "other_pts", "marker_packets",
                  "file", "call_id", "nat", "codec", "rtcp_packets", "pending")
 
@@ -54,16 +60,17 @@ class RtpStream:
         self.rate = static[1] if static else 8000
         self.clock_rate_guessed = static is None
         self.packets = 0
-        self.base_seq = self.max_seq = -1
-        self.cycles = 0
+        self.base_seq = 0
+        self.expect = 0            # the sequence number that would come next in order (0..65536)
+        self.cycles = 0            # 65536 x sequence wraps
         self.duplicates = 0
         self.out_of_order = 0
         self.first_ts = self.last_ts = 0.0
         self.last_arrival = 0.0
-        self.last_rtp_ts = 0
-        self.jitter = 0.0          # RFC 3550 A.8 estimate, in milliseconds
-        self.jitter_max = 0.0
-        self.jitter_sum = 0.0
+        self.last_transit = 0.0
+        self.jitter_ts = 0.0       # the running RFC 3550 estimate, in RTP timestamp units
+        self.jmax_ts = 0.0
+        self.jsum_ts = 0.0
         self.jitter_n = 0
         self.max_delta = 0.0       # largest arrival gap between consecutive packets, seconds
         self.first_frame = frame
@@ -78,9 +85,7 @@ class RtpStream:
         self.rtcp_packets = 0
 
     def add(self, seq: int, rtp_ts: int, arrival: float, pt_byte: int) -> None:
-        """Record one packet. The hot path in ``analyze`` appends to ``pending`` itself and calls
-        ``flush`` when it is long: statistics are computed in batches with local variables, several
-        times cheaper in Python than attribute updates per packet. Nothing else is kept per packet."""
+        """Record one packet (the analyzer's hot path appends to ``pending`` itself)."""
         p = self.pending
         p += (seq, rtp_ts, arrival, pt_byte)
         if len(p) >= BATCH:
@@ -92,84 +97,87 @@ class RtpStream:
             return
         it = iter(p)
         before = self.packets
+        rate = float(self.rate)
         if before == 0:  # the first packet starts the figures
             seq, rtp_ts, arrival, pt_byte = next(it), next(it), next(it), next(it)
-            self.base_seq = self.max_seq = seq
+            self.base_seq = seq
+            self.expect = seq + 1
             self.first_ts = self.last_arrival = self.last_ts = arrival
-            self.last_rtp_ts = rtp_ts
+            self.last_transit = arrival * rate - rtp_ts
             self.pt = pt_byte & 0x7F
-        max_seq, cycles = self.max_seq, self.cycles
-        expect = (max_seq + 1) & 0xFFFF
-        dup, ooo, main_pt, rate_ms = self.duplicates, self.out_of_order, self.pt, 1000.0 / self.rate
+        expect, cycles, dup, ooo = self.expect, self.cycles, self.duplicates, self.out_of_order
+        main_pt = self.pt
         marked_pt = main_pt | 0x80
-        last_arrival, last_rtp_ts = self.last_arrival, self.last_rtp_ts
-        jitter, jmax, jsum, jn = self.jitter, self.jitter_max, self.jitter_sum, self.jitter_n
+        last_arrival, last_transit = self.last_arrival, self.last_transit
+        jitter, jmax, jsum, jn = self.jitter_ts, self.jmax_ts, self.jsum_ts, self.jitter_n
         max_delta, markers = self.max_delta, self.marker_packets
         arrival = self.last_ts
         for seq, rtp_ts, arrival, pt_byte in zip(it, it, it, it):
             # Sequence accounting (RFC 3550 A.1, as an observer: never resets, counts instead).
             if seq == expect:  # the common case: the next packet, in order
-                if not seq:
-                    cycles += 65536
-                max_seq = seq
-                expect = (seq + 1) & 0xFFFF
+                expect = seq + 1
             else:
-                delta = (seq - max_seq) & 0xFFFF
+                top = (expect - 1) & 0xFFFF  # highest sequence number so far
+                delta = (seq - top) & 0xFFFF
                 if delta == 0:
                     dup += 1
-                elif delta < MAX_DROPOUT:  # a gap: packets lost (or late, counted when they come)
-                    if seq < max_seq:
+                elif delta < MAX_DROPOUT:  # ahead, past a wrap or a gap (lost, or late: counted then)
+                    if seq < top:
                         cycles += 65536
-                    max_seq = seq
-                    expect = (seq + 1) & 0xFFFF
+                    expect = seq + 1
                 elif delta > 65536 - MAX_MISORDER:
                     ooo += 1
                 else:  # a big jump: the sender restarted its sequence; follow it
-                    max_seq = seq
-                    expect = (seq + 1) & 0xFFFF
+                    expect = seq + 1
+            transit = arrival * rate - rtp_ts
             if pt_byte == main_pt:
-                marker = False
+                d = transit - last_transit
+                if d < 0:
+                    d = -d
+                if d > 2147483648.0:  # the RTP timestamp wrapped
+                    d = 4294967296.0 - d
+                jitter += (d - jitter) * 0.0625
+                jsum += jitter
+                jn += 1
+                if jitter > jmax:
+                    jmax = jitter
+                if arrival - last_arrival > max_delta:
+                    max_delta = arrival - last_arrival
             elif pt_byte == marked_pt:
-                marker = True
-                markers += 1  # a talkspurt starts: its gap is silence, not network behaviour
+                # A talkspurt starts: as Wireshark does, the estimate runs on but the figures skip it.
+                markers += 1
+                d = transit - last_transit
+                if d < 0:
+                    d = -d
+                if d > 2147483648.0:
+                    d = 4294967296.0 - d
+                jitter += (d - jitter) * 0.0625
             else:
                 # DTMF events and comfort noise keep their own timestamps: leave them out of jitter.
                 pt = pt_byte & 0x7F
                 self.other_pts[pt] = self.other_pts.get(pt, 0) + 1
                 continue
-            gap = arrival - last_arrival
-            # Jitter (RFC 3550 A.8): D = arrival difference - timestamp difference, both in ms.
-            tsd = (rtp_ts - last_rtp_ts) & 0xFFFFFFFF
-            if tsd >= 0x80000000:
-                tsd -= 0x100000000
-            d = gap * 1000.0 - tsd * rate_ms
-            if d < 0:
-                d = -d
-            jitter += (d - jitter) * 0.0625
-            if not marker:  # as Wireshark does: the estimate runs on, the figures skip talkspurt starts
-                jsum += jitter
-                jn += 1
-                if gap > max_delta:
-                    max_delta = gap
-                if jitter > jmax:
-                    jmax = jitter
             last_arrival = arrival
-            last_rtp_ts = rtp_ts
+            last_transit = transit
         self.packets = before + (len(p) >> 2)
-        self.max_seq, self.cycles = max_seq, cycles
-        self.duplicates, self.out_of_order = dup, ooo
-        self.last_arrival, self.last_rtp_ts, self.last_ts = last_arrival, last_rtp_ts, arrival
-        self.jitter, self.jitter_max, self.jitter_sum, self.jitter_n = jitter, jmax, jsum, jn
+        self.expect, self.cycles, self.duplicates, self.out_of_order = expect, cycles, dup, ooo
+        self.last_arrival, self.last_transit, self.last_ts = last_arrival, last_transit, arrival
+        self.jitter_ts, self.jmax_ts, self.jsum_ts, self.jitter_n = jitter, jmax, jsum, jn
         self.max_delta, self.marker_packets = max_delta, markers
         p.clear()
 
     # -- derived figures --------------------------------------------------------------------------------
 
     @property
+    def max_seq(self) -> int:
+        return (self.expect - 1) & 0xFFFF
+
+    @property
     def expected(self) -> int:
+        """RFC 3550 A.3: extended highest sequence number - base + 1."""
         if self.packets == 0:
             return 0
-        return self.cycles + self.max_seq - self.base_seq + 1
+        return self.cycles + self.expect - 1 - self.base_seq + 1
 
     @property
     def lost(self) -> int:
@@ -181,8 +189,17 @@ class RtpStream:
         return self.cycles >> 16
 
     @property
+    def jitter(self) -> float:
+        """The last jitter estimate, milliseconds."""
+        return self.jitter_ts * 1000.0 / self.rate
+
+    @property
+    def jitter_max(self) -> float:
+        return self.jmax_ts * 1000.0 / self.rate
+
+    @property
     def jitter_mean(self) -> float:
-        return self.jitter_sum / self.jitter_n if self.jitter_n else 0.0
+        return self.jsum_ts * 1000.0 / self.rate / self.jitter_n if self.jitter_n else 0.0
 
     def set_clock_rate(self, rate: int) -> None:
         """The SDP told the clock rate. If it differs from the guess, the jitter already gathered was

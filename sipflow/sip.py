@@ -52,10 +52,18 @@ _RESYNC = re.compile(rb"(?:^|\n)(SIP/2\.0 [1-6][0-9][0-9] |(?:" + "|".join(KNOWN
 MAX_HEAD = 64 * 1024  # a SIP head larger than this on a stream is junk, not a message in progress
 
 
+_NAMES: Dict[str, str] = {}  # header name as written -> canonical (a few dozen distinct names in practice)
+
+
 def canonical_name(name: str) -> str:
-    low = name.strip().lower()
-    low = COMPACT.get(low, low)
-    return _CANONICAL.get(low) or "-".join(p[:1].upper() + p[1:] for p in low.split("-"))
+    canon = _NAMES.get(name)
+    if canon is None:
+        low = name.strip().lower()
+        low = COMPACT.get(low, low)
+        canon = _CANONICAL.get(low) or "-".join(p[:1].upper() + p[1:] for p in low.split("-"))
+        if len(_NAMES) < 4096:  # bounded: header names in hostile input must not grow memory
+            _NAMES[name] = canon
+    return canon
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -199,6 +207,10 @@ def parse_via(text: str) -> Via:
 
 def split_list(value: str) -> List[str]:
     """Split a header value on commas that are outside quotes and angle brackets (§7.3.1)."""
+    if "," not in value:
+        return [value.strip()] if value.strip() else []
+    if '"' not in value and "<" not in value:
+        return [v.strip() for v in value.split(",") if v.strip()]
     out, depth, quote, start, i = [], 0, False, 0, 0
     while i < len(value):
         ch = value[i]
