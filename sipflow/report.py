@@ -128,7 +128,7 @@ def calls_text(a: Analysis, width: int = 80) -> str:
         rows.append([fmt_time(d["start"]), _party(d["from"]), _party(d["to"]), outcome, fmt_secs(d["pdd"]),
                      fmt_secs(d["duration"]), d["media"], d["messages"]])
     table = render_table(["Start", "From", "To", "Outcome", "PDD", "Dur", "Media", "Msgs"], rows, width,
-                         flexible={1: 12, 2: 12, 6: 8}, right=(4, 5, 7))
+                         flexible={1: 11, 2: 11, 6: 8}, right=(4, 5, 7))
     return table + f"\n\n{len(rows)} call(s). Details: sipflow analyze FILE --call-id ID --format json"
 
 

@@ -94,3 +94,32 @@ def to_qinq(eth: bytes) -> bytes:
 
 SHAPES = {"sll": (113, to_sll), "sll2": (276, to_sll2), "raw": (101, to_raw), "null": (0, to_null),
           "vlan": (1, to_vlan), "qinq": (1, to_qinq)}
+
+
+def ip4(a: str) -> bytes:
+    return bytes(int(x) for x in a.split("."))
+
+
+def _csum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def udp_frame(src: str, sport: int, dst: str, dport: int, payload: bytes, ident: int = 1) -> bytes:
+    """An Ethernet/IPv4/UDP frame (valid IP checksum, UDP checksum 0) around ``payload``."""
+    udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), ident & 0xFFFF, 0, 64, 17, 0, ip4(src), ip4(dst))
+    hdr = hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:]
+    return b"\x02\0\0\0\0\x02\x02\0\0\0\0\x01\x08\x00" + hdr + udp
+
+
+def sip_text(first_line: str, headers: List[Tuple[str, str]], body: str = "") -> bytes:
+    """A SIP message with a correct Content-Length (unless the headers already carry one)."""
+    lines = [first_line] + [f"{k}: {v}" for k, v in headers]
+    if not any(k.lower() in ("content-length", "l") for k, _ in headers):
+        lines.append(f"Content-Length: {len(body.encode())}")
+    return ("\r\n".join(lines) + "\r\n\r\n" + body).encode()

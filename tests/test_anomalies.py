@@ -1,0 +1,113 @@
+"""Anomalies are data on the call: each test builds the broken exchange it is about (real stacks do
+not misbehave on demand) and checks sipflow names it, with the frame to look at."""
+import sipflow
+
+from pcaptools import sip_text, udp_frame, write_pcap
+
+A, B = "198.51.100.10", "203.0.113.20"   # documentation addresses: data inside the file only
+
+
+def req(method, cseq, branch, call_id="c1@x", ftag="f1", ttag=None, body="", ctype=None, extra=()):
+    h = [("Via", f"SIP/2.0/UDP {A}:5060;branch={branch}"), ("From", f"<sip:alice@x>;tag={ftag}"),
+         ("To", "<sip:bob@y>" + (f";tag={ttag}" if ttag else "")), ("Call-ID", call_id),
+         ("CSeq", f"{cseq} {method}"), ("Contact", f"<sip:alice@{A}>"), *extra]
+    if ctype:
+        h.append(("Content-Type", ctype))
+    return sip_text(f"{method} sip:bob@{B} SIP/2.0", h, body)
+
+
+def resp(status, reason, method, cseq, branch, call_id="c1@x", ftag="f1", ttag="t1", extra=()):
+    h = [("Via", f"SIP/2.0/UDP {A}:5060;branch={branch}"), ("From", f"<sip:alice@x>;tag={ftag}"),
+         ("To", f"<sip:bob@y>;tag={ttag}"), ("Call-ID", call_id), ("CSeq", f"{cseq} {method}"), *extra]
+    return sip_text(f"SIP/2.0 {status} {reason}", h)
+
+
+def capture(tmp_path, messages, name="x.pcap"):
+    """messages: (seconds offset, direction 'ab' or 'ba', bytes)"""
+    recs = []
+    for i, (t, direction, payload) in enumerate(messages):
+        s, d = (A, B) if direction == "ab" else (B, A)
+        sec = 1_700_000_000 + int(t)
+        recs.append((sec, int((t % 1) * 1e6), udp_frame(s, 5060, d, 5060, payload, ident=i + 1)))
+    return sipflow.analyze(str(write_pcap(tmp_path / name, 1, recs)))
+
+
+def kinds(a):
+    return {(x.kind, x.frame) for x in a.anomalies}
+
+
+def test_response_without_request(tmp_path):
+    a = capture(tmp_path, [(0, "ba", resp(200, "OK", "OPTIONS", 1, "z9hG4bKnone"))])
+    assert ("response_without_request", 1) in kinds(a)
+
+
+def test_missing_ack_for_a_rejection(tmp_path):
+    a = capture(tmp_path, [(0, "ab", req("INVITE", 1, "z9hG4bK1")), (0.1, "ba", resp(486, "Busy Here", "INVITE", 1, "z9hG4bK1")),
+                           (5, "ab", req("OPTIONS", 2, "z9hG4bK2", call_id="other"))])
+    assert ("missing_ack", 2) in kinds(a)
+    assert a.calls[0].outcome(a.end_ts).value == "busy"
+
+
+def test_bye_before_answer(tmp_path):
+    a = capture(tmp_path, [(0, "ab", req("INVITE", 1, "z9hG4bK1")),
+                           (0.1, "ba", resp(180, "Ringing", "INVITE", 1, "z9hG4bK1")),
+                           (1, "ab", req("BYE", 2, "z9hG4bK2", ttag="t1"))])
+    assert ("bye_before_answer", 3) in kinds(a)
+
+
+def test_cseq_going_backwards(tmp_path):
+    a = capture(tmp_path, [(0, "ab", req("INFO", 5, "z9hG4bK1")), (1, "ab", req("INFO", 3, "z9hG4bK2"))])
+    assert ("cseq_backwards", 2) in kinds(a)
+
+
+def test_retransmission_storm_is_flagged_and_not_double_counted(tmp_path):
+    inv = req("INVITE", 1, "z9hG4bK1")
+    a = capture(tmp_path, [(t, "ab", inv) for t in (0, 0.5, 1.5, 3.5, 7.5, 15.5)])
+    assert ("retransmission_storm", 5) in kinds(a)
+    assert a.methods["INVITE"]["requests"] == 1 and a.stats["retransmissions"] == 5
+    assert [m.retransmission for m in a.messages] == [False] + [True] * 5
+    # nobody answered within Timer B (32 s) of the last INVITE... the capture ends at 15.5 s: in progress
+    assert a.calls[0].outcome(a.end_ts).value == "in_progress"
+
+
+def test_no_response_after_timer_b(tmp_path):
+    a = capture(tmp_path, [(0, "ab", req("INVITE", 1, "z9hG4bK1")),
+                           (40, "ab", req("OPTIONS", 1, "z9hG4bK9", call_id="later"))])
+    assert a.calls[0].outcome(a.end_ts).value == "no_response"
+
+
+def test_private_address_in_sdp_and_contact_behind_nat(tmp_path):
+    sdp = "v=0\r\no=- 1 1 IN IP4 10.1.2.3\r\ns=-\r\nc=IN IP4 10.1.2.3\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
+    inv = req("INVITE", 1, "z9hG4bK1", body=sdp, ctype="application/sdp").replace(
+        f"Contact: <sip:alice@{A}>".encode(), b"Contact: <sip:alice@192.168.1.7:5060>")
+    a = capture(tmp_path, [(0, "ab", inv)])
+    details = [x.detail for x in a.anomalies if x.kind == "nat"]
+    assert any("10.1.2.3" in d for d in details) and any("192.168.1.7" in d for d in details)
+
+
+def test_content_length_too_big_is_an_anomaly_and_the_message_is_kept(tmp_path):
+    bad = req("OPTIONS", 1, "z9hG4bK1", extra=[("Content-Length", "500")])
+    a = capture(tmp_path, [(0, "ab", bad)])
+    assert [m.msg.method for m in a.messages] == ["OPTIONS"]
+    assert ("content_length_mismatch", 1) in kinds(a)
+
+
+def test_forked_invite_makes_two_early_dialogs(tmp_path):
+    a = capture(tmp_path, [(0, "ab", req("INVITE", 1, "z9hG4bK1")),
+                           (0.1, "ba", resp(180, "Ringing", "INVITE", 1, "z9hG4bK1", ttag="fork1")),
+                           (0.2, "ba", resp(180, "Ringing", "INVITE", 1, "z9hG4bK1", ttag="fork2")),
+                           (1.0, "ba", resp(200, "OK", "INVITE", 1, "z9hG4bK1", ttag="fork2")),
+                           (1.1, "ab", req("ACK", 1, "z9hG4bK3", ttag="fork2"))])
+    c = a.calls[0]
+    assert set(c.dialogs) == {("f1", "fork1"), ("f1", "fork2")}
+    assert c.dialogs[("f1", "fork2")].state == "confirmed" and c.dialogs[("f1", "fork1")].state == "early"
+    assert c.outcome(a.end_ts).value == "answered"
+    assert c.timings()["setup_time"] is not None
+
+
+def test_malformed_sip_is_listed_with_its_frame_not_dropped(tmp_path):
+    junk = b"INVITE sip:bob@y SIP/2.0\r\nthis line has no colon\r\nCall-ID: q\r\n\r\n"
+    a = capture(tmp_path, [(0, "ab", junk), (1, "ab", b"NOTSIP garbage \x00\x01")])
+    assert [m.frame for m in a.malformed] == [1]
+    assert a.messages and a.messages[0].msg.method == "INVITE"
+    assert a.stats["undecoded"] == 1

@@ -1,0 +1,119 @@
+"""The command line, run for real on the bundled samples: help, formats, filters, layout, documentation."""
+import csv
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from sipflow.cli import main
+
+from conftest import ROOT, SAMPLES
+
+COMMANDS = sorted(main.commands)
+
+
+def run(*args, ok=True):
+    r = CliRunner().invoke(main, [str(a) for a in args])
+    if ok:
+        assert r.exit_code == 0, (r.output, r.exception)
+    return r
+
+
+def test_no_arguments_shows_help():
+    r = subprocess.run([sys.executable, "-m", "sipflow"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "Usage:" in r.stdout and all(c in r.stdout for c in COMMANDS)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_an_example(command):
+    out = run(command, "--help").output
+    assert "Example" in out and f"sipflow {command}" in out
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_is_documented_in_the_readme(command):
+    assert f"sipflow {command}" in (ROOT / "README.md").read_text()
+
+
+def test_json_document_has_every_field_docs_json_md_promises():
+    doc = (ROOT / "docs" / "json.md").read_text()
+    d = json.loads(run("analyze", SAMPLES / "basic-call-rtp.pcap", "--format", "json").output)
+    block = doc[doc.index("```jsonc"):]
+    for section in ("messages", "calls", "registrations", "streams", "files", "stats"):
+        assert section in d
+    # every "key": in the documented example exists in the matching part of the real document
+    sample = {"messages": d["messages"][0], "calls": d["calls"][0], "streams": d["streams"][0]}
+    for section, obj in sample.items():
+        part = block[block.index(f'"{section}"'):]
+        part = part[part.index("[{") + 2:]
+        part = re.sub(r"\[\{[^\]]*\}\]", "[]", part)  # nested lists of objects are not this object's keys
+        part = part[:part.index("}]") if "}]" in part else len(part)]
+        for key in re.findall(r'"([a-z_]+)":', part):
+            if key != section:
+                assert key in obj, (section, key)
+
+
+def test_analyze_json_message_fields_are_well_formed():
+    d = json.loads(run("analyze", SAMPLES / "call-ipv6.pcap", "--format", "json").output)
+    for m in d["messages"]:
+        assert re.fullmatch(r"\[[0-9a-f:]+\]:\d+", m["src"]) and isinstance(m["cseq"], int)
+        assert (m["method"] is None) != (m["status"] is None)
+    for s in d["streams"]:
+        assert re.fullmatch(r"0x[0-9A-F]{8}", s["ssrc"])
+
+
+def test_calls_text_fits_80_columns_and_lists_every_call():
+    r = run("calls", SAMPLES / "basic-call-rtp.pcap", SAMPLES / "busy-486.pcap", SAMPLES / "cancel-487.pcap",
+            "--width", "80")
+    lines = r.output.splitlines()
+    assert all(len(line) <= 80 for line in lines), max(lines, key=len)
+    assert sum(1 for line in lines if re.match(r"\d\d:\d\d:\d\d\.\d{3} ", line)) == 3
+    assert "busy 486" in r.output and "cancelled 487" in r.output and "answered" in r.output
+
+
+def test_calls_csv_has_a_row_per_call_with_timings():
+    r = run("calls", SAMPLES / "basic-call-rtp.pcap", SAMPLES / "busy-486.pcap", "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(r.output)))
+    assert {row["outcome"] for row in rows} == {"answered", "busy"}
+    answered = next(row for row in rows if row["outcome"] == "answered")
+    assert float(answered["pdd"]) > 0 and float(answered["duration"]) > 2
+
+
+def test_filters_status_user_call_id_method_and_time():
+    files = [SAMPLES / "basic-call-rtp.pcap", SAMPLES / "busy-486.pcap", SAMPLES / "register-401-200.pcap"]
+    full = json.loads(run("analyze", *files, "--format", "json").output)
+    busy = json.loads(run("analyze", *files, "--format", "json", "--status", "4xx").output)
+    assert [c["final_status"] for c in busy["calls"]] == [486]
+    assert all(m["status"] and 400 <= m["status"] < 500 for m in busy["messages"])
+    cid = full["calls"][0]["call_id"]
+    one = json.loads(run("analyze", *files, "--format", "json", "--call-id", cid).output)
+    assert {m["call_id"] for m in one["messages"]} == {cid} and len(one["calls"]) == 1
+    regs = json.loads(run("analyze", *files, "--format", "json", "--method", "REGISTER").output)
+    assert regs["messages"] and {m["cseq_method"] for m in regs["messages"]} == {"REGISTER"} and not regs["calls"]
+    start = min(m["ts"] for m in full["messages"])
+    late = json.loads(run("analyze", *files, "--format", "json", "--since", str(start + 1e-3)).output)
+    assert len(late["messages"]) == sum(1 for m in full["messages"] if m["ts"] >= start + 1e-3)
+    assert 0 < len(late["messages"]) < len(full["messages"])
+    nobody = json.loads(run("analyze", *files, "--format", "json", "--user", "no-such-user").output)
+    assert not nobody["messages"] and not nobody["calls"]
+
+
+def test_bad_time_is_a_usage_error():
+    r = run("calls", SAMPLES / "busy-486.pcap", "--since", "yesterday-ish", ok=False)
+    assert r.exit_code == 2 and "ISO" in r.output
+
+
+def test_summary_names_problems_with_frames():
+    r = run("summary", SAMPLES / "no-answer-408.pcap")
+    assert "Responses by method" in r.output and "INVITE" in r.output and "no answer 1" in r.output
+
+
+def test_output_file(tmp_path):
+    out = tmp_path / "calls.json"
+    run("calls", SAMPLES / "busy-486.pcap", "--format", "json", "-o", out)
+    assert json.loads(out.read_text())[0]["final_status"] == 486
