@@ -49,7 +49,7 @@ def test_json_document_has_every_field_docs_json_md_promises():
     # every "key": in the documented example exists in the matching part of the real document
     sample = {"messages": d["messages"][0], "calls": d["calls"][0], "streams": d["streams"][0]}
     for section, obj in sample.items():
-        part = block[block.index(f'"{section}"'):]
+        part = block[block.index(f'"{section}": [{{'):]
         part = part[part.index("[{") + 2:]
         part = re.sub(r"\[\{[^\]]*\}\]", "[]", part)  # nested lists of objects are not this object's keys
         part = part[:part.index("}]") if "}]" in part else len(part)]
