@@ -120,16 +120,24 @@ def call_rows(a: Analysis) -> List[Dict[str, Any]]:
 def calls_text(a: Analysis, width: int = 80) -> str:
     if not a.calls:
         return "No calls (no INVITE) in the capture."
-    rows = []
-    for d in call_rows(a):
-        outcome = OUTCOME_LABEL.get(d["outcome"], d["outcome"])
-        if d["final_status"] is not None and d["outcome"] != "answered":
-            outcome += f" {d['final_status']}"
-        rows.append([fmt_time(d["start"]), _party(d["from"]), _party(d["to"]), outcome, fmt_secs(d["pdd"]),
-                     fmt_secs(d["duration"]), d["media"], d["messages"]])
-    table = render_table(["Start", "From", "To", "Outcome", "PDD", "Dur", "Media", "Msgs"], rows, width,
-                         flexible={1: 11, 2: 11, 6: 8}, right=(4, 5, 7))
-    return table + f"\n\n{len(rows)} call(s). Details: sipflow analyze FILE --call-id ID --format json"
+    data = call_rows(a)
+
+    def table(party) -> str:
+        rows = []
+        for d in data:
+            outcome = OUTCOME_LABEL.get(d["outcome"], d["outcome"])
+            if d["final_status"] is not None and d["outcome"] != "answered":
+                outcome += f" {d['final_status']}"
+            rows.append([fmt_time(d["start"]), party(d["from"]), party(d["to"]), outcome, fmt_secs(d["pdd"]),
+                         fmt_secs(d["duration"]), d["media"], d["messages"]])
+        return render_table(["Start", "From", "To", "Outcome", "PDD", "Dur", "Media", "Msgs"], rows, width,
+                            flexible={1: 11, 2: 11, 6: 8}, right=(4, 5, 7))
+
+    text = table(_party)
+    if max(len(line) for line in text.splitlines()) > width or "…" in text:
+        # Not enough room for user@host: the user part is what people scan for.
+        text = table(lambda uri: _party(uri).split("@")[0] or _party(uri))
+    return text + f"\n\n{len(data)} call(s). Details: sipflow analyze FILE --call-id ID --format json"
 
 
 CALL_CSV_FIELDS = ["call_id", "start", "from", "to", "outcome", "final_status", "reason", "ended_by",
