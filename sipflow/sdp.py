@@ -79,7 +79,7 @@ class _MediaBuilder:
     def build(self, session_addr: Optional[str], session_dir: str) -> Media:
         codecs = []
         for f in self.fmts:
-            if not f.isdigit():
+            if not (f.isascii() and f.isdigit()):
                 continue
             pt = int(f)
             if pt in self.rtpmap:
@@ -96,8 +96,8 @@ class _MediaBuilder:
 def _a_rtpmap(m: _MediaBuilder, value: str) -> None:
     pt, _, enc = value.partition(" ")
     parts = enc.strip().split("/")
-    rate = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 8000
-    ch = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else 1
+    rate = int(parts[1]) if len(parts) > 1 and parts[1].isascii() and parts[1].isdigit() else 8000
+    ch = int(parts[2]) if len(parts) > 2 and parts[2].isascii() and parts[2].isdigit() else 1
     m.rtpmap[int(pt)] = (parts[0], rate, ch)
 
 

@@ -55,6 +55,14 @@ MAX_HEAD = 64 * 1024  # a SIP head larger than this on a stream is junk, not a m
 _NAMES: Dict[str, str] = {}  # header name as written -> canonical (a few dozen distinct names in practice)
 
 
+def to_int(text: Optional[str]) -> Optional[int]:
+    """An ASCII decimal number, or None (``str.isdigit`` accepts digits ``int`` refuses, such as ²)."""
+    if text is None:
+        return None
+    text = text.strip()
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
 def canonical_name(name: str) -> str:
     canon = _NAMES.get(name)
     if canon is None:
@@ -120,15 +128,12 @@ def parse_uri(text: str) -> Uri:
     userinfo, at, hostpart = rest.rpartition("@")
     user = userinfo.split(":", 1)[0] if at else None
     hostport, _, params = hostpart.partition(";")
-    port = None
     if hostport.startswith("["):
         host, _, tail = hostport[1:].partition("]")
-        if tail.startswith(":") and tail[1:].isdigit():
-            port = int(tail[1:])
+        port = to_int(tail[1:]) if tail.startswith(":") else None
     else:
         host, _, p = hostport.partition(":")
-        if p.isdigit():
-            port = int(p)
+        port = to_int(p)
     return Uri(raw=text, scheme=scheme, user=user, host=host.lower(), port=port, params=_params(params))
 
 
@@ -193,15 +198,12 @@ def parse_via(text: str) -> Via:
     rest = rest.strip()
     hostport, _, params = rest.partition(";")
     hostport = hostport.strip()
-    port = None
     if hostport.startswith("["):
         host, _, tail = hostport[1:].partition("]")
-        if tail[1:].strip().isdigit():
-            port = int(tail[1:])
+        port = to_int(tail[1:]) if tail.startswith(":") else None
     else:
         host, _, p = hostport.partition(":")
-        if p.strip().isdigit():
-            port = int(p)
+        port = to_int(p)
     return Via(raw=text, transport=transport, host=host.lower(), port=port, params=_params(params))
 
 
@@ -280,10 +282,7 @@ class SipMessage:
         if not v:
             return None, None
         num, _, method = v.strip().partition(" ")
-        try:
-            return int(num), method.strip().upper() or None
-        except ValueError:
-            return None, method.strip().upper() or None
+        return to_int(num), method.strip().upper() or None
 
     @cached_property
     def from_(self) -> Optional[NameAddr]:
@@ -312,11 +311,7 @@ class SipMessage:
         return (self.header("Content-Type") or "").split(";")[0].strip().lower()
 
     def expires(self) -> Optional[int]:
-        v = self.header("Expires")
-        try:
-            return int(v.strip()) if v is not None else None
-        except ValueError:
-            return None
+        return to_int(self.header("Expires"))
 
     @property
     def first_line(self) -> str:
@@ -401,11 +396,8 @@ def parse_message(data: bytes, datagram: bool = True) -> SipMessage:
     body = rest
     cl_values = index.get("Content-Length")
     if cl_values:
-        try:
-            cl = int(cl_values[0])
-            if cl < 0:
-                raise ValueError
-        except ValueError:
+        cl = to_int(cl_values[0])
+        if cl is None:
             problems.append(f"invalid Content-Length {cl_values[0]!r}")
         else:
             if cl > len(rest):
