@@ -287,6 +287,7 @@ class Analyzer:
         self.undecoded = 0
         self.keepalives = 0
         self.end_ts = 0.0
+        self._result: Optional[Analysis] = None
 
     # -- the loop -------------------------------------------------------------------------------------
 
@@ -463,6 +464,10 @@ class Analyzer:
         self.tracker.finish()
 
     def result(self) -> Analysis:
+        """The analysis of everything fed so far. It closes the books (TCP gaps, end-of-capture
+        anomalies, stream joins), so it is computed once; later calls return the same object."""
+        if self._result is not None:
+            return self._result
         for st in self.by_ssrc.values():
             st.flush()
         self.rtp_packets = sum(st.packets for st in self.by_ssrc.values())
@@ -489,9 +494,10 @@ class Analyzer:
             "tcp_sip_junk_bytes": sum(fr.junk_bytes for fr in self.framers.values()),
         }
         stats.update({f"net_{k}": v for k, v in sorted(self.decoder.counters.items())})
-        return Analysis(files, self.events, calls, list(self.tracker.registrations.values()), self.tracker.bindings,
-                        streams, malformed, self.tracker.anomalies, self.tracker.methods, stats, self.end_ts,
-                        warnings)
+        self._result = Analysis(files, self.events, calls, list(self.tracker.registrations.values()),
+                                self.tracker.bindings, streams, malformed, self.tracker.anomalies,
+                                self.tracker.methods, stats, self.end_ts, warnings)
+        return self._result
 
     def _join_streams(self, calls: List[Call]) -> List[RtpStream]:
         """Join each stream to the call whose SDP announced its destination (or, with symmetric RTP, its
