@@ -11,7 +11,9 @@ Kamailio (scenarios/kamailio.cfg: registrar, record-routing proxy, WebSocket
 server) and two small socket clients written here (two SIP requests in one
 TCP segment; SIP over WebSocket).  tcpdump records each capture on lo.
 
-Usage: make_samples.py [--keep-work] [NAME ...]   (NAME without .pcap)
+Usage: make_samples.py [--keep-work] [--out DIR] [NAME ...]   (NAME without .pcap)
+
+--out DIR writes the captures to DIR (created if needed) instead of samples/.
 """
 
 import argparse
@@ -41,6 +43,7 @@ UAC_RTP, UAS_RTP = 6000, 6100
 V4, V6 = "127.0.0.1", "::1"
 
 WORK = None          # temporary working directory (set in main)
+OUT = HERE           # where the finished captures go (--out; default samples/)
 PROCS = []           # every process we started, so that we can stop them
 FAILURES = []
 
@@ -274,7 +277,7 @@ def capture(name):
         time.sleep(0.5)
         stop(p, signal.SIGINT)
         CURRENT = ""
-        dst = os.path.join(HERE, name + ".pcap")
+        dst = os.path.join(OUT, name + ".pcap")
         if os.path.exists(tmp):
             shutil.copyfile(tmp, dst)
             os.chmod(dst, 0o644)
@@ -830,11 +833,16 @@ def assert_isolated():
 
 
 def main():
-    global WORK
+    global WORK, OUT
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("names", nargs="*", help="captures to make (default: all)")
     ap.add_argument("--keep-work", action="store_true", help="keep the temporary work dir")
+    ap.add_argument("--out", metavar="DIR", default=HERE,
+                    help="write the captures to DIR instead of samples/ (created if needed)")
     args = ap.parse_args()
+    OUT = os.path.abspath(args.out)
+    if os.path.exists(OUT) and not os.path.isdir(OUT):
+        sys.exit(f"--out {args.out!r} is not a directory")
     known = [n for n, _ in CAPTURES]
     for n in args.names:
         if n.removesuffix(".pcap") not in known:
@@ -842,7 +850,16 @@ def main():
     wanted = {n.removesuffix(".pcap") for n in args.names} or set(known)
 
     assert_isolated()
+    # SIGTERM (from `timeout` or a test harness) unwinds like an error, so the
+    # `finally` blocks below stop Kamailio, SIPp and tcpdump. Only the first one:
+    # `timeout` forwards the signal again to its process group.
+    def on_sigterm(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise SystemExit(f"make_samples.py: stopped by signal {signum}"
+                         + (f"; work dir kept: {WORK}" if WORK else ""))
+    signal.signal(signal.SIGTERM, on_sigterm)
     setup_loopback()
+    os.makedirs(OUT, exist_ok=True)
     WORK = tempfile.mkdtemp(prefix="sipflow-samples-")
     for f in os.listdir(SCENARIOS):
         if f.endswith(".xml"):
@@ -867,7 +884,11 @@ def main():
         for name, _ in CAPTURES:
             if name not in wanted:
                 continue
-            path = os.path.join(HERE, name + ".pcap")
+            path = os.path.join(OUT, name + ".pcap")
+            if not os.path.exists(path):
+                FAILURES.append(f"{name}: no capture written ({path})")
+                log(f"{name + '.pcap':34} missing   !! expected {EXPECTED.get(name)}")
+                continue
             got = tshark_summary(path)
             exp = EXPECTED.get(name)
             flag = "" if exp is None or exp == got else f"   !! expected {exp}"

@@ -2,6 +2,8 @@
 # Regenerate the sipflow sample captures (samples/*.pcap).
 #
 #   sudo samples/make_samples.sh [NAME ...]     # NAME = capture without .pcap
+#   sudo samples/make_samples.sh --out DIR [NAME ...]   # write them to DIR, not samples/
+#   (every argument is passed on to make_samples.py; see its --help)
 #
 # Needs root (network namespace, tcpdump) and, on Debian 12:
 #   apt-get install sip-tester kamailio kamailio-websocket-modules tcpdump \
