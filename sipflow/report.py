@@ -218,6 +218,8 @@ def summary_text(a: Analysis, width: int = 80) -> str:
     out.append("")
     out.append("Responses by method")
     out.append(_codes_table(a.methods, width) if a.methods else "  (no SIP)")
+    if st["retransmissions"]:
+        out.append(f"(retransmitted copies are not counted above: {st['retransmissions']} of them)")
     out.append("")
     if s["call_outcomes"]:
         out.append("Calls: " + ", ".join(f"{OUTCOME_LABEL.get(k, k)} {v}" for k, v in
