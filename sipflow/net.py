@@ -141,7 +141,7 @@ class Decoder:
     def __init__(self) -> None:
         self.frags: Dict[tuple, list] = {}
         self.tcp: Dict[tuple, _TcpDir] = {}
-        self.sctp_parts: Dict[tuple, list] = {}
+        self.sctp_parts: Dict[tuple, Dict[int, tuple]] = {}  # stream -> TSN -> (B/E flags, data, frame)
         self.counters: Dict[str, int] = {}
         self._sweep_at = 0.0
         # Set by decode() for the benefit of consumers of the current frame.
@@ -392,13 +392,18 @@ class Decoder:
                 if cflags & 3 == 3:  # unfragmented user message
                     out.append(Datagram(self.ts, self.file, self.frame, src, sport, dst, dport, "sctp", user, frames))
                 else:
-                    if cflags & 2:  # beginning
-                        self.sctp_parts[key] = [user]
-                    elif key in self.sctp_parts:
-                        self.sctp_parts[key].append(user)
-                    if cflags & 1 and key in self.sctp_parts:  # end
-                        whole = b"".join(self.sctp_parts.pop(key))
-                        out.append(Datagram(self.ts, self.file, self.frame, src, sport, dst, dport, "sctp", whole, frames))
+                    tsn = _I.unpack_from(data, pos + 4)[0]
+                    parts = self.sctp_parts.setdefault(key, {})
+                    parts.setdefault(tsn, (cflags & 3, user, self.frame))
+                    whole = _sctp_message(parts)
+                    if whole is not None:
+                        out.append(Datagram(self.ts, self.file, self.frame, src, sport, dst, dport, "sctp",
+                                            whole[0], whole[1]))
+                    if not parts:
+                        del self.sctp_parts[key]
+                    elif len(parts) > 4096:  # a message that never completes must not grow memory
+                        del self.sctp_parts[key]
+                        self.count("sctp_fragments_dropped")
             pos += (clen + 3) & ~3
 
     # -- TCP ------------------------------------------------------------------------------------------
@@ -571,6 +576,22 @@ class Decoder:
         if self.frags:
             self.counters["ip_fragments_incomplete"] = self.counters.get("ip_fragments_incomplete", 0) + len(self.frags)
         return out
+
+
+def _sctp_message(parts: Dict[int, tuple]) -> Optional[Tuple[bytes, Tuple[int, ...]]]:
+    """Join the pieces of a fragmented SCTP user message (RFC 9260 §6.9) once every TSN from its
+    B(eginning) chunk to its E(nd) chunk is in, whatever order they came in. Removes them from ``parts``."""
+    for first, (flags, _, _) in list(parts.items()):
+        if not flags & 2:
+            continue
+        tsns, tsn = [], first
+        while tsn in parts:
+            tsns.append(tsn)
+            if parts[tsn][0] & 1:
+                pieces = [parts.pop(t) for t in tsns]
+                return b"".join(p[1] for p in pieces), tuple(sorted({p[2] for p in pieces}))
+            tsn = (tsn + 1) & 0xFFFFFFFF
+    return None
 
 
 def _ws_frame(data) -> Optional[tuple]:
