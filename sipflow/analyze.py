@@ -21,7 +21,7 @@ from sipflow import capture as _capture
 from sipflow.dialogs import Anomaly, Call, Registration, SipEvent, Tracker
 from sipflow.errors import ParseError
 from sipflow.net import Datagram, Decoder, fmt_endpoint
-from sipflow.rtp import BATCH, RtpStream
+from sipflow.rtp import RtpStream
 from sipflow.sdp import STATIC_PT
 from sipflow.sip import StreamFramer, looks_like_sip, parse_message
 
@@ -274,7 +274,7 @@ class Analyzer:
     def __init__(self) -> None:
         self.decoder = Decoder()
         self.tracker = Tracker()
-        self.streams: Dict[bytes, RtpStream] = {}       # flow key -> its latest stream (see _stream_for)
+        self.pending: Dict[bytes, list] = {}            # flow key -> pending list of its latest stream
         self.by_ssrc: Dict[tuple, RtpStream] = {}       # (flow key, SSRC) -> stream
         self.rtcp: Dict[int, int] = {}                  # sender SSRC -> RTCP packets
         self.framers: Dict[tuple, StreamFramer] = {}
@@ -306,8 +306,9 @@ class Analyzer:
                 self.end_ts = st.last_ts
 
     def _run_pcap(self, f: _capture.CaptureFile) -> None:
-        streams = self.streams
-        stream_for = self._stream_for
+        pending = self.pending
+        pending_for = self._pending_for
+        flush = self._flush_all
         rtcp_by_ssrc = self.rtcp
         slow = self.feed
         unpack_rec = f.record_header.unpack_from
@@ -317,7 +318,6 @@ class Analyzer:
         min_len = (fast[0].size + delta) if fast else 1 << 30
         frame = rtcp = 0
         slow_frames = 0
-        batch = BATCH
         blocks = f.pcap_blocks()
         for buf, pos, end in blocks:  # send() below advances the generator as well
             while True:
@@ -336,17 +336,17 @@ class Analyzer:
                                 rtcp += 1
                                 rtcp_by_ssrc[rts] = rtcp_by_ssrc.get(rts, 0) + 1
                                 continue
-                            st = streams.get(flow)
-                            if st is None or st.ssrc != ssrc:
-                                st = stream_for(flow, ssrc, b1, frame, fi)
-                            p = st.pending
+                            # The stream's pending list starts with its SSRC (see RtpStream.pending);
+                            # it is folded into the statistics once per block, below.
+                            p = pending.get(flow)
+                            if p is None or p[0] != ssrc:
+                                p = pending_for(flow, ssrc, b1, frame, fi)
                             p += (seq, rts, sec + frac * scale, b1)
-                            if len(p) >= batch:
-                                st.flush()
                             continue
                     slow_frames += 1
                     slow(sec + frac * scale, fi, frame, lt, bytes(buf[off:pos]))
                 f.frames = frame
+                flush()  # pending lists hold at most one block's packets: memory stays bounded
                 try:
                     buf, pos, end = blocks.send(pos)
                 except StopIteration:
@@ -356,6 +356,11 @@ class Analyzer:
         # Frames the fast path took are not counted one by one: all frames minus the slow path's.
         self.frames += frame - slow_frames
         self.rtcp_packets += rtcp
+
+    def _flush_all(self) -> None:
+        for st in self.by_ssrc.values():
+            if len(st.pending) > 1:
+                st.flush()
 
     def _run_records(self, recs) -> None:
         for ts, fi, frame, lt, buf, off, caplen in recs:
@@ -369,17 +374,15 @@ class Analyzer:
                         self.rtcp_packets += 1
                         self.rtcp[rts] = self.rtcp.get(rts, 0) + 1
                         continue
-                    st = self.streams.get(flow)
-                    if st is None or st.ssrc != ssrc:
-                        st = self._stream_for(flow, ssrc, b1, frame, fi)
+                    st = self.by_ssrc.get((flow, ssrc)) or self._stream_for(flow, ssrc, b1, frame, fi)
                     st.add(seq, rts, ts, b1)
                     continue
             self.feed(ts, fi, frame, lt, bytes(buf[off:off + caplen]))
 
     def _stream_for(self, flow: bytes, ssrc: int, b1: int, frame: int, fi: int) -> RtpStream:
-        """The stream of a flow key (packed src+dst address, src+dst port) and SSRC. ``streams`` maps
-        the flow to its most recent stream, so the usual single-SSRC flow costs one dict lookup;
-        ``by_ssrc`` holds every stream, for flows whose SSRC changes."""
+        """The stream of a flow key (packed src+dst address, src+dst port) and SSRC. ``pending`` maps
+        the flow to the pending list of its most recent stream, so the usual single-SSRC flow costs one
+        dict lookup; ``by_ssrc`` holds every stream, for flows whose SSRC changes."""
         st = self.by_ssrc.get((flow, ssrc))
         if st is None:
             n = (len(flow) - 4) // 2
@@ -388,8 +391,11 @@ class Analyzer:
             st = RtpStream(socket.inet_ntop(fam, flow[:n]), sport, socket.inet_ntop(fam, flow[n:2 * n]), dport,
                            ssrc, b1 & 0x7F, frame, fi)
             self.by_ssrc[(flow, ssrc)] = st
-        self.streams[flow] = st
+        self.pending[flow] = st.pending
         return st
+
+    def _pending_for(self, flow: bytes, ssrc: int, b1: int, frame: int, fi: int) -> list:
+        return self._stream_for(flow, ssrc, b1, frame, fi).pending
 
     def feed(self, ts: float, file: int, frame: int, linktype: int, data: bytes) -> None:
         """One frame through the general decoder (everything the fast path does not take)."""
@@ -426,9 +432,7 @@ class Analyzer:
                 self.rtcp[rts] = self.rtcp.get(rts, 0) + 1
                 return
             flow = _pack_ip(dg.src) + _pack_ip(dg.dst) + struct.pack("!HH", dg.sport, dg.dport)
-            st = self.streams.get(flow)
-            if st is None or st.ssrc != ssrc:
-                st = self._stream_for(flow, ssrc, b1, dg.frame, dg.file)
+            st = self.by_ssrc.get((flow, ssrc)) or self._stream_for(flow, ssrc, b1, dg.frame, dg.file)
             st.add(seq, rts, dg.ts, b1)
             return
         if payload.strip(b"\r\n\x00") == b"":

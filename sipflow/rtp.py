@@ -77,7 +77,9 @@ class RtpStream:
         self.other_pts = {}        # payload type -> packets, for packets not of the main type (DTMF, CN)
         self.marker_packets = 0
         self.file = file
-        self.pending: list = []    # packets not yet in the figures: flat (seq, ts, arrival, pt byte)
+        # Packets not yet in the figures: [ssrc, then flat (seq, ts, arrival, pt byte) per packet]. The
+        # SSRC heads the list so the hot path can check a flow's stream with one index, no attribute.
+        self.pending: list = [ssrc]
         # Filled in when streams are joined to calls at the end of the analysis.
         self.call_id: Optional[str] = None
         self.nat = False
@@ -88,14 +90,15 @@ class RtpStream:
         """Record one packet (the analyzer's hot path appends to ``pending`` itself)."""
         p = self.pending
         p += (seq, rtp_ts, arrival, pt_byte)
-        if len(p) >= BATCH:
+        if len(p) > BATCH:
             self.flush()
 
     def flush(self) -> None:
         p = self.pending
-        if not p:
+        if len(p) < 5:
             return
         it = iter(p)
+        next(it)  # the SSRC
         before = self.packets
         rate = float(self.rate)
         if before == 0:  # the first packet starts the figures
@@ -159,12 +162,12 @@ class RtpStream:
                 continue
             last_arrival = arrival
             last_transit = transit
-        self.packets = before + (len(p) >> 2)
+        self.packets = before + (len(p) >> 2)  # len is 1 + 4 per packet
         self.expect, self.cycles, self.duplicates, self.out_of_order = expect, cycles, dup, ooo
         self.last_arrival, self.last_transit, self.last_ts = last_arrival, last_transit, arrival
         self.jitter_ts, self.jmax_ts, self.jsum_ts, self.jitter_n = jitter, jmax, jsum, jn
         self.max_delta, self.marker_packets = max_delta, markers
-        p.clear()
+        del p[1:]
 
     # -- derived figures --------------------------------------------------------------------------------
 

@@ -352,8 +352,8 @@ def parse_message(data: bytes, datagram: bool = True) -> SipMessage:
         head_end, sep = len(raw), 0
         problems.append("no empty line after the headers")
     head = raw[start:head_end]
-    lines = head.split(b"\n")
-    first = lines[0].rstrip(b"\r")
+    nl = head.find(b"\n")
+    first = (head[:nl] if nl >= 0 else head).rstrip(b"\r")
     method = uri = reason = None
     status = None
     m = _STATUS_LINE.match(first)
@@ -374,24 +374,33 @@ def parse_message(data: bytes, datagram: bool = True) -> SipMessage:
         uri = m.group(2).decode("utf-8", "replace")
     headers: List[Tuple[str, str]] = []
     index: Dict[str, List[str]] = {}
-    for line in lines[1:]:
-        line = line.rstrip(b"\r")
-        if not line:
+    names = _NAMES
+    nl = head.find(b"\n")
+    for text in (head[nl + 1:].decode("utf-8", "replace").split("\n") if nl >= 0 else ()):
+        if text[-1:] == "\r":
+            text = text[:-1]
+        if not text:
             continue
-        text = line.decode("utf-8", "replace")
-        if text[:1] in (" ", "\t") and headers:  # folded continuation (§7.3.1)
+        if text[0] in " \t" and headers:  # folded continuation (§7.3.1)
             name, value = headers[-1]
             headers[-1] = (name, value + " " + text.strip())
             index[name][-1] = headers[-1][1]
             continue
-        name, colon, value = text.partition(":")
-        if not colon or not name.strip() or " " in name.strip():
-            problems.append(f"bad header line: {text[:60]!r}")
-            continue
-        name = canonical_name(name)
+        raw_name, colon, value = text.partition(":")
+        name = names.get(raw_name)
+        if name is None:
+            stripped = raw_name.strip()
+            if not colon or not stripped or " " in stripped:
+                problems.append(f"bad header line: {text[:60]!r}")
+                continue
+            name = canonical_name(raw_name)
         value = value.strip()
         headers.append((name, value))
-        index.setdefault(name, []).append(value)
+        values = index.get(name)
+        if values is None:
+            index[name] = [value]
+        else:
+            values.append(value)
     rest = raw[head_end + sep:]
     body = rest
     cl_values = index.get("Content-Length")
