@@ -113,6 +113,15 @@ class Uri:
         return self.raw
 
 
+def split_host_port(hostport: str) -> Tuple[str, Optional[int]]:
+    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port`` -> (host, port or None)."""
+    if hostport.startswith("["):
+        host, _, tail = hostport[1:].partition("]")
+        return host, (to_int(tail[1:]) if tail.startswith(":") else None)
+    host, _, port = hostport.partition(":")
+    return host, to_int(port)
+
+
 def parse_uri(text: str) -> Uri:
     text = text.strip()
     scheme, colon, rest = text.partition(":")
@@ -128,12 +137,7 @@ def parse_uri(text: str) -> Uri:
     userinfo, at, hostpart = rest.rpartition("@")
     user = userinfo.split(":", 1)[0] if at else None
     hostport, _, params = hostpart.partition(";")
-    if hostport.startswith("["):
-        host, _, tail = hostport[1:].partition("]")
-        port = to_int(tail[1:]) if tail.startswith(":") else None
-    else:
-        host, _, p = hostport.partition(":")
-        port = to_int(p)
+    host, port = split_host_port(hostport)
     return Uri(raw=text, scheme=scheme, user=user, host=host.lower(), port=port, params=_params(params))
 
 
@@ -197,13 +201,7 @@ def parse_via(text: str) -> Via:
     transport = proto.rsplit("/", 1)[-1].strip().upper()
     rest = rest.strip()
     hostport, _, params = rest.partition(";")
-    hostport = hostport.strip()
-    if hostport.startswith("["):
-        host, _, tail = hostport[1:].partition("]")
-        port = to_int(tail[1:]) if tail.startswith(":") else None
-    else:
-        host, _, p = hostport.partition(":")
-        port = to_int(p)
+    host, port = split_host_port(hostport.strip())
     return Via(raw=text, transport=transport, host=host.lower(), port=port, params=_params(params))
 
 

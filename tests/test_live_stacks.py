@@ -190,26 +190,7 @@ def test_rtp_streams(capture):
     """tshark's rtp,streams and sipflow's streams are the same set (src, dst, SSRC), with the same
     packets and lost, and jitter max/mean within 0.1 ms or 5 % (test_oracle's rule)."""
     expected = oracle.rtp_streams(capture)
-    got = defaultdict(list)
-    for s in ot.sipflow_doc(capture).get("streams", []):
-        got[ot._stream_key(s)].append(s)
-    problems = []
-    for e in expected:
-        cands = got.get(ot._stream_key(e))
-        if not cands:
-            problems.append(f"missing in sipflow: {ot._describe_stream(e)}")
-            continue
-        s = cands.pop(0)
-        where = f"{e['src']} -> {e['dst']} ssrc={e['ssrc']}"
-        if s.get("ssrc") != e["ssrc"]:
-            problems.append(f"{where}: ssrc written {s.get('ssrc')!r}, expected {e['ssrc']!r}")
-        for k in ("packets", "lost"):
-            if s.get(k) != e[k]:
-                problems.append(f"{where}: {k} sipflow {s.get(k)!r}, tshark {e[k]}")
-        if e["jitter_known"]:
-            for k in ("jitter_max_ms", "jitter_mean_ms"):
-                if not ot._close(s.get(k), e[k]):
-                    problems.append(f"{where}: {k} sipflow {s.get(k)!r}, tshark {e[k]}")
+    problems, got = ot.compare_streams(expected, ot.sipflow_doc(capture))
     for rest in got.values():
         problems += [f"not in tshark: {ot._describe_stream(s)}" for s in rest]
     if problems:

@@ -379,13 +379,9 @@ def test_invite_final_status(capture):
                     pytrace=False)
 
 
-@pytest.mark.parametrize("capture", CAPTURES)
-def test_rtp_streams(capture):
-    """Every RTP stream of tshark's rtp,streams is in sipflow's streams with the same packets
-    and lost counts, and jitter max/mean within 0.1 ms or 5 %."""
-    expected, doc = consistent(capture, tshark_streams, sipflow_doc)
-    if not expected:
-        pytest.skip("tshark finds no RTP stream")
+def compare_streams(expected, doc):
+    """Match tshark's streams to sipflow's (by src, dst, SSRC) and compare packets, lost and jitter.
+    Returns (problems, sipflow streams tshark does not have, by key)."""
     got = defaultdict(list)
     for s in doc.get("streams", []):
         got[_stream_key(s)].append(s)
@@ -406,6 +402,17 @@ def test_rtp_streams(capture):
             for k in ("jitter_max_ms", "jitter_mean_ms"):
                 if not _close(s.get(k), e[k]):
                     problems.append(f"{where}: {k} sipflow {s.get(k)!r}, tshark {e[k]}")
+    return problems, got
+
+
+@pytest.mark.parametrize("capture", CAPTURES)
+def test_rtp_streams(capture):
+    """Every RTP stream of tshark's rtp,streams is in sipflow's streams with the same packets
+    and lost counts, and jitter max/mean within 0.1 ms or 5 %."""
+    expected, doc = consistent(capture, tshark_streams, sipflow_doc)
+    if not expected:
+        pytest.skip("tshark finds no RTP stream")
+    problems, _ = compare_streams(expected, doc)
     if problems:
         pytest.fail(f"{capture.name}:\n  " + "\n  ".join(problems), pytrace=False)
 
