@@ -111,3 +111,53 @@ def test_malformed_sip_is_listed_with_its_frame_not_dropped(tmp_path):
     assert [m.frame for m in a.malformed] == [1]
     assert a.messages and a.messages[0].msg.method == "INVITE"
     assert a.stats["undecoded"] == 1
+
+
+def test_rfc2543_peer_without_magic_cookie_is_matched_by_call_id_tag_and_cseq(tmp_path):
+    """Old peers put no z9hG4bK branch: transactions fall back to Call-ID, From tag, CSeq and top Via
+    (RFC 3261 §17.1.3 / §17.2.3), so a retransmitted INVITE is still recognised and ACK still matches."""
+    inv = req("INVITE", 1, "old1")
+    a = capture(tmp_path, [(0, "ab", inv), (0.5, "ab", inv), (0.6, "ba", resp(486, "Busy Here", "INVITE", 1, "old1")),
+                           (0.7, "ab", req("ACK", 1, "old1", ttag="t1"))])
+    c = a.calls[0]
+    assert [m.retransmission for m in a.messages] == [False, True, False, False]
+    assert c.first_hop()[0].ack is not None and c.outcome(a.end_ts).value == "busy"
+    assert not [x for x in a.anomalies if x.kind == "missing_ack"]
+
+
+def test_unregister_all_with_star_clears_the_binding_table(tmp_path):
+    def register(cseq, branch, contact, extra=()):
+        return sip_text("REGISTER sip:x SIP/2.0", [("Via", f"SIP/2.0/UDP {A}:5060;branch={branch}"),
+                        ("From", "<sip:alice@x>;tag=r"), ("To", "<sip:alice@x>"), ("Call-ID", "reg"),
+                        ("CSeq", f"{cseq} REGISTER"), ("Contact", contact), *extra])
+
+    def ok(cseq, branch, contact=None):
+        extra = [("Contact", contact)] if contact else []
+        return sip_text("SIP/2.0 200 OK", [("Via", f"SIP/2.0/UDP {A}:5060;branch={branch}"),
+                        ("From", "<sip:alice@x>;tag=r"), ("To", "<sip:alice@x>;tag=s"), ("Call-ID", "reg"),
+                        ("CSeq", f"{cseq} REGISTER"), *extra])
+
+    a = capture(tmp_path, [
+        (0, "ab", register(1, "z9hG4bKr1", f"<sip:alice@{A}>;expires=600")),
+        (0.1, "ba", ok(1, "z9hG4bKr1", f"<sip:alice@{A}>;expires=300")),
+        (1, "ab", register(2, "z9hG4bKr2", f"<sip:alice@{A}>;expires=600")),
+        (1.1, "ba", ok(2, "z9hG4bKr2", f"<sip:alice@{A}>;expires=300")),
+        (2, "ab", register(3, "z9hG4bKr3", "*", extra=[("Expires", "0")])),
+        (2.1, "ba", ok(3, "z9hG4bKr3")),
+    ])
+    (r,) = a.registrations
+    assert (r.expires_requested, r.outcome(), r.refreshes) == (0, "unregistered", 1)
+    assert a.bindings["sip:alice@x"] == {}
+
+
+def test_registration_grants_less_than_asked(tmp_path):
+    reg = sip_text("REGISTER sip:x SIP/2.0", [("Via", f"SIP/2.0/UDP {A}:5060;branch=z9hG4bKg"),
+                   ("From", "<sip:bob@x>;tag=r"), ("To", "<sip:bob@x>"), ("Call-ID", "g"), ("CSeq", "1 REGISTER"),
+                   ("Contact", f"<sip:bob@{A}>"), ("Expires", "3600")])
+    ok = sip_text("SIP/2.0 200 OK", [("Via", f"SIP/2.0/UDP {A}:5060;branch=z9hG4bKg"), ("From", "<sip:bob@x>;tag=r"),
+                  ("To", "<sip:bob@x>;tag=s"), ("Call-ID", "g"), ("CSeq", "1 REGISTER"),
+                  ("Contact", f"<sip:bob@{A}>;expires=120")])
+    a = capture(tmp_path, [(0, "ab", reg), (0.2, "ba", ok)])
+    (r,) = a.registrations
+    assert (r.expires_requested, r.expires_granted, r.outcome()) == (3600, 120, "registered")
+    assert a.bindings["sip:bob@x"][f"sip:bob@{A}"] == a.messages[1].ts + 120
