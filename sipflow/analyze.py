@@ -42,6 +42,9 @@ _FAST = {
     101: (_RAW, False, -2), 12: (_RAW, False, -2), 14: (_RAW, False, -2), 228: (_RAW, False, -2),
 }
 _RTP_HDR = struct.Struct("!BBHII")
+# Link types the NumPy hot path takes: link type -> (link header length, ethertype offset or None).
+_VEC_LINKS = {1: (14, 12), 113: (16, 14), 276: (20, 0), 101: (0, None), 12: (0, None), 14: (0, None),
+              228: (0, None)}
 MIN_HEURISTIC_PACKETS = 10   # an RTP-looking flow nobody announced must have this many packets to be listed
 
 
@@ -276,6 +279,7 @@ class Analyzer:
         self.tracker = Tracker()
         self.pending: Dict[bytes, list] = {}            # flow key -> pending list of its latest stream
         self.by_ssrc: Dict[tuple, RtpStream] = {}       # (flow key, SSRC) -> stream
+        self.vec_streams: Dict[tuple, RtpStream] = {}   # NumPy path: (addresses, ports+SSRC) as ints -> stream
         self.rtcp: Dict[int, int] = {}                  # sender SSRC -> RTCP packets
         self.framers: Dict[tuple, StreamFramer] = {}
         self.events: List[SipEvent] = []
@@ -297,7 +301,10 @@ class Analyzer:
         files = list(files)
         self.files.extend(files)
         if len(files) == 1 and files[0].format == "pcap":
-            self._run_pcap(files[0])
+            if files[0].linktype in _VEC_LINKS and _numpy_available():
+                self._run_pcap_vec(files[0])
+            else:
+                self._run_pcap(files[0])
         else:
             self._run_records(_capture.records(files))
         for st in self.by_ssrc.values():
@@ -356,6 +363,96 @@ class Analyzer:
         # Frames the fast path took are not counted one by one: all frames minus the slow path's.
         self.frames += frame - slow_frames
         self.rtcp_packets += rtcp
+
+    def _run_pcap_vec(self, f: _capture.CaptureFile) -> None:
+        """The hot path with NumPy: Python only walks the record headers of each 8 MiB block; the
+        classification of every frame and the RTP statistics are array operations (``rtpvec``).
+        Frames that are not plain IPv4/UDP/RTP(RTCP) go one by one through ``feed``, as in ``_run_pcap``."""
+        import numpy as np
+
+        from sipflow import rtpvec
+        l2, et_off = _VEC_LINKS[f.linktype]
+        order = ">" if f.record_header.format.startswith(">") else "<"
+        caplen_of = struct.Struct(order + "8xI").unpack_from
+        scale, lt, fi = f.scale, f.linktype, f.index
+        min_len = l2 + 40
+        vec_streams = self.vec_streams
+        frame_base = 0
+        blocks = f.pcap_blocks()
+        for buf, pos, end in blocks:  # send() below advances the generator as well
+            while True:
+                offs = []
+                add = offs.append
+                last = end - 16
+                while pos <= last:  # record offsets only: everything else is done on arrays
+                    nxt = pos + 16 + caplen_of(buf, pos)[0]
+                    if nxt > end:
+                        break
+                    add(pos)
+                    pos = nxt
+                if offs:
+                    self._vec_block(np, rtpvec, buf, offs, frame_base, order, scale, lt, fi, l2, et_off, min_len,
+                                    vec_streams)
+                    frame_base += len(offs)
+                f.frames = frame_base
+                try:
+                    buf, pos, end = blocks.send(pos)
+                except StopIteration:
+                    break
+            break
+        f.frames = frame_base
+
+    def _vec_block(self, np, rtpvec, buf, offs, frame_base, order, scale, lt, fi, l2, et_off, min_len,
+                   vec_streams) -> None:
+        # One gather copies each record's header and the first bytes of its packet into a row; a
+        # structured dtype then names the fields (no per-field byte shuffling). Rows of short records
+        # hold bytes of the next record: they are masked out by the caplen test.
+        a = np.frombuffer(buf, dtype=np.uint8)
+        o = np.array(offs, dtype=np.int64)
+        width = 16 + l2 + 40
+        windows = np.lib.stride_tricks.sliding_window_view(a, width)  # a view: row i = buf[i:i + width]
+        rows = windows[np.minimum(o, len(windows) - 1)]  # copies one row per record
+        del windows, a
+        r = rows.view(_vec_dtype(np, order, l2, et_off)).reshape(-1)
+        caplen = r["caplen"].astype(np.int64)
+        ts = r["sec"] + r["frac"] * scale
+        fast = (caplen >= min_len) & (r["vihl"] == 0x45) & (r["proto"] == 17) & ((r["frag"] & 0x3FFF) == 0) \
+            & (r["ulen"] >= 20) & ((r["b0"] & 0xC0) == 0x80)
+        if et_off is not None:
+            fast &= r["et"] == 0x0800
+        b1 = r["b1"]
+        rtcp = fast & (b1 >= 192) & (b1 <= 223)
+        rtp = fast & ~rtcp
+        self.frames += int(fast.sum())
+        slow = np.flatnonzero(~fast)
+        if len(slow):
+            starts = (o[slow] + 16).tolist()
+            for i, st, ln, t in zip(slow.tolist(), starts, caplen[slow].tolist(), ts[slow].tolist()):
+                self.feed(t, fi, frame_base + i + 1, lt, bytes(buf[st:st + ln]))
+        if rtcp.any():
+            ssrcs, counts = np.unique(r["rts"][rtcp], return_counts=True)  # RTCP: the sender's SSRC
+            for ssrc, c in zip(ssrcs.tolist(), counts.tolist()):
+                self.rtcp[ssrc] = self.rtcp.get(ssrc, 0) + c
+            self.rtcp_packets += int(rtcp.sum())
+        ri = np.flatnonzero(rtp)
+        if not len(ri):
+            return
+        rr = r[ri]
+        hi = rr["addrs"].astype(np.uint64)
+        lo = (rr["ports"].astype(np.uint64) << np.uint64(32)) | rr["ssrc"].astype(np.uint64)
+        srt = np.lexsort((lo, hi))  # by stream; lexsort is stable, so capture order within a stream
+        hi, lo, ri_s, rr = hi[srt], lo[srt], ri[srt], rr[srt]
+        starts = np.flatnonzero(np.r_[True, (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])])
+        b1_s = rr["b1"]
+        streams = []
+        for s_i, h, l_ in zip(starts.tolist(), hi[starts].tolist(), lo[starts].tolist()):
+            st = vec_streams.get((h, l_))
+            if st is None:
+                flow = struct.pack("!QI", h, l_ >> 32)
+                st = vec_streams[(h, l_)] = self._stream_for(flow, l_ & 0xFFFFFFFF, int(b1_s[s_i]),
+                                                                frame_base + int(ri_s[s_i]) + 1, fi)
+            streams.append(st)
+        rtpvec.fold(streams, starts, rr["seq"], rr["rts"], ts[ri_s], b1_s)
 
     def _flush_all(self) -> None:
         for st in self.by_ssrc.values():
@@ -567,6 +664,35 @@ class Analyzer:
         if st.packets < MIN_HEURISTIC_PACKETS:
             return False
         return st.expected <= 2 * st.packets and st.out_of_order * 10 <= st.packets
+
+
+_VEC_DTYPES: Dict[tuple, object] = {}
+
+
+def _vec_dtype(np, order: str, l2: int, et_off: Optional[int]):
+    """Record header + link header + IPv4 + UDP + RTP fields as one structured NumPy dtype."""
+    key = (order, l2, et_off)
+    if key not in _VEC_DTYPES:
+        fields = [("sec", order + "u4"), ("frac", order + "u4"), ("caplen", order + "u4"), ("origlen", order + "u4")]
+        if et_off is not None:
+            fields += [("l2a", f"V{et_off}")] if et_off else []
+            fields += [("et", ">u2")]
+            rest = l2 - et_off - 2
+            fields += [("l2b", f"V{rest}")] if rest else []
+        fields += [("vihl", "u1"), ("tos", "u1"), ("iplen", ">u2"), ("ipid", ">u2"), ("frag", ">u2"), ("ttl", "u1"),
+                   ("proto", "u1"), ("ipsum", ">u2"), ("addrs", ">u8"), ("ports", ">u4"), ("ulen", ">u2"),
+                   ("usum", ">u2"), ("b0", "u1"), ("b1", "u1"), ("seq", ">u2"), ("rts", ">u4"), ("ssrc", ">u4")]
+        _VEC_DTYPES[key] = np.dtype(fields)
+    return _VEC_DTYPES[key]
+
+
+def _numpy_available() -> bool:
+    """NumPy is optional: without it the pure-Python hot path runs (same results, slower)."""
+    try:
+        import numpy  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def analyze(paths: Union[str, Iterable[str]], progress: Optional[Callable[[int], None]] = None) -> Analysis:

@@ -1,0 +1,104 @@
+"""The NumPy hot path gives the same figures as the pure-Python reference (RtpStream.flush).
+
+On random streams (loss, wraps, duplicates, late packets, DTMF events, marker bits, timestamp wraps,
+any split into blocks) and on every bundled sample, analysed both ways."""
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+np = pytest.importorskip("numpy")
+
+import sys  # noqa: E402
+
+import sipflow  # noqa: E402
+from sipflow.rtp import RtpStream  # noqa: E402
+from sipflow.rtpvec import fold  # noqa: E402
+
+from conftest import sample_files  # noqa: E402
+
+INT_FIELDS = ("packets", "expected", "lost", "duplicates", "out_of_order", "seq_wraps", "marker_packets", "jitter_n",
+              "pt")
+FLOAT_FIELDS = ("jitter", "jitter_max", "jitter_mean", "max_delta", "first_ts", "last_ts")
+
+
+def figures(s):
+    return {k: getattr(s, k) for k in INT_FIELDS + FLOAT_FIELDS}
+
+
+def same(a, b):
+    for k in INT_FIELDS:
+        assert a[k] == b[k], (k, a[k], b[k])
+    for k in FLOAT_FIELDS:
+        assert a[k] == pytest.approx(b[k], rel=1e-9, abs=1e-9), (k, a[k], b[k])
+
+
+def random_stream(rnd, n):
+    seq, ts, t = rnd.randrange(65536), rnd.randrange(2 ** 32), 1_700_000_000.0
+    out = []
+    for _ in range(n):
+        r = rnd.random()
+        if r < 0.03:  # lost
+            seq, ts, t = (seq + 1) & 0xFFFF, (ts + 160) & 0xFFFFFFFF, t + 0.02
+        pt = 0
+        if r > 0.99 and out:
+            out.append(out[-1])  # duplicate
+            continue
+        if 0.97 < r <= 0.98:
+            pt = 101  # DTMF event
+        if 0.96 < r <= 0.97:
+            pt = 0x80  # marker
+        if 0.95 < r <= 0.96 and len(out) > 2:
+            out.append((out[-2][0], out[-2][1], t + 0.001, 0))  # late packet
+            continue
+        t += 0.02 + rnd.uniform(-0.003, 0.003)
+        out.append((seq, ts, t, pt))
+        seq, ts = (seq + 1) & 0xFFFF, (ts + 160) & 0xFFFFFFFF
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(seed=st.integers(0, 2 ** 32), n_streams=st.integers(1, 5), n=st.integers(1, 400),
+       blocks=st.integers(1, 6))
+def test_fold_equals_flush(seed, n_streams, n, blocks):
+    rnd = random.Random(seed)
+    packets = [random_stream(rnd, rnd.randint(1, n)) for _ in range(n_streams)]
+    ref = [RtpStream("a", 1, "b", 2, 9, 0, 1) for _ in packets]
+    vec = [RtpStream("a", 1, "b", 2, 9, 0, 1) for _ in packets]
+    for s, pk in zip(ref, packets):
+        for p in pk:
+            s.add(*p)
+        s.flush()
+    # the vector path sees the packets cut into blocks, all streams interleaved per block
+    cuts = [sorted(rnd.sample(range(len(pk) + 1), min(blocks - 1, len(pk) + 1))) for pk in packets]
+    for b in range(blocks):
+        groups, starts, cols = [], [], [[], [], [], []]
+        for g, pk in enumerate(packets):
+            bounds = [0] + cuts[g] + [len(pk)]
+            part = pk[bounds[b]:bounds[b + 1]] if b + 1 < len(bounds) else []
+            if not part:
+                continue
+            groups.append(vec[g])
+            starts.append(len(cols[0]))
+            for c, values in zip(cols, zip(*part)):
+                c.extend(values)
+        if groups:
+            fold(groups, np.array(starts), np.array(cols[0]), np.array(cols[1], dtype=np.uint32),
+                 np.array(cols[2]), np.array(cols[3]))
+    for r, v in zip(ref, vec):
+        v.flush()
+        same(figures(v), figures(r))
+
+
+@pytest.mark.parametrize("path", sample_files(), ids=lambda p: p.name)
+def test_samples_read_the_same_with_and_without_numpy(path, monkeypatch):
+    fast = sipflow.analyze(str(path))
+    monkeypatch.setattr(sys.modules["sipflow.analyze"], "_numpy_available", lambda: False)
+    slow = sipflow.analyze(str(path))
+    assert [m.frame for m in fast.messages] == [m.frame for m in slow.messages]
+    assert fast.stats == slow.stats
+    key = lambda s: (s.src, s.sport, s.dst, s.dport, s.ssrc)  # noqa: E731
+    assert sorted(map(key, fast.streams)) == sorted(map(key, slow.streams))
+    for a, b in zip(sorted(fast.streams, key=key), sorted(slow.streams, key=key)):
+        same(figures(a), figures(b))
