@@ -35,6 +35,7 @@ def fold(streams: List[RtpStream], starts: np.ndarray, seq: np.ndarray, rts: np.
     starts = np.asarray(starts, dtype=np.int64)
     ends = np.append(starts[1:], n)
     first = starts.copy()
+    consumed = []
     # Streams seen for the first time take their first packet as the reference (as flush() does).
     for g, st in enumerate(streams):
         if st.packets == 0 and len(st.pending) < 2:
@@ -47,6 +48,7 @@ def fold(streams: List[RtpStream], starts: np.ndarray, seq: np.ndarray, rts: np.
             st.pt = int(b1[i]) & 0x7F
             st.packets = 1
             first[g] += 1
+            consumed.append(i)
         elif len(st.pending) > 1:  # packets queued by the slow path come first
             st.flush()
     keep = first < ends
@@ -60,8 +62,10 @@ def fold(streams: List[RtpStream], starts: np.ndarray, seq: np.ndarray, rts: np.
     prev_seq0 = np.array([(st.expect - 1) & 0xFFFF for st in streams], dtype=np.int64)
     main_pt = np.array([st.pt for st in streams], dtype=np.int64)
     # Gather the packets group by group into one contiguous array (dropping consumed first packets).
-    idx = np.concatenate([np.arange(f, e) for f, e in zip(first.tolist(), ends.tolist())]) \
-        if len(streams) > 1 else np.arange(first[0], ends[0])
+    # Groups cover [0, n) end to end; only the first packets of new streams were taken out.
+    kept = np.ones(n, dtype=bool)
+    kept[consumed] = False
+    idx = np.flatnonzero(kept) if consumed else np.arange(n)
     S = seq[idx].astype(np.int64)
     T = rts[idx].astype(np.float64)
     R = arrival[idx]
