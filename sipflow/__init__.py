@@ -9,7 +9,8 @@ The public API: ``analyze`` (captures -> ``Analysis``), ``Analyzer`` (incrementa
 """
 __version__ = "0.1.0"
 
-from sipflow.analyze import Analysis, Analyzer, Filter, analyze  # noqa: E402
+from sipflow.analysis import Analysis, Filter  # noqa: E402
+from sipflow.analyze import Analyzer, analyze  # noqa: E402
 from sipflow.errors import CaptureError, ParseError, ProbeError, SipflowError  # noqa: E402
 from sipflow.sdp import parse_sdp  # noqa: E402
 from sipflow.sip import SipMessage, parse_message  # noqa: E402

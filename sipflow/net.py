@@ -317,16 +317,13 @@ class Decoder:
             pos, end = 6, min(total, len(body))
             src = dst = None
             sport = dport = 0
-            proto = 17
             payload = None
             while pos + 6 <= end:
                 _vendor, ctype, clen = struct.unpack_from("!HHH", body, pos)
                 if clen < 6:
                     break
                 v = body[pos + 6:pos + clen]
-                if ctype == 2:
-                    proto = v[0]
-                elif ctype == 3:
+                if ctype == 3:
                     src = _ntop4(v)
                 elif ctype == 4:
                     dst = _ntop4(v)
@@ -345,7 +342,7 @@ class Decoder:
                 self.count("hep_incomplete")
                 return False
         else:
-            hlen, fam, proto = body[1], body[2], body[3]
+            hlen, fam = body[1], body[2]  # body[3] is the IP protocol of the captured packet
             sport, dport = struct.unpack_from("!HH", body, 4)
             if fam == 2:
                 src, dst, pos = _ntop4(body[8:12]), _ntop4(body[12:16]), 16

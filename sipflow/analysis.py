@@ -1,0 +1,235 @@
+"""What an analysis found, as data: the ``Analysis`` object, filters, KPIs and the JSON form.
+
+Owns the result model that every renderer reads (tables, CSV, JSON, and later ladders and HTML) and
+its canonical dict form, the document described in docs/json.md. Holds no packet logic: ``analyze``
+builds an ``Analysis``; this module only describes, filters and serialises one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Union
+
+from sipflow.dialogs import Anomaly, Call, Registration, SipEvent
+from sipflow.net import fmt_endpoint
+from sipflow.rtp import RtpStream
+
+__all__ = ["Analysis", "Filter", "Malformed", "message_dict", "call_dict", "registration_dict", "stream_dict"]
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """Bytes that looked like SIP but could not be read (or were read with damage)."""
+    frame: int
+    file: int
+    ts: float
+    src: str
+    dst: str
+    error: str
+
+
+@dataclass
+class Filter:
+    """What the user asked to see. Empty fields match everything."""
+    call_id: Optional[str] = None
+    user: Optional[str] = None
+    method: Optional[str] = None
+    status: Optional[str] = None     # "486", "4xx"
+    since: Optional[float] = None
+    until: Optional[float] = None
+
+    def __bool__(self) -> bool:
+        return any(v is not None for v in (self.call_id, self.user, self.method, self.status, self.since,
+                                           self.until))
+
+    def status_ok(self, status: Optional[int]) -> bool:
+        if self.status is None:
+            return True
+        if status is None:
+            return False
+        want = self.status.lower()
+        return str(status) == want or (want.endswith("xx") and str(status)[0] == want[0])
+
+    def time_ok(self, ts: float) -> bool:
+        return (self.since is None or ts >= self.since) and (self.until is None or ts <= self.until)
+
+
+@dataclass
+class Analysis:
+    """Everything sipflow learned from the captures. ``to_dict()`` gives the documented JSON form."""
+    files: List[dict]
+    messages: List[SipEvent]
+    calls: List[Call]
+    registrations: List[Registration]
+    bindings: Dict[str, Dict[str, float]]
+    streams: List[RtpStream]
+    malformed: List[Malformed]
+    anomalies: List[Anomaly]
+    methods: Dict[str, Dict[str, int]]
+    stats: Dict[str, int]
+    end_ts: float = 0.0
+    warnings: List[str] = field(default_factory=list)
+
+    @property
+    def problems(self) -> List[Union[Malformed, Anomaly]]:
+        return [*self.malformed, *self.anomalies]
+
+    def call(self, call_id: str) -> Optional[Call]:
+        for c in self.calls:
+            if c.call_id == call_id:
+                return c
+        return None
+
+    # -- filtering ------------------------------------------------------------------------------------
+
+    def filtered(self, f: Filter) -> "Analysis":
+        """A view with only what matches ``f`` (messages, calls, registrations and their streams)."""
+        if not f:
+            return self
+
+        def user_ok(from_user, to_user) -> bool:
+            return f.user is None or any(u and f.user.lower() in u.lower() for u in (from_user, to_user))
+
+        def msg_ok(e: SipEvent) -> bool:
+            m = e.msg
+            if f.call_id is not None and m.call_id != f.call_id:
+                return False
+            if f.method is not None and (m.method or m.cseq[1] or "").upper() != f.method.upper():
+                return False
+            if f.status is not None and not f.status_ok(m.status):
+                return False
+            fu = m.from_.uri.user if m.from_ else None
+            tu = m.to.uri.user if m.to else None
+            return user_ok(fu, tu) and f.time_ok(e.ts)
+
+        calls = [c for c in self.calls
+                 if (f.call_id is None or c.call_id == f.call_id) and user_ok(c.from_user, c.to_user)
+                 and f.time_ok(c.start) and (f.method is None or f.method.upper() == "INVITE")
+                 and f.status_ok(c.final_status)]
+        regs = [r for r in self.registrations
+                if (f.call_id is None or r.call_id == f.call_id)
+                and user_ok(r.aor.split(":", 1)[-1].split("@")[0], None) and f.time_ok(r.start)
+                and (f.method is None or f.method.upper() == "REGISTER") and f.status_ok(r.final_status)]
+        keep_ids = {c.call_id for c in calls}
+        streams = [s for s in self.streams if s.call_id in keep_ids
+                   or (s.call_id is None and f.call_id is None and f.user is None and f.time_ok(s.first_ts))]
+        return Analysis(self.files, [e for e in self.messages if msg_ok(e)], calls, regs, self.bindings, streams,
+                        [m for m in self.malformed if f.time_ok(m.ts)],
+                        [a for a in self.anomalies if f.call_id is None or a.call_id == f.call_id],
+                        self.methods, self.stats, self.end_ts, self.warnings)
+
+    # -- KPIs -----------------------------------------------------------------------------------------
+
+    def kpis(self) -> dict:
+        """ASR, NER, SER and the timing distributions, over calls with a known start (not partial)."""
+        outs = [c.outcome(self.end_ts).value for c in self.calls if c.saw_initial]
+        done = [o for o in outs if o not in ("in_progress",)]
+        answered = outs.count("answered")
+        # NER (ITU-T E.425): calls that reached the far user or were rejected by them (busy, no answer,
+        # user rejects) over all attempts; network failures (5xx, no response) count against it.
+        user_side = sum(1 for c in self.calls if c.saw_initial and c.outcome(self.end_ts).value != "in_progress"
+                        and (c.outcome(self.end_ts).value in ("answered", "busy", "no_answer", "cancelled",
+                                                              "redirected")
+                             or (c.final_status is not None and c.final_status in (403, 404, 484, 603))))
+        # SER (RFC 6076 §4.7): INVITEs answered 200, or redirected, over INVITEs minus 3xx.
+        redirected = outs.count("redirected")
+        ser_base = len(done) - redirected
+
+        def dist(values):
+            vals = sorted(v for v in values if v is not None)
+            if not vals:
+                return None
+            pick = lambda q: vals[min(len(vals) - 1, int(round(q * (len(vals) - 1))))]
+            return {"n": len(vals), "mean": sum(vals) / len(vals), "p50": pick(0.5), "p95": pick(0.95),
+                    "max": vals[-1]}
+
+        timings = [c.timings() for c in self.calls if c.saw_initial]
+        return {
+            "calls": len(outs),
+            "completed_attempts": len(done),
+            "answered": answered,
+            "asr": answered / len(done) if done else None,
+            "ner": user_side / len(done) if done else None,
+            "ser": answered / ser_base if ser_base > 0 else None,
+            "pdd": dist(t["pdd"] for t in timings),
+            "setup_time": dist(t["setup_time"] for t in timings),
+            "time_to_answer": dist(t["time_to_answer"] for t in timings),
+            "duration": dist(t["duration"] for t in timings),
+            "retransmissions": self.stats.get("retransmissions", 0),
+        }
+
+    # -- the JSON document ----------------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        from sipflow import __version__
+        stream_index = {id(s): i for i, s in enumerate(self.streams)}
+        return {
+            "sipflow": __version__,
+            "files": self.files,
+            "messages": [message_dict(e) for e in self.messages],
+            "calls": [call_dict(c, self.end_ts, stream_index) for c in self.calls],
+            "registrations": [registration_dict(r) for r in self.registrations],
+            "bindings": [{"aor": aor, "contact": contact, "expires_at": exp, "active": exp > self.end_ts}
+                         for aor, table in self.bindings.items() for contact, exp in table.items()],
+            "other": [{"method": m, "requests": row.get("requests", 0),
+                       "responses": {k: v for k, v in sorted(row.items()) if k != "requests"}}
+                      for m, row in sorted(self.methods.items()) if m not in ("INVITE", "REGISTER")],
+            "streams": [stream_dict(s) for s in self.streams],
+            "malformed": [{"frame": m.frame, "file": m.file, "ts": m.ts, "src": m.src, "dst": m.dst,
+                           "error": m.error} for m in self.malformed],
+            "anomalies": [{"kind": a.kind, "frame": a.frame, "file": a.file, "call_id": a.call_id,
+                           "detail": a.detail} for a in self.anomalies],
+            "kpis": self.kpis(),
+            "stats": self.stats,
+            "warnings": self.warnings,
+        }
+
+
+def message_dict(e: SipEvent) -> dict:
+    m = e.msg
+    return {
+        "frame": e.frame, "frames": list(e.frames), "file": e.file, "ts": e.ts,
+        "src": e.source, "dst": e.destination, "transport": e.transport,
+        "method": m.method, "status": m.status, "reason": m.reason,
+        "call_id": m.call_id, "cseq": m.cseq[0], "cseq_method": m.cseq[1],
+        "from_user": m.from_.uri.user if m.from_ else None, "to_user": m.to.uri.user if m.to else None,
+        "from_tag": m.from_.tag if m.from_ else None, "to_tag": m.to.tag if m.to else None,
+        "branch": m.branch, "retransmission": e.retransmission,
+    }
+
+
+def call_dict(c: Call, end_ts: float, stream_index: Dict[int, int]) -> dict:
+    d = {
+        "call_id": c.call_id, "from": c.from_uri, "to": c.to_uri, "start": c.start,
+        "outcome": c.outcome(end_ts).value, "final_status": c.final_status,
+        "state": c.state.value, "reason": c.reason, "ended_by": c.ended_by,
+    }
+    d.update(c.timings())
+    d.update({
+        "hops": c.hops, "dialogs": len(c.dialogs), "messages": len(c.events),
+        "holds": [{"ts": ts, "frame": fr, "what": what} for ts, fr, what in c.holds],
+        "streams": [stream_index[id(s)] for s in c.streams if id(s) in stream_index],
+        "anomalies": [{"kind": a.kind, "frame": a.frame, "detail": a.detail} for a in c.anomalies],
+    })
+    return d
+
+
+def registration_dict(r: Registration) -> dict:
+    return {"aor": r.aor, "call_id": r.call_id, "contact": r.contact, "outcome": r.outcome(),
+            "final_status": r.final_status, "expires_requested": r.expires_requested,
+            "expires_granted": r.expires_granted, "challenges": r.challenges, "refreshes": r.refreshes,
+            "requests": r.requests, "start": r.start, "end": r.end}
+
+
+def stream_dict(s: RtpStream) -> dict:
+    return {
+        "src": fmt_endpoint(s.src, s.sport), "dst": fmt_endpoint(s.dst, s.dport), "ssrc": f"0x{s.ssrc:08X}",
+        "payload_type": s.pt, "codec": s.codec, "clock_rate": s.rate, "packets": s.packets,
+        "expected": s.expected, "lost": s.lost, "duplicates": s.duplicates, "out_of_order": s.out_of_order,
+        "seq_wraps": s.seq_wraps, "max_delta_ms": s.max_delta * 1000.0, "jitter_mean_ms": s.jitter_mean,
+        "jitter_max_ms": s.jitter_max, "start": s.first_ts, "end": s.last_ts, "call_id": s.call_id,
+        "nat": s.nat, "rtcp_packets": s.rtcp_packets, "first_frame": s.first_frame, "file": s.file,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
+# The analyzer
