@@ -223,7 +223,8 @@ def registration_dict(r: Registration) -> dict:
 def stream_dict(s: RtpStream) -> dict:
     return {
         "src": fmt_endpoint(s.src, s.sport), "dst": fmt_endpoint(s.dst, s.dport), "ssrc": f"0x{s.ssrc:08X}",
-        "payload_type": s.pt, "codec": s.codec, "clock_rate": s.rate, "packets": s.packets,
+        "payload_type": s.pt, "codec": s.codec, "clock_rate": s.rate,
+        "clock_rate_guessed": s.clock_rate_guessed, "packets": s.packets,
         "expected": s.expected, "lost": s.lost, "duplicates": s.duplicates, "out_of_order": s.out_of_order,
         "seq_wraps": s.seq_wraps, "max_delta_ms": s.max_delta * 1000.0, "jitter_mean_ms": s.jitter_mean,
         "jitter_max_ms": s.jitter_max, "start": s.first_ts, "end": s.last_ts, "call_id": s.call_id,
