@@ -209,5 +209,198 @@ def analyze(files, fmt, output, width, no_progress, **filters):
     _emit(text, output)
 
 
+# ---------------------------------------------------------------------------------------------------
+# sipflow probe: active tests against one server (sipflow.probe does the work)
+
+
+class ProbeExit(enum.IntEnum):
+    """Exit codes of ``sipflow probe`` (``--format nagios`` exits with the plugin codes 0-3 instead, and
+    ``--format prometheus`` with 0 once the metrics are written: probe_success carries the verdict)."""
+    OK = 0
+    ERROR = 1            # the probe could not run: bad target, unknown name, --bind not usable
+    USAGE = 2            # bad command line
+    TIMEOUT = 3          # no final response (Timer F, or --timeout ended the run)
+    REFUSED = 4          # nothing listens there: ICMP port unreachable, TCP reset
+    UNREACHABLE = 5      # no route to the host or network
+    TRANSPORT_ERROR = 6  # the connection was reset or closed, or sending failed
+    UNEXPECTED = 7       # a 2xx or 3xx final response that --expect does not name
+    CLIENT_ERROR = 8     # a 4xx that --expect does not name
+    SERVER_ERROR = 9     # a 5xx that --expect does not name
+    GLOBAL_FAILURE = 10  # a 6xx that --expect does not name
+    AUTH_FAILURE = 11    # credentials rejected (probe register and call, not yet there)
+    INTERRUPTED = 130
+
+
+NAGIOS_UNKNOWN = 3
+
+
+def _probe_exit(run) -> ProbeExit:
+    """The one mapping from a probe run to an exit code: the first probe that was not up decides."""
+    from sipflow.probe import Outcome
+    bad = run.first_failure
+    if bad is None:
+        return ProbeExit.OK if run.results else ProbeExit.TIMEOUT
+    if bad.status is not None:
+        return {4: ProbeExit.CLIENT_ERROR, 5: ProbeExit.SERVER_ERROR,
+                6: ProbeExit.GLOBAL_FAILURE}.get(bad.status // 100, ProbeExit.UNEXPECTED)
+    return {Outcome.TIMEOUT: ProbeExit.TIMEOUT, Outcome.REFUSED: ProbeExit.REFUSED,
+            Outcome.UNREACHABLE: ProbeExit.UNREACHABLE}.get(bad.outcome, ProbeExit.TRANSPORT_ERROR)
+
+
+def _wants_nagios(args: List[str]) -> bool:
+    return "--format=nagios" in args or any(a == "--format" and b == "nagios" for a, b in zip(args, args[1:]))
+
+
+class _ProbeCommand(click.Command):
+    """With ``--format nagios`` a bad command line is UNKNOWN (3), said on standard output, as the
+    plugin guidelines want; otherwise click's usual usage error (2)."""
+
+    def parse_args(self, ctx, args):
+        nagios = _wants_nagios(list(args))
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            if not nagios:
+                raise
+            click.echo(f"SIP UNKNOWN - {e.format_message()}".replace("\n", " "))
+            raise click.exceptions.Exit(NAGIOS_UNKNOWN)
+
+
+def handle_probe_errors(f):
+    """The probe commands' one error boundary: sipflow's errors become one line and ProbeExit.ERROR,
+    or, for Nagios, one ``SIP UNKNOWN`` status line and exit 3 (the check could not run)."""
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        from sipflow.errors import SipflowError
+        ctx = click.get_current_context()
+        nagios = kwargs.get("fmt") == "nagios"
+        try:
+            return f(*args, **kwargs)
+        except SipflowError as e:
+            if ctx.find_root().params.get("traceback"):
+                raise
+            if nagios:
+                click.echo(f"SIP UNKNOWN - {e}")
+                ctx.exit(NAGIOS_UNKNOWN)
+            click.secho(f"sipflow: {e}", fg="red", err=True)
+            ctx.exit(ProbeExit.ERROR)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(NAGIOS_UNKNOWN if nagios else ProbeExit.INTERRUPTED)
+        except BrokenPipeError:
+            sys.stderr.close()
+            ctx.exit(ProbeExit.OK)
+    return wrapper
+
+
+def _parsed(parse):
+    """A click callback turning a library parser's ValueError into a usage error."""
+    def callback(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            return parse(value)
+        except ValueError as e:
+            raise click.BadParameter(str(e))
+    return callback
+
+
+def _parse_range(text):
+    from sipflow.probe import parse_range
+    return parse_range(text)
+
+
+def _parse_expect(text):
+    from sipflow.probe import parse_expect
+    return parse_expect(text)
+
+
+@main.group()
+def probe():
+    """Active tests against the one SIP server you name, with monitoring-friendly results.
+
+    \b
+    Examples:
+      sipflow probe options sip:127.0.0.1
+      sipflow probe options 'sip:pbx.example.com:5070;transport=tcp' --count 5
+      sipflow probe options 'sip:[::1]' --format nagios -w 0.5 -c 1
+    """
+
+
+@probe.command("options", cls=_ProbeCommand)
+@click.argument("target")
+@click.option("--count", type=click.IntRange(1, 1000), default=1, show_default=True,
+              help="Probes to send (at most 1000).")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+              help="Seconds from one probe to the next (probes may overlap).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
+              help="Seconds the whole run may take, whatever happens.  [default: 10 after the last probe "
+                   "is sent]")
+@click.option("--expect", metavar="CODES", callback=_parsed(_parse_expect),
+              help="Final responses that count as up, e.g. 200,404 or 2xx.  [default: any final response; "
+                   "1xx never]")
+@click.option("--bind", metavar="IP[:PORT]", help="Send from this local address (and port).")
+@click.option("-4", "family", flag_value=4, help="Use IPv4 (when the target is a name).")
+@click.option("-6", "family", flag_value=6, help="Use IPv6 (when the target is a name).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "nagios", "prometheus"]), default="text",
+              show_default=True, help="text, JSON lines (one object per probe), a Nagios plugin line, or a "
+                                      "Prometheus textfile.")
+@click.option("-w", "--warning", metavar="RANGE", callback=_parsed(_parse_range),
+              help="Nagios: WARNING when the round trip in seconds is outside RANGE (e.g. 0.5).")
+@click.option("-c", "--critical", metavar="RANGE", callback=_parsed(_parse_range),
+              help="Nagios: CRITICAL when the round trip in seconds is outside RANGE (e.g. 1).")
+@handle_probe_errors
+def probe_options(target, count, interval, timeout, expect, bind, family, fmt, warning, critical):
+    """Send OPTIONS to sip:host[:port][;transport=udp|tcp] and report status, round trip and server.
+
+    Over UDP the request is retransmitted per RFC 3261 (0.5 s doubling to 4 s, given up after 32 s);
+    over TCP it is not. A closed UDP port is reported as refused at once (ICMP port unreachable). Any
+    final response means the server is up unless --expect says which. With --count, the worst probe
+    decides; Nagios thresholds (-w/-c, in the plugin range syntax) apply to the largest round trip.
+
+    \b
+    Examples:
+      sipflow probe options sip:127.0.0.1:5060
+      sipflow probe options 'sip:[::1]:5070;transport=tcp' --count 3 --interval 0.5
+      sipflow probe options sip:pbx.example.com --expect 200 --format json
+      sipflow probe options sip:192.0.2.10 --format nagios -w 0.5 -c 1 --timeout 10
+      sipflow probe options sip:192.0.2.10 --format prometheus > sip.prom.$$ && mv sip.prom.$$ sip.prom
+
+    \b
+    Exit codes (text and json):
+      0 every probe was up         5 unreachable            9  5xx not expected
+      1 could not run              6 connection reset       10 6xx not expected
+      2 bad command line           7 2xx/3xx not expected   11 auth failure
+      3 timeout                    8 4xx not expected       130 interrupted
+      4 refused
+    --format nagios: 0 OK, 1 WARNING, 2 CRITICAL (no answer, refused, timeout, unexpected code),
+    3 UNKNOWN (could not run).  --format prometheus: 0 once the metrics are written.
+    """
+    from sipflow import probe as p
+    ctx = click.get_current_context()
+    tgt = p.parse_target(target)
+    opts = p.ProbeOptions(count=count, interval=interval, timeout=timeout, expect=expect or p.Expect(),
+                          bind=bind, family=family)
+    on_result = None
+    if fmt == "text":
+        def on_result(r, started=[]):
+            if not started:   # a header once the probe runs (not before a bad --bind, say)
+                started.append(click.echo(p.run_header(tgt, opts)))
+            click.echo(p.result_text(r))
+    elif fmt == "json":
+        on_result = lambda r: click.echo(p.result_json(r))  # noqa: E731
+    run = p.probe_options(tgt, opts, on_result=on_result)
+    if fmt == "text":
+        click.echo(p.run_text(run))
+    elif fmt == "nagios":
+        state, line = p.nagios(run, warning, critical)
+        click.echo(line)
+        ctx.exit(int(state))
+    elif fmt == "prometheus":
+        click.echo(p.prometheus(run), nl=False)
+        ctx.exit(ProbeExit.OK)
+    ctx.exit(_probe_exit(run))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

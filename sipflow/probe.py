@@ -1,0 +1,925 @@
+"""The active probe: SIP requests sent to the one server the user names, and what came back.
+
+Owns the probe's client transactions (RFC 3261 §17.1.2, non-INVITE), the requests it builds, the socket
+driver that carries them, and the result formats (text, JSON lines, Nagios, Prometheus textfile). Leaves
+message parsing and stream framing to ``sip``, options and exit codes to ``cli``.
+
+Two halves, h11-style. The transaction (``ClientTransaction`` walking ``NON_INVITE_TABLE``) does no I/O:
+it is given a response or "now" and hands back the bytes to send; time is always an argument. The driver
+(``probe_options``) owns the sockets, the monotonic clock and ``select``, and is the only I/O here.
+
+This slice sends OPTIONS over UDP and TCP. REGISTER, INVITE, digest authentication, RTP, TLS and the
+probe's own capture come later (issue 3).
+"""
+from __future__ import annotations
+
+import enum
+import errno
+import ipaddress
+import json
+import math
+import re
+import secrets
+import select
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
+
+from sipflow import __version__
+from sipflow.errors import ParseError, ProbeError
+from sipflow.sip import SipMessage, frame_stream, parse_message, parse_uri
+
+MAGIC_COOKIE = "z9hG4bK"   # RFC 3261 §8.1.1.7: a branch starting with it is unique per transaction
+T1 = 0.5                   # §17.1.1.1: round-trip estimate, first retransmission interval (s)
+T2 = 4.0                   # §17.1.2.2: longest retransmission interval of a non-INVITE request (s)
+T4 = 5.0                   # §17.1.2.2: how long a message may linger in the network: Timer K on UDP (s)
+TIMER_F = 64 * T1          # §17.1.2.2: a non-INVITE transaction gives up after this without a final response
+MAX_COUNT = 1000           # probes per run: a probe, not a load generator
+MIN_INTERVAL = 0.1         # seconds between probes, at least
+DEFAULT_TIMEOUT = 10.0     # the run ends this long after the last probe is sent, unless --timeout says
+DEFAULT_PORT = 5060        # no NAPTR/SRV lookups yet (RFC 3263): the URI's port or 5060
+
+
+# ---------------------------------------------------------------------------------------------------
+# The client transaction (RFC 3261 §17.1.2, figure 6), sans-IO
+
+
+class TxState(enum.Enum):
+    TRYING = "trying"
+    PROCEEDING = "proceeding"
+    COMPLETED = "completed"
+    TERMINATED = "terminated"
+
+
+# state -> {event: (next state, action)}. Events: "timer_e", "timer_f", "timer_k", "1xx", "final"
+# (200-699) and "transport_error". An event missing from a row is ignored: after the final response
+# the transaction only absorbs retransmitted responses until Timer K, then forgets everything.
+NON_INVITE_TABLE: Dict[TxState, Dict[str, Tuple[TxState, str]]] = {
+    TxState.TRYING: {
+        "timer_e": (TxState.TRYING, "retransmit"),          # and Timer E doubles, up to T2
+        "timer_f": (TxState.TERMINATED, "timeout"),
+        "1xx": (TxState.PROCEEDING, "provisional"),
+        "final": (TxState.COMPLETED, "final"),
+        "transport_error": (TxState.TERMINATED, "transport_error"),
+    },
+    TxState.PROCEEDING: {
+        "timer_e": (TxState.PROCEEDING, "retransmit_t2"),   # once a 1xx came, every T2
+        "timer_f": (TxState.TERMINATED, "timeout"),
+        "1xx": (TxState.PROCEEDING, "provisional"),
+        "final": (TxState.COMPLETED, "final"),
+        "transport_error": (TxState.TERMINATED, "transport_error"),
+    },
+    TxState.COMPLETED: {
+        "1xx": (TxState.COMPLETED, "absorb"),
+        "final": (TxState.COMPLETED, "absorb"),
+        "timer_k": (TxState.TERMINATED, "forget"),
+    },
+    TxState.TERMINATED: {},
+}
+
+
+class ClientTransaction:
+    """One non-INVITE client transaction. The caller sends ``request`` when it creates the transaction
+    (at ``now``), then feeds responses (``on_response``), timer expiries (``on_timer`` at or after
+    ``next_deadline()``) and transport errors; every method returns the bytes to send, if any."""
+
+    def __init__(self, request: bytes, branch: str, method: str, reliable: bool, now: float) -> None:
+        self.request = request
+        self.branch = branch
+        self.method = method
+        self.reliable = reliable
+        self.state = TxState.TRYING
+        self.sent_at = now
+        self.retransmissions = 0
+        self.first_response_at: Optional[float] = None
+        self.final: Optional[SipMessage] = None
+        self.final_at: Optional[float] = None
+        self.ended_at: Optional[float] = None     # timed out or transport error
+        self.absorbed = 0                         # retransmitted responses after the final one
+        self.ignored = 0                          # events the table has no row for
+        # §17.1.2.2: Timer F always; Timer E only on an unreliable transport (§17.1.1.2 for TCP).
+        self._interval = T1
+        self.timers: Dict[str, float] = {"F": now + TIMER_F}
+        if not reliable:
+            self.timers["E"] = now + T1
+
+    def matches(self, msg: SipMessage) -> bool:
+        """§17.1.3: a response belongs here when its top Via branch and its CSeq method are ours."""
+        return msg.status is not None and msg.branch == self.branch and msg.cseq[1] == self.method
+
+    @property
+    def done(self) -> bool:
+        """The transaction user has its answer: a final response, a timeout or a transport error."""
+        return self.state in (TxState.COMPLETED, TxState.TERMINATED)
+
+    def next_deadline(self) -> Optional[float]:
+        return min(self.timers.values()) if self.timers else None
+
+    def on_timer(self, now: float) -> List[bytes]:
+        """Fire every timer due at ``now``, earliest first (one firing per timer per call)."""
+        out: List[bytes] = []
+        for name, deadline in sorted(self.timers.items(), key=lambda kv: kv[1]):
+            if deadline <= now and self.timers.get(name) == deadline:  # not cancelled by an earlier one
+                del self.timers[name]
+                out += self._event("timer_" + name.lower(), now)
+        return out
+
+    def on_response(self, msg: SipMessage, now: float) -> List[bytes]:
+        return self._event("1xx" if msg.status < 200 else "final", now, msg)
+
+    def on_transport_error(self, now: float) -> List[bytes]:
+        """§17.1.4: the transport layer could not deliver: the transaction ends at once."""
+        return self._event("transport_error", now)
+
+    def _event(self, event: str, now: float, msg: Optional[SipMessage] = None) -> List[bytes]:
+        step = NON_INVITE_TABLE[self.state].get(event)
+        if step is None:
+            self.ignored += 1
+            return []
+        self.state, action = step
+        if action in ("retransmit", "retransmit_t2"):
+            # Trying: E = min(2E, T2); Proceeding: E = T2. Counted from this firing, so a late driver
+            # never bursts.
+            self._interval = min(2 * self._interval, T2) if action == "retransmit" else T2
+            self.timers["E"] = now + self._interval
+            self.retransmissions += 1
+            return [self.request]
+        if action == "provisional":
+            if self.first_response_at is None:
+                self.first_response_at = now
+        elif action == "final":
+            if self.first_response_at is None:
+                self.first_response_at = now
+            self.final, self.final_at = msg, now
+            # Timer K absorbs retransmitted responses: T4 on UDP, zero on a reliable transport.
+            self.timers = {"K": now + (0.0 if self.reliable else T4)}
+        elif action in ("timeout", "transport_error"):
+            self.timers = {}
+            self.ended_at = now
+        elif action == "absorb":
+            self.absorbed += 1
+        elif action == "forget":
+            self.timers = {}
+        return []
+
+
+# ---------------------------------------------------------------------------------------------------
+# Values: the target, what counts as up, Nagios ranges
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the probe goes: the Request-URI as the user wrote it, and the host, port and transport."""
+    uri: str
+    host: str
+    port: int
+    transport: str   # "udp" or "tcp"
+
+
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
+
+
+def parse_target(text: str) -> Target:
+    """``sip:host[:port][;transport=udp|tcp]``; ``sip:`` may be left out; IPv6 goes in brackets."""
+    text = text.strip()
+    m = _SCHEME.match(text)
+    scheme = m.group(1).lower() if m else ""
+    if scheme == "sips":
+        raise ProbeError("sips: (TLS) is not supported yet; use sip: with ;transport=udp or tcp")
+    if scheme != "sip":
+        if m and not text[m.end():m.end() + 1].isdigit() and not _is_ip(text.split(";")[0]):
+            raise ProbeError(f"{text!r} is not a sip: URI")
+        text = "sip:" + text   # "host", "host:5060", "[::1]:5060"
+    if re.search(r"[\s<>\"?]", text):
+        raise ProbeError(f"{text!r}: spaces, <>, quotes and ?headers are not allowed in the target")
+    hostport = text[4:].split(";")[0].rpartition("@")[2]
+    if hostport.startswith("["):
+        host, _, tail = hostport[1:].partition("]")
+        if ":" not in host or not _is_ip(host):
+            raise ProbeError(f"{text!r}: only an IPv6 address goes in brackets")
+    elif hostport.count(":") > 1:
+        raise ProbeError(f"{text!r}: IPv6 addresses go in brackets, as in sip:[::1]:5060")
+    else:
+        host, _, tail = hostport.partition(":")
+        tail = ":" + tail if _ else ""
+    if not host:
+        raise ProbeError(f"no host in {text!r}")
+    port = DEFAULT_PORT
+    if tail:
+        if not (tail.startswith(":") and tail[1:].isdigit() and 0 < int(tail[1:]) < 65536):
+            raise ProbeError(f"bad port in {text!r}")
+        port = int(tail[1:])
+    transport = (parse_uri(text).param("transport") or "udp").lower()
+    if transport not in ("udp", "tcp"):
+        raise ProbeError(f"transport={transport} is not supported yet (udp or tcp)")
+    return Target(uri=text, host=host.lower(), port=port, transport=transport)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text.split("%")[0])
+        return True
+    except ValueError:
+        return False
+
+
+def check_destination(ip: str) -> None:
+    """Safety: one unicast host only. Multicast, broadcast and the unspecified address are refused
+    (a directed broadcast is refused by the kernel, since the probe never sets SO_BROADCAST)."""
+    addr = ipaddress.ip_address(ip.split("%")[0])
+    mapped = getattr(addr, "ipv4_mapped", None)
+    addr = mapped or addr
+    if addr.is_multicast:
+        raise ProbeError(f"{ip} is a multicast address: the probe only talks to one host")
+    if addr.is_unspecified or addr == ipaddress.IPv4Address("255.255.255.255"):
+        raise ProbeError(f"{ip} is not one host's address: the probe only talks to one host")
+
+
+@dataclass(frozen=True)
+class Expect:
+    """Which final responses mean "up": inclusive code ranges, or none for "any final response".
+
+    By default any final response (200-699) is up: a 404 or 403 still proves a live SIP server, and
+    a provisional response such as 100 Trying never is (it is not an answer)."""
+    ranges: Tuple[Tuple[int, int], ...] = ()
+    text: str = ""
+
+    def __contains__(self, status: int) -> bool:
+        if not self.ranges:
+            return 200 <= status <= 699
+        return any(lo <= status <= hi for lo, hi in self.ranges)
+
+
+def parse_expect(text: Optional[str]) -> Expect:
+    """``200,404`` or ``2xx,404``: codes (200-699) and classes."""
+    if not text:
+        return Expect()
+    ranges = []
+    for part in (p.strip().lower() for p in text.split(",")):
+        m = re.fullmatch(r"([2-6])xx|([2-6][0-9][0-9])", part)
+        if not m:
+            raise ValueError(f"{part!r} is not a final status code (200-699) or class (2xx-6xx)")
+        ranges.append((int(m.group(1)) * 100, int(m.group(1)) * 100 + 99) if m.group(1)
+                      else (int(m.group(2)), int(m.group(2))))
+    return Expect(ranges=tuple(ranges), text=",".join(p.strip() for p in text.split(",")))
+
+
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)"
+_RANGE = re.compile(rf"(@)?(?:(~|{_NUMBER})?:)?({_NUMBER})?")
+
+
+@dataclass(frozen=True)
+class NagiosRange:
+    """A threshold in the Nagios plugin range syntax: ``10`` alerts outside 0..10, ``10:`` below 10,
+    ``~:10`` above 10, ``10:20`` outside 10..20, ``@10:20`` inside 10..20 (development guidelines,
+    "Threshold and ranges")."""
+    text: str
+    start: float
+    end: float
+    inside: bool
+
+    def alerts(self, value: float) -> bool:
+        within = self.start <= value <= self.end
+        return within if self.inside else not within
+
+
+def parse_range(text: str) -> NagiosRange:
+    m = _RANGE.fullmatch(text.strip())
+    if not text.strip() or not m or (m.group(2) is None and m.group(3) is None and ":" not in text):
+        raise ValueError(f"{text!r} is not a Nagios range (10, 10:, ~:10, 10:20, @10:20)")
+    inside, start, end = m.group(1) is not None, m.group(2), m.group(3)
+    lo = -math.inf if start == "~" else float(start) if start else 0.0
+    hi = float(end) if end else math.inf
+    if lo > hi:
+        raise ValueError(f"{text!r}: the range starts after it ends")
+    return NagiosRange(text=text.strip(), start=lo, end=hi, inside=inside)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The request
+
+
+def _host(ip: str) -> str:
+    return f"[{ip}]" if ":" in ip else ip
+
+
+def new_branch() -> str:
+    """A fresh branch with the magic cookie (§8.1.1.7), random enough to be unique in space and time."""
+    return MAGIC_COOKIE + secrets.token_hex(10)
+
+
+def options_request(target: Target, local: Tuple[str, int], branch: str, call_id: str, from_tag: str,
+                    cseq: int) -> bytes:
+    """An OPTIONS request (§11) from ``local`` (the socket's real address: the Via names the port the
+    request leaves from, and ``rport`` (RFC 3581) asks for the reply to go back to it)."""
+    via_host = f"{_host(local[0])}:{local[1]}"
+    contact_params = ";transport=tcp" if target.transport == "tcp" else ""
+    lines = (
+        f"OPTIONS {target.uri} SIP/2.0",
+        f"Via: SIP/2.0/{target.transport.upper()} {via_host};branch={branch};rport",
+        "Max-Forwards: 70",
+        f"From: <sip:sipflow@{_host(local[0])}>;tag={from_tag}",
+        f"To: <{target.uri}>",
+        f"Call-ID: {call_id}",
+        f"CSeq: {cseq} OPTIONS",
+        f"Contact: <sip:sipflow@{via_host}{contact_params}>",
+        "Accept: application/sdp",
+        f"User-Agent: sipflow/{__version__}",
+        "Content-Length: 0",
+    )
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Results
+
+
+class Outcome(enum.Enum):
+    UP = "up"                    # a final response that --expect counts as up
+    UNEXPECTED = "unexpected"    # a final response --expect does not name
+    TIMEOUT = "timeout"          # no final response: Timer F, or --timeout ended the run first
+    REFUSED = "refused"          # nothing listens there: ICMP port unreachable, TCP reset on connect
+    UNREACHABLE = "unreachable"  # ICMP host or network unreachable, no route
+    ERROR = "error"              # another transport failure: connection reset or closed, send failed
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """One probe. Times are seconds from a monotonic clock, rounded to microseconds."""
+    seq: int                          # 1.. in sending order
+    target: str
+    transport: str
+    remote: str                       # ip:port the request went to
+    local: str                        # ip:port it left from ("" when no socket could be opened)
+    outcome: Outcome
+    status: Optional[int] = None
+    reason: Optional[str] = None      # the response's reason phrase, or what went wrong
+    sent_at: float = 0.0              # since the run started
+    rtt: Optional[float] = None       # first transmission to final response
+    elapsed: Optional[float] = None   # first transmission to the end of the probe, whatever ended it
+    first_response: Optional[float] = None  # first transmission to the first response (e.g. 100)
+    connect: Optional[float] = None   # TCP: connection set-up, when this probe opened the connection
+    retransmissions: int = 0
+    server: Optional[str] = None      # the responder's Server (or User-Agent) header
+    allow: Tuple[str, ...] = ()
+    supported: Tuple[str, ...] = ()
+    seen_as: Optional[str] = None     # our address as the server saw it (Via received/rport)
+    call_id: Optional[str] = None
+    cseq: Optional[int] = None
+    branch: Optional[str] = None
+
+    @property
+    def up(self) -> bool:
+        return self.outcome is Outcome.UP
+
+    def to_dict(self) -> dict:
+        return {
+            "probe": self.seq, "target": self.target, "transport": self.transport, "remote": self.remote,
+            "local": self.local, "outcome": self.outcome.value, "status": self.status, "reason": self.reason,
+            "sent_at": self.sent_at, "rtt": self.rtt, "elapsed": self.elapsed, "first_response": self.first_response,
+            "connect": self.connect, "retransmissions": self.retransmissions, "server": self.server,
+            "allow": list(self.allow), "supported": list(self.supported), "seen_as": self.seen_as,
+            "call_id": self.call_id, "cseq": self.cseq, "branch": self.branch,
+        }
+
+
+@dataclass(frozen=True)
+class ProbeRun:
+    """A run of ``count`` probes: the results of those that were sent, in sending order."""
+    target: str
+    transport: str
+    remote: str
+    planned: int
+    timeout: float
+    duration: float
+    results: Tuple[ProbeResult, ...]
+    expect: str = ""                  # --expect as given; "" is "any final response"
+    stray: int = 0                    # datagrams or messages that were not a response of ours
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.results) and all(r.up for r in self.results)
+
+    @property
+    def first_failure(self) -> Optional[ProbeResult]:
+        return next((r for r in self.results if not r.up), None)
+
+    @property
+    def rtts(self) -> List[float]:
+        return [r.rtt for r in self.results if r.rtt is not None]
+
+
+def _us(seconds: Optional[float]) -> Optional[float]:
+    return None if seconds is None else round(seconds, 6)
+
+
+def _failure(err: BaseException) -> Tuple[Outcome, str]:
+    """What a socket error means for the probe."""
+    if isinstance(err, ConnectionRefusedError):
+        return Outcome.REFUSED, "connection refused"
+    if isinstance(err, (socket.timeout, TimeoutError)):
+        return Outcome.TIMEOUT, "no TCP connection before --timeout"
+    if isinstance(err, OSError) and err.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN,
+                                                  errno.ENETDOWN, errno.EADDRNOTAVAIL):
+        return Outcome.UNREACHABLE, err.strerror or "unreachable"
+    if isinstance(err, OSError):
+        return Outcome.ERROR, err.strerror or str(err)
+    return Outcome.ERROR, str(err)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The driver: sockets, clock and select around the transactions
+
+
+@dataclass(frozen=True)
+class ProbeOptions:
+    count: int = 1
+    interval: float = 1.0
+    timeout: Optional[float] = None          # the whole run; None: DEFAULT_TIMEOUT after the last probe
+    expect: Expect = Expect()
+    bind: Optional[str] = None               # ip, ip:port or [v6]:port
+    family: Optional[int] = None             # 4 or 6: only for names; a literal decides for itself
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.count <= MAX_COUNT:
+            raise ProbeError(f"count must be 1..{MAX_COUNT}")
+        if self.interval < MIN_INTERVAL:
+            raise ProbeError(f"interval must be at least {MIN_INTERVAL} s")
+        if self.timeout is not None and not self.timeout > 0:
+            raise ProbeError("timeout must be positive")
+
+    @property
+    def run_timeout(self) -> float:
+        if self.timeout is not None:
+            return self.timeout
+        return (self.count - 1) * self.interval + DEFAULT_TIMEOUT
+
+
+def parse_bind(text: str) -> Tuple[str, int]:
+    """``ip``, ``ip:port``, ``[v6]:port`` or a bare IPv6 address."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, tail = text[1:].partition("]")
+        port = tail[1:] if tail.startswith(":") else "0" if not tail else None
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    else:
+        host, port = text, "0"
+    if port is None or not port.isdigit() or int(port) > 65535 or not _is_ip(host):
+        raise ProbeError(f"--bind {text!r}: expected ip, ip:port or [ipv6]:port")
+    return host, int(port)
+
+
+def _resolve(target: Target, family: Optional[int], bind: Optional[Tuple[str, int]], limit: float):
+    """The first address of the target (only that one: the probe never tries others), bounded in time."""
+    fam = {4: socket.AF_INET, 6: socket.AF_INET6}.get(family or 0, socket.AF_UNSPEC)
+    if bind:
+        bind_fam = socket.AF_INET6 if ":" in bind[0] else socket.AF_INET
+        if fam not in (socket.AF_UNSPEC, bind_fam):
+            raise ProbeError(f"--bind {bind[0]} and -{family} name different address families")
+        fam = bind_fam
+    kind = socket.SOCK_STREAM if target.transport == "tcp" else socket.SOCK_DGRAM
+    found: list = []
+
+    def lookup():
+        try:
+            found.append(socket.getaddrinfo(target.host, target.port, fam, kind))
+        except (socket.gaierror, UnicodeError) as e:
+            found.append(e)
+
+    if _is_ip(target.host):
+        lookup()
+    else:  # a name: DNS may hang, and --timeout bounds the whole run
+        t = threading.Thread(target=lookup, daemon=True)
+        t.start()
+        t.join(max(0.0, limit))
+    if not found:
+        raise ProbeError(f"could not resolve {target.host} within --timeout")
+    if isinstance(found[0], BaseException):
+        err = found[0]
+        if _is_ip(target.host) and fam != socket.AF_UNSPEC:
+            raise ProbeError(f"{target.host} is not an IPv{4 if fam == socket.AF_INET else 6} address "
+                             "(check -4/-6 and --bind)")
+        raise ProbeError(f"cannot resolve {target.host}: {getattr(err, 'strerror', None) or err}")
+    af, _, _, _, sockaddr = found[0][0]
+    check_destination(sockaddr[0])
+    return af, sockaddr
+
+
+class _Channel:
+    """One socket to the target: a connected UDP socket (Linux then reports ICMP port unreachable as
+    ECONNREFUSED on it, at once, instead of a silent loss), or one TCP connection."""
+
+    def __init__(self, target: Target, family: int, remote, bind, limit: float, clock) -> None:
+        self.reliable = target.transport == "tcp"
+        self.sock = socket.socket(family, socket.SOCK_STREAM if self.reliable else socket.SOCK_DGRAM)
+        self.connect_time: Optional[float] = None
+        self.buf = bytearray()
+        self.out = bytearray()
+        try:
+            if bind:
+                if self.reliable:
+                    self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    self.sock.bind(bind)
+                except OSError as e:
+                    raise ProbeError(f"cannot bind to {_host(bind[0])}:{bind[1]}: {e.strerror}") from None
+            if self.reliable:
+                t0 = clock()
+                self.sock.settimeout(max(0.001, limit))
+                self.sock.connect(remote)
+                self.connect_time = clock() - t0
+            else:
+                self.sock.connect(remote)
+            self.sock.setblocking(False)
+            self.local: Tuple[str, int] = self.sock.getsockname()[:2]
+        except PermissionError:
+            self.sock.close()
+            raise ProbeError(f"sending to {remote[0]} is not permitted (a broadcast address, or a local "
+                             "firewall)") from None
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def send(self, data: bytes) -> None:
+        if not self.reliable:
+            try:
+                self.sock.send(data)
+            except BlockingIOError:
+                pass  # a full socket buffer is a lost datagram: Timer E retransmits it
+            return
+        self.out += data
+        self.flush()
+
+    @property
+    def wants_write(self) -> bool:
+        return bool(self.out)
+
+    def flush(self) -> None:
+        while self.out:
+            try:
+                n = self.sock.send(self.out)
+            except BlockingIOError:
+                return
+            del self.out[:n]
+
+    def receive(self) -> List[bytes]:
+        """Every whole message now readable. Raises OSError (e.g. ECONNREFUSED) or EOFError."""
+        if not self.reliable:
+            out = []
+            while True:
+                try:
+                    out.append(self.sock.recv(65535))
+                except BlockingIOError:
+                    return out
+        try:
+            data = self.sock.recv(65536)
+        except BlockingIOError:
+            return []
+        if not data:
+            raise EOFError("connection closed by the server")
+        self.buf += data
+        out = []
+        while True:
+            kind, n = frame_stream(self.buf)  # sip.py's framing by Content-Length (§18.3)
+            if kind == "need" or n == 0:
+                return out
+            if kind == "message":
+                out.append(bytes(self.buf[:n]))
+            del self.buf[:n]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class _Probe:
+    """One probe's accumulator: its transaction, and how it failed when it did not get an answer."""
+    __slots__ = ("seq", "cseq", "branch", "tx", "sent_at", "local", "connect", "failure")
+
+    def __init__(self, seq: int, cseq: int, branch: str, sent_at: float) -> None:
+        self.seq, self.cseq, self.branch, self.sent_at = seq, cseq, branch, sent_at
+        self.tx: Optional[ClientTransaction] = None
+        self.local: Optional[Tuple[str, int]] = None
+        self.connect: Optional[float] = None
+        self.failure: Optional[Tuple[Outcome, str]] = None
+
+
+def probe_options(target, options: ProbeOptions = ProbeOptions(),
+                  on_result: Optional[Callable[[ProbeResult], None]] = None,
+                  clock: Callable[[], float] = time.monotonic) -> ProbeRun:
+    """Send ``options.count`` OPTIONS requests to ``target`` (a ``Target`` or its text), one every
+    ``options.interval`` seconds (each its own transaction; they may overlap), and return what came
+    back. ``on_result`` is called as each probe ends. The whole run ends within ``run_timeout``."""
+    return _Driver(target if isinstance(target, Target) else parse_target(target), options, clock).run(on_result)
+
+
+class _Driver:
+    """The socket loop: sends each probe when its time comes, fires the transactions' timers, reads
+    responses, and ends when every probe has its result or at the run's deadline."""
+
+    def __init__(self, target: Target, options: ProbeOptions, clock) -> None:
+        self.target, self.opts, self.clock = target, options, clock
+        self.bind = parse_bind(options.bind) if options.bind else None
+        # One Call-ID and From-tag per run, CSeq 1, 2, 3...: the probes are one UAC's requests (§8.1.1).
+        self.call_id = f"{secrets.token_hex(12)}@sipflow"
+        self.from_tag = secrets.token_hex(6)
+        self.channel: Optional[_Channel] = None
+        self.probes: Dict[str, _Probe] = {}          # by branch
+        self.results: Dict[int, ProbeResult] = {}    # by seq
+        self.stray = 0
+        self.start = 0.0
+        self.family, self.remote, self.remote_text = 0, None, ""
+        self.on_result: Optional[Callable[[ProbeResult], None]] = None
+
+    def run(self, on_result) -> ProbeRun:
+        self.on_result = on_result
+        start = self.start = self.clock()
+        timeout = self.opts.run_timeout
+        deadline = start + timeout
+        self.family, self.remote = _resolve(self.target, self.opts.family, self.bind, deadline - start)
+        self.remote_text = f"{_host(self.remote[0])}:{self.remote[1]}"
+        sent = 0
+        try:
+            while True:
+                now = self.clock()
+                if now >= deadline:
+                    break
+                if sent < self.opts.count and now >= start + sent * self.opts.interval:
+                    sent += 1
+                    self._send_probe(sent, deadline)
+                    continue
+                self._fire_timers(now)
+                pending = [p for p in self.probes.values() if p.seq not in self.results]
+                if sent == self.opts.count and not pending:
+                    break
+                self._wait(now, deadline, sent, pending)
+        finally:
+            if self.channel:
+                self.channel.close()
+        for p in sorted(self.probes.values(), key=lambda p: p.seq):
+            if p.seq not in self.results:
+                p.failure = (Outcome.TIMEOUT, f"no final response before --timeout {timeout:g} s")
+                self._finish(p, deadline)
+        return ProbeRun(target=self.target.uri, transport=self.target.transport, remote=self.remote_text,
+                        planned=self.opts.count, timeout=timeout, duration=_us(min(self.clock(), deadline) - start),
+                        results=tuple(self.results[k] for k in sorted(self.results)),
+                        expect=self.opts.expect.text, stray=self.stray)
+
+    def _send_probe(self, seq: int, deadline: float) -> None:
+        p = _Probe(seq, seq, new_branch(), self.clock())
+        self.probes[p.branch] = p
+        try:
+            if self.channel is None:
+                self.channel = _Channel(self.target, self.family, self.remote, self.bind,
+                                        deadline - self.clock(), self.clock)
+                p.connect = self.channel.connect_time
+            ch = self.channel
+            p.local = ch.local
+            request = options_request(self.target, ch.local, p.branch, self.call_id, self.from_tag, p.cseq)
+            p.sent_at = self.clock()
+            p.tx = ClientTransaction(request, p.branch, "OPTIONS", ch.reliable, p.sent_at)
+            ch.send(request)
+        except (OSError, EOFError) as e:
+            self._transport_failed(e)
+
+    def _fire_timers(self, now: float) -> None:
+        for p in list(self.probes.values()):
+            tx = p.tx
+            if tx is None or tx.next_deadline() is None or tx.next_deadline() > now:
+                continue
+            for data in tx.on_timer(now):
+                try:
+                    self.channel.send(data)
+                except (OSError, EOFError) as e:
+                    self._transport_failed(e)
+                    return
+            if tx.done:
+                self._finish(p, now)   # Timer F (no-op for Timer K: the result is already out)
+
+    def _wait(self, now: float, deadline: float, sent: int, pending: List[_Probe]) -> None:
+        wake = [deadline]
+        if sent < self.opts.count:
+            wake.append(self.start + sent * self.opts.interval)
+        wake += [p.tx.next_deadline() for p in pending if p.tx and p.tx.next_deadline() is not None]
+        delay = max(0.0, min(wake) - now)
+        ch = self.channel
+        if ch is None:
+            time.sleep(delay)
+            return
+        readable, writable, _ = select.select([ch.sock], [ch.sock] if ch.wants_write else [], [], delay)
+        try:
+            if writable:
+                ch.flush()
+            if readable:
+                for data in ch.receive():
+                    self._on_message(data)
+        except (OSError, EOFError) as e:
+            self._transport_failed(e)
+
+    def _on_message(self, data: bytes) -> None:
+        now = self.clock()
+        try:
+            msg = parse_message(data, datagram=not self.channel.reliable)
+        except ParseError:
+            self.stray += 1
+            return
+        p = self.probes.get(msg.branch or "") if msg.status is not None else None
+        if p is None or p.tx is None or not p.tx.matches(msg):
+            self.stray += 1   # requests to us, other branches: not ours to answer in this slice
+            return
+        p.tx.on_response(msg, now)
+        if p.tx.done:
+            self._finish(p, now)
+
+    def _transport_failed(self, err: BaseException) -> None:
+        """The socket failed: every probe still waiting on it fails with it (an ICMP error is reported
+        for the socket, not for one datagram), and the next probe opens a new socket."""
+        failure = _failure(err)
+        now = self.clock()
+        for p in list(self.probes.values()):
+            if p.seq in self.results:
+                continue
+            p.failure = failure
+            if p.tx:
+                p.tx.on_transport_error(now)
+            self._finish(p, now)
+        if self.channel:
+            self.channel.close()
+            self.channel = None
+
+    def _finish(self, p: _Probe, now: float) -> None:
+        if p.seq in self.results:
+            return
+        tx = p.tx
+        base = dict(seq=p.seq, target=self.target.uri, transport=self.target.transport, remote=self.remote_text,
+                    local=f"{_host(p.local[0])}:{p.local[1]}" if p.local else "",
+                    sent_at=_us(p.sent_at - self.start), elapsed=_us(now - p.sent_at), connect=_us(p.connect),
+                    call_id=self.call_id if tx else None, cseq=p.cseq if tx else None,
+                    branch=p.branch if tx else None, retransmissions=tx.retransmissions if tx else 0,
+                    first_response=_us(tx.first_response_at - tx.sent_at)
+                    if tx and tx.first_response_at is not None else None)
+        if tx and tx.final is not None:
+            msg = tx.final
+            via = msg.vias[0] if msg.vias else None
+            received, rport = (via.param("received"), via.param("rport")) if via else (None, None)
+            seen = None
+            if received or rport:   # RFC 3581: where the server saw the request come from
+                seen = f"{_host(received or p.local[0])}:{rport or p.local[1]}"
+            result = ProbeResult(
+                **base, outcome=Outcome.UP if msg.status in self.opts.expect else Outcome.UNEXPECTED,
+                status=msg.status, reason=msg.reason, rtt=_us(tx.final_at - tx.sent_at),
+                server=msg.header("Server") or msg.header("User-Agent"),
+                allow=tuple(msg.header_values("Allow")), supported=tuple(msg.header_values("Supported")),
+                seen_as=seen)
+        else:
+            outcome, reason = p.failure or (Outcome.TIMEOUT, f"no final response within {TIMER_F:g} s (Timer F)")
+            result = ProbeResult(**base, outcome=outcome, reason=reason)
+        self.results[p.seq] = result
+        if self.on_result:
+            self.on_result(result)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Formats: text, JSON lines, Nagios, Prometheus textfile
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.3f} ms"
+
+
+def result_text(r: ProbeResult) -> str:
+    """One line per probe, as it ends: ``3: 200 OK in 1.234 ms``."""
+    if r.status is not None:
+        line = f"{r.seq}: {r.status} {r.reason or ''}".rstrip() + f" in {_ms(r.rtt)}"
+        if r.outcome is Outcome.UNEXPECTED:
+            line += " (not expected)"
+    else:
+        line = f"{r.seq}: {r.outcome.value}: {r.reason}"
+    if r.retransmissions:
+        line += f", {r.retransmissions} retransmission(s)"
+    return line
+
+
+def run_header(target: Target, options: ProbeOptions) -> str:
+    return (f"OPTIONS {target.uri} over {target.transport}, {options.count} probe(s), "
+            f"--timeout {options.run_timeout:g} s")
+
+
+def run_text(run: ProbeRun) -> str:
+    """The summary after the per-probe lines: counts, round trips, and who answered."""
+    counts: Dict[str, int] = {}
+    for r in run.results:
+        counts[r.outcome.value] = counts.get(r.outcome.value, 0) + 1
+    parts = [f"{n} {k}" for k, n in counts.items()]
+    local = next((r.local for r in run.results if r.local), "")
+    lines = [f"--- {run.target} ({run.transport} {run.remote}" + (f" from {local}" if local else "") + ")",
+             f"{len(run.results)} of {run.planned} probe(s) sent: " + ", ".join(parts)
+             + f"; {run.duration:.3f} s in all"]
+    if run.rtts:
+        rtts = run.rtts
+        lines.append(f"rtt min/avg/max {min(rtts) * 1000:.3f}/{sum(rtts) / len(rtts) * 1000:.3f}/"
+                     f"{max(rtts) * 1000:.3f} ms")
+    answered = [r for r in run.results if r.status is not None]
+    if answered:
+        last = answered[-1]
+        for name, value in (("Server", last.server), ("Allow", ", ".join(last.allow)),
+                            ("Supported", ", ".join(last.supported)), ("Seen as", last.seen_as)):
+            if value:
+                lines.append(f"{name}: {value}")
+    if len(run.results) < run.planned:
+        lines.append(f"--timeout {run.timeout:g} s ended the run before every probe was sent")
+    return "\n".join(lines)
+
+
+def result_json(r: ProbeResult) -> str:
+    """One JSON object per probe, one per line (JSON Lines), so a long run can be followed."""
+    return json.dumps(r.to_dict())
+
+
+class NagiosState(enum.IntEnum):
+    """Plugin return codes (Nagios plugin development guidelines)."""
+    OK = 0
+    WARNING = 1
+    CRITICAL = 2
+    UNKNOWN = 3
+
+
+def _perf_value(v: Optional[float]) -> str:
+    return "U" if v is None else f"{v:.6f}".rstrip("0").rstrip(".") if v else "0"
+
+
+def nagios(run: ProbeRun, warning: Optional[NagiosRange] = None,
+           critical: Optional[NagiosRange] = None) -> Tuple[NagiosState, str]:
+    """One status line with perfdata, and the state. Every probe must be up; thresholds apply to the
+    largest round trip. No answer, a refusal or a timeout is CRITICAL; UNKNOWN is left to the caller
+    for a check that could not run."""
+    if not run.results:
+        return NagiosState.UNKNOWN, f"SIP UNKNOWN - no probe could be sent to {run.target} within --timeout"
+    worst = max(run.rtts) if run.rtts else None
+    bad = run.first_failure
+    state = NagiosState.OK
+    if bad is not None:
+        state = NagiosState.CRITICAL
+        if bad.status is not None:
+            what = f"{bad.status} {bad.reason or ''}".rstrip() + f" from {run.remote}, expected {run.expect}"
+        elif bad.outcome is Outcome.TIMEOUT:
+            what = f"no response from {run.remote} ({run.transport}): {bad.reason}"
+            if bad.retransmissions:
+                what += f", {bad.retransmissions} retransmission(s)"
+        else:
+            what = f"{bad.reason} ({run.transport} {run.remote})" \
+                + (f" after {_perf_value(bad.elapsed)}s" if bad.elapsed is not None else "")
+    else:
+        last = run.results[-1]
+        what = f"{last.status} {last.reason or ''}".rstrip() + f" in {_perf_value(worst)}s"
+        if len(run.results) > 1:
+            what = f"{len(run.results)}/{run.planned} up, {last.status} {last.reason or ''}".rstrip() \
+                + f", max rtt {_perf_value(worst)}s"
+        if critical and critical.alerts(worst):
+            state, what = NagiosState.CRITICAL, what + f" (critical {critical.text})"
+        elif warning and warning.alerts(worst):
+            state, what = NagiosState.WARNING, what + f" (warning {warning.text})"
+        if last.server:
+            what += f" ({last.server})"
+    if bad is not None and len(run.results) > 1:
+        what = f"{sum(r.up for r in run.results)}/{run.planned} up, probe {bad.seq}: " + what
+    perf = [f"'rtt'={_perf_value(worst)}{'s' if worst is not None else ''};"
+            f"{warning.text if warning else ''};{critical.text if critical else ''};0;",
+            f"'retransmissions'={sum(r.retransmissions for r in run.results)};;;0;"]
+    if run.planned > 1:
+        perf.append(f"'up'={sum(r.up for r in run.results)};;;0;{run.planned}")
+    text = what.replace("|", "/").replace("\n", " ")   # '|' starts perfdata, the line must stay one line
+    return state, f"SIP {state.name} - {text} | " + " ".join(perf)
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def prometheus(run: ProbeRun) -> str:
+    """Text exposition format for node_exporter's textfile collector (gauges, no timestamps)."""
+    labels = f'{{target="{_label(run.target)}",transport="{run.transport}"}}'
+    finals = [r for r in run.results if r.status is not None]
+    rows = [
+        ("probe_success", "1 if every probe got a final response counted as up, else 0.",
+         [(labels, 1 if run.ok else 0)]),
+        ("probe_duration_seconds", "How long the whole probe run took, in seconds.", [(labels, run.duration)]),
+        ("probe_sip_status_code", "Status code of the last final response (0 if none).",
+         [(labels, finals[-1].status if finals else 0)]),
+        ("probe_sip_rtt_seconds", "Largest round trip, request to final response, in seconds (NaN if none).",
+         [(labels, max(run.rtts) if run.rtts else math.nan)]),
+        ("probe_sip_retransmissions", "Requests retransmitted during the run (Timer E).",
+         [(labels, sum(r.retransmissions for r in run.results))]),
+        ("probe_sip_probes", "Probes sent, by outcome.",
+         [(f'{labels[:-1]},outcome="{o.value}"}}', sum(r.outcome is o for r in run.results)) for o in Outcome]),
+    ]
+    out = []
+    for name, help_text, samples in rows:
+        out += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+        for lab, value in samples:
+            text = "NaN" if isinstance(value, float) and math.isnan(value) else (
+                f"{value:.6f}" if isinstance(value, float) else str(value))
+            out.append(f"{name}{lab} {text}")
+    return "\n".join(out) + "\n"
