@@ -105,40 +105,34 @@ class Analyzer:
         min_len = (fast[0].size + delta) if fast else 1 << 30
         frame = rtcp = 0
         slow_frames = 0
-        blocks = f.pcap_blocks()
-        for buf, pos, end in blocks:  # send() below advances the generator as well
-            while True:
-                while end - pos >= 16:
-                    sec, frac, caplen, _ = unpack_rec(buf, pos)
-                    off = pos + 16
-                    if end - off < caplen:
-                        break
-                    pos = off + caplen
-                    frame += 1
-                    if caplen >= min_len:
-                        et, vihl, frag, proto, flow, ulen, b0, b1, seq, rts, ssrc = fast_unpack(buf, off + delta)
-                        if b0 & 0xC0 == 0x80 and vihl == 0x45 and proto == 17 and not frag & 0x3FFF \
-                                and ulen >= 20 and (et == 0x0800 or not check_et):
-                            if 192 <= b1 <= 223:  # RTCP; the "rts" field is the sender's SSRC
-                                rtcp += 1
-                                rtcp_by_ssrc[rts] = rtcp_by_ssrc.get(rts, 0) + 1
-                                continue
-                            # The stream's pending list starts with its SSRC (see RtpStream.pending);
-                            # it is folded into the statistics once per block, below.
-                            p = pending.get(flow)
-                            if p is None or p[0] != ssrc:
-                                p = pending_for(flow, ssrc, b1, frame, fi)
-                            p += (seq, rts, sec + frac * scale, b1)
-                            continue
-                    slow_frames += 1
-                    slow(sec + frac * scale, fi, frame, lt, bytes(buf[off:pos]))
-                f.frames = frame
-                flush()  # pending lists hold at most one block's packets: memory stays bounded
-                try:
-                    buf, pos, end = blocks.send(pos)
-                except StopIteration:
+        for buf, pos, end in f.pcap_blocks():
+            while end - pos >= 16:
+                sec, frac, caplen, _ = unpack_rec(buf, pos)
+                off = pos + 16
+                if end - off < caplen:
                     break
-            break
+                pos = off + caplen
+                frame += 1
+                if caplen >= min_len:
+                    et, vihl, frag, proto, flow, ulen, b0, b1, seq, rts, ssrc = fast_unpack(buf, off + delta)
+                    if b0 & 0xC0 == 0x80 and vihl == 0x45 and proto == 17 and not frag & 0x3FFF \
+                            and ulen >= 20 and (et == 0x0800 or not check_et):
+                        if 192 <= b1 <= 223:  # RTCP; the "rts" field is the sender's SSRC
+                            rtcp += 1
+                            rtcp_by_ssrc[rts] = rtcp_by_ssrc.get(rts, 0) + 1
+                            continue
+                        # The stream's pending list starts with its SSRC (see RtpStream.pending);
+                        # it is folded into the statistics once per block, below.
+                        p = pending.get(flow)
+                        if p is None or p[0] != ssrc:
+                            p = pending_for(flow, ssrc, b1, frame, fi)
+                        p += (seq, rts, sec + frac * scale, b1)
+                        continue
+                slow_frames += 1
+                slow(sec + frac * scale, fi, frame, lt, bytes(buf[off:pos]))
+            f.frames = frame
+            f.resume_at = pos
+            flush()  # pending lists hold at most one block's packets: memory stays bounded
         f.frames = frame
         # Frames the fast path took are not counted one by one: all frames minus the slow path's.
         self.frames += frame - slow_frames
@@ -158,28 +152,22 @@ class Analyzer:
         min_len = l2 + 40
         vec_streams = self.vec_streams
         frame_base = 0
-        blocks = f.pcap_blocks()
-        for buf, pos, end in blocks:  # send() below advances the generator as well
-            while True:
-                offs = []
-                add = offs.append
-                last = end - 16
-                while pos <= last:  # record offsets only: everything else is done on arrays
-                    nxt = pos + 16 + caplen_of(buf, pos)[0]
-                    if nxt > end:
-                        break
-                    add(pos)
-                    pos = nxt
-                if offs:
-                    self._vec_block(np, rtpvec, buf, offs, frame_base, order, scale, lt, fi, l2, et_off, min_len,
-                                    vec_streams)
-                    frame_base += len(offs)
-                f.frames = frame_base
-                try:
-                    buf, pos, end = blocks.send(pos)
-                except StopIteration:
+        for buf, pos, end in f.pcap_blocks():
+            offs = []
+            add = offs.append
+            last = end - 16
+            while pos <= last:  # record offsets only: everything else is done on arrays
+                nxt = pos + 16 + caplen_of(buf, pos)[0]
+                if nxt > end:
                     break
-            break
+                add(pos)
+                pos = nxt
+            if offs:
+                self._vec_block(np, rtpvec, buf, offs, frame_base, order, scale, lt, fi, l2, et_off, min_len,
+                                vec_streams)
+                frame_base += len(offs)
+            f.frames = frame_base
+            f.resume_at = pos
         f.frames = frame_base
 
     def _vec_block(self, np, rtpvec, buf, offs, frame_base, order, scale, lt, fi, l2, et_off, min_len,

@@ -16,7 +16,7 @@ import os
 import struct
 import sys
 import zlib
-from typing import Callable, Generator, Iterator, List, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 
 from sipflow.errors import CaptureError
 
@@ -134,6 +134,7 @@ class CaptureFile:
         self.truncated = False
         self.warning: Optional[str] = None
         self.linktypes: List[int] = []
+        self.resume_at = 0  # where the pcap_blocks() caller stopped walking the current block
         self._f, self.name = _open_stream(path)
         try:
             self.size = os.fstat(self._f.fileno()).st_size if path != "-" and not isinstance(self._f, _Gunzip) else 0
@@ -228,15 +229,16 @@ class CaptureFile:
         self.record_header = struct.Struct(order + "IIII")
         self._start += 24
 
-    def pcap_blocks(self) -> Generator[Tuple[bytearray, int, int], int, None]:
+    def pcap_blocks(self) -> Iterator[Tuple[bytearray, int, int]]:
         """The pcap hot path's interface: yields ``(buf, pos, end)``; the caller walks records
         (``record_header``: seconds, fraction, caplen, origlen; then caplen bytes) from ``pos`` while
-        they are complete, sets ``frames`` to the count so far, and sends back where it stopped. The
-        buffer is refilled in between, so nothing may keep a reference into it."""
+        they are complete, then sets ``resume_at`` to where it stopped and ``frames`` to the count so
+        far. The buffer is refilled between blocks, so nothing may keep a reference into it."""
         unpack = self.record_header.unpack_from
         while True:
-            stop = yield self._buf, self._start, self._end
-            self._start = stop
+            self.resume_at = self._start
+            yield self._buf, self._start, self._end
+            stop = self._start = self.resume_at
             if self._end - stop >= 16:
                 caplen = unpack(self._buf, stop)[2]
                 if caplen > MAX_RECORD:
@@ -256,21 +258,16 @@ class CaptureFile:
         unpack = self.record_header.unpack_from
         scale, linktype, index = self.scale, self.linktype, self.index
         frame = 0
-        blocks = self.pcap_blocks()
-        for buf, pos, end in blocks:  # send() below advances the generator as well
-            while True:
-                while end - pos >= 16:
-                    sec, frac, caplen, _ = unpack(buf, pos)
-                    if end - pos - 16 < caplen:
-                        break
-                    frame += 1
-                    yield (sec + frac * scale, index, frame, linktype, buf, pos + 16, caplen)
-                    pos += 16 + caplen
-                self.frames = frame
-                try:
-                    buf, pos, end = blocks.send(pos)
-                except StopIteration:
-                    return
+        for buf, pos, end in self.pcap_blocks():
+            while end - pos >= 16:
+                sec, frac, caplen, _ = unpack(buf, pos)
+                if end - pos - 16 < caplen:
+                    break
+                frame += 1
+                yield (sec + frac * scale, index, frame, linktype, buf, pos + 16, caplen)
+                pos += 16 + caplen
+            self.frames = frame
+            self.resume_at = pos
 
     # -- pcapng ------------------------------------------------------------------------------------
 
