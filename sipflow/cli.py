@@ -209,6 +209,28 @@ def analyze(files, fmt, output, width, no_progress, **filters):
     _emit(text, output)
 
 
+@main.command()
+@analysis_options(["text", "json", "csv"])
+@handle_errors
+def rtp(files, fmt, output, width, no_progress, **filters):
+    """RTP streams and their quality: packets, loss, jitter, largest gap, codec, call.
+
+    Streams are keyed by source, destination and SSRC, joined to calls by the SDP that announced them
+    (also through NAT, flagged). Filters select the streams of the matching calls.
+
+    \b
+    Examples:
+      sipflow rtp capture.pcap
+      sipflow rtp capture.pcap --call-id 1-2345@127.0.0.1
+      sipflow rtp capture.pcap --format csv -o streams.csv
+    """
+    from sipflow import report
+    a = _run_analysis(files, no_progress, **filters)
+    text = {"text": lambda: report.streams_text(a, _width(width)), "json": lambda: report.streams_json(a),
+            "csv": lambda: report.streams_csv(a)}[fmt]()
+    _emit(text, output)
+
+
 # ---------------------------------------------------------------------------------------------------
 # sipflow probe: active tests against one server (sipflow.probe does the work)
 

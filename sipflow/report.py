@@ -59,12 +59,12 @@ def _clip(text: str, width: int) -> str:
 
 
 def render_table(headers: Sequence[str], rows: List[Sequence[Any]], max_width: int = 80,
-                 flexible: Dict[int, int] = None, right: Sequence[int] = ()) -> str:
+                 flexible: Dict[int, int] = None, right: Sequence[int] = (), gap: int = 2) -> str:
     """A plain aligned table. Columns in ``flexible`` (index -> narrowest width) shrink, widest first,
     clipped with …, until the table fits ``max_width``."""
     cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    total = sum(widths) + 2 * (len(widths) - 1)
+    total = sum(widths) + gap * (len(widths) - 1)
     floors = dict(flexible or {})
     while total > max_width:
         shrinkable = [i for i, floor in floors.items() if widths[i] > max(floor, len(headers[i]))]
@@ -79,9 +79,9 @@ def render_table(headers: Sequence[str], rows: List[Sequence[Any]], max_width: i
         for i, c in enumerate(r):
             c = _clip(c, widths[i])
             parts.append(c.rjust(widths[i]) if i in right and n else c.ljust(widths[i]))
-        lines.append("  ".join(parts).rstrip())
+        lines.append((" " * gap).join(parts).rstrip())
         if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
+            lines.append((" " * gap).join("-" * w for w in widths))
     return "\n".join(lines)
 
 
@@ -269,10 +269,38 @@ def streams_text(a: Analysis, width: int = 80) -> str:
     rows = []
     for s in a.streams:
         d = stream_dict(s)
-        rows.append([d["src"], d["dst"], d["ssrc"], d["codec"], d["packets"], d["lost"],
-                     f"{d['jitter_max_ms']:.1f}", f"{d['max_delta_ms']:.0f}", (d["call_id"] or "-")])
-    return render_table(["Source", "Destination", "SSRC", "Codec", "Pkts", "Lost", "Jit", "MaxΔ", "Call-ID"], rows,
-                        width, flexible={0: 14, 1: 14, 8: 8}, right=(4, 5, 6, 7))
+        loss = f"{d['lost']} ({d['lost'] / d['expected'] * 100:.1f}%)" if d["expected"] > 0 and d["lost"] > 0 \
+            else str(d["lost"])
+        rows.append([d["src"], d["dst"], d["ssrc"], d["codec"] + ("?" if d["clock_rate_guessed"] else ""),
+                     d["packets"], loss, f"{d['jitter_mean_ms']:.1f}/{d['jitter_max_ms']:.1f}",
+                     f"{d['max_delta_ms']:.0f}", (d["call_id"] or "-") + (" (NAT)" if d["nat"] else "")])
+    # Endpoints and SSRC are what people filter Wireshark with: only the Call-ID column may shrink.
+    table = render_table(["Source", "Destination", "SSRC", "Codec", "Pkts", "Lost", "Jit ms", "MaxΔ", "Call-ID"],
+                         rows, width, flexible={8: 6}, right=(4, 5, 6, 7), gap=1)
+    notes = ["Jit ms: mean/max of the RFC 3550 jitter estimate. MaxΔ: largest gap between packets, ms."]
+    if any(s.clock_rate_guessed for s in a.streams):
+        notes.append("Codec?: payload type not described by any SDP seen; jitter assumes an 8 kHz clock.")
+    if any(s.nat for s in a.streams):
+        notes.append("(NAT): joined to its call although its address differs from the SDP's.")
+    return table + "\n\n" + "\n".join(notes)
+
+
+STREAM_CSV_FIELDS = ["src", "dst", "ssrc", "payload_type", "codec", "clock_rate", "packets", "expected", "lost",
+                     "duplicates", "out_of_order", "seq_wraps", "max_delta_ms", "jitter_mean_ms", "jitter_max_ms",
+                     "start", "end", "call_id", "nat", "rtcp_packets", "first_frame"]
+
+
+def streams_csv(a: Analysis) -> str:
+    out = io.StringIO()
+    w = csv.DictWriter(out, fieldnames=STREAM_CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for s in a.streams:
+        w.writerow(stream_dict(s))
+    return out.getvalue()
+
+
+def streams_json(a: Analysis) -> str:
+    return json.dumps([stream_dict(s) for s in a.streams], indent=2)
 
 
 def analysis_text(a: Analysis, width: int = 80) -> str:

@@ -117,3 +117,17 @@ def test_output_file(tmp_path):
     out = tmp_path / "calls.json"
     run("calls", SAMPLES / "busy-486.pcap", "--format", "json", "-o", out)
     assert json.loads(out.read_text())[0]["final_status"] == 486
+
+
+def test_rtp_lists_each_direction_with_its_call_and_filters_by_call():
+    rows = list(csv.DictReader(io.StringIO(run("rtp", SAMPLES / "basic-call-rtp.pcap", SAMPLES / "busy-486.pcap",
+                                               "--format", "csv").output)))
+    # samples/README.md: SIPp plays 125 packets each way, 6000 <-> 6100
+    assert sorted((r["src"].rsplit(":", 1)[1], r["dst"].rsplit(":", 1)[1], r["packets"]) for r in rows) == \
+        [("6000", "6100", "125"), ("6100", "6000", "125")]
+    cid = rows[0]["call_id"]
+    assert cid and all(r["call_id"] == cid for r in rows)
+    assert len(list(csv.DictReader(io.StringIO(run("rtp", SAMPLES / "basic-call-rtp.pcap", "--format", "csv",
+                                                   "--call-id", "no-such-call").output)))) == 0
+    text = run("rtp", SAMPLES / "basic-call-rtp.pcap", "--width", "80").output
+    assert all(len(line) <= 80 for line in text.splitlines()) and "0x11223344" in text
