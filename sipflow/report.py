@@ -277,11 +277,11 @@ def streams_text(a: Analysis, width: int = 80) -> str:
     # Endpoints and SSRC are what people filter Wireshark with: only the Call-ID column may shrink.
     table = render_table(["Source", "Destination", "SSRC", "Codec", "Pkts", "Lost", "Jit ms", "MaxΔ", "Call-ID"],
                          rows, width, flexible={8: 6}, right=(4, 5, 6, 7), gap=1)
-    notes = ["Jit ms: mean/max of the RFC 3550 jitter estimate. MaxΔ: largest gap between packets, ms."]
+    notes = ["Jit ms: mean/max of the RFC 3550 jitter. MaxΔ: largest gap between packets, ms."]
     if any(s.clock_rate_guessed for s in a.streams):
-        notes.append("Codec?: payload type not described by any SDP seen; jitter assumes an 8 kHz clock.")
+        notes.append("Codec?: no SDP described this payload type; jitter assumes an 8 kHz clock.")
     if any(s.nat for s in a.streams):
-        notes.append("(NAT): joined to its call although its address differs from the SDP's.")
+        notes.append("(NAT): joined to its call although its address differs from the SDP.")
     return table + "\n\n" + "\n".join(notes)
 
 
