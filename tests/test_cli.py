@@ -131,3 +131,34 @@ def test_rtp_lists_each_direction_with_its_call_and_filters_by_call():
                                                    "--call-id", "no-such-call").output)))) == 0
     text = run("rtp", SAMPLES / "basic-call-rtp.pcap", "--width", "80").output
     assert all(len(line) <= 80 for line in text.splitlines()) and "0x11223344" in text
+
+
+def test_progress_bar_on_a_terminal_for_big_files(tmp_path):
+    """A capture over 16 MB read with standard error on a terminal shows a progress bar there."""
+    import os
+    import pty
+    big = tmp_path / "big.pcap"
+    subprocess.run([sys.executable, str(ROOT / "bench" / "make_capture.py"), str(big), "--packets", "120000"],
+                   check=True, capture_output=True, timeout=120)
+    assert big.stat().st_size > 16 << 20
+    master, slave = pty.openpty()
+    try:
+        r = subprocess.run([sys.executable, "-m", "sipflow", "summary", str(big)], stderr=slave,
+                           stdout=subprocess.PIPE, timeout=120)
+        os.close(slave)
+        err = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            err += chunk
+    finally:
+        os.close(master)
+    assert r.returncode == 0 and b"Responses by method" in r.stdout
+    assert b"Reading" in err and b"100%" in err
+    # and none when standard error is not a terminal
+    quiet = subprocess.run([sys.executable, "-m", "sipflow", "summary", str(big)], capture_output=True, timeout=120)
+    assert b"Reading" not in quiet.stderr
