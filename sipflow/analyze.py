@@ -85,6 +85,8 @@ class Analyzer:
                 self._run_pcap_vec(files[0])
             else:
                 self._run_pcap(files[0])
+        elif len(files) == 1 and _numpy_available():
+            self._run_pcapng_vec(files[0])
         else:
             self._run_records(_capture.records(files))
         for st in self.by_ssrc.values():
@@ -170,20 +172,82 @@ class Analyzer:
             f.resume_at = pos
         f.frames = frame_base
 
+    def _run_pcapng_vec(self, f: _capture.CaptureFile) -> None:
+        """pcapng on the NumPy path: runs of Enhanced Packet Blocks from interfaces with the same link
+        type and clock go to ``_vec_block`` together; section and interface blocks, simple and obsolete
+        packet blocks, and EPBs of another kind of interface are taken one at a time."""
+        import numpy as np
+
+        from sipflow import rtpvec
+        fi = f.index
+        frame = 0
+        for buf, pos, end in f.pcapng_blocks():
+            order = f.ng_order
+            epb = struct.Struct(order + "III8xI").unpack_from  # type, length, interface, caplen
+            run, sig = [], None
+            run_start = frame
+
+            def flush_run():
+                if run:
+                    lt, scale, toff = sig
+                    l2, et_off = _VEC_LINKS[lt]
+                    self._vec_block(np, rtpvec, buf, run, run_start, order, scale, lt, fi, l2, et_off, l2 + 40,
+                                    self.vec_streams, hdr_len=28, toff=toff)
+
+            run_ifid = -1
+            while pos < end:
+                if end - pos >= 28:
+                    btype, blen, ifid, caplen = epb(buf, pos)
+                    if btype == 6 and ifid == run_ifid and caplen <= blen - 32:  # the common case
+                        run.append(pos)
+                        frame += 1
+                        pos += blen
+                        continue
+                else:
+                    (btype, blen), ifid, caplen = struct.unpack_from(order + "II", buf, pos), -1, 0
+                if btype == 6 and ifid < len(f.interfaces) and caplen <= blen - 32 \
+                        and f.interfaces[ifid][0] in _VEC_LINKS:
+                    if f.interfaces[ifid] != sig or not run:
+                        flush_run()
+                        run, sig, run_start = [], f.interfaces[ifid], frame
+                    run_ifid = ifid
+                    run.append(pos)
+                    frame += 1
+                else:
+                    flush_run()
+                    run, run_ifid = [], -1
+                    if btype == _capture.PCAPNG_SHB or btype == 1:
+                        f.pcapng_meta(buf, pos, btype, blen)
+                    else:
+                        pkt = f.pcapng_packet(buf, pos, btype, blen)
+                        if pkt is not None:
+                            frame += 1
+                            ts, lt, off, n = pkt
+                            self.feed(ts, fi, frame, lt, bytes(buf[off:off + n]))
+                    run_start = frame
+                pos += blen
+            flush_run()
+            f.frames = frame
+            f.resume_at = pos
+        f.frames = frame
+
     def _vec_block(self, np, rtpvec, buf, offs, frame_base, order, scale, lt, fi, l2, et_off, min_len,
-                   vec_streams) -> None:
+                   vec_streams, hdr_len: int = 16, toff: float = 0.0) -> None:
         # One gather copies each record's header and the first bytes of its packet into a row; a
         # structured dtype then names the fields (no per-field byte shuffling). Rows of short records
         # hold bytes of the next record: they are masked out by the caplen test.
         a = np.frombuffer(buf, dtype=np.uint8)
         o = np.array(offs, dtype=np.int64)
-        width = 16 + l2 + 40
+        width = hdr_len + l2 + 40
         windows = np.lib.stride_tricks.sliding_window_view(a, width)  # a view: row i = buf[i:i + width]
         rows = windows[np.minimum(o, len(windows) - 1)]  # copies one row per record
         del windows, a
-        r = rows.view(_vec_dtype(np, order, l2, et_off)).reshape(-1)
+        r = rows.view(_vec_dtype(np, order, l2, et_off, hdr_len)).reshape(-1)
         caplen = r["caplen"].astype(np.int64)
-        ts = r["sec"] + r["frac"] * scale
+        if hdr_len == 16:
+            ts = r["sec"] + r["frac"] * scale
+        else:  # pcapng EPB: a 64-bit count of the interface's clock ticks
+            ts = (r["tsh"] * 4294967296.0 + r["tsl"]) * scale + toff
         fast = (caplen >= min_len) & (r["vihl"] == 0x45) & (r["proto"] == 17) & ((r["frag"] & 0x3FFF) == 0) \
             & (r["ulen"] >= 20) & ((r["b0"] & 0xC0) == 0x80)
         if et_off is not None:
@@ -194,7 +258,7 @@ class Analyzer:
         self.frames += int(fast.sum())
         slow = np.flatnonzero(~fast)
         if len(slow):
-            starts = (o[slow] + 16).tolist()
+            starts = (o[slow] + hdr_len).tolist()
             for i, st, ln, t in zip(slow.tolist(), starts, caplen[slow].tolist(), ts[slow].tolist()):
                 self.feed(t, fi, frame_base + i + 1, lt, bytes(buf[st:st + ln]))
         if rtcp.any():
@@ -439,11 +503,17 @@ class Analyzer:
 _VEC_DTYPES: Dict[tuple, object] = {}
 
 
-def _vec_dtype(np, order: str, l2: int, et_off: Optional[int]):
-    """Record header + link header + IPv4 + UDP + RTP fields as one structured NumPy dtype."""
-    key = (order, l2, et_off)
+def _vec_dtype(np, order: str, l2: int, et_off: Optional[int], hdr_len: int = 16):
+    """Record header (pcap record, or pcapng EPB) + link header + IPv4 + UDP + RTP fields as one
+    structured NumPy dtype."""
+    key = (order, l2, et_off, hdr_len)
     if key not in _VEC_DTYPES:
-        fields = [("sec", order + "u4"), ("frac", order + "u4"), ("caplen", order + "u4"), ("origlen", order + "u4")]
+        if hdr_len == 16:
+            fields = [("sec", order + "u4"), ("frac", order + "u4"), ("caplen", order + "u4"),
+                      ("origlen", order + "u4")]
+        else:
+            fields = [("btype", order + "u4"), ("blen", order + "u4"), ("ifid", order + "u4"), ("tsh", order + "u4"),
+                      ("tsl", order + "u4"), ("caplen", order + "u4"), ("origlen", order + "u4")]
         if et_off is not None:
             fields += [("l2a", f"V{et_off}")] if et_off else []
             fields += [("et", ">u2")]

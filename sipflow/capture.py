@@ -135,6 +135,8 @@ class CaptureFile:
         self.warning: Optional[str] = None
         self.linktypes: List[int] = []
         self.resume_at = 0  # where the pcap_blocks() caller stopped walking the current block
+        self.ng_order = "<"  # pcapng: byte order of the current section
+        self.interfaces: List[tuple] = []  # pcapng: (link type, timestamp scale, offset) per interface
         self._f, self.name = _open_stream(path)
         try:
             self.size = os.fstat(self._f.fileno()).st_size if path != "-" and not isinstance(self._f, _Gunzip) else 0
@@ -271,82 +273,99 @@ class CaptureFile:
 
     # -- pcapng ------------------------------------------------------------------------------------
 
-    def _pcapng(self) -> Iterator[tuple]:
-        order = "<"
-        interfaces: List[tuple] = []  # (linktype, scale, offset_seconds)
-        index = self.index
-        frame = 0
-        u32 = struct.Struct("<I")
-        epb = struct.Struct("<IIIII")
+    def pcapng_blocks(self) -> Iterator[Tuple[bytearray, int, int]]:
+        """Like ``pcap_blocks`` for pcapng: yields ``(buf, pos, end)`` where ``[pos, end)`` holds whole
+        blocks in the current section's byte order (``ng_order``). The caller walks them, passes
+        section and interface blocks to ``pcapng_meta`` and packet blocks to ``pcapng_packet`` (or reads
+        EPBs itself), then sets ``resume_at`` and ``frames``."""
         while True:
             if not self._fill(12):
                 if self._end - self._start:
                     self._cut("a block header")
-                self.frames = frame
                 return
-            buf = self._buf
-            start = self._start
-            btype, blen = struct.unpack_from(order + "II", buf, start)
-            if btype == PCAPNG_SHB:
+            buf, start = self._buf, self._start
+            btype = struct.unpack_from("<I", buf, start)[0]
+            if btype == PCAPNG_SHB:  # a new section may switch the byte order
                 bom, = struct.unpack_from("<I", buf, start + 8)
-                order = "<" if bom == PCAPNG_BOM else ">"
-                if order == ">" and struct.unpack_from(">I", buf, start + 8)[0] != PCAPNG_BOM:
+                self.ng_order = "<" if bom == PCAPNG_BOM else ">"
+                if self.ng_order == ">" and struct.unpack_from(">I", buf, start + 8)[0] != PCAPNG_BOM:
                     self.truncated = True
-                    self.warning = f"{self.name}: corrupt section header after frame {frame}"
+                    self.warning = f"{self.name}: corrupt section header after frame {self.frames}"
                     return
-                btype, blen = struct.unpack_from(order + "II", buf, start)
-                u32 = struct.Struct(order + "I")
-                epb = struct.Struct(order + "IIIII")
-                interfaces = []
+            blen = struct.unpack_from(self.ng_order + "I", buf, start + 4)[0]
             if blen < 12 or blen % 4 or blen > MAX_RECORD:
                 self.truncated = True
                 self.warning = (f"{self.name}: corrupt block (type {btype:#x}, length {blen}) after frame "
-                                f"{frame}; analysed everything before it")
-                self.frames = frame
+                                f"{self.frames}; analysed everything before it")
                 return
             if not self._fill(blen):
                 self._cut("a block")
-                self.frames = frame
                 return
-            buf = self._buf
-            start = self._start
-            body = start + 8
-            if btype == 6:  # Enhanced Packet Block
-                ifid, tsh, tsl, caplen, _ = epb.unpack_from(buf, body)
-                if ifid < len(interfaces) and caplen <= blen - 32:
-                    lt, scale, toff = interfaces[ifid]
-                    frame += 1
-                    self.frames = frame
-                    yield (((tsh << 32) | tsl) * scale + toff, index, frame, lt, buf, body + 20, caplen)
+            # Hand over every whole block now in the buffer (the first one at least).
+            buf, pos, end = self._buf, self._start, self._start
+            hdr = struct.Struct(self.ng_order + "II").unpack_from
+            while self._end - end >= 12:
+                t, n = hdr(buf, end)
+                if t == PCAPNG_SHB or n < 12 or n % 4 or n > MAX_RECORD or end + n > self._end:
+                    if end == pos:
+                        end += blen  # the SHB (or the one whole block checked above) goes alone
+                    break
+                end += n
+            self.resume_at = pos
+            yield buf, pos, end
+            self._start = self.resume_at
+
+    def pcapng_meta(self, buf, pos: int, btype: int, blen: int) -> None:
+        """Section header (starts a new interface list) or interface description block."""
+        if btype == PCAPNG_SHB:
+            self.interfaces = []
+        elif btype == 1:
+            lt, _, _snap = struct.unpack_from(self.ng_order + "HHI", buf, pos + 8)
+            scale, toff = _idb_options(buf, pos + 16, pos + blen - 4, self.ng_order)
+            check_linktype(self.name, lt)
+            self.interfaces.append((lt, scale, toff))
+            if lt not in self.linktypes:
+                self.linktypes.append(lt)
+
+    def pcapng_packet(self, buf, pos: int, btype: int, blen: int) -> Optional[Tuple[float, int, int, int]]:
+        """(timestamp, link type, packet offset, caplen) of an enhanced, simple or obsolete packet block;
+        link type -1 when the block names no known interface; None for other blocks."""
+        o = self.ng_order
+        body = pos + 8
+        if btype == 6:
+            ifid, tsh, tsl, caplen, _ = struct.unpack_from(o + "IIIII", buf, body)
+        elif btype == 2:
+            ifid = struct.unpack_from(o + "H", buf, body)[0]
+            tsh, tsl, caplen, _ = struct.unpack_from(o + "IIII", buf, body + 4)
+        elif btype == 3:  # Simple Packet Block: no timestamp, interface 0
+            origlen, = struct.unpack_from(o + "I", buf, body)
+            lt = self.interfaces[0][0] if self.interfaces else -1
+            return 0.0, lt, body + 4, min(origlen, blen - 16)
+        else:
+            return None
+        if ifid >= len(self.interfaces) or caplen > blen - 32:
+            return 0.0, -1, body, 0
+        lt, scale, toff = self.interfaces[ifid]
+        return ((tsh << 32) | tsl) * scale + toff, lt, body + 20, caplen
+
+    def _pcapng(self) -> Iterator[tuple]:
+        index = self.index
+        frame = 0
+        for buf, pos, end in self.pcapng_blocks():
+            hdr = struct.Struct(self.ng_order + "II").unpack_from
+            while pos < end:
+                btype, blen = hdr(buf, pos)
+                if btype == PCAPNG_SHB or btype == 1:
+                    self.pcapng_meta(buf, pos, btype, blen)
                 else:
-                    frame += 1
-                    self.frames = frame
-                    yield (0.0, index, frame, -1, buf, body, 0)
-            elif btype == 3:  # Simple Packet Block: no timestamp, interface 0
-                origlen, = u32.unpack_from(buf, body)
-                caplen = min(origlen, blen - 16)
-                frame += 1
-                self.frames = frame
-                lt = interfaces[0][0] if interfaces else -1
-                yield (0.0, index, frame, lt, buf, body + 4, caplen)
-            elif btype == 2:  # obsolete Packet Block
-                ifid = struct.unpack_from(order + "H", buf, body)[0]
-                tsh, tsl, caplen, _ = struct.unpack_from(order + "IIII", buf, body + 4)
-                frame += 1
-                self.frames = frame
-                if ifid < len(interfaces):
-                    lt, scale, toff = interfaces[ifid]
-                    yield (((tsh << 32) | tsl) * scale + toff, index, frame, lt, buf, body + 20, caplen)
-                else:
-                    yield (0.0, index, frame, -1, buf, body, 0)
-            elif btype == 1:  # Interface Description Block
-                lt, _, _snap = struct.unpack_from(order + "HHI", buf, body)
-                scale, toff = _idb_options(buf, body + 8, start + blen - 4, order)
-                check_linktype(self.name, lt)
-                interfaces.append((lt, scale, toff))
-                if lt not in self.linktypes:
-                    self.linktypes.append(lt)
-            self._start = start + blen
+                    pkt = self.pcapng_packet(buf, pos, btype, blen)
+                    if pkt is not None:
+                        frame += 1
+                        self.frames = frame
+                        yield (pkt[0], index, frame, pkt[1], buf, pkt[2], pkt[3])
+                pos += blen
+            self.frames = frame
+            self.resume_at = pos
 
 
 def _idb_options(buf, pos: int, end: int, order: str):

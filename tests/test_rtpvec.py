@@ -102,3 +102,21 @@ def test_samples_read_the_same_with_and_without_numpy(path, monkeypatch):
     assert sorted(map(key, fast.streams)) == sorted(map(key, slow.streams))
     for a, b in zip(sorted(fast.streams, key=key), sorted(slow.streams, key=key)):
         same(figures(a), figures(b))
+
+
+def test_pcapng_with_mixed_interfaces_reads_the_same_with_and_without_numpy(tmp_path, monkeypatch):
+    """pcapng runs of EPBs go to the array path, other blocks one by one: same figures either way."""
+    from conftest import SAMPLES
+    from pcaptools import SHAPES, read_pcap, write_pcapng
+    lt, recs = read_pcap(SAMPLES / "basic-call-rtp.pcap")
+    # runs of 7 frames alternate between an Ethernet interface (µs) and an SLL2 one (ns)
+    ng = [((i // 7) % 2, s, u, f if (i // 7) % 2 == 0 else SHAPES["sll2"][1](f)) for i, (s, u, f) in enumerate(recs)]
+    path = write_pcapng(tmp_path / "mixed.pcapng", [(1, 6), (276, 9)], ng, simple_first=True)
+    fast = sipflow.analyze(str(path))
+    monkeypatch.setattr(sys.modules["sipflow.analyze"], "_numpy_available", lambda: False)
+    slow = sipflow.analyze(str(path))
+    assert [(m.frame, m.ts) for m in fast.messages] == [(m.frame, m.ts) for m in slow.messages]
+    assert fast.stats == slow.stats and len(fast.streams) == 2
+    key = lambda s: (s.src, s.sport, s.dst, s.dport, s.ssrc)  # noqa: E731
+    for a, b in zip(sorted(fast.streams, key=key), sorted(slow.streams, key=key)):
+        same(figures(a), figures(b))
