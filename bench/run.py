@@ -324,7 +324,13 @@ def main(argv=None):
 def run(args, tools, path, meta):
     size = os.path.getsize(path)
     warm(path)
-    packets, _ = walk(path)
+    try:
+        packets, _ = walk(path)
+    except ValueError:  # pcapng (or another format capinfos knows): let Wireshark's capinfos count
+        out = subprocess.run(["capinfos", "-c", "-M", "-T", "-r", path], capture_output=True, text=True)
+        packets = int(out.stdout.split()[-1]) if out.returncode == 0 else 0
+        if not packets:
+            sys.exit(f"{path}: cannot count its packets (capinfos: {out.stderr.strip()})")
     ncpu = os.cpu_count()
     try:
         usable = len(os.sched_getaffinity(0))
