@@ -1,4 +1,4 @@
-"""RTP and RTCP: header fields and per-stream statistics (RFC 3550).
+"""RTP per-stream statistics (RFC 3550): the reference implementation.
 
 Owns what is known about one RTP stream, keyed by (source, destination, SSRC): packet count, sequence
 accounting (RFC 3550 A.1/A.3: expected, lost, duplicates, out of order, wraps), inter-arrival jitter
@@ -8,34 +8,18 @@ in (the capture timestamp); nothing here reads a clock.
 
 Statistics never depend on having seen the SDP: a static payload type gives its clock rate, a dynamic
 one starts at 8 kHz and ``clock_rate_guessed`` says so until the analyzer learns the rtpmap.
+Recognising RTP/RTCP packets is the analyzer's hot path (``analyze``); ``rtpvec`` computes the same
+figures on arrays and is tested against ``RtpStream.flush``.
 """
 from __future__ import annotations
 
-import struct
 from typing import Optional
 
 from sipflow.sdp import STATIC_PT
 
-RTCP_TYPES = range(192, 224)   # byte 1 of RTCP packets: SR 200, RR 201, SDES 202, BYE 203, APP 204, FB 205-207
 MAX_DROPOUT = 3000             # RFC 3550 A.1: a jump ahead larger than this is not loss but a restart
 BATCH = 4 * 64                 # pending values (64 packets) before statistics are brought up to date
 MAX_MISORDER = 100             # a packet this far behind the highest sequence number is late, not a restart
-
-_RTP = struct.Struct("!BBHII")
-
-
-def uint16_diff(a: int, b: int) -> int:
-    """a - b for 16-bit sequence numbers, in -32768..32767 (wrap-aware)."""
-    return ((a - b + 0x8000) & 0xFFFF) - 0x8000
-
-
-def is_rtp(payload: bytes) -> bool:
-    """RTP version 2 with room for the fixed header and a payload type that is not RTCP's."""
-    return len(payload) >= 12 and payload[0] & 0xC0 == 0x80 and payload[1] not in RTCP_TYPES
-
-
-def is_rtcp(payload: bytes) -> bool:
-    return len(payload) >= 8 and payload[0] & 0xC0 == 0x80 and 200 <= payload[1] <= 207
 
 
 class RtpStream:
@@ -210,17 +194,3 @@ class RtpStream:
         if rate:
             self.clock_rate_guessed = self.clock_rate_guessed and rate != self.rate
             self.rate = rate
-
-
-def parse_header(payload: bytes) -> Optional[tuple]:
-    """(version, marker, payload type, sequence, timestamp, ssrc) of an RTP packet, or None."""
-    if len(payload) < 12:
-        return None
-    b0, b1, seq, ts, ssrc = _RTP.unpack_from(payload, 0)
-    return b0 >> 6, b1 >> 7, b1 & 0x7F, seq, ts, ssrc
-
-
-def rtcp_sender_ssrc(payload: bytes) -> Optional[int]:
-    if len(payload) < 8:
-        return None
-    return struct.unpack_from("!I", payload, 4)[0]
