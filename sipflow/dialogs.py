@@ -409,6 +409,8 @@ class Tracker:
         tx = self.transactions.get(key)
         call = self._call_for(ev)
         if method == "ACK":
+            if tx is None and call is not None:
+                tx = self._rejected_invite_for(ev, call)
             if tx is not None and tx.final is not None and tx.final.msg.status >= 300:
                 # ACK for a non-2xx final: part of the INVITE transaction (§17.1.1.3).
                 if tx.ack is not None:
@@ -425,9 +427,10 @@ class Tracker:
                 return
             self.transactions[key] = Transaction(key, ev)
             self._count("ACK", "requests")
-            if call is not None and call.ack_2xx is None:
-                if call.caller and (ev.src, ev.sport) == call.caller:
-                    call.ack_2xx = ev
+            if call is not None and call.ack_2xx is None and call.caller and (ev.src, ev.sport) == call.caller \
+                    and any(t.final is not None and 200 <= t.final.msg.status < 300
+                            and t.request.msg.cseq[0] == msg.cseq[0] for t in call.first_hop()):
+                call.ack_2xx = ev
             return
         if tx is not None and tx.method == method:
             self._retransmitted(ev, tx)
@@ -457,6 +460,21 @@ class Tracker:
             self._register(ev)
         elif method in ("UPDATE",) and call is not None:
             self._sdp(ev, call)
+
+    def _rejected_invite_for(self, ev: SipEvent, call: Call) -> Optional[Transaction]:
+        """An ACK whose branch matches no transaction, for an INVITE rejected with 3xx-6xx on the same
+        hop (same CSeq, same sender, no ACK yet): the ACK for that rejection with a new branch, which
+        RFC 3261 §17.1.1.3 forbids but some WebRTC stacks send. Matched, and recorded as an anomaly."""
+        for t in reversed(call.invites + call.reinvites):
+            final = t.final
+            if final is not None and final.msg.status >= 300 and t.ack is None \
+                    and t.request.msg.cseq[0] == ev.msg.cseq[0] \
+                    and (t.request.src, t.request.sport) == (ev.src, ev.sport):
+                self.anomaly("ack_branch_mismatch", ev, f"ACK for {final.msg.summary()} carries branch "
+                             f"{ev.msg.branch!r}, not its INVITE's {t.request.msg.branch!r} (RFC 3261 §17.1.1.3)",
+                             call)
+                return t
+        return None
 
     def _retransmitted(self, ev: SipEvent, tx: Transaction) -> None:
         ev.retransmission = True

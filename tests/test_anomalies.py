@@ -161,3 +161,18 @@ def test_registration_grants_less_than_asked(tmp_path):
     (r,) = a.registrations
     assert (r.expires_requested, r.expires_granted, r.outcome()) == (3600, 120, "registered")
     assert a.bindings["sip:bob@x"][f"sip:bob@{A}"] == a.messages[1].ts + 120
+
+
+def test_ack_for_a_rejection_with_a_new_branch_is_matched_and_flagged(tmp_path):
+    """Some WebRTC stacks (seen in heplify__sip_tcp_websocket) ACK a 407 with a fresh branch: the ACK
+    still belongs to the rejected INVITE, must not count as the ACK of a 2xx (setup time), and is named."""
+    a = capture(tmp_path, [(0, "ab", req("INVITE", 1, "z9hG4bK1")),
+                           (0.05, "ba", resp(407, "Proxy Authentication Required", "INVITE", 1, "z9hG4bK1")),
+                           (0.06, "ab", req("ACK", 1, "z9hG4bKother", ttag="t1")),
+                           (0.1, "ab", req("INVITE", 2, "z9hG4bK2")),
+                           (2.0, "ba", resp(200, "OK", "INVITE", 2, "z9hG4bK2")),
+                           (2.1, "ab", req("ACK", 2, "z9hG4bK3", ttag="t1")),
+                           (5.0, "ab", req("BYE", 3, "z9hG4bK4", ttag="t1"))])
+    c = a.calls[0]
+    assert ("ack_branch_mismatch", 3) in kinds(a) and not [x for x in a.anomalies if x.kind == "missing_ack"]
+    assert c.final_status == 200 and abs(c.timings()["setup_time"] - 2.1) < 1e-6
