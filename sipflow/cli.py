@@ -249,7 +249,7 @@ class ProbeExit(enum.IntEnum):
     CLIENT_ERROR = 8     # a 4xx that --expect does not name
     SERVER_ERROR = 9     # a 5xx that --expect does not name
     GLOBAL_FAILURE = 10  # a 6xx that --expect does not name
-    AUTH_FAILURE = 11    # credentials rejected (probe register and call, not yet there)
+    AUTH_FAILURE = 11    # credentials rejected (probe register; probe call later)
     INTERRUPTED = 130
 
 
@@ -422,6 +422,93 @@ def probe_options(target, count, interval, timeout, expect, bind, family, fmt, w
         click.echo(p.prometheus(run), nl=False)
         ctx.exit(ProbeExit.OK)
     ctx.exit(_probe_exit(run))
+
+
+def _register_exit(result) -> ProbeExit:
+    """``probe register``'s exit code: rejected credentials first, then the same mapping as options."""
+    from sipflow.probe import Outcome
+    if result.outcome is Outcome.AUTH_FAILURE:
+        return ProbeExit.AUTH_FAILURE
+    return _probe_exit(result)
+
+
+@probe.command("register", cls=_ProbeCommand)
+@click.argument("aor")
+@click.option("--user", metavar="U", help="Digest username.  [default: the AOR's user]")
+@click.option("--password", metavar="P", envvar="SIPFLOW_PASSWORD", show_envvar=True,
+              help="Digest password (the environment variable keeps it out of the process list). Never "
+                   "printed.")
+@click.option("--expires", type=click.IntRange(0, 2 ** 32 - 1), default=60, show_default=True,
+              help="Seconds the binding is asked for (the Expires header); 0 only removes it.")
+@click.option("--unregister", is_flag=True, help="Once registered, remove the binding again (Expires: 0).")
+@click.option("--proxy", metavar="URI", help="Send through this outbound proxy, sip:host[:port][;transport=..] "
+                                             "(a Route to it is added).  [default: the AOR's domain]")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
+              help="Seconds the whole run may take, whatever happens.  [default: 10]")
+@click.option("--bind", metavar="IP[:PORT]", help="Send from this local address (and port).")
+@click.option("-4", "family", flag_value=4, help="Use IPv4 (when the target is a name).")
+@click.option("-6", "family", flag_value=6, help="Use IPv6 (when the target is a name).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "nagios", "prometheus"]), default="text",
+              show_default=True, help="text, one JSON object, a Nagios plugin line, or a Prometheus textfile.")
+@click.option("-w", "--warning", metavar="RANGE", callback=_parsed(_parse_range),
+              help="Nagios: WARNING when the total time in seconds is outside RANGE (e.g. 0.5).")
+@click.option("-c", "--critical", metavar="RANGE", callback=_parsed(_parse_range),
+              help="Nagios: CRITICAL when the total time in seconds is outside RANGE (e.g. 1).")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Print every SIP message sent and received on standard error (digest responses and "
+                   "the password redacted).")
+@handle_probe_errors
+def probe_register(aor, user, password, expires, unregister, proxy, timeout, bind, family, fmt, warning, critical,
+                   verbose):
+    """Register sip:user@domain[:port][;transport=udp|tcp] and report what the registrar granted.
+
+    The REGISTER goes to the AOR's domain (or --proxy), with our real address and port in Contact
+    and Via (rport). A 401/407 is answered with digest credentials (RFC 7616/8760: SHA-512-256,
+    SHA-256 or MD5, the strongest offered; qop=auth, a random cnonce, nc counting per nonce,
+    digest-uri = the Request-URI) on a new request with CSeq + 1, once; stale=true is retried once
+    more; a second challenge means the credentials were rejected (auth failure, as is a 403 to them).
+    The result says the expiry granted to our binding, every binding the AOR has, the algorithm used
+    and the timings (first response, challenge round trip, register, unregister, total).
+
+    \b
+    Examples:
+      sipflow probe register sip:alice@pbx.example.com --password s3cret
+      SIPFLOW_PASSWORD=s3cret sipflow probe register 'sip:alice@[::1]:5070;transport=tcp' --unregister
+      sipflow probe register sip:alice@example.com --user 1001 --proxy sip:192.0.2.10:5060 --expires 300
+      sipflow probe register sip:alice@pbx.example.com --format nagios -w 0.5 -c 2 --timeout 10
+
+    \b
+    Exit codes (text and json):
+      0 registered (and unregistered)  5 unreachable            9  5xx
+      1 could not run                  6 connection reset       10 6xx
+      2 bad command line               7 other final response   11 auth failure
+      3 timeout                        8 4xx (not 401/407)      130 interrupted
+      4 refused
+    --format nagios: 0 OK, 1 WARNING, 2 CRITICAL (auth failure, no answer, refused, timeout, other
+    code), 3 UNKNOWN (could not run).  --format prometheus: 0 once the metrics are written.
+    """
+    from sipflow import probe as p
+    ctx = click.get_current_context()
+    opts = p.RegisterOptions(user=user, password=password, expires=expires, unregister=unregister, proxy=proxy,
+                             timeout=timeout, bind=bind, family=family)
+    on_message = None
+    if verbose:
+        def on_message(direction, data):
+            click.echo(p.trace_text(direction, data, password), err=True)
+    result = p.probe_register(aor, opts, on_message=on_message)
+    if fmt == "text":
+        click.echo(p.register_header(result.target, opts))
+        click.echo(p.register_text(result))
+    elif fmt == "json":
+        click.echo(p.register_json(result))
+    elif fmt == "nagios":
+        state, line = p.register_nagios(result, warning, critical)
+        click.echo(line)
+        ctx.exit(int(state))
+    elif fmt == "prometheus":
+        click.echo(p.register_prometheus(result), nl=False)
+        ctx.exit(ProbeExit.OK)
+    ctx.exit(_register_exit(result))
 
 
 if __name__ == "__main__":  # pragma: no cover
