@@ -146,7 +146,9 @@ def main(ctx, traceback):
       sipflow calls samples/basic-call-rtp.pcap
       sipflow summary capture.pcap.gz other.pcapng
       sipflow analyze capture.pcap --format json -o result.json
-      tcpdump -i any -w - port 5060 | sipflow calls -
+      sipflow rtp capture.pcap
+      tcpdump -i any -c 2000 -w - port 5060 | sipflow calls -
+      sipflow probe options sip:127.0.0.1:5060
     """
     if ctx.invoked_subcommand is None:
         click.echo(ctx.get_help())
