@@ -133,3 +133,15 @@ def test_missing_file_names_the_file(tmp_path):
     r = subprocess.run([sys.executable, "-m", "sipflow", "summary", str(tmp_path / "nope.pcap")],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "nope.pcap: no such file" in r.stderr
+
+
+def test_truncated_pcapng_keeps_everything_before_the_cut(tmp_path, base):
+    (lt, recs), expected = base
+    full = write_pcapng(tmp_path / "full.pcapng", [(1, 6)], [(0, s, u, f) for s, u, f in recs]).read_bytes()
+    cut = tmp_path / "cut.pcapng"
+    cut.write_bytes(full[:len(full) // 2 + 5])
+    a = sipflow.analyze(str(cut))
+    assert a.files[0]["truncated"] and "cut short" in a.warnings[0]
+    frames = a.files[0]["frames"]
+    assert 0 < frames < len(recs)
+    assert fingerprint(a)[0] == [m for m in expected[0] if m[0] <= frames]
