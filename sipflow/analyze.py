@@ -233,28 +233,34 @@ class Analyzer:
 
     def _vec_block(self, np, rtpvec, buf, offs, frame_base, order, scale, lt, fi, l2, et_off, min_len,
                    vec_streams, hdr_len: int = 16, toff: float = 0.0) -> None:
-        # One gather copies each record's header and the first bytes of its packet into a row; a
-        # structured dtype then names the fields (no per-field byte shuffling). Rows of short records
-        # hold bytes of the next record: they are masked out by the caplen test.
+        # One gather copies each record's header and the first bytes of its packet into a row; two
+        # structured dtypes (IPv4, IPv6) then name the fields without any per-field byte shuffling.
+        # Rows of short records hold bytes of the next record: the caplen tests mask them out.
         a = np.frombuffer(buf, dtype=np.uint8)
         o = np.array(offs, dtype=np.int64)
-        width = hdr_len + l2 + 40
+        width = hdr_len + l2 + 60
         windows = np.lib.stride_tricks.sliding_window_view(a, width)  # a view: row i = buf[i:i + width]
-        rows = windows[np.minimum(o, len(windows) - 1)]  # copies one row per record
+        inside = o < len(windows)  # a row that would run past the buffer goes the slow way
+        rows = windows[np.where(inside, o, 0)]  # copies one row per record
         del windows, a
-        r = rows.view(_vec_dtype(np, order, l2, et_off, hdr_len)).reshape(-1)
-        caplen = r["caplen"].astype(np.int64)
+        r4 = rows.view(_vec_dtype(np, order, l2, et_off, hdr_len, 4)).reshape(-1)
+        r6 = rows.view(_vec_dtype(np, order, l2, et_off, hdr_len, 6)).reshape(-1)
+        caplen = r4["caplen"].astype(np.int64)
         if hdr_len == 16:
-            ts = r["sec"] + r["frac"] * scale
+            ts = r4["sec"] + r4["frac"] * scale
         else:  # pcapng EPB: a 64-bit count of the interface's clock ticks
-            ts = (r["tsh"] * 4294967296.0 + r["tsl"]) * scale + toff
-        fast = (caplen >= min_len) & (r["vihl"] == 0x45) & (r["proto"] == 17) & ((r["frag"] & 0x3FFF) == 0) \
-            & (r["ulen"] >= 20) & ((r["b0"] & 0xC0) == 0x80)
+            ts = (r4["tsh"] * 4294967296.0 + r4["tsl"]) * scale + toff
+        fast4 = inside & (caplen >= l2 + 40) & (r4["vihl"] == 0x45) & (r4["proto"] == 17) \
+            & ((r4["frag"] & 0x3FFF) == 0) & (r4["ulen"] >= 20) & ((r4["b0"] & 0xC0) == 0x80)
+        # IPv6 without extension headers (a fragment header or any other goes the slow way)
+        fast6 = inside & (caplen >= l2 + 60) & ((r6["vtc"] >> 28) == 6) & (r6["nh"] == 17) & (r6["ulen"] >= 20) \
+            & ((r6["b0"] & 0xC0) == 0x80)
         if et_off is not None:
-            fast &= r["et"] == 0x0800
-        b1 = r["b1"]
+            fast4 &= r4["et"] == 0x0800
+            fast6 &= r4["et"] == 0x86DD
+        fast = fast4 | fast6
+        b1 = np.where(fast6, r6["b1"], r4["b1"])
         rtcp = fast & (b1 >= 192) & (b1 <= 223)
-        rtp = fast & ~rtcp
         self.frames += int(fast.sum())
         slow = np.flatnonzero(~fast)
         if len(slow):
@@ -262,29 +268,41 @@ class Analyzer:
             for i, st, ln, t in zip(slow.tolist(), starts, caplen[slow].tolist(), ts[slow].tolist()):
                 self.feed(t, fi, frame_base + i + 1, lt, bytes(buf[st:st + ln]))
         if rtcp.any():
-            ssrcs, counts = np.unique(r["rts"][rtcp], return_counts=True)  # RTCP: the sender's SSRC
+            sender = np.where(fast6, r6["rts"], r4["rts"])[rtcp]  # RTCP: the sender's SSRC
+            ssrcs, counts = np.unique(sender, return_counts=True)
             for ssrc, c in zip(ssrcs.tolist(), counts.tolist()):
                 self.rtcp[ssrc] = self.rtcp.get(ssrc, 0) + c
             self.rtcp_packets += int(rtcp.sum())
-        ri = np.flatnonzero(rtp)
-        if not len(ri):
-            return
-        # (Plain field arrays are gathered, never the structured rows: indexing records with void
-        # fields is ten times slower.)
-        hi = r["addrs"][ri].astype(np.uint64)
-        lo = (r["ports"][ri].astype(np.uint64) << np.uint64(32)) | r["ssrc"][ri].astype(np.uint64)
-        srt = np.lexsort((lo, hi))  # by stream; lexsort is stable, so capture order within a stream
-        hi, lo = hi[srt], lo[srt]
+        for r, rtp, addr_fields in ((r4, fast4 & ~rtcp, ("addrs",)), (r6, fast6 & ~rtcp, ("a1", "a2", "a3", "a4"))):
+            ri = np.flatnonzero(rtp)
+            if len(ri):
+                self._vec_fold(np, rtpvec, r, ri, addr_fields, b1, ts, frame_base, fi, vec_streams)
+
+    def _vec_fold(self, np, rtpvec, r, ri, addr_fields, b1, ts, frame_base, fi, vec_streams) -> None:
+        """Group one address family's RTP packets by stream and fold them into the streams' figures.
+        (Plain field arrays are gathered, never the structured rows: indexing records with void fields
+        is ten times slower.)"""
+        keys = [r[f][ri].astype(np.uint64) for f in addr_fields]
+        keys.append((r["ports"][ri].astype(np.uint64) << np.uint64(32)) | r["ssrc"][ri].astype(np.uint64))
+        srt = np.lexsort(keys[::-1])  # by stream; lexsort is stable, so capture order within a stream
+        keys = [k[srt] for k in keys]
         ri_s = ri[srt]
-        starts = np.flatnonzero(np.r_[True, (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])])
+        change = np.zeros(len(ri_s), dtype=bool)
+        change[0] = True
+        for k in keys:
+            change[1:] |= k[1:] != k[:-1]
+        starts = np.flatnonzero(change)
         b1_s = b1[ri_s]
         streams = []
-        for s_i, h, l_ in zip(starts.tolist(), hi[starts].tolist(), lo[starts].tolist()):
-            st = vec_streams.get((h, l_))
+        firsts = [k[starts].tolist() for k in keys]
+        for j, s_i in enumerate(starts.tolist()):
+            key = tuple(col[j] for col in firsts)
+            st = vec_streams.get(key)
             if st is None:
-                flow = struct.pack("!QI", h, l_ >> 32)
-                st = vec_streams[(h, l_)] = self._stream_for(flow, l_ & 0xFFFFFFFF, int(b1_s[s_i]),
-                                                                frame_base + int(ri_s[s_i]) + 1, fi)
+                addrs, last = key[:-1], key[-1]
+                flow = struct.pack("!%dQI" % len(addrs), *addrs, last >> 32)
+                st = vec_streams[key] = self._stream_for(flow, last & 0xFFFFFFFF, int(b1_s[s_i]),
+                                                         frame_base + int(ri_s[s_i]) + 1, fi)
             streams.append(st)
         rtpvec.fold(streams, starts, r["seq"][ri_s], r["rts"][ri_s], ts[ri_s], b1_s)
 
@@ -503,10 +521,10 @@ class Analyzer:
 _VEC_DTYPES: Dict[tuple, object] = {}
 
 
-def _vec_dtype(np, order: str, l2: int, et_off: Optional[int], hdr_len: int = 16):
-    """Record header (pcap record, or pcapng EPB) + link header + IPv4 + UDP + RTP fields as one
-    structured NumPy dtype."""
-    key = (order, l2, et_off, hdr_len)
+def _vec_dtype(np, order: str, l2: int, et_off: Optional[int], hdr_len: int = 16, family: int = 4):
+    """Record header (pcap record, or pcapng EPB) + link header + IPv4 or IPv6 + UDP + RTP fields as one
+    structured NumPy dtype, ``hdr_len + l2 + 60`` bytes long (IPv4 rows end with padding)."""
+    key = (order, l2, et_off, hdr_len, family)
     if key not in _VEC_DTYPES:
         if hdr_len == 16:
             fields = [("sec", order + "u4"), ("frac", order + "u4"), ("caplen", order + "u4"),
@@ -519,9 +537,18 @@ def _vec_dtype(np, order: str, l2: int, et_off: Optional[int], hdr_len: int = 16
             fields += [("et", ">u2")]
             rest = l2 - et_off - 2
             fields += [("l2b", f"V{rest}")] if rest else []
-        fields += [("vihl", "u1"), ("tos", "u1"), ("iplen", ">u2"), ("ipid", ">u2"), ("frag", ">u2"), ("ttl", "u1"),
-                   ("proto", "u1"), ("ipsum", ">u2"), ("addrs", ">u8"), ("ports", ">u4"), ("ulen", ">u2"),
-                   ("usum", ">u2"), ("b0", "u1"), ("b1", "u1"), ("seq", ">u2"), ("rts", ">u4"), ("ssrc", ">u4")]
+        elif l2:
+            fields += [("l2a", f"V{l2}")]
+        if family == 4:
+            fields += [("vihl", "u1"), ("tos", "u1"), ("iplen", ">u2"), ("ipid", ">u2"), ("frag", ">u2"),
+                       ("ttl", "u1"), ("proto", "u1"), ("ipsum", ">u2"), ("addrs", ">u8")]
+        else:
+            fields += [("vtc", ">u4"), ("plen", ">u2"), ("nh", "u1"), ("hop", "u1"), ("a1", ">u8"), ("a2", ">u8"),
+                       ("a3", ">u8"), ("a4", ">u8")]
+        fields += [("ports", ">u4"), ("ulen", ">u2"), ("usum", ">u2"), ("b0", "u1"), ("b1", "u1"), ("seq", ">u2"),
+                   ("rts", ">u4"), ("ssrc", ">u4")]
+        if family == 4:
+            fields += [("pad", "V20")]
         _VEC_DTYPES[key] = np.dtype(fields)
     return _VEC_DTYPES[key]
 
