@@ -251,7 +251,10 @@ class ProbeExit(enum.IntEnum):
     CLIENT_ERROR = 8     # a 4xx that --expect does not name
     SERVER_ERROR = 9     # a 5xx that --expect does not name
     GLOBAL_FAILURE = 10  # a 6xx that --expect does not name
-    AUTH_FAILURE = 11    # credentials rejected (probe register; probe call later)
+    AUTH_FAILURE = 11    # credentials rejected (probe register, probe call)
+    BUSY = 12            # probe call: 486 Busy Here or 600 Busy Everywhere
+    NO_ANSWER = 13       # probe call: still ringing at --ring-timeout, cancelled
+    ONE_WAY_AUDIO = 14   # probe call: answered, we sent RTP and (almost) none came back
     INTERRUPTED = 130
 
 
@@ -348,6 +351,8 @@ def probe():
       sipflow probe options sip:127.0.0.1
       sipflow probe options 'sip:pbx.example.com:5070;transport=tcp' --count 5
       sipflow probe options 'sip:[::1]' --format nagios -w 0.5 -c 1
+      sipflow probe register sip:alice@127.0.0.1 --password s3cret --unregister
+      sipflow probe call sip:bob@127.0.0.1:5070 --duration 2 --format json
     """
 
 
@@ -396,7 +401,7 @@ def probe_options(target, count, interval, timeout, expect, bind, family, fmt, w
       1 could not run              6 connection reset       10 6xx not expected
       2 bad command line           7 2xx/3xx not expected   11 auth failure
       3 timeout                    8 4xx not expected       130 interrupted
-      4 refused
+      4 refused                    probe call only: 12 busy, 13 no answer, 14 one-way audio
     --format nagios: 0 OK, 1 WARNING, 2 CRITICAL (no answer, refused, timeout, unexpected code),
     3 UNKNOWN (could not run).  --format prometheus: 0 once the metrics are written.
     """
@@ -485,7 +490,7 @@ def probe_register(aor, user, password, expires, unregister, proxy, timeout, bin
       1 could not run                  6 connection reset       10 6xx
       2 bad command line               7 other final response   11 auth failure
       3 timeout                        8 4xx (not 401/407)      130 interrupted
-      4 refused
+      4 refused                        probe call only: 12 busy, 13 no answer, 14 one-way audio
     --format nagios: 0 OK, 1 WARNING, 2 CRITICAL (auth failure, no answer, refused, timeout, other
     code), 3 UNKNOWN (could not run).  --format prometheus: 0 once the metrics are written.
     """
@@ -511,6 +516,108 @@ def probe_register(aor, user, password, expires, unregister, proxy, timeout, bin
         click.echo(p.register_prometheus(result), nl=False)
         ctx.exit(ProbeExit.OK)
     ctx.exit(_register_exit(result))
+
+
+
+def _call_exit(result) -> ProbeExit:
+    """``probe call``'s exit code: one per outcome, a rejection by its status class."""
+    from sipflow.probe_call import CallOutcome as C
+    o = result.outcome
+    if o is C.ANSWERED:
+        return ProbeExit.ONE_WAY_AUDIO if (result.rtp or {}).get("one_way_audio") else ProbeExit.OK
+    if o is C.REJECTED and result.status is not None:
+        return {4: ProbeExit.CLIENT_ERROR, 5: ProbeExit.SERVER_ERROR,
+                6: ProbeExit.GLOBAL_FAILURE}.get(result.status // 100, ProbeExit.UNEXPECTED)
+    return {C.BUSY: ProbeExit.BUSY, C.NO_ANSWER: ProbeExit.NO_ANSWER, C.AUTH_FAILURE: ProbeExit.AUTH_FAILURE,
+            C.TIMEOUT: ProbeExit.TIMEOUT, C.REFUSED: ProbeExit.REFUSED,
+            C.UNREACHABLE: ProbeExit.UNREACHABLE}.get(o, ProbeExit.TRANSPORT_ERROR)
+
+
+@probe.command("call", cls=_ProbeCommand)
+@click.argument("target")
+@click.option("--from", "from_uri", metavar="URI", help="From URI, e.g. sip:alice@example.com.  "
+                                                        "[default: sip:sipflow@OUR-ADDRESS]")
+@click.option("--user", metavar="U", help="Digest username.  [default: the From user]")
+@click.option("--password", metavar="P", envvar="SIPFLOW_PASSWORD", show_envvar=True,
+              help="Digest password for a 401/407 (never printed).")
+@click.option("--ring-timeout", type=click.FloatRange(min=0, min_open=True), metavar="S",
+              help="CANCEL the call when it is not answered S seconds after the first provisional response.")
+@click.option("--duration", type=click.FloatRange(0, 3600), default=5.0, show_default=True, metavar="S",
+              help="Seconds from the ACK to our BYE, sending the tone meanwhile.")
+@click.option("--dtmf", metavar="DIGITS", default="", help="Send these digits (0-9 * # A-D) as RFC 4733 "
+                                                            "events once the call is up.")
+@click.option("--proxy", metavar="URI", help="Send through this outbound proxy (a Route to it is added).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
+              help="Seconds the whole run may take, whatever happens.  [default: --duration + "
+                   "--ring-timeout + 30]")
+@click.option("--bind", metavar="IP[:PORT]", help="Send from this local address (and port).")
+@click.option("-4", "family", flag_value=4, help="Use IPv4 (when the target is a name).")
+@click.option("-6", "family", flag_value=6, help="Use IPv6 (when the target is a name).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "nagios", "prometheus"]), default="text",
+              show_default=True, help="text, one JSON object, a Nagios plugin line, or a Prometheus textfile.")
+@click.option("-w", "--warning", metavar="RANGE", callback=_parsed(_parse_range),
+              help="Nagios: WARNING when the setup time (INVITE to ACK) in seconds is outside RANGE.")
+@click.option("-c", "--critical", metavar="RANGE", callback=_parsed(_parse_range),
+              help="Nagios: CRITICAL when the setup time in seconds is outside RANGE.")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Print every SIP message sent and received on standard error (secrets redacted).")
+@handle_probe_errors
+def probe_call(target, from_uri, user, password, ring_timeout, duration, dtmf, proxy, timeout, bind, family, fmt,
+               warning, critical, verbose):
+    """Place a test call to sip:user@host[:port][;transport=udp|tcp], send a tone, hang up, report.
+
+    The INVITE offers PCMU, PCMA and telephone-event (SDP on our own address, IPv4 or IPv6) and is
+    retransmitted over UDP per RFC 3261 (Timer A from 0.5 s doubling, Timer B 32 s). A 401/407 is
+    ACKed and answered once with digest credentials (CSeq + 1). Once answered: ACK (through the
+    Record-Route route set, to the Contact), a 1 kHz G.711 tone every 20 ms to the answer's address,
+    the far end's RTP counted (packets, RFC 3550 loss and jitter; nothing back is one-way audio), and
+    BYE after --duration. --ring-timeout cancels a call that rings too long (CANCEL, then 487 is
+    ACKed; a 200 OK that crosses the CANCEL is ACKed and hung up). Timings are from the first INVITE:
+    first response, PDD (first 18x), answer, setup (ACK sent); then the call's duration and the BYE
+    round trip.
+
+    \b
+    Examples:
+      sipflow probe call sip:bob@127.0.0.1:5060 --duration 2
+      sipflow probe call 'sip:bob@[::1]:5070;transport=tcp' --dtmf 123#
+      sipflow probe call sip:bob@example.com --proxy sip:192.0.2.10 --from sip:alice@example.com \\
+          --user alice --password s3cret --ring-timeout 15 --format json
+      sipflow probe call sip:echo@192.0.2.10 --format nagios -w 0.5 -c 2 --timeout 20
+
+    \b
+    Exit codes (text and json):
+      0 answered, audio both ways  5 unreachable            10 6xx
+      1 could not run              6 connection reset       11 auth failure
+      2 bad command line           7 3xx (redirected)       12 busy (486/600)
+      3 timeout                    8 other 4xx              13 no answer (cancelled)
+      4 refused                    9 5xx                    14 one-way audio
+                                                            130 interrupted
+    --format nagios: 0 OK, 1 WARNING, 2 CRITICAL (anything but a call answered with audio both
+    ways), 3 UNKNOWN (could not run).  --format prometheus: 0 once the metrics are written.
+    """
+    from sipflow import probe as p
+    from sipflow import probe_call as pc
+    ctx = click.get_current_context()
+    opts = pc.CallOptions(from_uri=from_uri, user=user, password=password, ring_timeout=ring_timeout,
+                          duration=duration, dtmf=dtmf, proxy=proxy, timeout=timeout, bind=bind, family=family)
+    on_message = None
+    if verbose:
+        def on_message(direction, data):
+            click.echo(p.trace_text(direction, data, password), err=True)
+    result = pc.probe_call(target, opts, on_message=on_message)
+    if fmt == "text":
+        click.echo(pc.call_header(result.target, opts))
+        click.echo(pc.call_text(result))
+    elif fmt == "json":
+        click.echo(pc.call_json(result))
+    elif fmt == "nagios":
+        state, line = pc.call_nagios(result, warning, critical)
+        click.echo(line)
+        ctx.exit(int(state))
+    elif fmt == "prometheus":
+        click.echo(pc.call_prometheus(result), nl=False)
+        ctx.exit(ProbeExit.OK)
+    ctx.exit(_call_exit(result))
 
 
 if __name__ == "__main__":  # pragma: no cover

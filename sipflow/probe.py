@@ -10,8 +10,9 @@ it is given a response or "now" and hands back the bytes to send; time is always
 
 Two probes so far, over UDP and TCP: OPTIONS (``probe_options``) and REGISTER with digest
 authentication (``probe_register``: the sans-IO ``RegisterFlow`` decides what to send next, ``sipflow.digest``
-computes the credentials, ``_RegisterDriver`` carries the requests). INVITE, RTP, TLS and the probe's own
-capture come later (issue 3).
+computes the credentials, ``_RegisterDriver`` carries the requests). Test calls (INVITE, SDP, RTP) are in
+``sipflow.probe_call``, which reuses the target, channel, transaction and format helpers here. TLS and the
+probe's own capture come later (issue 3).
 """
 from __future__ import annotations
 

@@ -1,0 +1,67 @@
+"""G.711 μ-law and A-law encoding (ITU-T G.711), and the probe's test tone.
+
+Owns turning 16-bit linear PCM samples into G.711 bytes, the way the reference C code (Sun's g711.c)
+does, and the 1 kHz tone ``probe call`` sends. No I/O, no clock. At 8000 samples/s a 1 kHz tone is 8
+samples a period, so one 20 ms packet (160 samples) holds 20 whole periods and every packet's payload
+is the same bytes.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable, List
+
+SAMPLE_RATE = 8000
+PACKET_MS = 20
+SAMPLES_PER_PACKET = SAMPLE_RATE * PACKET_MS // 1000     # 160 samples = 160 bytes of G.711
+
+_ULAW_BIAS = 0x21
+_ULAW_CLIP = 8159
+_ALAW_SEG_END = (0x1F, 0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF)
+
+
+def ulaw_byte(sample: int) -> int:
+    """One 16-bit signed sample as a μ-law byte: 14-bit magnitude plus bias 0x21, clipped at 8159,
+    bits inverted (Sun's g711.c ``linear2ulaw``)."""
+    pcm = max(-32768, min(32767, int(sample))) >> 2
+    if pcm < 0:
+        pcm, mask = -pcm, 0x7F
+    else:
+        mask = 0xFF
+    pcm = min(pcm, _ULAW_CLIP) + _ULAW_BIAS
+    seg = max(0, pcm.bit_length() - 6)           # 0..7 for 0x21..0x1FFF, 8 at the clip
+    if seg >= 8:
+        return 0x7F ^ mask
+    return ((seg << 4) | ((pcm >> (seg + 1)) & 0x0F)) ^ mask
+
+
+def alaw_byte(sample: int) -> int:
+    """One 16-bit signed sample as an A-law byte (13-bit magnitude, even bits inverted: XOR 0x55)."""
+    pcm = max(-32768, min(32767, int(sample))) >> 3
+    if pcm >= 0:
+        mask = 0xD5
+    else:
+        mask, pcm = 0x55, -pcm - 1
+    seg = next((i for i, end in enumerate(_ALAW_SEG_END) if pcm <= end), 8)
+    if seg >= 8:
+        return 0x7F ^ mask
+    aval = seg << 4
+    aval |= (pcm >> 1) & 0x0F if seg < 2 else (pcm >> seg) & 0x0F
+    return aval ^ mask
+
+
+def encode(samples: Iterable[int], codec: str) -> bytes:
+    """Samples as ``PCMU`` (μ-law) or ``PCMA`` (A-law) bytes."""
+    f = {"PCMU": ulaw_byte, "PCMA": alaw_byte}[codec.upper()]
+    return bytes(f(s) for s in samples)
+
+
+def tone(frequency: float = 1000.0, count: int = SAMPLES_PER_PACKET, level_dbfs: float = -10.0,
+         start: int = 0) -> List[int]:
+    """``count`` samples of a sine at ``frequency`` Hz, ``level_dbfs`` below full scale, from sample ``start``."""
+    amplitude = 32767 * 10 ** (level_dbfs / 20)
+    return [round(amplitude * math.sin(2 * math.pi * frequency * (start + n) / SAMPLE_RATE)) for n in range(count)]
+
+
+def tone_packet(codec: str, frequency: float = 1000.0) -> bytes:
+    """One 20 ms payload of the test tone (the same for every packet at 1 kHz)."""
+    return encode(tone(frequency), codec)

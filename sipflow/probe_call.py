@@ -1,0 +1,1263 @@
+"""``sipflow probe call``: a real test call to the one URI the user names, and what it measured.
+
+Owns the INVITE client transaction (RFC 3261 §17.1.1, sans-IO: ``InviteClientTransaction`` walking
+``INVITE_TABLE``, time always an argument), the requests of a call (INVITE with an SDP offer, ACK for
+non-2xx in the transaction, ACK for 2xx and BYE in the dialog, CANCEL), the call's socket driver
+(``_CallDriver``: signalling and media sockets, the monotonic clock, ``select``) and the call's result
+formats. Reuses ``sipflow.probe`` for the target, the non-INVITE transaction (CANCEL, BYE), the socket
+channel and the Nagios/Prometheus helpers; ``sipflow.digest`` for 401/407; ``sipflow.sdp`` to read the
+answer; ``sipflow.rtp.RtpStream`` for the received RTP (RFC 3550 loss and jitter); ``sipflow.g711`` for
+the tone.
+
+Dialog rules (RFC 3261 §12.1.2, §13.2.2.4, §12.2.1.1): the remote target is the 2xx's Contact, the route
+set its Record-Route in reverse order; with a loose router (``;lr``) first, the Request-URI is the remote
+target and the route set goes into Route; with a strict router first, it is the Request-URI and the
+remote target ends the Route list. ACK for 2xx is a new request (new branch, the INVITE's CSeq number);
+BYE gets CSeq + 1. CANCEL (§9.1) copies the INVITE's Request-URI, top Via (same branch), Route, From, To,
+Call-ID and CSeq number, and is only sent once a provisional response came.
+"""
+from __future__ import annotations
+
+import enum
+import json
+import math
+import random
+import secrets
+import select
+import socket
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
+
+from sipflow import __version__
+from sipflow.digest import DigestSession, challenges_from, choose
+from sipflow.errors import ParseError, ProbeError
+from sipflow.g711 import PACKET_MS, SAMPLES_PER_PACKET, tone_packet
+from sipflow.probe import (DEFAULT_PORT, T1, ClientTransaction, NagiosRange, NagiosState, Target,
+                           _Channel, _failure, _host, _label, _perf_value, _resolve, _us, new_branch,
+                           parse_bind, parse_target)
+from sipflow.rtp import RtpStream
+from sipflow.sdp import parse_sdp
+from sipflow.sip import SipMessage, parse_message, parse_name_addr, parse_uri
+
+TIMER_B = 64 * T1             # §17.1.1.2: an INVITE gives up after this in Calling
+TIMER_D_UDP = 32.0            # §17.1.1.2: how long the Completed state absorbs retransmitted finals on UDP
+DEFAULT_DURATION = 5.0        # seconds from ACK to BYE
+DEFAULT_SLACK = 30.0          # the default --timeout is --duration (+ --ring-timeout) + this
+MAX_DURATION = 3600.0
+PACKET_S = PACKET_MS / 1000.0
+DTMF_PT = 101                 # the telephone-event payload type we offer (RFC 4733)
+DTMF_EVENTS = {**{str(d): d for d in range(10)}, "*": 10, "#": 11, "A": 12, "B": 13, "C": 14, "D": 15}
+ONE_WAY_MIN_SENT = 10         # a verdict on one-way audio needs at least this many packets sent (200 ms)
+ONE_WAY_FRACTION = 0.05       # ... and receiving fewer than this share of what was sent is one-way audio
+
+
+# ---------------------------------------------------------------------------------------------------
+# The INVITE client transaction (RFC 3261 §17.1.1, figure 5), sans-IO
+
+
+class InviteState(enum.Enum):
+    CALLING = "calling"
+    PROCEEDING = "proceeding"
+    COMPLETED = "completed"
+    TERMINATED = "terminated"
+
+
+# state -> {event: (next state, action)}. Events: "timer_a", "timer_b", "timer_d", "1xx", "2xx",
+# "non2xx" (300-699), "transport_error". A missing row is ignored. A 2xx ends the transaction at once:
+# its ACK (and any retransmitted 2xx) belong to the transaction user, the dialog (§13.2.2.4). A non-2xx
+# is ACKed here, and again for each retransmission of it, until Timer D.
+INVITE_TABLE: Dict[InviteState, Dict[str, Tuple[InviteState, str]]] = {
+    InviteState.CALLING: {
+        "timer_a": (InviteState.CALLING, "retransmit"),     # and Timer A doubles (no T2 cap for INVITE)
+        "timer_b": (InviteState.TERMINATED, "timeout"),
+        "1xx": (InviteState.PROCEEDING, "provisional"),    # stops retransmissions
+        "2xx": (InviteState.TERMINATED, "answered"),
+        "non2xx": (InviteState.COMPLETED, "ack"),
+        "transport_error": (InviteState.TERMINATED, "transport_error"),
+    },
+    InviteState.PROCEEDING: {
+        "1xx": (InviteState.PROCEEDING, "provisional"),
+        "2xx": (InviteState.TERMINATED, "answered"),
+        "non2xx": (InviteState.COMPLETED, "ack"),
+        "transport_error": (InviteState.TERMINATED, "transport_error"),
+    },
+    InviteState.COMPLETED: {
+        "non2xx": (InviteState.COMPLETED, "reack"),
+        "timer_d": (InviteState.TERMINATED, "forget"),
+        "transport_error": (InviteState.TERMINATED, "transport_error"),
+    },
+    InviteState.TERMINATED: {},
+}
+
+
+def _lines(*lines: str) -> bytes:
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
+
+
+def ack_for_non2xx(invite: SipMessage, response: SipMessage) -> bytes:
+    """§17.1.1.3: the ACK for a 3xx-6xx: the INVITE's Request-URI, its top Via only (same branch), its
+    Route, From and Call-ID, the response's To (with its tag), CSeq number of the INVITE, method ACK."""
+    lines = [f"ACK {invite.uri} SIP/2.0", f"Via: {invite.header_values('Via')[0]}", "Max-Forwards: 70"]
+    lines += [f"Route: {r}" for r in invite.header_values("Route")]
+    lines += [f"From: {invite.header('From')}", f"To: {response.header('To')}", f"Call-ID: {invite.call_id}",
+              f"CSeq: {invite.cseq[0]} ACK", f"User-Agent: sipflow/{__version__}", "Content-Length: 0"]
+    return _lines(*lines)
+
+
+def cancel_for(invite: SipMessage) -> bytes:
+    """§9.1: CANCEL with the INVITE's Request-URI, top Via (same branch), Route, From, To, Call-ID and
+    CSeq number."""
+    lines = [f"CANCEL {invite.uri} SIP/2.0", f"Via: {invite.header_values('Via')[0]}", "Max-Forwards: 70"]
+    lines += [f"Route: {r}" for r in invite.header_values("Route")]
+    lines += [f"From: {invite.header('From')}", f"To: {invite.header('To')}", f"Call-ID: {invite.call_id}",
+              f"CSeq: {invite.cseq[0]} CANCEL", f"User-Agent: sipflow/{__version__}", "Content-Length: 0"]
+    return _lines(*lines)
+
+
+class InviteClientTransaction:
+    """One INVITE client transaction. Created when the INVITE is sent (at ``now``); then fed responses,
+    timer expiries and transport errors, each returning the bytes to send (retransmitted INVITEs, ACKs
+    for non-2xx finals)."""
+
+    def __init__(self, request: bytes, branch: str, reliable: bool, now: float) -> None:
+        self.request = request
+        self.message = parse_message(request, datagram=not reliable)
+        self.branch = branch
+        self.reliable = reliable
+        self.state = InviteState.CALLING
+        self.sent_at = now
+        self.retransmissions = 0
+        self.first_response_at: Optional[float] = None
+        self.provisional: List[Tuple[int, float]] = []
+        self.final: Optional[SipMessage] = None
+        self.final_at: Optional[float] = None
+        self.ended_at: Optional[float] = None    # Timer B or a transport error
+        self.ack: Optional[bytes] = None         # for a non-2xx
+        self.acks = 0
+        self.ignored = 0
+        self._interval = T1
+        # §17.1.1.2: Timer A only on an unreliable transport, Timer B always.
+        self.timers: Dict[str, float] = {"B": now + TIMER_B}
+        if not reliable:
+            self.timers["A"] = now + T1
+
+    method = "INVITE"
+
+    def matches(self, msg: SipMessage) -> bool:
+        return msg.status is not None and msg.branch == self.branch and msg.cseq[1] == "INVITE"
+
+    @property
+    def done(self) -> bool:
+        return self.state in (InviteState.COMPLETED, InviteState.TERMINATED)
+
+    def next_deadline(self) -> Optional[float]:
+        return min(self.timers.values()) if self.timers else None
+
+    def on_timer(self, now: float) -> List[bytes]:
+        out: List[bytes] = []
+        for name, deadline in sorted(self.timers.items(), key=lambda kv: kv[1]):
+            if deadline <= now and self.timers.get(name) == deadline:
+                del self.timers[name]
+                out += self._event("timer_" + name.lower(), now)
+        return out
+
+    def on_response(self, msg: SipMessage, now: float) -> List[bytes]:
+        event = "1xx" if msg.status < 200 else "2xx" if msg.status < 300 else "non2xx"
+        return self._event(event, now, msg)
+
+    def on_transport_error(self, now: float) -> List[bytes]:
+        return self._event("transport_error", now)
+
+    def _event(self, event: str, now: float, msg: Optional[SipMessage] = None) -> List[bytes]:
+        step = INVITE_TABLE[self.state].get(event)
+        if step is None:
+            self.ignored += 1
+            return []
+        self.state, action = step
+        if self.first_response_at is None and msg is not None:
+            self.first_response_at = now
+        if action == "retransmit":
+            self._interval *= 2
+            self.timers["A"] = now + self._interval
+            self.retransmissions += 1
+            return [self.request]
+        if action == "provisional":
+            self.timers.pop("A", None)
+            self.timers.pop("B", None)   # Proceeding waits for the TU (CANCEL, --timeout)
+            self.provisional.append((msg.status, now))
+        elif action == "answered":
+            self.final, self.final_at = msg, now
+            self.timers = {}
+        elif action == "ack":
+            self.final, self.final_at = msg, now
+            self.ack = ack_for_non2xx(self.message, msg)
+            self.acks += 1
+            self.timers = {"D": now + (0.0 if self.reliable else TIMER_D_UDP)}
+            return [self.ack]
+        elif action == "reack":
+            self.acks += 1
+            return [self.ack]
+        elif action in ("timeout", "transport_error"):
+            self.timers = {}
+            self.ended_at = now
+        elif action == "forget":
+            self.timers = {}
+        return []
+
+
+# ---------------------------------------------------------------------------------------------------
+# Requests and SDP
+
+
+@dataclass
+class Dialog:
+    """§12.1.2: what the UAC keeps once the 2xx came."""
+    call_id: str
+    local_uri: str
+    local_tag: str
+    remote_uri: str
+    remote_tag: str
+    remote_target: str
+    route_set: Tuple[str, ...]        # Record-Route of the 2xx, reversed (each a name-addr text)
+    cseq: int                         # the INVITE's
+
+    def request(self, method: str, transport: str, local: Tuple[str, int], branch: str, cseq: int,
+                auth: Tuple[Tuple[str, str], ...] = ()) -> bytes:
+        """An in-dialog request (§12.2.1.1) from ``local``."""
+        routes = list(self.route_set)
+        ruri = self.remote_target
+        if routes and parse_name_addr(routes[0]).uri.param("lr") is None:   # a strict router first
+            ruri = parse_name_addr(routes[0]).uri.raw
+            routes = routes[1:] + [f"<{self.remote_target}>"]
+        via = f"{_host(local[0])}:{local[1]}"
+        lines = [f"{method} {ruri} SIP/2.0", f"Via: SIP/2.0/{transport.upper()} {via};branch={branch};rport",
+                 "Max-Forwards: 70"]
+        lines += [f"Route: {r}" for r in routes]
+        lines += [f"From: <{self.local_uri}>;tag={self.local_tag}", f"To: <{self.remote_uri}>;tag={self.remote_tag}",
+                  f"Call-ID: {self.call_id}", f"CSeq: {cseq} {method}"]
+        lines += [f"{k}: {v}" for k, v in auth]
+        lines += [f"User-Agent: sipflow/{__version__}", "Content-Length: 0"]
+        return _lines(*lines)
+
+    def request_uri(self) -> str:
+        if self.route_set and parse_name_addr(self.route_set[0]).uri.param("lr") is None:
+            return parse_name_addr(self.route_set[0]).uri.raw
+        return self.remote_target
+
+    def next_hop(self) -> str:
+        """The URI the request goes to: the first route, or the remote target (§8.1.2, §12.2.1.1)."""
+        return parse_name_addr(self.route_set[0]).uri.raw if self.route_set else self.remote_target
+
+
+def sdp_offer(ip: str, port: int, session_id: int) -> bytes:
+    """PCMU, PCMA and telephone-event (RFC 4733) on ``ip``:``port``, 20 ms packets."""
+    kind = "IP6" if ":" in ip else "IP4"
+    return ("\r\n".join([
+        "v=0", f"o=sipflow {session_id} {session_id} IN {kind} {ip}", "s=sipflow probe call",
+        f"c=IN {kind} {ip}", "t=0 0", f"m=audio {port} RTP/AVP 0 8 {DTMF_PT}",
+        "a=rtpmap:0 PCMU/8000", "a=rtpmap:8 PCMA/8000", f"a=rtpmap:{DTMF_PT} telephone-event/8000",
+        f"a=fmtp:{DTMF_PT} 0-16", "a=ptime:20", "a=sendrecv"]) + "\r\n").encode("ascii")
+
+
+def invite_request(uri: str, from_uri: str, transport: str, local: Tuple[str, int], branch: str, call_id: str,
+                   from_tag: str, cseq: int, sdp: bytes, auth: Tuple[Tuple[str, str], ...] = (),
+                   route: Optional[str] = None) -> bytes:
+    via = f"{_host(local[0])}:{local[1]}"
+    contact_params = ";transport=tcp" if transport == "tcp" else ""
+    user = parse_uri(from_uri).user or "sipflow"
+    lines = [f"INVITE {uri} SIP/2.0", f"Via: SIP/2.0/{transport.upper()} {via};branch={branch};rport",
+             "Max-Forwards: 70"]
+    if route:
+        lines.append(f"Route: <{route}>")
+    lines += [f"From: <{from_uri}>;tag={from_tag}", f"To: <{uri}>", f"Call-ID: {call_id}", f"CSeq: {cseq} INVITE",
+              f"Contact: <sip:{user}@{via}{contact_params}>", "Allow: INVITE, ACK, CANCEL, BYE, OPTIONS"]
+    lines += [f"{k}: {v}" for k, v in auth]
+    lines += [f"User-Agent: sipflow/{__version__}", "Content-Type: application/sdp", f"Content-Length: {len(sdp)}"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + sdp
+
+
+def response_to(request: SipMessage, status: int, reason: str, to_tag: str) -> bytes:
+    """A response to an in-dialog request the far end sent us (BYE, OPTIONS...)."""
+    to = request.header("To") or ""
+    if request.to is not None and request.to.tag is None:
+        to += f";tag={to_tag}"
+    lines = [f"SIP/2.0 {status} {reason}"] + [f"Via: {v}" for v in request.header_values("Via")]
+    lines += [f"From: {request.header('From')}", f"To: {to}", f"Call-ID: {request.call_id}",
+              f"CSeq: {request.header('CSeq')}", f"User-Agent: sipflow/{__version__}", "Content-Length: 0"]
+    return _lines(*lines)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Media: G.711 out, RTP statistics in
+
+
+def rtp_packet(pt: int, seq: int, ts: int, ssrc: int, payload: bytes, marker: bool = False) -> bytes:
+    return struct.pack("!BBHII", 0x80, (0x80 if marker else 0) | pt, seq & 0xFFFF, ts & 0xFFFFFFFF, ssrc) + payload
+
+
+def dtmf_payload(event: int, end: bool, duration: int, volume: int = 10) -> bytes:
+    """RFC 4733 §2.3: event, E bit and volume, duration in timestamp units."""
+    return struct.pack("!BBH", event, (0x80 if end else 0) | volume, duration)
+
+
+def parse_dtmf(text: Optional[str]) -> str:
+    digits = (text or "").upper()
+    bad = [c for c in digits if c not in DTMF_EVENTS]
+    if bad:
+        raise ProbeError(f"--dtmf {text!r}: only 0-9, *, # and A-D")
+    return digits
+
+
+class Media:
+    """The call's RTP: one UDP socket (an even port, §11 of RFC 3550), a packet every 20 ms to the
+    answer's address once answered, and every packet received folded into ``RtpStream`` statistics
+    with its arrival time from the same monotonic clock."""
+
+    def __init__(self, ip: str, family: int) -> None:
+        self.sock = _even_port_socket(ip, family)
+        self.local = self.sock.getsockname()[:2]
+        self.remote: Optional[Tuple] = None
+        self.pt: Optional[int] = None
+        self.codec: Optional[str] = None
+        self.event_pt: Optional[int] = None
+        self.payload = b""
+        self.seq = random.randrange(0x10000)
+        self.ts = random.randrange(0x100000000)
+        self.ssrc = random.randrange(1, 0x100000000)
+        self.sent = 0
+        self.started_at: Optional[float] = None
+        self.stopped_at: Optional[float] = None
+        self.next_send: Optional[float] = None
+        self.plan: List[Tuple] = []               # DTMF ticks still to send: (event, end, duration, start ts)
+        self.dtmf_sent = ""
+        self.dtmf_packets = 0
+        self.streams: Dict[Tuple, RtpStream] = {}
+        self.stray = 0                            # datagrams that are not RTP version 2
+        self.rtcp = 0
+        self.problem: Optional[str] = None        # why nothing is sent (no usable codec...)
+        self._event_ts = 0
+
+    def configure(self, answer_body: bytes) -> None:
+        """Read the SDP answer: the far end's address and port, the codec it chose first among ours,
+        and its telephone-event payload type."""
+        sdp = parse_sdp(answer_body)
+        audio = next((m for m in sdp.media if m.kind == "audio"), None)
+        if audio is None or audio.port == 0 or not audio.address:
+            self.problem = "no audio in the SDP answer"
+            return
+        codec = next((c for c in audio.codecs if c.name.upper() in ("PCMU", "PCMA")), None)
+        if codec is None:
+            self.problem = "the answer has neither PCMU nor PCMA: " + ", ".join(c.name for c in audio.codecs)
+            return
+        event = next((c for c in audio.codecs if c.name.lower() == "telephone-event"), None)
+        self.pt, self.codec = codec.pt, codec.name.upper()
+        self.event_pt = event.pt if event else None
+        self.payload = tone_packet(self.codec)
+        try:
+            info = socket.getaddrinfo(audio.address, audio.port, self.sock.family, socket.SOCK_DGRAM,
+                                      0, socket.AI_NUMERICHOST)
+            self.remote = info[0][4]
+        except (socket.gaierror, UnicodeError):
+            self.problem = f"the answer's media address {audio.address} is not an IPv" \
+                           f"{6 if self.sock.family == socket.AF_INET6 else 4} address"
+        if audio.direction in ("recvonly", "inactive") and self.remote is not None:
+            self.problem = f"the answer says {audio.direction}"
+
+    def start(self, now: float, dtmf: str) -> None:
+        if self.remote is None or self.problem:
+            return
+        self.started_at = self.next_send = now
+        if dtmf and self.event_pt is not None:
+            ticks: List[Tuple] = [None] * 10    # 200 ms of tone first
+            for d in dtmf:
+                ev = DTMF_EVENTS[d]
+                ticks += [(ev, False, n * SAMPLES_PER_PACKET, d) for n in range(1, 5)]   # 80 ms growing
+                ticks += [(ev, True, 5 * SAMPLES_PER_PACKET, d)] * 3                     # end, three times
+                ticks += [None] * 3                                                      # 60 ms of tone
+            self.plan = ticks
+        elif dtmf:
+            self.problem = "telephone-event was not in the answer: DTMF not sent"
+
+    def due(self) -> Optional[float]:
+        return self.next_send if self.stopped_at is None else None
+
+    def send_due(self, now: float) -> None:
+        if self.next_send is None or self.stopped_at is not None:
+            return
+        burst = 0
+        while self.next_send <= now and burst < 3:
+            self._send_one()
+            self.next_send += PACKET_S
+            burst += 1
+        if self.next_send <= now:   # far behind (a stalled process): skip, keeping the timestamps true
+            skip = int((now - self.next_send) / PACKET_S) + 1
+            self.next_send += skip * PACKET_S
+            self.ts += skip * SAMPLES_PER_PACKET
+
+    def _send_one(self) -> None:
+        tick = self.plan.pop(0) if self.plan else None
+        if tick is not None:
+            ev, end, duration, digit = tick
+            first = duration == SAMPLES_PER_PACKET and not end
+            if first:
+                self._event_ts = self.ts
+            data = rtp_packet(self.event_pt, self.seq, self._event_ts, self.ssrc, dtmf_payload(ev, end, duration),
+                              marker=first)
+            if first:
+                self.dtmf_sent += digit
+            self.dtmf_packets += 1
+        else:
+            data = rtp_packet(self.pt, self.seq, self.ts, self.ssrc, self.payload, marker=self.sent == 0)
+        try:
+            self.sock.sendto(data, self.remote)
+        except (BlockingIOError, ConnectionRefusedError):
+            pass   # a full buffer is a lost packet; an ICMP error is the far end's lost packet
+        except OSError:
+            pass
+        self.sent += 1
+        self.seq = (self.seq + 1) & 0xFFFF
+        self.ts = (self.ts + SAMPLES_PER_PACKET) & 0xFFFFFFFF
+
+    def stop(self, now: float) -> None:
+        if self.stopped_at is None and self.started_at is not None:
+            self.stopped_at = now
+        self.next_send = None
+
+    def receive(self, now: float) -> None:
+        while True:
+            try:
+                data, src = self.sock.recvfrom(2048)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:     # ICMP errors for what we sent
+                continue
+            if len(data) < 12 or data[0] >> 6 != 2:
+                self.stray += 1
+                continue
+            if 72 <= data[1] & 0x7F <= 76:   # RTCP (RFC 5761 §4) on the RTP port
+                self.rtcp += 1
+                continue
+            seq, ts, ssrc = struct.unpack_from("!HII", data, 2)
+            key = (src[0], src[1], ssrc)
+            s = self.streams.get(key)
+            if s is None:
+                s = self.streams[key] = RtpStream(src[0], src[1], self.local[0], self.local[1], ssrc,
+                                                  data[1] & 0x7F, 0)
+            s.add(seq, ts, now, data[1])
+
+    def stats(self) -> dict:
+        for s in self.streams.values():
+            s.flush()
+        main = max(self.streams.values(), key=lambda s: s.packets, default=None)
+        received = sum(s.packets for s in self.streams.values())
+        one_way = None
+        if self.sent >= ONE_WAY_MIN_SENT:
+            one_way = received < max(1, self.sent * ONE_WAY_FRACTION)
+        return {
+            "codec": self.codec, "payload_type": self.pt,
+            "local": f"{_host(self.local[0])}:{self.local[1]}",
+            "remote": f"{_host(self.remote[0])}:{self.remote[1]}" if self.remote else None,
+            "sent": self.sent, "received": received,
+            "expected": sum(s.expected for s in self.streams.values()),
+            "lost": sum(s.lost for s in self.streams.values()),
+            "duplicates": sum(s.duplicates for s in self.streams.values()),
+            "out_of_order": sum(s.out_of_order for s in self.streams.values()),
+            "jitter_ms": round(main.jitter, 3) if main and main.packets > 1 else None,
+            "jitter_max_ms": round(main.jitter_max, 3) if main and main.packets > 1 else None,
+            "max_gap_ms": round(main.max_delta * 1000, 3) if main and main.packets > 1 else None,
+            "ssrcs": len({k[2] for k in self.streams}), "rtcp": self.rtcp,
+            "received_from": f"{_host(main.src)}:{main.sport}" if main else None,
+            "dtmf_sent": self.dtmf_sent, "dtmf_packets_sent": self.dtmf_packets,
+            "dtmf_packets_received": sum(s.other_pts.get(self.event_pt or DTMF_PT, 0) for s in self.streams.values()),
+            "one_way_audio": one_way,
+            "problem": self.problem,
+        }
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _even_port_socket(ip: str, family: int) -> socket.socket:
+    """A UDP socket on ``ip`` with an even port (RFC 3550 §11: RTP on even, RTCP on the odd one above)."""
+    for _ in range(64):
+        s = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            s.bind((ip, 0))
+        except OSError as e:
+            s.close()
+            raise ProbeError(f"cannot open a media socket on {ip}: {e.strerror}") from None
+        port = s.getsockname()[1]
+        if port % 2 == 0:
+            s.setblocking(False)
+            return s
+        s.close()
+        s = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            s.bind((ip, port + 1 if port < 65535 else port - 1))
+            s.setblocking(False)
+            return s
+        except OSError:
+            s.close()
+    raise ProbeError("no even UDP port free for RTP")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Options and result
+
+
+class CallOutcome(enum.Enum):
+    ANSWERED = "answered"            # 2xx, ACK sent (and BYE when the call ended)
+    BUSY = "busy"                    # 486 or 600 (ACK sent)
+    REJECTED = "rejected"            # another 3xx-6xx
+    NO_ANSWER = "no answer"          # --ring-timeout: CANCEL sent (487, or the 200 raced it and got a BYE)
+    TIMEOUT = "timeout"              # no final response (Timer B, or --timeout)
+    REFUSED = "refused"
+    UNREACHABLE = "unreachable"
+    ERROR = "error"
+    AUTH_FAILURE = "auth failure"
+
+
+@dataclass(frozen=True)
+class CallOptions:
+    from_uri: Optional[str] = None
+    user: Optional[str] = None
+    password: Optional[str] = field(default=None, repr=False)
+    ring_timeout: Optional[float] = None
+    duration: float = DEFAULT_DURATION
+    dtmf: str = ""
+    proxy: Optional[str] = None
+    timeout: Optional[float] = None
+    bind: Optional[str] = None
+    family: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.duration <= MAX_DURATION:
+            raise ProbeError(f"duration must be 0..{MAX_DURATION:g} s")
+        if self.ring_timeout is not None and not self.ring_timeout > 0:
+            raise ProbeError("ring timeout must be positive")
+        if self.timeout is not None and not self.timeout > 0:
+            raise ProbeError("timeout must be positive")
+        parse_dtmf(self.dtmf)
+
+    @property
+    def run_timeout(self) -> float:
+        if self.timeout is not None:
+            return self.timeout
+        return self.duration + (self.ring_timeout or 0.0) + DEFAULT_SLACK
+
+
+@dataclass(frozen=True)
+class CallResult:
+    """One test call. Times are seconds from a monotonic clock, rounded to microseconds, all counted from
+    the first INVITE sent (so a challenge's round trip is in them), except ``bye`` and ``cancel``
+    (their own round trips) and ``duration`` (ACK to BYE)."""
+    target: str
+    from_uri: str
+    transport: str
+    remote: str
+    local: str
+    outcome: CallOutcome
+    status: Optional[int] = None
+    reason: Optional[str] = None
+    provisional: Tuple[int, ...] = ()
+    first_response: Optional[float] = None
+    pdd: Optional[float] = None
+    answer: Optional[float] = None
+    setup: Optional[float] = None
+    duration: Optional[float] = None
+    bye: Optional[float] = None
+    cancel: Optional[float] = None
+    challenge: Optional[float] = None
+    total: Optional[float] = None
+    elapsed: Optional[float] = None
+    retransmissions: int = 0
+    invites: int = 0
+    ack_sent: bool = False
+    bye_sent: bool = False
+    bye_status: Optional[int] = None
+    cancel_sent: bool = False
+    cancel_status: Optional[int] = None
+    hung_up_by: Optional[str] = None      # "us" or "them"
+    auth_algorithm: Optional[str] = None
+    auth_realm: Optional[str] = None
+    server: Optional[str] = None
+    call_id: Optional[str] = None
+    route_set: Tuple[str, ...] = ()
+    remote_target: Optional[str] = None
+    proxy: Optional[str] = None
+    rtp: Optional[dict] = None
+    stray: int = 0
+
+    @property
+    def up(self) -> bool:
+        return self.outcome is CallOutcome.ANSWERED and not (self.rtp or {}).get("one_way_audio")
+
+    def to_dict(self) -> dict:
+        return {
+            "probe": "call", "target": self.target, "from": self.from_uri, "transport": self.transport,
+            "remote": self.remote, "local": self.local, "proxy": self.proxy, "outcome": self.outcome.value,
+            "status": self.status, "reason": self.reason, "provisional": list(self.provisional),
+            "first_response": self.first_response, "pdd": self.pdd, "answer": self.answer, "setup": self.setup,
+            "duration": self.duration, "bye": self.bye, "cancel": self.cancel, "challenge": self.challenge,
+            "total": self.total, "elapsed": self.elapsed, "retransmissions": self.retransmissions,
+            "invites": self.invites, "ack_sent": self.ack_sent, "bye_sent": self.bye_sent,
+            "bye_status": self.bye_status, "cancel_sent": self.cancel_sent, "cancel_status": self.cancel_status,
+            "hung_up_by": self.hung_up_by, "auth_algorithm": self.auth_algorithm, "auth_realm": self.auth_realm,
+            "server": self.server, "call_id": self.call_id, "route_set": list(self.route_set),
+            "remote_target": self.remote_target, "rtp": self.rtp, "stray": self.stray,
+        }
+
+
+# ---------------------------------------------------------------------------------------------------
+# The driver
+
+
+def probe_call(target: str, options: CallOptions = CallOptions(),
+               on_message: Optional[Callable[[str, bytes], None]] = None,
+               clock: Callable[[], float] = time.monotonic) -> CallResult:
+    """Call ``target`` (``sip:user@host[:port][;transport=udp|tcp]``), send the tone, hang up after
+    ``options.duration`` and return what happened. ``on_message(direction, data)`` sees every SIP
+    message sent (``">"``) and received (``"<"``). The whole run ends within ``options.run_timeout``."""
+    tgt = parse_target(target)
+    if "@" not in tgt.uri[4:].split(";")[0]:
+        raise ProbeError(f"{target!r}: a call goes to a user, as in sip:bob@{_host(tgt.host)}")
+    route = None
+    hop = tgt
+    if options.proxy:
+        hop = parse_target(options.proxy)
+        if parse_uri(hop.uri).param("transport") is None and hop.transport != tgt.transport:
+            hop = Target(uri=hop.uri, host=hop.host, port=hop.port, transport=tgt.transport)
+        route = hop.uri if parse_uri(hop.uri).param("lr") is not None else hop.uri + ";lr"
+    return _CallDriver(tgt, hop, route, options, clock, on_message).run()
+
+
+class _CallDriver:
+    def __init__(self, target: Target, hop: Target, route: Optional[str], options: CallOptions, clock,
+                 on_message) -> None:
+        self.target, self.hop, self.route, self.opts, self.clock = target, hop, route, options, clock
+        self.on_message = on_message
+        self.bind = parse_bind(options.bind) if options.bind else None
+        self.call_id = f"{secrets.token_hex(12)}@sipflow"
+        self.from_tag = secrets.token_hex(6)
+        self.dtmf = parse_dtmf(options.dtmf)
+        self.channel: Optional[_Channel] = None
+        self.dialog_channel: Optional[_Channel] = None
+        self.media: Optional[Media] = None
+        self.invite: Optional[InviteClientTransaction] = None
+        self.invites: List[InviteClientTransaction] = []
+        self.txs: Dict[Tuple[str, str], object] = {}     # (branch, method) -> transaction
+        self.cseq = 0
+        self.sessions: Dict[Tuple[str, str], DigestSession] = {}
+        self.answered_realms: set = set()
+        self.stale_left = 1
+        self.auth_used = None
+        self.challenge_at: Optional[float] = None
+        self.first_sent: Optional[float] = None
+        self.first_response_at: Optional[float] = None
+        self.pdd_at: Optional[float] = None
+        self.ring_started: Optional[float] = None
+        self.provisional: List[int] = []
+        self.final: Optional[SipMessage] = None
+        self.answer_at: Optional[float] = None
+        self.ack: Optional[bytes] = None
+        self.ack_at: Optional[float] = None
+        self.dialog: Optional[Dialog] = None
+        self.bye_due: Optional[float] = None
+        self.bye_tx: Optional[ClientTransaction] = None
+        self.bye_sent_at: Optional[float] = None
+        self.bye_status: Optional[int] = None
+        self.bye_done_at: Optional[float] = None
+        self.cancel_tx: Optional[ClientTransaction] = None
+        self.cancel_sent_at: Optional[float] = None
+        self.cancel_status: Optional[int] = None
+        self.cancel_done_at: Optional[float] = None
+        self.hung_up_by: Optional[str] = None
+        self.outcome: Optional[CallOutcome] = None
+        self.reason: Optional[str] = None
+        self.finished = False
+        self.stray = 0
+        self.from_uri = options.from_uri
+        self._bye_retried = False
+        self.early_sdp: Optional[bytes] = None
+        self.remote_text = ""
+
+    # -- the loop -----------------------------------------------------------------------------------
+
+    def run(self) -> CallResult:
+        start = self.clock()
+        deadline = start + self.opts.run_timeout
+        family, remote = _resolve(self.hop, self.opts.family, self.bind, deadline - start)
+        self.remote_text = f"{_host(remote[0])}:{remote[1]}"
+        try:
+            try:
+                self.channel = _Channel(self.hop, family, remote, self.bind, deadline - self.clock(), self.clock)
+                local_ip = self.channel.local[0]
+                if not self.from_uri:
+                    self.from_uri = f"sip:sipflow@{_host(local_ip)}"
+                self.media = Media(local_ip, family)
+                self.sdp = sdp_offer(local_ip, self.media.local[1], random.randrange(1, 2 ** 31))
+                self._send_invite()
+            except (OSError, EOFError) as e:
+                self._transport_failed(e)
+            while not self.finished:
+                now = self.clock()
+                if now >= deadline:
+                    self._deadline(now)
+                    break
+                self._fire_timers(now)
+                if not self.finished:
+                    self._due(now)
+                if self.finished:
+                    break
+                self._wait(now, deadline)
+        finally:
+            end = min(self.clock(), deadline)
+            if self.media:
+                self.media.stop(end)
+            for ch in (self.channel, self.dialog_channel):
+                if ch:
+                    ch.close()
+        result = self._result(start, end)
+        if self.media:
+            self.media.close()
+        return result
+
+    def _trace(self, direction: str, data: bytes) -> None:
+        if self.on_message:
+            self.on_message(direction, data)
+
+    def _send(self, data: bytes, channel: Optional[_Channel] = None) -> None:
+        self._trace(">", data)
+        (channel or self.channel).send(data)
+
+    def _send_invite(self) -> None:
+        now = self.clock()
+        branch = new_branch()
+        self.cseq += 1
+        auths = tuple(s.authorize("INVITE", self.target.uri) for s in self.sessions.values())
+        if auths:
+            self.auth_used = auths
+        request = invite_request(self.target.uri, self.from_uri, self.hop.transport, self.channel.local, branch,
+                                 self.call_id, self.from_tag, self.cseq, self.sdp,
+                                 tuple((a.header, a.value) for a in auths), self.route)
+        tx = InviteClientTransaction(request, branch, self.channel.reliable, now)
+        if self.first_sent is None:
+            self.first_sent = now
+        self.invite = tx
+        self.invites.append(tx)
+        self.txs[(branch, "INVITE")] = tx
+        self._send(request)
+
+    def _fire_timers(self, now: float) -> None:
+        for key, tx in list(self.txs.items()):
+            d = tx.next_deadline()
+            if d is None or d > now:
+                continue
+            ch = self.dialog_channel if key[1] == "BYE" and self.dialog_channel else self.channel
+            for data in tx.on_timer(now):
+                try:
+                    self._send(data, ch)
+                except (OSError, EOFError) as e:
+                    self._transport_failed(e)
+                    return
+            self._after(tx, now)
+
+    def _due(self, now: float) -> None:
+        m = self.media
+        if m is not None:
+            m.send_due(now)
+        if (self.opts.ring_timeout is not None and self.ring_started is not None and self.cancel_tx is None
+                and self.dialog is None and self.invite is not None and not self.invite.done
+                and now >= self.ring_started + self.opts.ring_timeout):
+            self._send_cancel(now)
+        if self.bye_due is not None and self.bye_tx is None and now >= self.bye_due:
+            self._send_bye(now)
+
+    def _wait(self, now: float, deadline: float) -> None:
+        wake = [deadline]
+        for tx in self.txs.values():
+            d = tx.next_deadline()
+            if d is not None and not (isinstance(tx, InviteClientTransaction) and tx.state is InviteState.COMPLETED):
+                wake.append(d)
+        if self.media and self.media.due() is not None:
+            wake.append(self.media.due())
+        if self.opts.ring_timeout is not None and self.ring_started is not None and self.cancel_tx is None:
+            wake.append(self.ring_started + self.opts.ring_timeout)
+        if self.bye_due is not None and self.bye_tx is None:
+            wake.append(self.bye_due)
+        delay = max(0.0, min(wake) - now)
+        chans = [c for c in (self.channel, self.dialog_channel) if c is not None]
+        rd = [c.sock for c in chans] + ([self.media.sock] if self.media else [])
+        wr = [c.sock for c in chans if c.wants_write]
+        readable, writable, _ = select.select(rd, wr, [], delay)
+        for c in chans:
+            try:
+                if c.sock in writable:
+                    c.flush()
+                if c.sock in readable:
+                    for data in c.receive():
+                        self._on_message(data, c)
+            except (OSError, EOFError) as e:
+                self._transport_failed(e)
+                return
+        if self.media and self.media.sock in readable:
+            self.media.receive(self.clock())
+
+    # -- SIP in ----------------------------------------------------------------------------------------
+
+    def _on_message(self, data: bytes, channel: _Channel) -> None:
+        now = self.clock()
+        self._trace("<", data)
+        try:
+            msg = parse_message(data, datagram=not channel.reliable)
+        except ParseError:
+            self.stray += 1
+            return
+        if msg.method is not None:
+            self._on_request(msg, channel)
+            return
+        tx = self.txs.get((msg.branch or "", msg.cseq[1] or ""))
+        if tx is None or not tx.matches(msg):
+            self.stray += 1
+            return
+        if self.first_response_at is None:
+            self.first_response_at = now
+        if isinstance(tx, InviteClientTransaction) and 200 <= msg.status < 300 and tx.state is InviteState.TERMINATED:
+            self._on_2xx(msg, now)   # §13.2.2.4: ACK every retransmission of the 2xx
+            return
+        out = tx.on_response(msg, now)
+        for data in out:
+            try:
+                self._send(data)
+            except (OSError, EOFError) as e:
+                self._transport_failed(e)
+                return
+        if isinstance(tx, InviteClientTransaction) and tx is self.invite:
+            if msg.status < 200 and tx.state in (InviteState.PROCEEDING,):
+                self._on_provisional(msg, now)
+            elif 200 <= msg.status < 300:
+                self._on_2xx(msg, now)
+            elif msg.status >= 300 and tx.acks == 1 and tx.final is msg:
+                self._on_rejected(msg, now)
+        else:
+            self._after(tx, now)
+
+    def _on_request(self, msg: SipMessage, channel: _Channel) -> None:
+        d = self.dialog
+        ours = d is not None and msg.call_id == d.call_id
+        if msg.method == "ACK":
+            return
+        if msg.method == "BYE" and ours:
+            self._send(response_to(msg, 200, "OK", self.from_tag), channel)
+            if self.hung_up_by is None:
+                self.hung_up_by = "them"
+                now = self.clock()
+                if self.media:
+                    self.media.stop(now)
+                self.bye_due = None
+                self.reason = "the far end hung up"
+                self._finish()
+            return
+        if msg.method == "OPTIONS" or (ours and msg.method in ("INFO", "UPDATE", "NOTIFY")):
+            status, reason = 200, "OK"
+        elif not ours:
+            status, reason = 481, "Call/Transaction Does Not Exist"
+        else:   # a re-INVITE, REFER...: a probe does not change its call
+            status, reason = 501, "Not Implemented"
+        self._send(response_to(msg, status, reason, self.from_tag), channel)
+
+    def _on_provisional(self, msg: SipMessage, now: float) -> None:
+        self.provisional.append(msg.status)
+        if msg.body and msg.content_type == "application/sdp":
+            self.early_sdp = msg.body    # early media (183): the answer, unless the 2xx brings its own
+        if msg.status != 100:
+            if self.pdd_at is None and 180 <= msg.status < 190:
+                self.pdd_at = now
+        if self.ring_started is None:
+            self.ring_started = now   # CANCEL is allowed from here on (§9.1)
+
+    def _on_2xx(self, msg: SipMessage, now: float) -> None:
+        if self.dialog is not None:
+            if msg.to is not None and msg.to.tag == self.dialog.remote_tag and self.ack is not None:
+                self._send(self.ack, self.dialog_channel)
+            return
+        self.final = msg
+        self.answer_at = now
+        contact = msg.contacts[0].uri.raw if msg.contacts else self.target.uri
+        rr = tuple(reversed(msg.header_values("Record-Route")))
+        self.dialog = Dialog(call_id=self.call_id, local_uri=self.from_uri, local_tag=self.from_tag,
+                             remote_uri=self.target.uri, remote_tag=(msg.to.tag if msg.to else "") or "",
+                             remote_target=contact, route_set=rr, cseq=msg.cseq[0] or self.cseq)
+        try:
+            self.dialog_channel = self._channel_for(self.dialog.next_hop())
+            self.ack = self.dialog.request("ACK", self.hop.transport, self.dialog_channel.local, new_branch(),
+                                           self.dialog.cseq)
+            self._send(self.ack, self.dialog_channel)
+            self.ack_at = self.clock()
+        except (OSError, EOFError) as e:
+            self._transport_failed(e)
+            return
+        except ProbeError as e:
+            self.outcome, self.reason = CallOutcome.ERROR, f"cannot reach the dialog's next hop: {e}"
+            self._finish()
+            return
+        if self.media and (msg.body or self.early_sdp):
+            self.media.configure(msg.body or self.early_sdp)
+        elif self.media:
+            self.media.problem = "no SDP answer (neither in the 2xx nor in a 1xx)"
+        if self.cancel_tx is not None:   # the 200 OK crossed our CANCEL: the call exists, end it
+            self.outcome = CallOutcome.NO_ANSWER
+            self.reason = f"answered ({msg.status}) after the CANCEL: ACK and BYE sent"
+            self._send_bye(self.clock())
+            return
+        self.outcome = CallOutcome.ANSWERED
+        self.reason = f"{msg.status} {msg.reason or ''}".rstrip()
+        if self.media:
+            self.media.start(self.ack_at, self.dtmf)
+        self.bye_due = self.ack_at + self.opts.duration
+
+    def _channel_for(self, uri: str) -> _Channel:
+        """The channel to a dialog's next hop: the one we have when it is the same address."""
+        u = parse_uri(uri)
+        transport = (u.param("transport") or self.hop.transport).lower()
+        if transport not in ("udp", "tcp"):
+            transport = self.hop.transport
+        hop = Target(uri=uri, host=u.host, port=u.port or DEFAULT_PORT, transport=transport)
+        fam, remote = _resolve(hop, self.opts.family, self.bind, 2.0)
+        main_remote = self.channel.sock.getpeername()
+        if remote[:2] == main_remote[:2] and transport == self.hop.transport:
+            return self.channel
+        bind = (self.channel.local[0], 0)
+        return _Channel(hop, fam, remote, bind, 2.0, self.clock)
+
+    def _on_rejected(self, msg: SipMessage, now: float) -> None:
+        self.final = msg
+        status = msg.status
+        text = f"{status} {msg.reason or ''}".rstrip()
+        if status in (401, 407) and self.cancel_tx is None:
+            if self.challenge_at is None:
+                self.challenge_at = now
+            offered = challenges_from([(name, v) for name in ("WWW-Authenticate", "Proxy-Authenticate")
+                                       for v in msg.header_values(name)])
+            chosen = choose(offered)
+            if not chosen:
+                return self._fail(CallOutcome.AUTH_FAILURE, f"{text}: no digest challenge sipflow can answer")
+            if self.opts.password is None:
+                return self._fail(CallOutcome.AUTH_FAILURE, f"{text} (digest {chosen[0].algorithm}, realm "
+                                                            f"\"{chosen[0].realm}\") and no --password")
+            for c in chosen:
+                key = (c.answer_header, c.realm)
+                if key in self.answered_realms:
+                    if c.stale and self.stale_left > 0:
+                        self.stale_left -= 1
+                    else:
+                        return self._fail(CallOutcome.AUTH_FAILURE, f"credentials rejected: {text} again "
+                                                                    f"(realm \"{c.realm}\")")
+                self.sessions[key] = DigestSession(c, self.opts.user or parse_uri(self.from_uri).user or "sipflow",
+                                                   self.opts.password)
+                self.answered_realms.add(key)
+            if len(self.invites) >= 4:
+                return self._fail(CallOutcome.AUTH_FAILURE, f"{text} after {len(self.invites)} INVITEs")
+            self.ring_started = None
+            try:
+                self._send_invite()
+            except (OSError, EOFError) as e:
+                self._transport_failed(e)
+            return
+        if self.cancel_tx is not None and status == 487:
+            outcome = CallOutcome.NO_ANSWER
+            text = f"no answer within --ring-timeout {self.opts.ring_timeout:g} s: CANCEL sent, {text}"
+        elif status in (486, 600):
+            outcome = CallOutcome.BUSY
+        elif status == 403 and self.sessions:
+            outcome, text = CallOutcome.AUTH_FAILURE, f"credentials rejected: {text}"
+        else:
+            outcome = CallOutcome.REJECTED
+        self._fail(outcome, text)
+
+    def _fail(self, outcome: CallOutcome, reason: str) -> None:
+        self.outcome, self.reason = outcome, reason
+        self._finish()
+
+    def _after(self, tx, now: float) -> None:
+        """A non-INVITE transaction (CANCEL, BYE) or a timer of the INVITE moved on."""
+        if tx is self.invite and tx.state is InviteState.TERMINATED and tx.final is None and self.outcome is None:
+            self._fail(CallOutcome.TIMEOUT, f"no response to the INVITE within {TIMER_B:g} s (Timer B)")
+            return
+        if tx is self.cancel_tx and tx.done and self.cancel_status is None:
+            self.cancel_status = tx.final.status if tx.final is not None else None
+            self.cancel_done_at = tx.final_at
+        if tx is self.bye_tx and tx.done and self.bye_done_at is None:
+            if tx.final is not None and tx.final.status in (401, 407) and self.sessions and not self._bye_retried:
+                self._bye_retried = True
+                for c in choose(challenges_from([(n, v) for n in ("WWW-Authenticate", "Proxy-Authenticate")
+                                                 for v in tx.final.header_values(n)])):
+                    self.sessions[(c.answer_header, c.realm)] = DigestSession(
+                        c, self.opts.user or parse_uri(self.from_uri).user or "sipflow", self.opts.password)
+                self.bye_tx = None
+                self._send_bye(now)
+                return
+            self.bye_status = tx.final.status if tx.final is not None else None
+            self.bye_done_at = tx.final_at if tx.final is not None else now
+            if tx.final is None and self.outcome is CallOutcome.ANSWERED:
+                self.reason += "; no response to the BYE"
+            self._finish()
+
+    # -- SIP out ---------------------------------------------------------------------------------------
+
+    def _send_cancel(self, now: float) -> None:
+        request = cancel_for(self.invite.message)
+        tx = ClientTransaction(request, self.invite.branch, "CANCEL", self.channel.reliable, now)
+        self.cancel_tx = tx
+        self.cancel_sent_at = now
+        self.txs[(self.invite.branch, "CANCEL")] = tx
+        try:
+            self._send(request)
+        except (OSError, EOFError) as e:
+            self._transport_failed(e)
+
+    def _send_bye(self, now: float) -> None:
+        if self.media:
+            self.media.stop(now)
+        self.bye_due = None
+        self.hung_up_by = self.hung_up_by or "us"
+        self.cseq += 1
+        branch = new_branch()
+        ch = self.dialog_channel or self.channel
+        auths = tuple(s.authorize("BYE", self.dialog.request_uri()) for s in self.sessions.values()) \
+            if self._bye_retried else ()
+        request = self.dialog.request("BYE", self.hop.transport, ch.local, branch, self.cseq,
+                                      tuple((a.header, a.value) for a in auths))
+        tx = ClientTransaction(request, branch, "BYE", ch.reliable, now)
+        self.bye_tx = tx
+        if self.bye_sent_at is None:
+            self.bye_sent_at = now
+        self.txs[(branch, "BYE")] = tx
+        try:
+            self._send(request, ch)
+        except (OSError, EOFError) as e:
+            self._transport_failed(e)
+
+    def _deadline(self, now: float) -> None:
+        """--timeout: end the run now, leaving nothing behind: hang up a call, cancel a ringing one
+        (best effort, no wait)."""
+        try:
+            if self.dialog is not None and self.bye_tx is None and self.hung_up_by is None:
+                self._send_bye(now)
+                self.reason = (self.reason or "") + f"; --timeout {self.opts.run_timeout:g} s ended the call"
+            elif self.dialog is None and self.invite is not None and self.invite.state is InviteState.PROCEEDING \
+                    and self.cancel_tx is None:
+                self._send_cancel(now)
+        except (OSError, EOFError, ProbeError):
+            pass
+        if self.outcome is None and self.cancel_sent_at is not None and self.cancel_sent_at < now \
+                and self.opts.ring_timeout is not None:
+            self.outcome = CallOutcome.NO_ANSWER   # we gave up on it; the far end never confirmed (no 487)
+            self.reason = (f"no answer within --ring-timeout {self.opts.ring_timeout:g} s: CANCEL sent, but no "
+                           f"final response before --timeout {self.opts.run_timeout:g} s")
+        elif self.outcome is None:
+            what = "ringing, no answer" if self.provisional else "no final response"
+            self.outcome = CallOutcome.TIMEOUT
+            self.reason = f"{what} before --timeout {self.opts.run_timeout:g} s" + (
+                " (CANCEL sent)" if self.cancel_tx is not None else "")
+        elif self.bye_tx is not None and self.bye_done_at is None and "--timeout" not in (self.reason or ""):
+            self.reason = (self.reason or "") + "; no response to the BYE before --timeout"
+
+    def _transport_failed(self, err: BaseException) -> None:
+        outcome, reason = _failure(err)
+        if self.outcome is None:
+            self.outcome, self.reason = CallOutcome(outcome.value), reason
+        else:   # the call was answered (or given up) first: say what ended it
+            self.reason = (self.reason or "") + f"; then {reason}"
+        self._finish()
+
+    def _finish(self) -> None:
+        self.finished = True
+        if self.media:
+            self.media.stop(self.clock())
+
+    # -- the result ------------------------------------------------------------------------------------
+
+    def _result(self, start: float, end: float) -> CallResult:
+        t0 = self.first_sent
+
+        def since(t):
+            return _us(t - t0) if t is not None and t0 is not None else None
+        final = self.final
+        local = ""
+        if self.channel is not None:
+            local = f"{_host(self.channel.local[0])}:{self.channel.local[1]}"
+        auth = next((a for a in (self.auth_used or ()) if a.header == "Authorization"),
+                    (self.auth_used or (None,))[0])
+        rtp = self.media.stats() if self.media is not None and self.media.started_at is not None else None
+        if rtp is None and self.media is not None and self.dialog is not None:
+            rtp = self.media.stats()
+        last = max([t for t in (self.bye_done_at, self.cancel_done_at, self.ack_at,
+                                self.invite.final_at if self.invite else None) if t is not None], default=None)
+        server = None
+        if final is not None:
+            server = final.header("Server") or final.header("User-Agent")
+        return CallResult(
+            target=self.target.uri, from_uri=self.from_uri or "", transport=self.hop.transport,
+            remote=self.remote_text, local=local, outcome=self.outcome or CallOutcome.ERROR,
+            status=final.status if final is not None else None,
+            reason=self.reason or "the run ended without an answer", provisional=tuple(self.provisional),
+            first_response=since(self.first_response_at), pdd=since(self.pdd_at), answer=since(self.answer_at),
+            setup=since(self.ack_at),
+            duration=_us(self.bye_sent_at - self.ack_at) if self.bye_sent_at and self.ack_at else None,
+            bye=_us(self.bye_done_at - self.bye_sent_at) if self.bye_status is not None else None,
+            cancel=_us(self.cancel_done_at - self.cancel_sent_at) if self.cancel_status is not None else None,
+            challenge=since(self.challenge_at), total=since(last), elapsed=_us(end - start),
+            retransmissions=sum(getattr(t, "retransmissions", 0) for t in self.txs.values()),
+            invites=len(self.invites), ack_sent=self.ack_at is not None or any(t.acks for t in self.invites),
+            bye_sent=self.bye_sent_at is not None, bye_status=self.bye_status,
+            cancel_sent=self.cancel_tx is not None, cancel_status=self.cancel_status, hung_up_by=self.hung_up_by,
+            auth_algorithm=auth.algorithm if auth else None, auth_realm=auth.realm if auth else None,
+            server=server, call_id=self.call_id if self.invites else None,
+            route_set=self.dialog.route_set if self.dialog else (),
+            remote_target=self.dialog.remote_target if self.dialog else None, proxy=self.opts.proxy, rtp=rtp,
+            stray=self.stray)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Formats
+
+
+def _ms(seconds: Optional[float]) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.3f} ms"
+
+
+PHASES = ("first_response", "pdd", "answer", "setup", "duration", "bye", "cancel", "challenge", "total")
+
+
+def call_header(target: str, options: CallOptions) -> str:
+    parts = [f"INVITE {target}", f"--duration {options.duration:g} s"]
+    if options.ring_timeout is not None:
+        parts.append(f"--ring-timeout {options.ring_timeout:g} s")
+    if options.dtmf:
+        parts.append(f"--dtmf {options.dtmf}")
+    parts.append(f"--timeout {options.run_timeout:g} s")
+    return ", ".join(parts) + (f", via {options.proxy}" if options.proxy else "")
+
+
+def call_text(r: CallResult) -> str:
+    lines = [f"--- {r.target} from {r.from_uri} ({r.transport} {r.remote}" + (f" from {r.local}" if r.local else "")
+             + ")"]
+    if r.provisional:
+        lines.append("provisional: " + ", ".join(str(p) for p in r.provisional))
+    verdict = f"result: {r.outcome.value}"
+    if r.status is not None and r.outcome is not CallOutcome.ANSWERED:
+        verdict += f" ({r.status})"
+    verdict += f": {r.reason}"
+    lines.append(verdict)
+    steps = []
+    if r.ack_sent:
+        steps.append("ACK sent")
+    if r.cancel_sent:
+        steps.append(f"CANCEL {r.cancel_status or 'no answer'}")
+    if r.bye_sent:
+        steps.append(f"BYE {r.bye_status or 'no answer'}")
+    if r.hung_up_by == "them":
+        steps.append("the far end hung up")
+    if steps:
+        lines.append("dialog: " + ", ".join(steps) + (f", route {' '.join(r.route_set)}" if r.route_set else ""))
+    shown = [f"{k.replace('_', ' ')} {_ms(getattr(r, k))}" for k in PHASES if getattr(r, k) is not None]
+    if shown:
+        lines.append("timings: " + ", ".join(shown))
+    if r.rtp:
+        m = r.rtp
+        line = (f"media: {m['codec'] or '-'} {m['local']} -> {m['remote'] or '-'}: sent {m['sent']}, received "
+                f"{m['received']}, lost {m['lost']}, jitter "
+                + (f"{m['jitter_ms']:.3f} ms" if m["jitter_ms"] is not None else "-"))
+        if m["one_way_audio"]:
+            line += " -- ONE-WAY AUDIO (nothing came back)"
+        lines.append(line)
+        if m["dtmf_sent"]:
+            lines.append(f"dtmf: sent {m['dtmf_sent']} ({m['dtmf_packets_sent']} RFC 4733 packets), "
+                         f"{m['dtmf_packets_received']} telephone-event packets received")
+        if m["problem"]:
+            lines.append(f"media problem: {m['problem']}")
+    if r.auth_algorithm:
+        lines.append(f"auth: digest {r.auth_algorithm}, realm \"{r.auth_realm}\"")
+    if r.retransmissions:
+        lines.append(f"retransmissions: {r.retransmissions}")
+    if r.server:
+        lines.append(f"Server: {r.server}")
+    return "\n".join(lines)
+
+
+def call_json(r: CallResult) -> str:
+    return json.dumps(r.to_dict())
+
+
+def call_nagios(r: CallResult, warning: Optional[NagiosRange] = None,
+                critical: Optional[NagiosRange] = None) -> Tuple[NagiosState, str]:
+    """OK when the call was answered with audio both ways; -w/-c on the setup time (INVITE to ACK).
+    One-way audio and every other outcome are CRITICAL."""
+    rtp = r.rtp or {}
+    if r.outcome is CallOutcome.ANSWERED:
+        state = NagiosState.OK
+        what = f"call answered ({r.reason}), setup {_perf_value(r.setup)}s"
+        if rtp:
+            what += f", RTP {rtp['sent']} sent/{rtp['received']} received, {rtp['lost']} lost"
+        if rtp.get("one_way_audio"):
+            state, what = NagiosState.CRITICAL, "one-way audio: " + what
+        elif critical and r.setup is not None and critical.alerts(r.setup):
+            state, what = NagiosState.CRITICAL, what + f" (critical {critical.text})"
+        elif warning and r.setup is not None and warning.alerts(r.setup):
+            state, what = NagiosState.WARNING, what + f" (warning {warning.text})"
+    else:
+        state = NagiosState.CRITICAL
+        what = f"{r.outcome.value}: {r.reason} ({r.transport} {r.remote})"
+    perf = [f"'setup'={_perf_value(r.setup)}{'s' if r.setup is not None else ''};"
+            f"{warning.text if warning else ''};{critical.text if critical else ''};0;"]
+    for k in ("first_response", "pdd", "answer", "bye"):
+        v = getattr(r, k)
+        perf.append(f"'{k}'={_perf_value(v)}{'s' if v is not None else ''};;;0;")
+    perf.append(f"'retransmissions'={r.retransmissions};;;0;")
+    if rtp:
+        perf += [f"'rtp_sent'={rtp['sent']};;;0;", f"'rtp_received'={rtp['received']};;;0;",
+                 f"'rtp_lost'={max(0, rtp['lost'])};;;0;"]
+        if rtp["jitter_ms"] is not None:
+            perf.append(f"'jitter'={_perf_value(rtp['jitter_ms'])}ms;;;0;")
+    text = what.replace("|", "/").replace("\n", " ")
+    return state, f"SIP {state.name} - {text} | " + " ".join(perf)
+
+
+def call_prometheus(r: CallResult) -> str:
+    labels = f'{{target="{_label(r.target)}",transport="{r.transport}"}}'
+
+    def lab(**extra):
+        return labels[:-1] + "".join(f',{k}="{v}"' for k, v in extra.items()) + "}"
+    rtp = r.rtp or {}
+    nan = math.nan
+    rows = [
+        ("probe_success", "1 if the call was answered with audio both ways, else 0.", [(labels, 1 if r.up else 0)]),
+        ("probe_duration_seconds", "How long the whole probe run took, in seconds.", [(labels, r.elapsed or 0.0)]),
+        ("probe_sip_status_code", "Status code of the INVITE's final response (0 if none).",
+         [(labels, r.status or 0)]),
+        ("probe_sip_phase_seconds", "Seconds per phase from the first INVITE (first response, PDD, answer, setup), "
+                                    "the call's duration, and the BYE and CANCEL round trips (NaN if none).",
+         [(lab(phase=k), getattr(r, k) if getattr(r, k) is not None else nan) for k in PHASES]),
+        ("probe_sip_retransmissions", "Requests retransmitted during the run (Timers A and E).",
+         [(labels, r.retransmissions)]),
+        ("probe_sip_call_outcome", "1 for the call's outcome.",
+         [(lab(outcome=o.value), 1 if r.outcome is o else 0) for o in CallOutcome]),
+        ("probe_rtp_packets", "RTP packets sent and received.",
+         [(lab(direction="sent"), rtp.get("sent", 0)), (lab(direction="received"), rtp.get("received", 0))]),
+        ("probe_rtp_lost_packets", "RFC 3550 cumulative loss of the received RTP.", [(labels, rtp.get("lost", 0))]),
+        ("probe_rtp_jitter_seconds", "RFC 3550 interarrival jitter of the received RTP (NaN if none).",
+         [(labels, rtp["jitter_ms"] / 1000 if rtp.get("jitter_ms") is not None else nan)]),
+        ("probe_rtp_one_way_audio", "1 if we sent RTP and (almost) none came back.",
+         [(labels, 1 if rtp.get("one_way_audio") else 0)]),
+    ]
+    out = []
+    for name, help_text, samples in rows:
+        out += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+        for lb, value in samples:
+            text = "NaN" if isinstance(value, float) and math.isnan(value) else (
+                f"{value:.6f}" if isinstance(value, float) else str(value))
+            out.append(f"{name}{lb} {text}")
+    return "\n".join(out) + "\n"
