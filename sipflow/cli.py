@@ -378,8 +378,14 @@ def probe():
               help="Nagios: WARNING when the round trip in seconds is outside RANGE (e.g. 0.5).")
 @click.option("-c", "--critical", metavar="RANGE", callback=_parsed(_parse_range),
               help="Nagios: CRITICAL when the round trip in seconds is outside RANGE (e.g. 1).")
+@click.option("--pcap", "pcap", metavar="FILE", type=click.Path(dir_okay=False, writable=True),
+              help="Write the probe's own traffic (SIP and RTP, sent and received) to FILE as a pcap. TCP is "
+                   "written as a handshake, then one segment per SIP message with consistent sequence numbers. "
+                   "Digest responses are redacted (same length) unless --keep-secrets.")
+@click.option("--keep-secrets", is_flag=True, help="With --pcap: keep the digest responses as sent.")
 @handle_probe_errors
-def probe_options(target, count, interval, timeout, expect, bind, family, fmt, warning, critical):
+def probe_options(target, count, interval, timeout, expect, bind, family, fmt, warning, critical, pcap=None,
+                  keep_secrets=False):
     """Send OPTIONS to sip:host[:port][;transport=udp|tcp] and report status, round trip and server.
 
     Over UDP the request is retransmitted per RFC 3261 (0.5 s doubling to 4 s, given up after 32 s);
@@ -418,7 +424,9 @@ def probe_options(target, count, interval, timeout, expect, bind, family, fmt, w
             click.echo(p.result_text(r))
     elif fmt == "json":
         on_result = lambda r: click.echo(p.result_json(r))  # noqa: E731
-    run = p.probe_options(tgt, opts, on_result=on_result)
+    from sipflow.pcapwrite import recording
+    with recording(pcap, keep_secrets):
+        run = p.probe_options(tgt, opts, on_result=on_result)
     if fmt == "text":
         click.echo(p.run_text(run))
     elif fmt == "nagios":
@@ -464,9 +472,14 @@ def _register_exit(result) -> ProbeExit:
 @click.option("-v", "--verbose", is_flag=True,
               help="Print every SIP message sent and received on standard error (digest responses and "
                    "the password redacted).")
+@click.option("--pcap", "pcap", metavar="FILE", type=click.Path(dir_okay=False, writable=True),
+              help="Write the probe's own traffic (SIP and RTP, sent and received) to FILE as a pcap. TCP is "
+                   "written as a handshake, then one segment per SIP message with consistent sequence numbers. "
+                   "Digest responses are redacted (same length) unless --keep-secrets.")
+@click.option("--keep-secrets", is_flag=True, help="With --pcap: keep the digest responses as sent.")
 @handle_probe_errors
 def probe_register(aor, user, password, expires, unregister, proxy, timeout, bind, family, fmt, warning, critical,
-                   verbose):
+                   verbose, pcap=None, keep_secrets=False):
     """Register sip:user@domain[:port][;transport=udp|tcp] and report what the registrar granted.
 
     The REGISTER goes to the AOR's domain (or --proxy), with our real address and port in Contact
@@ -502,7 +515,9 @@ def probe_register(aor, user, password, expires, unregister, proxy, timeout, bin
     if verbose:
         def on_message(direction, data):
             click.echo(p.trace_text(direction, data, password), err=True)
-    result = p.probe_register(aor, opts, on_message=on_message)
+    from sipflow.pcapwrite import recording
+    with recording(pcap, keep_secrets):
+        result = p.probe_register(aor, opts, on_message=on_message)
     if fmt == "text":
         click.echo(p.register_header(result.target, opts))
         click.echo(p.register_text(result))
@@ -559,11 +574,19 @@ def _call_exit(result) -> ProbeExit:
               help="Nagios: WARNING when the setup time (INVITE to ACK) in seconds is outside RANGE.")
 @click.option("-c", "--critical", metavar="RANGE", callback=_parsed(_parse_range),
               help="Nagios: CRITICAL when the setup time in seconds is outside RANGE.")
+@click.option("--audio", metavar="tone|FILE.wav", default="tone", show_default=True,
+              help="What to send: the 1 kHz tone, or a WAV file (8000 Hz mono 16-bit PCM, anything else is "
+                   "refused) encoded as the answer's G.711 codec and looped for --duration.")
 @click.option("-v", "--verbose", is_flag=True,
               help="Print every SIP message sent and received on standard error (secrets redacted).")
+@click.option("--pcap", "pcap", metavar="FILE", type=click.Path(dir_okay=False, writable=True),
+              help="Write the probe's own traffic (SIP and RTP, sent and received) to FILE as a pcap. TCP is "
+                   "written as a handshake, then one segment per SIP message with consistent sequence numbers. "
+                   "Digest responses are redacted (same length) unless --keep-secrets.")
+@click.option("--keep-secrets", is_flag=True, help="With --pcap: keep the digest responses as sent.")
 @handle_probe_errors
 def probe_call(target, from_uri, user, password, ring_timeout, duration, dtmf, proxy, timeout, bind, family, fmt,
-               warning, critical, verbose):
+               warning, critical, verbose, pcap=None, keep_secrets=False, audio="tone"):
     """Place a test call to sip:user@host[:port][;transport=udp|tcp], send a tone, hang up, report.
 
     The INVITE offers PCMU, PCMA and telephone-event (SDP on our own address, IPv4 or IPv6) and is
@@ -599,12 +622,15 @@ def probe_call(target, from_uri, user, password, ring_timeout, duration, dtmf, p
     from sipflow import probe_call as pc
     ctx = click.get_current_context()
     opts = pc.CallOptions(from_uri=from_uri, user=user, password=password, ring_timeout=ring_timeout,
-                          duration=duration, dtmf=dtmf, proxy=proxy, timeout=timeout, bind=bind, family=family)
+                          duration=duration, dtmf=dtmf, proxy=proxy, timeout=timeout, bind=bind, family=family,
+                          audio=None if audio == "tone" else audio)
     on_message = None
     if verbose:
         def on_message(direction, data):
             click.echo(p.trace_text(direction, data, password), err=True)
-    result = pc.probe_call(target, opts, on_message=on_message)
+    from sipflow.pcapwrite import recording
+    with recording(pcap, keep_secrets):
+        result = pc.probe_call(target, opts, on_message=on_message)
     if fmt == "text":
         click.echo(pc.call_header(result.target, opts))
         click.echo(pc.call_text(result))

@@ -65,3 +65,44 @@ def tone(frequency: float = 1000.0, count: int = SAMPLES_PER_PACKET, level_dbfs:
 def tone_packet(codec: str, frequency: float = 1000.0) -> bytes:
     """One 20 ms payload of the test tone (the same for every packet at 1 kHz)."""
     return encode(tone(frequency), codec)
+
+
+def read_wav(path: str) -> List[int]:
+    """The samples of a WAV file that is 8000 Hz, mono, 16-bit linear PCM (what G.711 carries without
+    resampling); anything else is a ``ValueError`` saying what the file is instead."""
+    import wave
+    try:
+        with wave.open(str(path), "rb") as w:
+            rate, channels, width, frames = w.getframerate(), w.getnchannels(), w.getsampwidth(), w.getnframes()
+            problems = []
+            if rate != SAMPLE_RATE:
+                problems.append(f"{rate} Hz")
+            if channels != 1:
+                problems.append(f"{channels} channels")
+            if width != 2:
+                problems.append(f"{width * 8}-bit")
+            if problems:
+                raise ValueError(f"{path}: {', '.join(problems)}; --audio needs 8000 Hz mono 16-bit PCM WAV "
+                                 f"(e.g. sox in.wav -r 8000 -c 1 -b 16 out.wav)")
+            data = w.readframes(frames)
+    except wave.Error as e:
+        raise ValueError(f"{path}: not a PCM WAV file ({e}); --audio needs 8000 Hz mono 16-bit PCM WAV") from None
+    except EOFError:
+        raise ValueError(f"{path}: truncated WAV file") from None
+    except OSError as e:
+        raise ValueError(f"{path}: {e.strerror or e}") from None
+    n = len(data) // 2
+    if n == 0:
+        raise ValueError(f"{path}: the WAV file has no samples")
+    import struct
+    return list(struct.unpack(f"<{n}h", data[:2 * n]))
+
+
+def audio_payload(encoded: bytes, packet: int) -> bytes:
+    """Payload number ``packet`` (20 ms each) of ``encoded`` G.711 bytes played in a loop."""
+    n = len(encoded)
+    start = (packet * SAMPLES_PER_PACKET) % n
+    out = encoded[start:start + SAMPLES_PER_PACKET]
+    while len(out) < SAMPLES_PER_PACKET:
+        out += encoded[:SAMPLES_PER_PACKET - len(out)]
+    return out

@@ -34,6 +34,7 @@ from sipflow import __version__
 from sipflow.errors import ParseError, ProbeError
 from sipflow.digest import DigestSession, challenges_from, choose, redact
 from sipflow.sip import SipMessage, frame_stream, parse_message, parse_uri
+from sipflow.pcapwrite import record as _pcap_record
 
 MAGIC_COOKIE = "z9hG4bK"   # RFC 3261 §8.1.1.7: a branch starting with it is unique per transaction
 T1 = 0.5                   # §17.1.1.1: round-trip estimate, first retransmission interval (s)
@@ -543,6 +544,7 @@ class _Channel:
                 self.sock.connect(remote)
             self.sock.setblocking(False)
             self.local: Tuple[str, int] = self.sock.getsockname()[:2]
+            self.peer = self.sock.getpeername()[:2]
         except PermissionError:
             self.sock.close()
             raise ProbeError(f"sending to {remote[0]} is not permitted (a broadcast address, or a local "
@@ -552,6 +554,7 @@ class _Channel:
             raise
 
     def send(self, data: bytes) -> None:
+        _pcap_record(self.reliable, True, self.local, self.peer, data)
         if not self.reliable:
             try:
                 self.sock.send(data)
@@ -581,6 +584,8 @@ class _Channel:
                 try:
                     out.append(self.sock.recv(65535))
                 except BlockingIOError:
+                    for data in out:
+                        _pcap_record(False, False, self.local, self.peer, data)
                     return out
         try:
             data = self.sock.recv(65536)
@@ -596,6 +601,7 @@ class _Channel:
                 return out
             if kind == "message":
                 out.append(bytes(self.buf[:n]))
+                _pcap_record(True, False, self.local, self.peer, out[-1])
             del self.buf[:n]
 
     def close(self) -> None:

@@ -33,7 +33,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 from sipflow import __version__
 from sipflow.digest import DigestSession, challenges_from, choose
 from sipflow.errors import ParseError, ProbeError
-from sipflow.g711 import PACKET_MS, SAMPLES_PER_PACKET, tone_packet
+from sipflow.g711 import PACKET_MS, SAMPLES_PER_PACKET, audio_payload, encode, read_wav, tone_packet
+from sipflow.pcapwrite import record as _pcap_record
 from sipflow.probe import (DEFAULT_PORT, T1, ClientTransaction, NagiosRange, NagiosState, Target,
                            _Channel, _failure, _host, _label, _perf_value, _resolve, _us, new_branch,
                            parse_bind, parse_target)
@@ -272,7 +273,8 @@ def invite_request(uri: str, from_uri: str, transport: str, local: Tuple[str, in
     if route:
         lines.append(f"Route: <{route}>")
     lines += [f"From: <{from_uri}>;tag={from_tag}", f"To: <{uri}>", f"Call-ID: {call_id}", f"CSeq: {cseq} INVITE",
-              f"Contact: <sip:{user}@{via}{contact_params}>", "Allow: INVITE, ACK, CANCEL, BYE, OPTIONS"]
+              f"Contact: <sip:{user}@{via}{contact_params}>", "Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, PRACK",
+              "Supported: 100rel"]
     lines += [f"{k}: {v}" for k, v in auth]
     lines += [f"User-Agent: sipflow/{__version__}", "Content-Type: application/sdp", f"Content-Length: {len(sdp)}"]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + sdp
@@ -338,6 +340,9 @@ class Media:
         self.rtcp = 0
         self.problem: Optional[str] = None        # why nothing is sent (no usable codec...)
         self._event_ts = 0
+        self.samples: Optional[List[int]] = None  # --audio FILE.wav: sent instead of the tone, looped
+        self.audio = b""
+        self.audio_packets = 0
 
     def configure(self, answer_body: bytes) -> None:
         """Read the SDP answer: the far end's address and port, the codec it chose first among ours,
@@ -355,6 +360,8 @@ class Media:
         self.pt, self.codec = codec.pt, codec.name.upper()
         self.event_pt = event.pt if event else None
         self.payload = tone_packet(self.codec)
+        if self.samples:
+            self.audio = encode(self.samples, self.codec)
         try:
             info = socket.getaddrinfo(audio.address, audio.port, self.sock.family, socket.SOCK_DGRAM,
                                       0, socket.AI_NUMERICHOST)
@@ -409,7 +416,12 @@ class Media:
                 self.dtmf_sent += digit
             self.dtmf_packets += 1
         else:
-            data = rtp_packet(self.pt, self.seq, self.ts, self.ssrc, self.payload, marker=self.sent == 0)
+            payload = self.payload
+            if self.audio:
+                payload = audio_payload(self.audio, self.audio_packets)
+                self.audio_packets += 1
+            data = rtp_packet(self.pt, self.seq, self.ts, self.ssrc, payload, marker=self.sent == 0)
+        _pcap_record(False, True, self.local, self.remote, data)
         try:
             self.sock.sendto(data, self.remote)
         except (BlockingIOError, ConnectionRefusedError):
@@ -433,6 +445,7 @@ class Media:
                 return
             except OSError:     # ICMP errors for what we sent
                 continue
+            _pcap_record(False, False, self.local, src, data)
             if len(data) < 12 or data[0] >> 6 != 2:
                 self.stray += 1
                 continue
@@ -531,6 +544,7 @@ class CallOptions:
     timeout: Optional[float] = None
     bind: Optional[str] = None
     family: Optional[int] = None
+    audio: Optional[str] = None       # a WAV file (8000 Hz mono 16-bit PCM) sent instead of the tone
 
     def __post_init__(self) -> None:
         if not 0 <= self.duration <= MAX_DURATION:
@@ -589,6 +603,9 @@ class CallResult:
     proxy: Optional[str] = None
     rtp: Optional[dict] = None
     stray: int = 0
+    pracks: int = 0                       # RFC 3262: reliable provisionals PRACKed
+    prack_status: Optional[int] = None    # the last PRACK's final response
+    prack_retransmitted: int = 0          # PRACKs sent again for retransmitted reliable provisionals
 
     @property
     def up(self) -> bool:
@@ -607,6 +624,8 @@ class CallResult:
             "hung_up_by": self.hung_up_by, "auth_algorithm": self.auth_algorithm, "auth_realm": self.auth_realm,
             "server": self.server, "call_id": self.call_id, "route_set": list(self.route_set),
             "remote_target": self.remote_target, "rtp": self.rtp, "stray": self.stray,
+            "pracks": self.pracks, "prack_status": self.prack_status,
+            "prack_retransmitted": self.prack_retransmitted,
         }
 
 
@@ -620,6 +639,12 @@ def probe_call(target: str, options: CallOptions = CallOptions(),
     """Call ``target`` (``sip:user@host[:port][;transport=udp|tcp]``), send the tone, hang up after
     ``options.duration`` and return what happened. ``on_message(direction, data)`` sees every SIP
     message sent (``">"``) and received (``"<"``). The whole run ends within ``options.run_timeout``."""
+    samples = None
+    if options.audio and options.audio != "tone":
+        try:
+            samples = read_wav(options.audio)
+        except ValueError as e:
+            raise ProbeError(f"--audio {e}") from None
     tgt = parse_target(target)
     if "@" not in tgt.uri[4:].split(";")[0]:
         raise ProbeError(f"{target!r}: a call goes to a user, as in sip:bob@{_host(tgt.host)}")
@@ -630,7 +655,9 @@ def probe_call(target: str, options: CallOptions = CallOptions(),
         if parse_uri(hop.uri).param("transport") is None and hop.transport != tgt.transport:
             hop = Target(uri=hop.uri, host=hop.host, port=hop.port, transport=tgt.transport)
         route = hop.uri if parse_uri(hop.uri).param("lr") is not None else hop.uri + ";lr"
-    return _CallDriver(tgt, hop, route, options, clock, on_message).run()
+    driver = _CallDriver(tgt, hop, route, options, clock, on_message)
+    driver.samples = samples
+    return driver.run()
 
 
 class _CallDriver:
@@ -681,6 +708,12 @@ class _CallDriver:
         self.from_uri = options.from_uri
         self._bye_retried = False
         self.early_sdp: Optional[bytes] = None
+        self.pracks: Dict[Tuple[str, int], Tuple[bytes, _Channel]] = {}   # (To-tag, RSeq) -> PRACK sent
+        self.prack_retransmitted = 0
+        self.prack_status: Optional[int] = None
+        self.tx_channel: Dict[Tuple[str, str], _Channel] = {}
+        self.extra_channels: List[_Channel] = []
+        self.samples: Optional[List[int]] = None        # --audio FILE.wav, read by probe_call
         self.remote_text = ""
 
     # -- the loop -----------------------------------------------------------------------------------
@@ -697,6 +730,7 @@ class _CallDriver:
                 if not self.from_uri:
                     self.from_uri = f"sip:sipflow@{_host(local_ip)}"
                 self.media = Media(local_ip, family)
+                self.media.samples = self.samples
                 self.sdp = sdp_offer(local_ip, self.media.local[1], random.randrange(1, 2 ** 31))
                 self._send_invite()
             except (OSError, EOFError) as e:
@@ -716,7 +750,7 @@ class _CallDriver:
             end = min(self.clock(), deadline)
             if self.media:
                 self.media.stop(end)
-            for ch in (self.channel, self.dialog_channel):
+            for ch in dict.fromkeys((self.channel, self.dialog_channel, *self.extra_channels)):
                 if ch:
                     ch.close()
         result = self._result(start, end)
@@ -755,7 +789,8 @@ class _CallDriver:
             d = tx.next_deadline()
             if d is None or d > now:
                 continue
-            ch = self.dialog_channel if key[1] == "BYE" and self.dialog_channel else self.channel
+            ch = self.tx_channel.get(key) or (
+                self.dialog_channel if key[1] == "BYE" and self.dialog_channel else self.channel)
             for data in tx.on_timer(now):
                 try:
                     self._send(data, ch)
@@ -788,7 +823,8 @@ class _CallDriver:
         if self.bye_due is not None and self.bye_tx is None:
             wake.append(self.bye_due)
         delay = max(0.0, min(wake) - now)
-        chans = [c for c in (self.channel, self.dialog_channel) if c is not None]
+        chans = [c for c in (self.channel, self.dialog_channel, *self.extra_channels) if c is not None]
+        chans = list(dict.fromkeys(chans))
         rd = [c.sock for c in chans] + ([self.media.sock] if self.media else [])
         wr = [c.sock for c in chans if c.wants_write]
         readable, writable, _ = select.select(rd, wr, [], delay)
@@ -869,6 +905,8 @@ class _CallDriver:
         self._send(response_to(msg, status, reason, self.from_tag), channel)
 
     def _on_provisional(self, msg: SipMessage, now: float) -> None:
+        if self._reliable_provisional(msg, now):
+            return    # a retransmission of a reliable provisional we already PRACKed
         self.provisional.append(msg.status)
         if msg.body and msg.content_type == "application/sdp":
             self.early_sdp = msg.body    # early media (183): the answer, unless the 2xx brings its own
@@ -877,6 +915,48 @@ class _CallDriver:
                 self.pdd_at = now
         if self.ring_started is None:
             self.ring_started = now   # CANCEL is allowed from here on (§9.1)
+
+    def _reliable_provisional(self, msg: SipMessage, now: float) -> bool:
+        """RFC 3262 §4: a 101-199 with Require: 100rel and RSeq is PRACKed in its early dialog (To-tag,
+        Contact, Record-Route of the 1xx), RAck = RSeq, the INVITE's CSeq number and method. A
+        retransmission of it (same To-tag and RSeq) gets the same PRACK again. True for a retransmission."""
+        require = {t.strip().lower() for v in msg.header_values("Require") for t in v.split(",")}
+        rseq_text = (msg.header("RSeq") or "").strip()
+        if msg.status == 100 or "100rel" not in require or not rseq_text.isdigit():
+            return False
+        tag = (msg.to.tag if msg.to else "") or ""
+        key = (tag, int(rseq_text))
+        if key in self.pracks:
+            data, ch = self.pracks[key]
+            self.prack_retransmitted += 1
+            try:
+                self._send(data, ch)
+            except (OSError, EOFError) as e:
+                self._transport_failed(e)
+            return True
+        contact = msg.contacts[0].uri.raw if msg.contacts else self.target.uri
+        early = Dialog(call_id=self.call_id, local_uri=self.from_uri, local_tag=self.from_tag,
+                       remote_uri=self.target.uri, remote_tag=tag, remote_target=contact,
+                       route_set=tuple(reversed(msg.header_values("Record-Route"))), cseq=self.invite.message.cseq[0])
+        try:
+            ch = self._channel_for(early.next_hop())
+        except ProbeError:
+            ch = self.channel
+        if ch is not self.channel and ch not in self.extra_channels:
+            self.extra_channels.append(ch)
+        self.cseq += 1
+        branch = new_branch()
+        request = early.request("PRACK", self.hop.transport, ch.local, branch, self.cseq,
+                                (("RAck", f"{key[1]} {early.cseq} INVITE"),))
+        tx = ClientTransaction(request, branch, "PRACK", ch.reliable, now)
+        self.txs[(branch, "PRACK")] = tx
+        self.tx_channel[(branch, "PRACK")] = ch
+        self.pracks[key] = (request, ch)
+        try:
+            self._send(request, ch)
+        except (OSError, EOFError) as e:
+            self._transport_failed(e)
+        return False
 
     def _on_2xx(self, msg: SipMessage, now: float) -> None:
         if self.dialog is not None:
@@ -929,6 +1009,9 @@ class _CallDriver:
         main_remote = self.channel.sock.getpeername()
         if remote[:2] == main_remote[:2] and transport == self.hop.transport:
             return self.channel
+        for ch in self.extra_channels:   # a PRACK's early dialog went there already
+            if ch.peer[:2] == remote[:2] and ch.reliable == (transport == "tcp"):
+                return ch
         bind = (self.channel.local[0], 0)
         return _Channel(hop, fam, remote, bind, 2.0, self.clock)
 
@@ -986,6 +1069,8 @@ class _CallDriver:
         if tx is self.invite and tx.state is InviteState.TERMINATED and tx.final is None and self.outcome is None:
             self._fail(CallOutcome.TIMEOUT, f"no response to the INVITE within {TIMER_B:g} s (Timer B)")
             return
+        if getattr(tx, "method", None) == "PRACK" and tx.final is not None and tx.final.status >= 200:
+            self.prack_status = tx.final.status
         if tx is self.cancel_tx and tx.done and self.cancel_status is None:
             self.cancel_status = tx.final.status if tx.final is not None else None
             self.cancel_done_at = tx.final_at
@@ -1118,7 +1203,8 @@ class _CallDriver:
             server=server, call_id=self.call_id if self.invites else None,
             route_set=self.dialog.route_set if self.dialog else (),
             remote_target=self.dialog.remote_target if self.dialog else None, proxy=self.opts.proxy, rtp=rtp,
-            stray=self.stray)
+            stray=self.stray, pracks=len(self.pracks), prack_status=self.prack_status,
+            prack_retransmitted=self.prack_retransmitted)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1138,6 +1224,8 @@ def call_header(target: str, options: CallOptions) -> str:
         parts.append(f"--ring-timeout {options.ring_timeout:g} s")
     if options.dtmf:
         parts.append(f"--dtmf {options.dtmf}")
+    if options.audio:
+        parts.append(f"--audio {options.audio}")
     parts.append(f"--timeout {options.run_timeout:g} s")
     return ", ".join(parts) + (f", via {options.proxy}" if options.proxy else "")
 
@@ -1161,6 +1249,8 @@ def call_text(r: CallResult) -> str:
         steps.append(f"BYE {r.bye_status or 'no answer'}")
     if r.hung_up_by == "them":
         steps.append("the far end hung up")
+    if r.pracks:
+        steps.insert(0, f"PRACK x{r.pracks} {r.prack_status or 'no answer'}")
     if steps:
         lines.append("dialog: " + ", ".join(steps) + (f", route {' '.join(r.route_set)}" if r.route_set else ""))
     shown = [f"{k.replace('_', ' ')} {_ms(getattr(r, k))}" for k in PHASES if getattr(r, k) is not None]

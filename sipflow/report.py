@@ -41,6 +41,8 @@ def fmt_datetime(ts: Optional[float]) -> str:
 def fmt_secs(v: Optional[float]) -> str:
     if v is None:
         return "-"
+    if v < 0.01:
+        return f"{v * 1000:.1f}ms"
     if v < 1:
         return f"{v * 1000:.0f}ms"
     if v < 60:
