@@ -508,29 +508,40 @@ def probe_register(aor, user, password, expires, unregister, proxy, timeout, bin
     code), 3 UNKNOWN (could not run).  --format prometheus: 0 once the metrics are written.
     """
     from sipflow import probe as p
-    ctx = click.get_current_context()
     opts = p.RegisterOptions(user=user, password=password, expires=expires, unregister=unregister, proxy=proxy,
                              timeout=timeout, bind=bind, family=family)
+    _probe_and_report(lambda cb: p.probe_register(aor, opts, on_message=cb), fmt, warning, critical, verbose,
+                      password, pcap, keep_secrets, header=lambda r: p.register_header(r.target, opts),
+                      text=p.register_text, as_json=p.register_json, nagios=p.register_nagios,
+                      prometheus=p.register_prometheus, exit_code=_register_exit)
+
+
+def _probe_and_report(run, fmt, warning, critical, verbose, password, pcap, keep_secrets, *, header, text,
+                      as_json, nagios, prometheus, exit_code) -> None:
+    """What ``probe register`` and ``probe call`` share: the -v trace (secrets redacted), the --pcap
+    recording, one renderer per --format, and the exit code (Nagios and Prometheus have their own)."""
+    from sipflow import probe as p
+    from sipflow.pcapwrite import recording
+    ctx = click.get_current_context()
     on_message = None
     if verbose:
         def on_message(direction, data):
             click.echo(p.trace_text(direction, data, password), err=True)
-    from sipflow.pcapwrite import recording
     with recording(pcap, keep_secrets):
-        result = p.probe_register(aor, opts, on_message=on_message)
+        result = run(on_message)
     if fmt == "text":
-        click.echo(p.register_header(result.target, opts))
-        click.echo(p.register_text(result))
+        click.echo(header(result))
+        click.echo(text(result))
     elif fmt == "json":
-        click.echo(p.register_json(result))
+        click.echo(as_json(result))
     elif fmt == "nagios":
-        state, line = p.register_nagios(result, warning, critical)
+        state, line = nagios(result, warning, critical)
         click.echo(line)
         ctx.exit(int(state))
     elif fmt == "prometheus":
-        click.echo(p.register_prometheus(result), nl=False)
+        click.echo(prometheus(result), nl=False)
         ctx.exit(ProbeExit.OK)
-    ctx.exit(_register_exit(result))
+    ctx.exit(exit_code(result))
 
 
 
@@ -618,32 +629,14 @@ def probe_call(target, from_uri, user, password, ring_timeout, duration, dtmf, p
     --format nagios: 0 OK, 1 WARNING, 2 CRITICAL (anything but a call answered with audio both
     ways), 3 UNKNOWN (could not run).  --format prometheus: 0 once the metrics are written.
     """
-    from sipflow import probe as p
     from sipflow import probe_call as pc
-    ctx = click.get_current_context()
     opts = pc.CallOptions(from_uri=from_uri, user=user, password=password, ring_timeout=ring_timeout,
                           duration=duration, dtmf=dtmf, proxy=proxy, timeout=timeout, bind=bind, family=family,
                           audio=None if audio == "tone" else audio)
-    on_message = None
-    if verbose:
-        def on_message(direction, data):
-            click.echo(p.trace_text(direction, data, password), err=True)
-    from sipflow.pcapwrite import recording
-    with recording(pcap, keep_secrets):
-        result = pc.probe_call(target, opts, on_message=on_message)
-    if fmt == "text":
-        click.echo(pc.call_header(result.target, opts))
-        click.echo(pc.call_text(result))
-    elif fmt == "json":
-        click.echo(pc.call_json(result))
-    elif fmt == "nagios":
-        state, line = pc.call_nagios(result, warning, critical)
-        click.echo(line)
-        ctx.exit(int(state))
-    elif fmt == "prometheus":
-        click.echo(pc.call_prometheus(result), nl=False)
-        ctx.exit(ProbeExit.OK)
-    ctx.exit(_call_exit(result))
+    _probe_and_report(lambda cb: pc.probe_call(target, opts, on_message=cb), fmt, warning, critical, verbose,
+                      password, pcap, keep_secrets, header=lambda r: pc.call_header(r.target, opts),
+                      text=pc.call_text, as_json=pc.call_json, nagios=pc.call_nagios,
+                      prometheus=pc.call_prometheus, exit_code=_call_exit)
 
 
 if __name__ == "__main__":  # pragma: no cover
