@@ -233,6 +233,35 @@ def rtp(files, fmt, output, width, no_progress, **filters):
     _emit(text, output)
 
 
+@main.command()
+@analysis_options(["text"])
+@handle_errors
+def ladder(files, fmt, output, width, no_progress, **filters):
+    """Ladder (sequence) diagram of the SIP messages: one lane per address, one arrow per message.
+
+    Each line shows the time since the first message and the frame number, so any arrow can be found
+    in Wireshark with frame.number == N. Use the filters to draw one call.
+
+    \b
+    Examples:
+      sipflow ladder samples/call-via-proxy.pcap
+      sipflow ladder capture.pcap --call-id 1-2345@127.0.0.1
+      sipflow ladder capture.pcap --method REGISTER --width 120
+    """
+    from sipflow.ladder import layout, render_text
+    a = _run_analysis(files, no_progress, **filters)
+    _emit(render_text(layout(a.messages), _width(width)), output)
+
+
+def _ladder_of(path: Optional[str]) -> Optional[str]:
+    """The ladder of a probe's own recording (empty when nothing was recorded)."""
+    from sipflow.analyze import analyze
+    from sipflow.ladder import layout, render_text
+    if not path or not os.path.exists(path):
+        return None
+    return render_text(layout(analyze(path).messages), _width(None))
+
+
 # ---------------------------------------------------------------------------------------------------
 # sipflow probe: active tests against one server (sipflow.probe does the work)
 
@@ -517,9 +546,12 @@ def probe_register(aor, user, password, expires, unregister, proxy, timeout, bin
 
 
 def _probe_and_report(run, fmt, warning, critical, verbose, password, pcap, keep_secrets, *, header, text,
-                      as_json, nagios, prometheus, exit_code) -> None:
+                      as_json, nagios, prometheus, exit_code, show_ladder: bool = False) -> None:
     """What ``probe register`` and ``probe call`` share: the -v trace (secrets redacted), the --pcap
-    recording, one renderer per --format, and the exit code (Nagios and Prometheus have their own)."""
+    recording, one renderer per --format, --ladder, and the exit code (Nagios and Prometheus have
+    their own)."""
+    import tempfile
+
     from sipflow import probe as p
     from sipflow.pcapwrite import recording
     ctx = click.get_current_context()
@@ -527,12 +559,20 @@ def _probe_and_report(run, fmt, warning, critical, verbose, password, pcap, keep
     if verbose:
         def on_message(direction, data):
             click.echo(p.trace_text(direction, data, password), err=True)
-    with recording(pcap, keep_secrets):
-        result = run(on_message)
+    with tempfile.TemporaryDirectory(prefix="sipflow-probe-") as tmp:
+        # The ladder is drawn by the analyzer from the probe's own recording, like any capture.
+        record = pcap or (os.path.join(tmp, "probe.pcap") if show_ladder else None)
+        with recording(record, keep_secrets):
+            result = run(on_message)
+        drawing = _ladder_of(record) if show_ladder else None
     if fmt == "text":
         click.echo(header(result))
         click.echo(text(result))
-    elif fmt == "json":
+        if drawing:
+            click.echo("\n" + drawing)
+    elif drawing:
+        click.echo(drawing, err=True)
+    if fmt == "json":
         click.echo(as_json(result))
     elif fmt == "nagios":
         state, line = nagios(result, warning, critical)
@@ -595,9 +635,12 @@ def _call_exit(result) -> ProbeExit:
                    "written as a handshake, then one segment per SIP message with consistent sequence numbers. "
                    "Digest responses are redacted (same length) unless --keep-secrets.")
 @click.option("--keep-secrets", is_flag=True, help="With --pcap: keep the digest responses as sent.")
+@click.option("--ladder", "show_ladder", is_flag=True,
+              help="Also draw the ladder of the probe's own messages (after the result; on standard error "
+                   "unless --format text).")
 @handle_probe_errors
 def probe_call(target, from_uri, user, password, ring_timeout, duration, dtmf, proxy, timeout, bind, family, fmt,
-               warning, critical, verbose, pcap=None, keep_secrets=False, audio="tone"):
+               warning, critical, verbose, pcap=None, keep_secrets=False, audio="tone", show_ladder=False):
     """Place a test call to sip:user@host[:port][;transport=udp|tcp], send a tone, hang up, report.
 
     The INVITE offers PCMU, PCMA and telephone-event (SDP on our own address, IPv4 or IPv6) and is
@@ -636,7 +679,7 @@ def probe_call(target, from_uri, user, password, ring_timeout, duration, dtmf, p
     _probe_and_report(lambda cb: pc.probe_call(target, opts, on_message=cb), fmt, warning, critical, verbose,
                       password, pcap, keep_secrets, header=lambda r: pc.call_header(r.target, opts),
                       text=pc.call_text, as_json=pc.call_json, nagios=pc.call_nagios,
-                      prometheus=pc.call_prometheus, exit_code=_call_exit)
+                      prometheus=pc.call_prometheus, exit_code=_call_exit, show_ladder=show_ladder)
 
 
 if __name__ == "__main__":  # pragma: no cover
