@@ -42,8 +42,8 @@ def layout(messages: Sequence[SipEvent]) -> Ladder:
                 index[ep] = len(lanes)
                 lanes.append(ep)
         m = e.msg
-        label = m.summary() if m.method else f"{m.status} {m.reason or ''}".rstrip()
-        if m.content_type in ("application/sdp",) or (m.body and b"\nm=" in m.body):
+        label = m.summary()
+        if m.content_type == "application/sdp" or (m.body and b"\nm=" in m.body):  # SDP, also in multipart
             label += " (SDP)"
         if m.method is None and m.cseq[1] and m.cseq[1] != "INVITE":
             label += f" ({m.cseq[1]})"
