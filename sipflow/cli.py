@@ -380,6 +380,7 @@ def probe():
       sipflow probe options sip:127.0.0.1
       sipflow probe options 'sip:pbx.example.com:5070;transport=tcp' --count 5
       sipflow probe options 'sip:[::1]' --format nagios -w 0.5 -c 1
+      sipflow probe options 'sip:pbx.example.com;transport=tls' --ca my-ca.pem
       sipflow probe register sip:alice@127.0.0.1 --password s3cret --unregister
       sipflow probe call sip:bob@127.0.0.1:5070 --duration 2 --format json
     """
@@ -410,15 +411,25 @@ def probe():
 @click.option("--pcap", "pcap", metavar="FILE", type=click.Path(dir_okay=False, writable=True),
               help="Write the probe's own traffic (SIP and RTP, sent and received) to FILE as a pcap. TCP is "
                    "written as a handshake, then one segment per SIP message with consistent sequence numbers. "
+                   "TLS is written as its SIP cleartext in TCP segments on the TLS port (no TLS records). "
                    "Digest responses are redacted (same length) unless --keep-secrets.")
 @click.option("--keep-secrets", is_flag=True, help="With --pcap: keep the digest responses as sent.")
+@click.option("--ca", "tls_ca", metavar="FILE", type=click.Path(exists=True, dir_okay=False),
+              help="TLS: verify the server certificate against the CA certificate(s) in this PEM file instead "
+                   "of the system CA store.")
+@click.option("--insecure", "tls_insecure", is_flag=True,
+              help="TLS: do not verify the server certificate or its name (encryption without authentication).")
 @handle_probe_errors
 def probe_options(target, count, interval, timeout, expect, bind, family, fmt, warning, critical, pcap=None,
-                  keep_secrets=False):
-    """Send OPTIONS to sip:host[:port][;transport=udp|tcp] and report status, round trip and server.
+                  keep_secrets=False, tls_ca=None, tls_insecure=False):
+    """Send OPTIONS to sip:host[:port][;transport=udp|tcp|tls] (or sips:host) and report status, round
+    trip and server.
 
     Over UDP the request is retransmitted per RFC 3261 (0.5 s doubling to 4 s, given up after 32 s);
-    over TCP it is not. A closed UDP port is reported as refused at once (ICMP port unreachable). Any
+    over TCP and TLS it is not. TLS (port 5061 unless given) checks the server certificate against the
+    system CA store and the target's host name (also sent as SNI); --ca FILE trusts that CA instead,
+    --insecure skips the check. A failed check is reported as "TLS certificate verify failed: ..."
+    (exit 6, Nagios CRITICAL). A closed UDP port is reported as refused at once (ICMP port unreachable). Any
     final response means the server is up unless --expect says which. With --count, the worst probe
     decides; Nagios thresholds (-w/-c, in the plugin range syntax) apply to the largest round trip.
 
@@ -426,6 +437,7 @@ def probe_options(target, count, interval, timeout, expect, bind, family, fmt, w
     Examples:
       sipflow probe options sip:127.0.0.1:5060
       sipflow probe options 'sip:[::1]:5070;transport=tcp' --count 3 --interval 0.5
+      sipflow probe options sips:pbx.example.com --ca my-ca.pem
       sipflow probe options sip:pbx.example.com --expect 200 --format json
       sipflow probe options sip:192.0.2.10 --format nagios -w 0.5 -c 1 --timeout 10
       sipflow probe options sip:192.0.2.10 --format prometheus > sip.prom.$$ && mv sip.prom.$$ sip.prom
@@ -433,7 +445,7 @@ def probe_options(target, count, interval, timeout, expect, bind, family, fmt, w
     \b
     Exit codes (text and json):
       0 every probe was up         5 unreachable            9  5xx not expected
-      1 could not run              6 connection reset       10 6xx not expected
+      1 could not run              6 connection reset, TLS  10 6xx not expected
       2 bad command line           7 2xx/3xx not expected   11 auth failure
       3 timeout                    8 4xx not expected       130 interrupted
       4 refused                    probe call only: 12 busy, 13 no answer, 14 one-way audio
@@ -444,7 +456,7 @@ def probe_options(target, count, interval, timeout, expect, bind, family, fmt, w
     ctx = click.get_current_context()
     tgt = p.parse_target(target)
     opts = p.ProbeOptions(count=count, interval=interval, timeout=timeout, expect=expect or p.Expect(),
-                          bind=bind, family=family)
+                          bind=bind, family=family, tls=p.TlsOptions(ca=tls_ca, insecure=tls_insecure))
     on_result = None
     if fmt == "text":
         def on_result(r, started=[]):
@@ -504,12 +516,19 @@ def _register_exit(result) -> ProbeExit:
 @click.option("--pcap", "pcap", metavar="FILE", type=click.Path(dir_okay=False, writable=True),
               help="Write the probe's own traffic (SIP and RTP, sent and received) to FILE as a pcap. TCP is "
                    "written as a handshake, then one segment per SIP message with consistent sequence numbers. "
+                   "TLS is written as its SIP cleartext in TCP segments on the TLS port (no TLS records). "
                    "Digest responses are redacted (same length) unless --keep-secrets.")
 @click.option("--keep-secrets", is_flag=True, help="With --pcap: keep the digest responses as sent.")
+@click.option("--ca", "tls_ca", metavar="FILE", type=click.Path(exists=True, dir_okay=False),
+              help="TLS: verify the server certificate against the CA certificate(s) in this PEM file instead "
+                   "of the system CA store.")
+@click.option("--insecure", "tls_insecure", is_flag=True,
+              help="TLS: do not verify the server certificate or its name (encryption without authentication).")
 @handle_probe_errors
 def probe_register(aor, user, password, expires, unregister, proxy, timeout, bind, family, fmt, warning, critical,
-                   verbose, pcap=None, keep_secrets=False):
-    """Register sip:user@domain[:port][;transport=udp|tcp] and report what the registrar granted.
+                   verbose, pcap=None, keep_secrets=False, tls_ca=None, tls_insecure=False):
+    """Register sip:user@domain[:port][;transport=udp|tcp|tls] (or sips:) and report what the registrar
+    granted.
 
     The REGISTER goes to the AOR's domain (or --proxy), with our real address and port in Contact
     and Via (rport). A 401/407 is answered with digest credentials (RFC 7616/8760: SHA-512-256,
@@ -517,7 +536,8 @@ def probe_register(aor, user, password, expires, unregister, proxy, timeout, bin
     digest-uri = the Request-URI) on a new request with CSeq + 1, once; stale=true is retried once
     more; a second challenge means the credentials were rejected (auth failure, as is a 403 to them).
     The result says the expiry granted to our binding, every binding the AOR has, the algorithm used
-    and the timings (first response, challenge round trip, register, unregister, total).
+    and the timings (first response, challenge round trip, register, unregister, total). TLS is as for
+    probe options (--ca, --insecure; a failed certificate check is exit 6).
 
     \b
     Examples:
@@ -529,7 +549,7 @@ def probe_register(aor, user, password, expires, unregister, proxy, timeout, bin
     \b
     Exit codes (text and json):
       0 registered (and unregistered)  5 unreachable            9  5xx
-      1 could not run                  6 connection reset       10 6xx
+      1 could not run                  6 connection reset, TLS  10 6xx
       2 bad command line               7 other final response   11 auth failure
       3 timeout                        8 4xx (not 401/407)      130 interrupted
       4 refused                        probe call only: 12 busy, 13 no answer, 14 one-way audio
@@ -538,7 +558,8 @@ def probe_register(aor, user, password, expires, unregister, proxy, timeout, bin
     """
     from sipflow import probe as p
     opts = p.RegisterOptions(user=user, password=password, expires=expires, unregister=unregister, proxy=proxy,
-                             timeout=timeout, bind=bind, family=family)
+                             timeout=timeout, bind=bind, family=family,
+                             tls=p.TlsOptions(ca=tls_ca, insecure=tls_insecure))
     _probe_and_report(lambda cb: p.probe_register(aor, opts, on_message=cb), fmt, warning, critical, verbose,
                       password, pcap, keep_secrets, header=lambda r: p.register_header(r.target, opts),
                       text=p.register_text, as_json=p.register_json, nagios=p.register_nagios,
@@ -633,15 +654,22 @@ def _call_exit(result) -> ProbeExit:
 @click.option("--pcap", "pcap", metavar="FILE", type=click.Path(dir_okay=False, writable=True),
               help="Write the probe's own traffic (SIP and RTP, sent and received) to FILE as a pcap. TCP is "
                    "written as a handshake, then one segment per SIP message with consistent sequence numbers. "
+                   "TLS is written as its SIP cleartext in TCP segments on the TLS port (no TLS records). "
                    "Digest responses are redacted (same length) unless --keep-secrets.")
 @click.option("--keep-secrets", is_flag=True, help="With --pcap: keep the digest responses as sent.")
+@click.option("--ca", "tls_ca", metavar="FILE", type=click.Path(exists=True, dir_okay=False),
+              help="TLS: verify the server certificate against the CA certificate(s) in this PEM file instead "
+                   "of the system CA store.")
+@click.option("--insecure", "tls_insecure", is_flag=True,
+              help="TLS: do not verify the server certificate or its name (encryption without authentication).")
 @click.option("--ladder", "show_ladder", is_flag=True,
               help="Also draw the ladder of the probe's own messages (after the result; on standard error "
                    "unless --format text).")
 @handle_probe_errors
 def probe_call(target, from_uri, user, password, ring_timeout, duration, dtmf, proxy, timeout, bind, family, fmt,
-               warning, critical, verbose, pcap=None, keep_secrets=False, audio="tone", show_ladder=False):
-    """Place a test call to sip:user@host[:port][;transport=udp|tcp], send a tone, hang up, report.
+               warning, critical, verbose, pcap=None, keep_secrets=False, audio="tone", show_ladder=False,
+               tls_ca=None, tls_insecure=False):
+    """Place a test call to sip:user@host[:port][;transport=udp|tcp|tls], send a tone, hang up, report.
 
     The INVITE offers PCMU, PCMA and telephone-event (SDP on our own address, IPv4 or IPv6) and is
     retransmitted over UDP per RFC 3261 (Timer A from 0.5 s doubling, Timer B 32 s). A 401/407 is
@@ -651,7 +679,7 @@ def probe_call(target, from_uri, user, password, ring_timeout, duration, dtmf, p
     BYE after --duration. --ring-timeout cancels a call that rings too long (CANCEL, then 487 is
     ACKed; a 200 OK that crosses the CANCEL is ACKed and hung up). Timings are from the first INVITE:
     first response, PDD (first 18x), answer, setup (ACK sent); then the call's duration and the BYE
-    round trip.
+    round trip. Signalling over TLS is as for probe options (--ca, --insecure); RTP is plain RTP.
 
     \b
     Examples:
@@ -664,7 +692,7 @@ def probe_call(target, from_uri, user, password, ring_timeout, duration, dtmf, p
     \b
     Exit codes (text and json):
       0 answered, audio both ways  5 unreachable            10 6xx
-      1 could not run              6 connection reset       11 auth failure
+      1 could not run              6 conn. reset, TLS       11 auth failure
       2 bad command line           7 3xx (redirected)       12 busy (486/600)
       3 timeout                    8 other 4xx              13 no answer (cancelled)
       4 refused                    9 5xx                    14 one-way audio
@@ -673,9 +701,11 @@ def probe_call(target, from_uri, user, password, ring_timeout, duration, dtmf, p
     ways), 3 UNKNOWN (could not run).  --format prometheus: 0 once the metrics are written.
     """
     from sipflow import probe_call as pc
+    from sipflow.probe import TlsOptions
     opts = pc.CallOptions(from_uri=from_uri, user=user, password=password, ring_timeout=ring_timeout,
                           duration=duration, dtmf=dtmf, proxy=proxy, timeout=timeout, bind=bind, family=family,
-                          audio=None if audio == "tone" else audio)
+                          audio=None if audio == "tone" else audio,
+                          tls=TlsOptions(ca=tls_ca, insecure=tls_insecure))
     _probe_and_report(lambda cb: pc.probe_call(target, opts, on_message=cb), fmt, warning, critical, verbose,
                       password, pcap, keep_secrets, header=lambda r: pc.call_header(r.target, opts),
                       text=pc.call_text, as_json=pc.call_json, nagios=pc.call_nagios,

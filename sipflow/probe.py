@@ -11,8 +11,9 @@ it is given a response or "now" and hands back the bytes to send; time is always
 Two probes so far, over UDP and TCP: OPTIONS (``probe_options``) and REGISTER with digest
 authentication (``probe_register``: the sans-IO ``RegisterFlow`` decides what to send next, ``sipflow.digest``
 computes the credentials, ``_RegisterDriver`` carries the requests). Test calls (INVITE, SDP, RTP) are in
-``sipflow.probe_call``, which reuses the target, channel, transaction and format helpers here. TLS and the
-probe's own capture come later (issue 3).
+``sipflow.probe_call``, which reuses the target, channel, transaction and format helpers here. TLS
+(``sip:host;transport=tls`` or ``sips:host``, port 5061 by default) is TCP with an ``ssl`` wrap: the server
+certificate is verified against the system CA store (or ``TlsOptions.ca``) unless ``TlsOptions.insecure``.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import re
 import secrets
 import select
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -45,6 +47,8 @@ MAX_COUNT = 1000           # probes per run: a probe, not a load generator
 MIN_INTERVAL = 0.1         # seconds between probes, at least
 DEFAULT_TIMEOUT = 10.0     # the run ends this long after the last probe is sent, unless --timeout says
 DEFAULT_PORT = 5060        # no NAPTR/SRV lookups yet (RFC 3263): the URI's port or 5060
+DEFAULT_TLS_PORT = 5061    # RFC 3261 §19.1.2: sips: and transport=tls
+TRANSPORTS = ("udp", "tcp", "tls")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -180,26 +184,56 @@ class Target:
     uri: str
     host: str
     port: int
-    transport: str   # "udp" or "tcp"
+    transport: str   # "udp", "tcp" or "tls"
+
+    @property
+    def scheme(self) -> str:
+        return self.uri.split(":", 1)[0].lower()
+
+
+def contact_params(transport: str) -> str:
+    """The Contact URI parameter naming our transport (none for UDP, the default)."""
+    return f";transport={transport}" if transport in ("tcp", "tls") else ""
+
+
+@dataclass(frozen=True)
+class TlsOptions:
+    """How a TLS channel checks the server: against the system CA store by default, against ``ca``
+    (a PEM file of CA certificates) when given, not at all with ``insecure``. The name checked (and
+    sent as SNI) is the target's host."""
+    ca: Optional[str] = None
+    insecure: bool = False
+
+    def context(self) -> ssl.SSLContext:
+        try:
+            ctx = ssl.create_default_context(cafile=self.ca) if self.ca else ssl.create_default_context()
+        except (OSError, ssl.SSLError) as e:
+            raise ProbeError(f"--ca {self.ca}: cannot load certificates: "
+                             f"{getattr(e, 'strerror', None) or getattr(e, 'reason', None) or e}") from None
+        if self.insecure:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
 
 
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
 
 
 def parse_target(text: str) -> Target:
-    """``sip:host[:port][;transport=udp|tcp]``; ``sip:`` may be left out; IPv6 goes in brackets."""
+    """``sip:host[:port][;transport=udp|tcp|tls]`` or ``sips:host[:port]`` (TLS); ``sip:`` may be left
+    out; IPv6 goes in brackets. TLS defaults to port 5061, the others to 5060."""
     text = text.strip()
     m = _SCHEME.match(text)
     scheme = m.group(1).lower() if m else ""
     if scheme == "sips":
-        raise ProbeError("sips: (TLS) is not supported yet; use sip: with ;transport=udp or tcp")
-    if scheme != "sip":
+        text = "sips:" + text[m.end():]
+    elif scheme != "sip":
         if m and not text[m.end():m.end() + 1].isdigit() and not _is_ip(text.split(";")[0]):
             raise ProbeError(f"{text!r} is not a sip: URI")
         text = "sip:" + text   # "host", "host:5060", "[::1]:5060"
     if re.search(r"[\s<>\"?]", text):
         raise ProbeError(f"{text!r}: spaces, <>, quotes and ?headers are not allowed in the target")
-    hostport = text[4:].split(";")[0].rpartition("@")[2]
+    hostport = text.split(":", 1)[1].split(";")[0].rpartition("@")[2]
     if hostport.startswith("["):
         host, _, tail = hostport[1:].partition("]")
         if ":" not in host or not _is_ip(host):
@@ -211,14 +245,18 @@ def parse_target(text: str) -> Target:
         tail = ":" + tail if _ else ""
     if not host:
         raise ProbeError(f"no host in {text!r}")
-    port = DEFAULT_PORT
+    transport = (parse_uri(text).param("transport") or ("tls" if scheme == "sips" else "udp")).lower()
+    if scheme == "sips" and transport == "tcp":
+        transport = "tls"   # RFC 5630 §3.1.3: sips: with transport=tcp still means TLS over TCP
+    if transport not in TRANSPORTS:
+        raise ProbeError(f"transport={transport} is not supported (udp, tcp or tls)")
+    if scheme == "sips" and transport != "tls":
+        raise ProbeError(f"{text!r}: a sips: URI is reached over TLS only")
+    port = DEFAULT_TLS_PORT if transport == "tls" else DEFAULT_PORT
     if tail:
         if not (tail.startswith(":") and tail[1:].isdigit() and 0 < int(tail[1:]) < 65536):
             raise ProbeError(f"bad port in {text!r}")
         port = int(tail[1:])
-    transport = (parse_uri(text).param("transport") or "udp").lower()
-    if transport not in ("udp", "tcp"):
-        raise ProbeError(f"transport={transport} is not supported yet (udp or tcp)")
     return Target(uri=text, host=host.lower(), port=port, transport=transport)
 
 
@@ -320,7 +358,6 @@ def options_request(target: Target, local: Tuple[str, int], branch: str, call_id
     """An OPTIONS request (§11) from ``local`` (the socket's real address: the Via names the port the
     request leaves from, and ``rport`` (RFC 3581) asks for the reply to go back to it)."""
     via_host = f"{_host(local[0])}:{local[1]}"
-    contact_params = ";transport=tcp" if target.transport == "tcp" else ""
     lines = (
         f"OPTIONS {target.uri} SIP/2.0",
         f"Via: SIP/2.0/{target.transport.upper()} {via_host};branch={branch};rport",
@@ -329,7 +366,7 @@ def options_request(target: Target, local: Tuple[str, int], branch: str, call_id
         f"To: <{target.uri}>",
         f"Call-ID: {call_id}",
         f"CSeq: {cseq} OPTIONS",
-        f"Contact: <sip:sipflow@{via_host}{contact_params}>",
+        f"Contact: <sip:sipflow@{via_host}{contact_params(target.transport)}>",
         "Accept: application/sdp",
         f"User-Agent: sipflow/{__version__}",
         "Content-Length: 0",
@@ -424,8 +461,18 @@ def _us(seconds: Optional[float]) -> Optional[float]:
     return None if seconds is None else round(seconds, 6)
 
 
+class TlsHandshakeTimeout(TimeoutError):
+    """The TCP connection was made, but the TLS handshake did not finish before --timeout."""
+
+
 def _failure(err: BaseException) -> Tuple[Outcome, str]:
     """What a socket error means for the probe."""
+    if isinstance(err, TlsHandshakeTimeout):
+        return Outcome.TIMEOUT, "no TLS handshake before --timeout"
+    if isinstance(err, ssl.SSLCertVerificationError):
+        return Outcome.ERROR, f"TLS certificate verify failed: {err.verify_message or err.reason or err}"
+    if isinstance(err, ssl.SSLError):
+        return Outcome.ERROR, f"TLS error: {err.reason or err}"
     if isinstance(err, ConnectionRefusedError):
         return Outcome.REFUSED, "connection refused"
     if isinstance(err, (socket.timeout, TimeoutError)):
@@ -450,6 +497,7 @@ class ProbeOptions:
     expect: Expect = Expect()
     bind: Optional[str] = None               # ip, ip:port or [v6]:port
     family: Optional[int] = None             # 4 or 6: only for names; a literal decides for itself
+    tls: TlsOptions = TlsOptions()           # how a TLS target's certificate is checked
 
     def __post_init__(self) -> None:
         if not 1 <= self.count <= MAX_COUNT:
@@ -489,7 +537,7 @@ def _resolve(target: Target, family: Optional[int], bind: Optional[Tuple[str, in
         if fam not in (socket.AF_UNSPEC, bind_fam):
             raise ProbeError(f"--bind {bind[0]} and -{family} name different address families")
         fam = bind_fam
-    kind = socket.SOCK_STREAM if target.transport == "tcp" else socket.SOCK_DGRAM
+    kind = socket.SOCK_DGRAM if target.transport == "udp" else socket.SOCK_STREAM
     found: list = []
 
     def lookup():
@@ -519,10 +567,15 @@ def _resolve(target: Target, family: Optional[int], bind: Optional[Tuple[str, in
 
 class _Channel:
     """One socket to the target: a connected UDP socket (Linux then reports ICMP port unreachable as
-    ECONNREFUSED on it, at once, instead of a silent loss), or one TCP connection."""
+    ECONNREFUSED on it, at once, instead of a silent loss), or one TCP connection, wrapped in TLS for
+    a TLS target (handshake before the first message, SNI and certificate name = the target's host).
+    Over TLS, ``send``/``receive`` carry the cleartext, which is what ``--pcap`` records (as TCP)."""
 
-    def __init__(self, target: Target, family: int, remote, bind, limit: float, clock) -> None:
-        self.reliable = target.transport == "tcp"
+    def __init__(self, target: Target, family: int, remote, bind, limit: float, clock,
+                 tls: Optional[TlsOptions] = None) -> None:
+        self.transport = target.transport
+        self.reliable = target.transport in ("tcp", "tls")
+        context = (tls or TlsOptions()).context() if target.transport == "tls" else None
         self.sock = socket.socket(family, socket.SOCK_STREAM if self.reliable else socket.SOCK_DGRAM)
         self.connect_time: Optional[float] = None
         self.buf = bytearray()
@@ -539,6 +592,12 @@ class _Channel:
                 t0 = clock()
                 self.sock.settimeout(max(0.001, limit))
                 self.sock.connect(remote)
+                if context is not None:
+                    self.sock.settimeout(max(0.001, limit - (clock() - t0)))
+                    try:
+                        self.sock = context.wrap_socket(self.sock, server_hostname=target.host.split("%")[0])
+                    except socket.timeout:
+                        raise TlsHandshakeTimeout("no TLS handshake before --timeout") from None
                 self.connect_time = clock() - t0
             else:
                 self.sock.connect(remote)
@@ -572,7 +631,7 @@ class _Channel:
         while self.out:
             try:
                 n = self.sock.send(self.out)
-            except BlockingIOError:
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 return
             del self.out[:n]
 
@@ -589,7 +648,13 @@ class _Channel:
                     return out
         try:
             data = self.sock.recv(65536)
-        except BlockingIOError:
+            # TLS: a record already decrypted (or buffered) does not make the socket readable again
+            while data and isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+                more = self.sock.recv(65536)
+                if not more:
+                    break
+                data += more
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return []
         if not data:
             raise EOFError("connection closed by the server")
@@ -687,7 +752,7 @@ class _Driver:
         try:
             if self.channel is None:
                 self.channel = _Channel(self.target, self.family, self.remote, self.bind,
-                                        deadline - self.clock(), self.clock)
+                                        deadline - self.clock(), self.clock, self.opts.tls)
                 p.connect = self.channel.connect_time
             ch = self.channel
             p.local = ch.local
@@ -960,7 +1025,8 @@ class Aor:
 def parse_aor(text: str) -> Tuple[Aor, Target]:
     """The AOR, and the target it names (its domain, port and transport) when no --proxy is given."""
     target = parse_target(text)
-    rest = target.uri[4:]
+    scheme = target.scheme
+    rest = target.uri[len(scheme) + 1:]
     userinfo, at, hostpart = rest.partition("@")
     if not at or not userinfo:
         raise ProbeError(f"{text!r}: an address of record names a user, as in sip:alice@example.com")
@@ -970,7 +1036,7 @@ def parse_aor(text: str) -> Tuple[Aor, Target]:
     if ":" in userinfo:
         raise ProbeError(f"{text!r}: no password in the URI; use --password (or SIPFLOW_PASSWORD)")
     hostport = hostpart.split(";", 1)[0]
-    return Aor(uri=f"sip:{user}@{hostport}", user=user, request_uri="sip:" + hostpart), target
+    return Aor(uri=f"{scheme}:{user}@{hostport}", user=user, request_uri=f"{scheme}:" + hostpart), target
 
 
 def register_target(aor_text: str, proxy: Optional[str]) -> Tuple[Aor, Target]:
@@ -996,6 +1062,7 @@ class RegisterOptions:
     timeout: Optional[float] = None                # the whole run; None: DEFAULT_TIMEOUT
     bind: Optional[str] = None
     family: Optional[int] = None
+    tls: TlsOptions = TlsOptions()
 
     def __post_init__(self) -> None:
         if not 0 <= self.expires <= MAX_EXPIRES:
@@ -1021,7 +1088,6 @@ def register_request(aor: Aor, transport: str, local: Tuple[str, int], branch: s
     """A REGISTER (§10.2) binding ``Contact`` (our real address and port, as the Via says, with
     ``rport``) to the AOR for ``expires`` seconds; ``auth`` is (header, value) credentials."""
     via_host = f"{_host(local[0])}:{local[1]}"
-    contact_params = ";transport=tcp" if transport == "tcp" else ""
     lines = [
         f"REGISTER {aor.request_uri} SIP/2.0",
         f"Via: SIP/2.0/{transport.upper()} {via_host};branch={branch};rport",
@@ -1034,7 +1100,7 @@ def register_request(aor: Aor, transport: str, local: Tuple[str, int], branch: s
         f"To: <{aor.uri}>",
         f"Call-ID: {call_id}",
         f"CSeq: {cseq} REGISTER",
-        f"Contact: <sip:{aor.user}@{via_host}{contact_params}>",
+        f"Contact: <sip:{aor.user}@{via_host}{contact_params(transport)}>",
         f"Expires: {expires}",
     ]
     lines += [f"{name}: {value}" for name, value in auth]
@@ -1230,7 +1296,7 @@ class RegisterFlow:
         """The bindings listed in a 2xx, which of them is ours, and the expiry granted to ours: its
         Contact expires parameter, else the Expires header (§10.2.4)."""
         ours = parse_uri(f"sip:{self.aor.user}@{_host(self.local[0])}:{self.local[1]}"
-                         + (";transport=tcp" if self.transport == "tcp" else ""))
+                         + contact_params(self.transport))
         header_expires = to_int_or_none(msg.header("Expires"))
         out = []
         for c in msg.contacts:
@@ -1353,7 +1419,8 @@ class _RegisterDriver:
         connect = None
         try:
             try:
-                self.channel = _Channel(self.target, family, remote, self.bind, deadline - self.clock(), self.clock)
+                self.channel = _Channel(self.target, family, remote, self.bind, deadline - self.clock(), self.clock,
+                                        self.opts.tls)
                 connect = self.channel.connect_time
                 self.flow.local = self.channel.local
                 self._send()

@@ -35,9 +35,9 @@ from sipflow.digest import DigestSession, challenges_from, choose
 from sipflow.errors import ParseError, ProbeError
 from sipflow.g711 import PACKET_MS, SAMPLES_PER_PACKET, audio_payload, encode, read_wav, tone_packet
 from sipflow.pcapwrite import record as _pcap_record
-from sipflow.probe import (DEFAULT_PORT, T1, ClientTransaction, NagiosRange, NagiosState, Target,
-                           _Channel, _failure, _host, _label, _perf_value, _resolve, _us, new_branch,
-                           parse_bind, parse_target)
+from sipflow.probe import (DEFAULT_PORT, DEFAULT_TLS_PORT, T1, ClientTransaction, NagiosRange, NagiosState,
+                           Target, TlsOptions, _Channel, _failure, _host, _label, _perf_value, _resolve, _us,
+                           contact_params, new_branch, parse_bind, parse_target)
 from sipflow.rtp import RtpStream
 from sipflow.sdp import parse_sdp
 from sipflow.sip import SipMessage, parse_message, parse_name_addr, parse_uri
@@ -266,14 +266,14 @@ def invite_request(uri: str, from_uri: str, transport: str, local: Tuple[str, in
                    from_tag: str, cseq: int, sdp: bytes, auth: Tuple[Tuple[str, str], ...] = (),
                    route: Optional[str] = None) -> bytes:
     via = f"{_host(local[0])}:{local[1]}"
-    contact_params = ";transport=tcp" if transport == "tcp" else ""
     user = parse_uri(from_uri).user or "sipflow"
     lines = [f"INVITE {uri} SIP/2.0", f"Via: SIP/2.0/{transport.upper()} {via};branch={branch};rport",
              "Max-Forwards: 70"]
     if route:
         lines.append(f"Route: <{route}>")
     lines += [f"From: <{from_uri}>;tag={from_tag}", f"To: <{uri}>", f"Call-ID: {call_id}", f"CSeq: {cseq} INVITE",
-              f"Contact: <sip:{user}@{via}{contact_params}>", "Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, PRACK",
+              f"Contact: <sip:{user}@{via}{contact_params(transport)}>",
+              "Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, PRACK",
               "Supported: 100rel"]
     lines += [f"{k}: {v}" for k, v in auth]
     lines += [f"User-Agent: sipflow/{__version__}", "Content-Type: application/sdp", f"Content-Length: {len(sdp)}"]
@@ -545,6 +545,7 @@ class CallOptions:
     bind: Optional[str] = None
     family: Optional[int] = None
     audio: Optional[str] = None       # a WAV file (8000 Hz mono 16-bit PCM) sent instead of the tone
+    tls: TlsOptions = TlsOptions()    # how a TLS hop's certificate is checked
 
     def __post_init__(self) -> None:
         if not 0 <= self.duration <= MAX_DURATION:
@@ -646,7 +647,7 @@ def probe_call(target: str, options: CallOptions = CallOptions(),
         except ValueError as e:
             raise ProbeError(f"--audio {e}") from None
     tgt = parse_target(target)
-    if "@" not in tgt.uri[4:].split(";")[0]:
+    if "@" not in tgt.uri.split(":", 1)[1].split(";")[0]:
         raise ProbeError(f"{target!r}: a call goes to a user, as in sip:bob@{_host(tgt.host)}")
     route = None
     hop = tgt
@@ -725,7 +726,8 @@ class _CallDriver:
         self.remote_text = f"{_host(remote[0])}:{remote[1]}"
         try:
             try:
-                self.channel = _Channel(self.hop, family, remote, self.bind, deadline - self.clock(), self.clock)
+                self.channel = _Channel(self.hop, family, remote, self.bind, deadline - self.clock(), self.clock,
+                                        self.opts.tls)
                 local_ip = self.channel.local[0]
                 if not self.from_uri:
                     self.from_uri = f"sip:sipflow@{_host(local_ip)}"
@@ -1002,18 +1004,21 @@ class _CallDriver:
         """The channel to a dialog's next hop: the one we have when it is the same address."""
         u = parse_uri(uri)
         transport = (u.param("transport") or self.hop.transport).lower()
-        if transport not in ("udp", "tcp"):
+        if u.scheme == "sips":
+            transport = "tls"
+        if transport not in ("udp", "tcp", "tls"):
             transport = self.hop.transport
-        hop = Target(uri=uri, host=u.host, port=u.port or DEFAULT_PORT, transport=transport)
+        port = u.port or (DEFAULT_TLS_PORT if transport == "tls" else DEFAULT_PORT)
+        hop = Target(uri=uri, host=u.host, port=port, transport=transport)
         fam, remote = _resolve(hop, self.opts.family, self.bind, 2.0)
         main_remote = self.channel.sock.getpeername()
         if remote[:2] == main_remote[:2] and transport == self.hop.transport:
             return self.channel
         for ch in self.extra_channels:   # a PRACK's early dialog went there already
-            if ch.peer[:2] == remote[:2] and ch.reliable == (transport == "tcp"):
+            if ch.peer[:2] == remote[:2] and ch.transport == transport:
                 return ch
         bind = (self.channel.local[0], 0)
-        return _Channel(hop, fam, remote, bind, 2.0, self.clock)
+        return _Channel(hop, fam, remote, bind, 2.0, self.clock, self.opts.tls)
 
     def _on_rejected(self, msg: SipMessage, now: float) -> None:
         self.final = msg
