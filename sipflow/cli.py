@@ -388,6 +388,9 @@ def probe():
 
 @probe.command("options", cls=_ProbeCommand)
 @click.argument("target")
+@click.option("--proxy", metavar="URI",
+              help="Outbound proxy (sip:host[:port][;transport=...]): send there, with a Route to it and the "
+                   "target as Request-URI.")
 @click.option("--count", type=click.IntRange(1, 1000), default=1, show_default=True,
               help="Probes to send (at most 1000).")
 @click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
@@ -421,7 +424,7 @@ def probe():
               help="TLS: do not verify the server certificate or its name (encryption without authentication).")
 @handle_probe_errors
 def probe_options(target, count, interval, timeout, expect, bind, family, fmt, warning, critical, pcap=None,
-                  keep_secrets=False, tls_ca=None, tls_insecure=False):
+                  keep_secrets=False, tls_ca=None, tls_insecure=False, proxy=None):
     """Send OPTIONS to sip:host[:port][;transport=udp|tcp|tls] (or sips:host) and report status, round
     trip and server.
 
@@ -456,7 +459,7 @@ def probe_options(target, count, interval, timeout, expect, bind, family, fmt, w
     ctx = click.get_current_context()
     tgt = p.parse_target(target)
     opts = p.ProbeOptions(count=count, interval=interval, timeout=timeout, expect=expect or p.Expect(),
-                          bind=bind, family=family, tls=p.TlsOptions(ca=tls_ca, insecure=tls_insecure))
+                          bind=bind, family=family, tls=p.TlsOptions(ca=tls_ca, insecure=tls_insecure), proxy=proxy)
     on_result = None
     if fmt == "text":
         def on_result(r, started=[]):

@@ -354,19 +354,23 @@ def new_branch() -> str:
 
 
 def options_request(target: Target, local: Tuple[str, int], branch: str, call_id: str, from_tag: str,
-                    cseq: int) -> bytes:
+                    cseq: int, route: Optional[str] = None, transport: Optional[str] = None) -> bytes:
     """An OPTIONS request (§11) from ``local`` (the socket's real address: the Via names the port the
-    request leaves from, and ``rport`` (RFC 3581) asks for the reply to go back to it)."""
+    request leaves from, and ``rport`` (RFC 3581) asks for the reply to go back to it). With an
+    outbound proxy, ``route`` is its URI (one loose-routing Route, §8.1.2) and ``transport`` the one
+    used to reach it."""
+    transport = transport or target.transport
     via_host = f"{_host(local[0])}:{local[1]}"
     lines = (
         f"OPTIONS {target.uri} SIP/2.0",
-        f"Via: SIP/2.0/{target.transport.upper()} {via_host};branch={branch};rport",
+        f"Via: SIP/2.0/{transport.upper()} {via_host};branch={branch};rport",
         "Max-Forwards: 70",
+        *((f"Route: <{route}>",) if route else ()),
         f"From: <sip:sipflow@{_host(local[0])}>;tag={from_tag}",
         f"To: <{target.uri}>",
         f"Call-ID: {call_id}",
         f"CSeq: {cseq} OPTIONS",
-        f"Contact: <sip:sipflow@{via_host}{contact_params(target.transport)}>",
+        f"Contact: <sip:sipflow@{via_host}{contact_params(transport)}>",
         "Accept: application/sdp",
         f"User-Agent: sipflow/{__version__}",
         "Content-Length: 0",
@@ -498,6 +502,7 @@ class ProbeOptions:
     bind: Optional[str] = None               # ip, ip:port or [v6]:port
     family: Optional[int] = None             # 4 or 6: only for names; a literal decides for itself
     tls: TlsOptions = TlsOptions()           # how a TLS target's certificate is checked
+    proxy: Optional[str] = None              # outbound proxy URI: requests go there, with a Route to it
 
     def __post_init__(self) -> None:
         if not 1 <= self.count <= MAX_COUNT:
@@ -700,6 +705,14 @@ class _Driver:
 
     def __init__(self, target: Target, options: ProbeOptions, clock) -> None:
         self.target, self.opts, self.clock = target, options, clock
+        # Where packets go: the target itself, or the outbound proxy (its transport, unless it names none).
+        self.dest = target
+        self.route = _route_for(options.proxy)
+        if options.proxy:
+            dest = parse_target(options.proxy)
+            if parse_uri(dest.uri).param("transport") is None and dest.transport != target.transport:
+                dest = Target(uri=dest.uri, host=dest.host, port=dest.port, transport=target.transport)
+            self.dest = dest
         self.bind = parse_bind(options.bind) if options.bind else None
         # One Call-ID and From-tag per run, CSeq 1, 2, 3...: the probes are one UAC's requests (§8.1.1).
         self.call_id = f"{secrets.token_hex(12)}@sipflow"
@@ -717,7 +730,7 @@ class _Driver:
         start = self.start = self.clock()
         timeout = self.opts.run_timeout
         deadline = start + timeout
-        self.family, self.remote = _resolve(self.target, self.opts.family, self.bind, deadline - start)
+        self.family, self.remote = _resolve(self.dest, self.opts.family, self.bind, deadline - start)
         self.remote_text = f"{_host(self.remote[0])}:{self.remote[1]}"
         sent = 0
         try:
@@ -741,7 +754,7 @@ class _Driver:
             if p.seq not in self.results:
                 p.failure = (Outcome.TIMEOUT, f"no final response before --timeout {timeout:g} s")
                 self._finish(p, deadline)
-        return ProbeRun(target=self.target.uri, transport=self.target.transport, remote=self.remote_text,
+        return ProbeRun(target=self.target.uri, transport=self.dest.transport, remote=self.remote_text,
                         planned=self.opts.count, timeout=timeout, duration=_us(min(self.clock(), deadline) - start),
                         results=tuple(self.results[k] for k in sorted(self.results)),
                         expect=self.opts.expect.text, stray=self.stray)
@@ -751,12 +764,13 @@ class _Driver:
         self.probes[p.branch] = p
         try:
             if self.channel is None:
-                self.channel = _Channel(self.target, self.family, self.remote, self.bind,
+                self.channel = _Channel(self.dest, self.family, self.remote, self.bind,
                                         deadline - self.clock(), self.clock, self.opts.tls)
                 p.connect = self.channel.connect_time
             ch = self.channel
             p.local = ch.local
-            request = options_request(self.target, ch.local, p.branch, self.call_id, self.from_tag, p.cseq)
+            request = options_request(self.target, ch.local, p.branch, self.call_id, self.from_tag, p.cseq,
+                                      self.route, self.dest.transport)
             p.sent_at = self.clock()
             p.tx = ClientTransaction(request, p.branch, "OPTIONS", ch.reliable, p.sent_at)
             ch.send(request)
@@ -832,7 +846,7 @@ class _Driver:
         if p.seq in self.results:
             return
         tx = p.tx
-        base = dict(seq=p.seq, target=self.target.uri, transport=self.target.transport, remote=self.remote_text,
+        base = dict(seq=p.seq, target=self.target.uri, transport=self.dest.transport, remote=self.remote_text,
                     local=f"{_host(p.local[0])}:{p.local[1]}" if p.local else "",
                     sent_at=_us(p.sent_at - self.start), elapsed=_us(now - p.sent_at), connect=_us(p.connect),
                     call_id=self.call_id if tx else None, cseq=p.cseq if tx else None,

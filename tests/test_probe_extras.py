@@ -329,3 +329,39 @@ def test_audio_other_than_8khz_mono_16bit_is_refused(tmp_path, kw, what):
     junk.write_bytes(b"not a wav file at all")
     r = CliRunner().invoke(main, ["probe", "call", f"sip:bob@{V4}:5999", "--audio", str(junk)])
     assert r.exit_code == ProbeExit.ERROR and "junk.wav" in r.output
+
+
+def test_options_through_an_outbound_proxy_goes_to_the_proxy_with_a_route(tmp_path):
+    """--proxy: the packet goes to the proxy, the Request-URI stays the target, and one loose-routing
+    Route names the proxy (RFC 3261 §8.1.2). The proxy here is a recording UDP double on loopback that
+    answers 200 itself (a wire check; the real-proxy path is covered by probe call through Kamailio)."""
+    import socket as _socket
+    import threading
+
+    from sipflow.probe import ProbeOptions, probe_options
+    from sipflow.sip import parse_message as _parse
+
+    srv = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    srv.bind(("127.0.0.1", 0))
+    srv.settimeout(5)
+    port = srv.getsockname()[1]
+    seen = []
+
+    def answer():
+        data, addr = srv.recvfrom(65535)
+        req = _parse(data)
+        seen.append(req)
+        head = "\r\n".join(f"{k}: {v}" for k, v in req.headers if k in ("Via", "From", "To", "Call-ID", "CSeq"))
+        srv.sendto(f"SIP/2.0 200 OK\r\n{head}\r\nContent-Length: 0\r\n\r\n".encode(), addr)
+
+    t = threading.Thread(target=answer, daemon=True)
+    t.start()
+    try:
+        run = probe_options("sip:bob@127.0.0.2:5999", ProbeOptions(proxy=f"sip:127.0.0.1:{port}", timeout=5))
+    finally:
+        t.join(6)
+        srv.close()
+    (req,) = seen
+    assert req.method == "OPTIONS" and req.uri == "sip:bob@127.0.0.2:5999"
+    assert req.header("Route") == f"<sip:127.0.0.1:{port};lr>"
+    assert run.results and run.results[0].status == 200
