@@ -521,3 +521,19 @@ def test_nagios_and_prometheus_formats_of_an_answered_call(tmp_path):
     assert s[("probe_success", labels)] == 1 and s[("probe_sip_status_code", labels)] == 200
     assert s[("probe_rtp_packets", labels + ',direction="received"')] > 0
     assert s[("probe_rtp_one_way_audio", labels)] == 0 and s[("probe_sip_phase_seconds", labels + ',phase="setup"')] > 0
+
+
+@pytest.mark.parametrize("password,outcome", [("secretpw", CallOutcome.ANSWERED), ("wrong", None)])
+def test_sipp_verifyauth_accepts_our_digest_on_invite_and_refuses_a_wrong_one(tmp_path, password, outcome):
+    """SIPp's own verifyauth (MD5, qop=auth) checks the credentials of the retried INVITE: a second,
+    independent digest implementation agreeing with ours (the issue's "UAS with verifyauth")."""
+    with sipp(tmp_path, "uas_verifyauth.xml") as (port, proc, messages):
+        r, msgs = traced(f"sip:bob@{V4}:{port}", user="alice", password=password, duration=0.3, timeout=10)
+    invites = sent(msgs, "INVITE")
+    assert len(invites) == 2 and invites[1].cseq[0] == invites[0].cseq[0] + 1
+    auth = invites[1].header("Authorization")
+    assert auth and 'uri="sip:bob@' in auth and "qop=auth" in auth
+    if outcome is not None:
+        assert r.outcome is outcome and r.status == 200 and r.bye_status == 200
+    else:
+        assert r.status == 403 and r.outcome is not CallOutcome.ANSWERED
