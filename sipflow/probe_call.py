@@ -710,6 +710,7 @@ class _CallDriver:
         self._bye_retried = False
         self.early_sdp: Optional[bytes] = None
         self.pracks: Dict[Tuple[str, int], Tuple[bytes, _Channel]] = {}   # (To-tag, RSeq) -> PRACK sent
+        self.forks: Dict[str, Tuple[bytes, _Channel]] = {}   # To-tag of another fork's 2xx -> its ACK
         self.prack_retransmitted = 0
         self.prack_status: Optional[int] = None
         self.tx_channel: Dict[Tuple[str, str], _Channel] = {}
@@ -962,8 +963,12 @@ class _CallDriver:
 
     def _on_2xx(self, msg: SipMessage, now: float) -> None:
         if self.dialog is not None:
-            if msg.to is not None and msg.to.tag == self.dialog.remote_tag and self.ack is not None:
-                self._send(self.ack, self.dialog_channel)
+            tag = msg.to.tag if msg.to is not None else None
+            if tag == self.dialog.remote_tag:
+                if self.ack is not None:
+                    self._send(self.ack, self.dialog_channel)
+            else:
+                self._on_forked_2xx(msg, tag or "")
             return
         self.final = msg
         self.answer_at = now
@@ -999,6 +1004,32 @@ class _CallDriver:
         if self.media:
             self.media.start(self.ack_at, self.dtmf)
         self.bye_due = self.ack_at + self.opts.duration
+
+    def _on_forked_2xx(self, msg: SipMessage, tag: str) -> None:
+        """A 2xx from another fork (another To-tag) after the call was answered: RFC 3261 §13.2.2.4 wants
+        it ACKed, and a UAC that keeps one call ends the extra dialog with a BYE. Its retransmissions get
+        the same ACK again; the BYE is sent once and not waited for (the call we measure goes on)."""
+        if tag in self.forks:
+            ack, ch = self.forks[tag]
+            self._send(ack, ch)
+            return
+        fork = Dialog(call_id=self.call_id, local_uri=self.from_uri, local_tag=self.from_tag,
+                      remote_uri=self.target.uri, remote_tag=tag,
+                      remote_target=msg.contacts[0].uri.raw if msg.contacts else self.target.uri,
+                      route_set=tuple(reversed(msg.header_values("Record-Route"))), cseq=msg.cseq[0] or self.cseq)
+        try:
+            ch = self._channel_for(fork.next_hop())
+        except ProbeError:
+            ch = self.channel
+        if ch is not self.channel and ch is not self.dialog_channel and ch not in self.extra_channels:
+            self.extra_channels.append(ch)
+        ack = fork.request("ACK", self.hop.transport, ch.local, new_branch(), fork.cseq)
+        self.forks[tag] = (ack, ch)
+        try:
+            self._send(ack, ch)
+            self._send(fork.request("BYE", self.hop.transport, ch.local, new_branch(), fork.cseq + 1), ch)
+        except (OSError, EOFError):
+            pass  # the call we measure is unaffected; the far end's fork times out on its own
 
     def _channel_for(self, uri: str) -> _Channel:
         """The channel to a dialog's next hop: the one we have when it is the same address."""

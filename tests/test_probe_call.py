@@ -537,3 +537,43 @@ def test_sipp_verifyauth_accepts_our_digest_on_invite_and_refuses_a_wrong_one(tm
         assert r.outcome is outcome and r.status == 200 and r.bye_status == 200
     else:
         assert r.status == 403 and r.outcome is not CallOutcome.ANSWERED
+
+
+class ForkingUas(TwoSocketUas):
+    """Like TwoSocketUas, but a second fork answers too: two 200 OKs with different To-tags."""
+
+    def _run(self):
+        while not self.stop.is_set():
+            for name, sock in (("front", self.front), ("back", self.back)):
+                try:
+                    data, src = sock.recvfrom(65535)
+                except socket.timeout:
+                    continue
+                msg = parse_message(data)
+                self.got[name].append(msg)
+                if msg.method == "INVITE":
+                    sdp = f"v=0\r\no=- 1 1 IN IP4 {V4}\r\ns=-\r\nc=IN IP4 {V4}\r\nt=0 0\r\nm=audio 9 RTP/AVP 8\r\n"
+                    extra = [f"Contact: <sip:bob@{V4}:{self.back_port}>", "Content-Type: application/sdp"]
+                    self._reply(sock, msg, src, "200 OK", extra, sdp)
+                    time.sleep(0.05)
+                    head = ["SIP/2.0 200 OK"] + [f"Via: {v}" for v in msg.header_values("Via")] + [
+                        f"From: {msg.header('From')}", f"To: {msg.header('To')};tag=fork2",
+                        f"Call-ID: {msg.call_id}", f"CSeq: {msg.header('CSeq')}", *extra]
+                    sock.sendto(("\r\n".join(head + [f"Content-Length: {len(sdp)}", "", sdp])).encode(), src)
+                elif msg.method == "BYE":
+                    self._reply(sock, msg, src, "200 OK")
+
+
+def test_a_second_fork_answering_is_acked_and_hung_up():
+    uas = ForkingUas()
+    try:
+        r = probe_call(f"sip:bob@{V4}:{uas.port}", CallOptions(duration=0.3, timeout=5))
+        time.sleep(0.2)
+    finally:
+        uas.close()
+    assert r.outcome is CallOutcome.ANSWERED and r.bye_status == 200
+    back = uas.got["back"]
+    acks = {m.to.tag: m for m in back if m.method == "ACK"}
+    byes = [m.to.tag for m in back if m.method == "BYE"]
+    assert set(acks) == {"uas1", "fork2"}            # §13.2.2.4: every 2xx is ACKed, each in its dialog
+    assert sorted(byes) == ["fork2", "uas1"]          # the extra fork is ended, and so is the call at the end
