@@ -386,6 +386,24 @@ def probe():
     """
 
 
+def probe_recording_and_tls_options(f):
+    """Options every probe command shares: --pcap/--keep-secrets and the TLS certificate checks."""
+    f = click.option("--insecure", "tls_insecure", is_flag=True,
+                     help="TLS: do not verify the server certificate or its name (encryption without "
+                          "authentication).")(f)
+    f = click.option("--ca", "tls_ca", metavar="FILE", type=click.Path(exists=True, dir_okay=False),
+                     help="TLS: verify the server certificate against the CA certificate(s) in this PEM file "
+                          "instead of the system CA store.")(f)
+    f = click.option("--keep-secrets", is_flag=True, help="With --pcap: keep the digest responses as sent.")(f)
+    f = click.option("--pcap", "pcap", metavar="FILE", type=click.Path(dir_okay=False, writable=True),
+                     help="Write the probe's own traffic (SIP and RTP, sent and received) to FILE as a pcap. "
+                          "TCP is written as a handshake, then one segment per SIP message with consistent "
+                          "sequence numbers. TLS is written as its SIP cleartext in TCP segments on the TLS "
+                          "port (no TLS records). Digest responses are redacted (same length) unless "
+                          "--keep-secrets.")(f)
+    return f
+
+
 @probe.command("options", cls=_ProbeCommand)
 @click.argument("target")
 @click.option("--proxy", metavar="URI",
@@ -411,17 +429,7 @@ def probe():
               help="Nagios: WARNING when the round trip in seconds is outside RANGE (e.g. 0.5).")
 @click.option("-c", "--critical", metavar="RANGE", callback=_parsed(_parse_range),
               help="Nagios: CRITICAL when the round trip in seconds is outside RANGE (e.g. 1).")
-@click.option("--pcap", "pcap", metavar="FILE", type=click.Path(dir_okay=False, writable=True),
-              help="Write the probe's own traffic (SIP and RTP, sent and received) to FILE as a pcap. TCP is "
-                   "written as a handshake, then one segment per SIP message with consistent sequence numbers. "
-                   "TLS is written as its SIP cleartext in TCP segments on the TLS port (no TLS records). "
-                   "Digest responses are redacted (same length) unless --keep-secrets.")
-@click.option("--keep-secrets", is_flag=True, help="With --pcap: keep the digest responses as sent.")
-@click.option("--ca", "tls_ca", metavar="FILE", type=click.Path(exists=True, dir_okay=False),
-              help="TLS: verify the server certificate against the CA certificate(s) in this PEM file instead "
-                   "of the system CA store.")
-@click.option("--insecure", "tls_insecure", is_flag=True,
-              help="TLS: do not verify the server certificate or its name (encryption without authentication).")
+@probe_recording_and_tls_options
 @handle_probe_errors
 def probe_options(target, count, interval, timeout, expect, bind, family, fmt, warning, critical, pcap=None,
                   keep_secrets=False, tls_ca=None, tls_insecure=False, proxy=None):
@@ -516,17 +524,7 @@ def _register_exit(result) -> ProbeExit:
 @click.option("-v", "--verbose", is_flag=True,
               help="Print every SIP message sent and received on standard error (digest responses and "
                    "the password redacted).")
-@click.option("--pcap", "pcap", metavar="FILE", type=click.Path(dir_okay=False, writable=True),
-              help="Write the probe's own traffic (SIP and RTP, sent and received) to FILE as a pcap. TCP is "
-                   "written as a handshake, then one segment per SIP message with consistent sequence numbers. "
-                   "TLS is written as its SIP cleartext in TCP segments on the TLS port (no TLS records). "
-                   "Digest responses are redacted (same length) unless --keep-secrets.")
-@click.option("--keep-secrets", is_flag=True, help="With --pcap: keep the digest responses as sent.")
-@click.option("--ca", "tls_ca", metavar="FILE", type=click.Path(exists=True, dir_okay=False),
-              help="TLS: verify the server certificate against the CA certificate(s) in this PEM file instead "
-                   "of the system CA store.")
-@click.option("--insecure", "tls_insecure", is_flag=True,
-              help="TLS: do not verify the server certificate or its name (encryption without authentication).")
+@probe_recording_and_tls_options
 @handle_probe_errors
 def probe_register(aor, user, password, expires, unregister, proxy, timeout, bind, family, fmt, warning, critical,
                    verbose, pcap=None, keep_secrets=False, tls_ca=None, tls_insecure=False):
@@ -654,17 +652,7 @@ def _call_exit(result) -> ProbeExit:
                    "refused) encoded as the answer's G.711 codec and looped for --duration.")
 @click.option("-v", "--verbose", is_flag=True,
               help="Print every SIP message sent and received on standard error (secrets redacted).")
-@click.option("--pcap", "pcap", metavar="FILE", type=click.Path(dir_okay=False, writable=True),
-              help="Write the probe's own traffic (SIP and RTP, sent and received) to FILE as a pcap. TCP is "
-                   "written as a handshake, then one segment per SIP message with consistent sequence numbers. "
-                   "TLS is written as its SIP cleartext in TCP segments on the TLS port (no TLS records). "
-                   "Digest responses are redacted (same length) unless --keep-secrets.")
-@click.option("--keep-secrets", is_flag=True, help="With --pcap: keep the digest responses as sent.")
-@click.option("--ca", "tls_ca", metavar="FILE", type=click.Path(exists=True, dir_okay=False),
-              help="TLS: verify the server certificate against the CA certificate(s) in this PEM file instead "
-                   "of the system CA store.")
-@click.option("--insecure", "tls_insecure", is_flag=True,
-              help="TLS: do not verify the server certificate or its name (encryption without authentication).")
+@probe_recording_and_tls_options
 @click.option("--ladder", "show_ladder", is_flag=True,
               help="Also draw the ladder of the probe's own messages (after the result; on standard error "
                    "unless --format text).")
