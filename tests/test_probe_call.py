@@ -36,7 +36,7 @@ from sipflow.sdp import parse_sdp
 from sipflow.sip import parse_message
 
 from test_probe import (NAGIOS_LINE, PERFDATA, SCENARIOS, STATES, V4, V6, check_prometheus, free_port, has_ipv6,
-                        port_taken, private_loopback, server, silent_udp)
+                        port_taken, private_loopback, server, silent_udp, walk)
 
 assert private_loopback   # the imported fixture is this module's autouse network namespace too
 
@@ -53,15 +53,6 @@ def response(status, reason="OK", branch="z9hG4bKinv", method="INVITE", to_tag="
     return parse_message((f"SIP/2.0 {status} {reason}\r\nVia: SIP/2.0/UDP 127.0.0.1:40000;branch={branch};rport\r\n"
                           f"From: <sip:alice@127.0.0.1>;tag=ft\r\nTo: <sip:bob@127.0.0.1:5070>;tag={to_tag}\r\n"
                           f"Call-ID: cid@x\r\nCSeq: 1 {method}\r\n{extra}Content-Length: 0\r\n\r\n").encode())
-
-
-def walk(tx, until=1e9):
-    sent = []
-    while tx.next_deadline() is not None and tx.next_deadline() <= until:
-        now = tx.next_deadline()
-        if tx.on_timer(now):
-            sent.append(now)
-    return sent
 
 
 def test_timer_a_doubles_from_t1_without_cap_and_timer_b_gives_up_at_32s():
