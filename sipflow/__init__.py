@@ -9,11 +9,11 @@ The public API: ``analyze`` (captures -> ``Analysis``), ``Analyzer`` (incrementa
 """
 __version__ = "0.1.0"
 
-from sipflow.analysis import Analysis, Filter  # noqa: E402
-from sipflow.analyze import Analyzer, analyze  # noqa: E402
+from sipflow.analysis.model import Analysis, Filter  # noqa: E402
+from sipflow.analysis.analyzer import Analyzer, analyze  # noqa: E402
 from sipflow.errors import CaptureError, ParseError, ProbeError, SipflowError  # noqa: E402
-from sipflow.sdp import parse_sdp  # noqa: E402
-from sipflow.sip import SipMessage, parse_message  # noqa: E402
+from sipflow.sip.sdp import parse_sdp  # noqa: E402
+from sipflow.sip.message import SipMessage, parse_message  # noqa: E402
 
 __all__ = ["analyze", "Analysis", "Analyzer", "Filter", "parse_message", "parse_sdp", "SipMessage",
            "SipflowError", "CaptureError", "ParseError", "ProbeError", "__version__"]

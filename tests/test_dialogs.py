@@ -6,7 +6,7 @@ Kamailio behaviour), not from sipflow's own output; the state tables are walked 
 import pytest
 
 import sipflow
-from sipflow.dialogs import CALL_TABLE, TRANSACTION_TABLE, CallState, TxState
+from sipflow.analysis.dialogs import CALL_TABLE, TRANSACTION_TABLE, CallState, TxState
 
 from conftest import SAMPLES
 

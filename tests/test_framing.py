@@ -5,9 +5,10 @@ messages. The streams come from every capture with SIP over TCP, reassembled by 
 """
 import pytest
 
-from sipflow.capture import open_captures
+from sipflow.capture.files import open_captures
 from sipflow.net import Decoder
-from sipflow.sip import StreamFramer, parse_message
+from sipflow.sip.framing import StreamFramer
+from sipflow.sip.message import parse_message
 
 from conftest import sample_files, shared_files
 

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 import sipflow
 from sipflow.cli import main
-from sipflow.ladder import layout, render_text
+from sipflow.render.ladder import layout, render_text
 
 from conftest import SAMPLES
 

@@ -31,10 +31,10 @@ from click.testing import CliRunner
 from sipflow import __version__
 from sipflow.cli import ProbeExit, main
 from sipflow.errors import ProbeError
-from sipflow.probe import (MAX_COUNT, NON_INVITE_TABLE, T1, T2, T4, TIMER_F, ClientTransaction, Outcome,
+from sipflow.probe.options_register import (MAX_COUNT, NON_INVITE_TABLE, T1, T2, T4, TIMER_F, ClientTransaction, Outcome,
                            ProbeOptions, TxState, check_destination, nagios, options_request, parse_bind,
                            parse_expect, parse_range, parse_target, probe_options, prometheus)
-from sipflow.sip import parse_message
+from sipflow.sip.message import parse_message
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"

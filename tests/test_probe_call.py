@@ -28,12 +28,12 @@ from click.testing import CliRunner
 
 from sipflow.cli import ProbeExit, main
 from sipflow.errors import ProbeError
-from sipflow.g711 import SAMPLES_PER_PACKET, alaw_byte, tone_packet, ulaw_byte
-from sipflow.probe_call import (INVITE_TABLE, TIMER_B, CallOptions, CallOutcome, Dialog, InviteClientTransaction,
+from sipflow.media.g711 import SAMPLES_PER_PACKET, alaw_byte, tone_packet, ulaw_byte
+from sipflow.probe.call import (INVITE_TABLE, TIMER_B, CallOptions, CallOutcome, Dialog, InviteClientTransaction,
                                 InviteState, call_nagios, call_prometheus, cancel_for, invite_request, parse_dtmf,
                                 probe_call, rtp_packet, sdp_offer)
-from sipflow.sdp import parse_sdp
-from sipflow.sip import parse_message
+from sipflow.sip.sdp import parse_sdp
+from sipflow.sip.message import parse_message
 
 from test_probe import (NAGIOS_LINE, PERFDATA, SCENARIOS, STATES, V4, V6, check_prometheus, free_port, has_ipv6,
                         port_taken, private_loopback, server, silent_udp, walk)

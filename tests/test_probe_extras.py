@@ -28,10 +28,10 @@ from click.testing import CliRunner
 
 import sipflow
 from sipflow.cli import ProbeExit, main
-from sipflow.g711 import SAMPLES_PER_PACKET, audio_payload, encode
-from sipflow.pcapwrite import PcapRecorder, _checksum, redact
-from sipflow.probe_call import CallOptions, CallOutcome, probe_call
-from sipflow.sip import parse_message
+from sipflow.media.g711 import SAMPLES_PER_PACKET, audio_payload, encode
+from sipflow.probe.recorder import PcapRecorder, _checksum, redact
+from sipflow.probe.call import CallOptions, CallOutcome, probe_call
+from sipflow.sip.message import parse_message
 
 import tshark_oracle as oracle
 from test_probe import V4, V6, has_ipv6, private_loopback
@@ -338,8 +338,8 @@ def test_options_through_an_outbound_proxy_goes_to_the_proxy_with_a_route(tmp_pa
     import socket as _socket
     import threading
 
-    from sipflow.probe import ProbeOptions, probe_options
-    from sipflow.sip import parse_message as _parse
+    from sipflow.probe.options_register import ProbeOptions, probe_options
+    from sipflow.sip.message import parse_message as _parse
 
     srv = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
     srv.bind(("127.0.0.1", 0))

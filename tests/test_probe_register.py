@@ -1,4 +1,4 @@
-"""`sipflow probe register` and `sipflow.digest`: digest computed against RFC 7616's own example,
+"""`sipflow probe register` and `sipflow.sip.digest`: digest computed against RFC 7616's own example,
 challenges parsed and chosen, then the real command against real registrars on loopback.
 
 - Kamailio 5.6 as registrar (tests/scenarios/kamailio_registrar.cfg): one instance challenging with
@@ -7,7 +7,7 @@ challenges parsed and chosen, then the real command against real registrars on l
   SHA-512-256 is checked against the wire double below (its expectation computed here with hashlib).
 - A small Python UDP registrar (``WireRegistrar``), a test double for what only the wire shows:
   digest-uri, cnonce, nc, stale, several challenges. It checks every Authorization with its own digest
-  code (hashlib, not sipflow.digest) and records what it got.
+  code (hashlib, not sipflow.sip.digest) and records what it got.
 
 Loopback only (127.0.0.1, ::1), in the private network namespace of tests/test_probe.py (its fixture
 and helpers are imported from there). Every process started here is stopped here; every wait is bounded.
@@ -31,12 +31,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sipflow.cli import ProbeExit, main
-from sipflow.digest import (DigestSession, challenges_from, choose, compute_response, parse_challenges,
+from sipflow.sip.digest import (DigestSession, challenges_from, choose, compute_response, parse_challenges,
                             redact)
 from sipflow.errors import ProbeError
-from sipflow.probe import (Outcome, RegisterOptions, parse_aor, probe_register, register_nagios, register_prometheus,
+from sipflow.probe.options_register import (Outcome, RegisterOptions, parse_aor, probe_register, register_nagios, register_prometheus,
                            register_request, register_target)
-from sipflow.sip import parse_message
+from sipflow.sip.message import parse_message
 
 from test_probe import (SCENARIOS, V4, V6, check_nagios, check_prometheus, free_port, has_ipv6, port_taken,
                         private_loopback, server, silent_udp)
@@ -110,7 +110,7 @@ def test_sha512_256_is_fips_sha512_256_and_every_algorithm_matches_the_independe
 
 
 def auth_params(value):
-    """The parameters of one Authorization value, parsed here (not with sipflow.digest)."""
+    """The parameters of one Authorization value, parsed here (not with sipflow.sip.digest)."""
     assert value.startswith("Digest ")
     out = {}
     for m in re.finditer(r'(\w+)=(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))', value[7:]):

@@ -55,7 +55,7 @@ def test_damaged_frames_never_raise(tmp_path_factory, frames, seed):
     a = sipflow.analyze(str(path))
     assert a.stats["frames"] == len(recs)
     json.dumps(a.to_dict())  # every figure is serialisable, nothing half-built
-    from sipflow import report
+    from sipflow.render import tables as report
     report.summary_text(a), report.calls_text(a), report.analysis_csv(a)
 
 

@@ -13,8 +13,8 @@ np = pytest.importorskip("numpy")
 import sys  # noqa: E402
 
 import sipflow  # noqa: E402
-from sipflow.rtp import RtpStream  # noqa: E402
-from sipflow.rtpvec import fold  # noqa: E402
+from sipflow.media.stats import RtpStream  # noqa: E402
+from sipflow.media.vec import fold  # noqa: E402
 
 from conftest import sample_files  # noqa: E402
 
@@ -94,7 +94,7 @@ def test_fold_equals_flush(seed, n_streams, n, blocks):
 @pytest.mark.parametrize("path", sample_files(), ids=lambda p: p.name)
 def test_samples_read_the_same_with_and_without_numpy(path, monkeypatch):
     fast = sipflow.analyze(str(path))
-    monkeypatch.setattr(sys.modules["sipflow.analyze"], "_numpy_available", lambda: False)
+    monkeypatch.setattr(sys.modules["sipflow.analysis.analyzer"], "_numpy_available", lambda: False)
     slow = sipflow.analyze(str(path))
     assert [m.frame for m in fast.messages] == [m.frame for m in slow.messages]
     assert fast.stats == slow.stats
@@ -113,7 +113,7 @@ def test_pcapng_with_mixed_interfaces_reads_the_same_with_and_without_numpy(tmp_
     ng = [((i // 7) % 2, s, u, f if (i // 7) % 2 == 0 else SHAPES["sll2"][1](f)) for i, (s, u, f) in enumerate(recs)]
     path = write_pcapng(tmp_path / "mixed.pcapng", [(1, 6), (276, 9)], ng, simple_first=True)
     fast = sipflow.analyze(str(path))
-    monkeypatch.setattr(sys.modules["sipflow.analyze"], "_numpy_available", lambda: False)
+    monkeypatch.setattr(sys.modules["sipflow.analysis.analyzer"], "_numpy_available", lambda: False)
     slow = sipflow.analyze(str(path))
     assert [(m.frame, m.ts) for m in fast.messages] == [(m.frame, m.ts) for m in slow.messages]
     assert fast.stats == slow.stats and len(fast.streams) == 2

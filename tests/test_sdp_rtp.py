@@ -2,8 +2,8 @@
 import struct
 
 import sipflow
-from sipflow.rtp import RtpStream
-from sipflow.sdp import parse_sdp, sdp_of
+from sipflow.media.stats import RtpStream
+from sipflow.sip.sdp import parse_sdp, sdp_of
 
 from pcaptools import sip_text, udp_frame, write_pcap
 

@@ -4,7 +4,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sipflow.errors import ParseError
-from sipflow.sip import StreamFramer, frame_stream, parse_message, parse_name_addr, parse_uri, split_list
+from sipflow.sip.framing import StreamFramer, frame_stream
+from sipflow.sip.message import parse_message, parse_name_addr, parse_uri, split_list
 
 INVITE = (b"INVITE sip:bob@biloxi.example.com SIP/2.0\r\n"
           b"v: SIP/2.0/UDP pc33.atlanta.example.com;branch=z9hG4bKnashds8;rport\r\n"

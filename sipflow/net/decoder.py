@@ -1,105 +1,21 @@
 """Network layers: from a captured frame's bytes to transport payloads (datagrams).
 
-Owns link layers (Ethernet with 802.1Q/QinQ, Linux SLL/SLL2, raw IP, BSD loopback), IPv4/IPv6 with
-fragment reassembly in any order, tunnels (IP-in-IP, GRE, ERSPAN I-III, VXLAN), UDP, TCP stream
-reassembly, SCTP DATA chunks, WebSocket framing (RFC 6455/7118) and HEP v2/v3 encapsulation.
-Leaves SIP framing and parsing to ``sip``, RTP to ``rtp``. Does no I/O: frames come in, datagrams go out.
+Owns the decoding of one frame: link layers (by the table in ``net.link``: Ethernet with 802.1Q/QinQ,
+Linux SLL/SLL2, raw IP, BSD loopback), IPv4/IPv6 with fragment reassembly in any order, tunnels (IP-in-IP,
+GRE, ERSPAN I-III, VXLAN), UDP, TCP stream reassembly, SCTP DATA chunks, WebSocket framing (RFC
+6455/7118) and HEP v2/v3 encapsulation. Leaves SIP framing and parsing to ``sip``, RTP to ``media``.
+Does no I/O: frames come in, datagrams go out.
 
 Broken or unknown layers are counted in ``Decoder.counters`` and otherwise ignored, never raised.
 """
 from __future__ import annotations
 
-import ipaddress
-import socket
 import struct
-from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-# ---------------------------------------------------------------------------------------------------
-# Values
-
-
-@dataclass(frozen=True)
-class Datagram:
-    """A transport payload with where it came from. For TCP and WebSocket it is a piece of an in-order
-    byte stream (``payload`` None means "bytes were lost here": the consumer must resynchronise)."""
-    __slots__ = ("ts", "file", "frame", "src", "sport", "dst", "dport", "transport", "payload", "frames")
-    ts: float
-    file: int
-    frame: int
-    src: str
-    sport: int
-    dst: str
-    dport: int
-    transport: str          # udp | tcp | sctp | ws | hep
-    payload: Optional[bytes]
-    frames: Tuple[int, ...]  # every frame that carried part of the payload
-
-
-def fmt_endpoint(ip: str, port: int) -> str:
-    """``ip:port``, or ``[ipv6]:port`` as in the JSON output and the SIP URI syntax."""
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-
-
-_ntop4 = socket.inet_ntoa
-
-
-def _ntop6(b: bytes) -> str:
-    return socket.inet_ntop(socket.AF_INET6, b)
-
-
-_PRIVATE_NETS = [ipaddress.ip_network(n) for n in (
-    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7", "fe80::/10")]
-
-
-def is_private(ip: str) -> bool:
-    """RFC 1918 / RFC 6598 / ULA address: the kind a NAT rewrites."""
-    try:
-        a = ipaddress.ip_address(ip)
-    except ValueError:
-        return False
-    return any(a in n for n in _PRIVATE_NETS)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Byte streams with frame references (shared by TCP-based framing here and in sip.py)
-
-
-class StreamBuffer:
-    """In-order bytes of one direction of a stream, remembering which frame carried which byte, so a
-    message cut out of it can name every frame it came from."""
-    __slots__ = ("data", "marks")
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.marks: List[Tuple[int, int]] = []  # (end offset in data, frame)
-
-    def append(self, chunk: bytes, frame: int) -> None:
-        self.data += chunk
-        self.marks.append((len(self.data), frame))
-
-    def take(self, n: int) -> Tuple[bytes, Tuple[int, ...]]:
-        """Remove the first ``n`` bytes; return them and the frames that carried them."""
-        out = bytes(self.data[:n])
-        del self.data[:n]
-        # A mark covers [previous end, end); it overlaps [0, n) if previous end < n.
-        frames, keep, prev = [], [], 0
-        for end, frame in self.marks:
-            if prev < n and frame not in frames:
-                frames.append(frame)
-            if end > n:
-                keep.append((end - n, frame))
-            prev = end
-        self.marks = keep
-        return out, tuple(frames)
-
-    def clear(self) -> None:
-        self.data.clear()
-        self.marks.clear()
-
-    def __len__(self) -> int:
-        return len(self.data)
-
+from sipflow.net.addr import Datagram, ntop4 as _ntop4, ntop6 as _ntop6
+from sipflow.net.link import LINK_TYPES
+from sipflow.net.streambuf import StreamBuffer
 
 # ---------------------------------------------------------------------------------------------------
 # Decoder
@@ -166,24 +82,23 @@ class Decoder:
         return out
 
     def _link(self, lt: int, data: bytes, out: list, depth: int) -> None:
-        if lt == 1:
+        link = LINK_TYPES.get(lt)
+        if link is None:
+            self.count("unknown_linktype")
+        elif link.kind == "ethernet":
             self._ether(data, 0, out, depth)
-        elif lt == 113:  # Linux cooked capture v1: 16-byte header, protocol last
-            self._ethertype(_H.unpack_from(data, 14)[0], data, 16, out, depth)
-        elif lt == 276:  # SLL2: protocol first, 20-byte header
-            self._ethertype(_H.unpack_from(data, 0)[0], data, 20, out, depth)
-        elif lt in (12, 14, 101, 228, 229):
+        elif link.kind == "cooked":  # Linux SLL (protocol last) and SLL2 (protocol first)
+            self._ethertype(_H.unpack_from(data, link.ethertype_at)[0], data, link.header, out, depth)
+        elif link.kind == "ip":
             self._ip(data, 0, out, depth)
-        elif lt in (0, 108):  # BSD loopback: address family, host order (0) or network order (108)
-            fam = struct.unpack_from("<I" if lt == 0 else "!I", data, 0)[0]
-            if lt == 0 and fam > 0xFFFF:
+        else:  # BSD loopback: address family, host order (0) or network order (108)
+            fam = struct.unpack_from("!I" if link.big_endian_family else "<I", data, 0)[0]
+            if not link.big_endian_family and fam > 0xFFFF:
                 fam = struct.unpack_from("!I", data, 0)[0]
             if fam == 2 or fam in (10, 24, 28, 30):
-                self._ip(data, 4, out, depth)
+                self._ip(data, link.header, out, depth)
             else:
                 self.count("not_ip")
-        else:
-            self.count("unknown_linktype")
 
     def _ether(self, data: bytes, off: int, out: list, depth: int) -> None:
         etype = _H.unpack_from(data, off + 12)[0]

@@ -8,14 +8,14 @@ in (the capture timestamp); nothing here reads a clock.
 
 Statistics never depend on having seen the SDP: a static payload type gives its clock rate, a dynamic
 one starts at 8 kHz and ``clock_rate_guessed`` says so until the analyzer learns the rtpmap.
-Recognising RTP/RTCP packets is the analyzer's hot path (``analyze``); ``rtpvec`` computes the same
+Recognising RTP/RTCP packets is the analyzer's hot path (``analysis.analyzer``, with ``media.rtp``'s header and RTCP rule); ``media.vec`` computes the same
 figures on arrays and is tested against ``RtpStream.flush``.
 """
 from __future__ import annotations
 
 from typing import Optional
 
-from sipflow.sdp import STATIC_PT
+from sipflow.sip.sdp import STATIC_PT
 
 MAX_DROPOUT = 3000             # RFC 3550 A.1: a jump ahead larger than this is not loss but a restart
 BATCH = 4 * 64                 # pending values (64 packets) before statistics are brought up to date

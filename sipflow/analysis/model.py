@@ -1,7 +1,7 @@
 """What an analysis found, as data: the ``Analysis`` object, filters, KPIs and the JSON form.
 
 Owns the result model that every renderer reads (tables, CSV, JSON, and later ladders and HTML) and
-its canonical dict form, the document described in docs/json.md. Holds no packet logic: ``analyze``
+its canonical dict form, the document described in docs/json.md. Holds no packet logic: ``analysis.analyzer``
 builds an ``Analysis``; this module only describes, filters and serialises one.
 """
 from __future__ import annotations
@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Union
 
-from sipflow.dialogs import Anomaly, Call, Registration, SipEvent
+from sipflow.analysis.dialogs import Anomaly, Call, Registration, SipEvent
 from sipflow.net import fmt_endpoint
-from sipflow.rtp import RtpStream
+from sipflow.media.stats import RtpStream
 
 __all__ = ["Analysis", "Filter", "Malformed", "message_dict", "call_dict", "registration_dict", "stream_dict"]
 

@@ -12,7 +12,7 @@ import json
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-from sipflow.analysis import Analysis, call_dict, stream_dict
+from sipflow.analysis.model import Analysis, call_dict, stream_dict
 
 OUTCOME_LABEL = {
     "answered": "answered", "busy": "busy", "rejected": "rejected", "cancelled": "cancelled",

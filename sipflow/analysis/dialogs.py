@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from sipflow.net import fmt_endpoint, is_private
-from sipflow.sdp import Session, sdp_of
-from sipflow.sip import SipMessage
+from sipflow.sip.sdp import Session, sdp_of
+from sipflow.sip.message import SipMessage
 
 MAGIC_COOKIE = "z9hG4bK"   # RFC 3261 §8.1.1.7: branches starting with it are unique per transaction
 T1 = 0.5                   # RFC 3261 timer T1, seconds

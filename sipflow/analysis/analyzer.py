@@ -1,11 +1,11 @@
-"""The analyzer: capture records in, an ``Analysis`` (see ``analysis``) out.
+"""The analyzer: capture records in, an ``Analysis`` (see ``analysis.model``) out.
 
 Owns the per-packet loop that ties the layers together (capture -> net -> sip/sdp + rtp -> dialogs)
 and the join of RTP streams to calls at the end. Renderers read the ``Analysis``; they never see packets.
 
 Hot path (DESIGN.md "Speed is part of the design"): the common frame shape (Ethernet, Linux cooked or
 raw IP; IPv4 without options or fragments; UDP; RTP) never becomes a Python object. With NumPy, Python
-only walks a block's record headers and arrays do the rest (``_vec_block``, ``rtpvec``); without it, one
+only walks a block's record headers and arrays do the rest (``_vec_block``, ``media.vec``); without it, one
 precompiled struct unpack per frame and a dict lookup per flow feed the stream's batched statistics.
 Every other frame (SIP, VLAN, IPv6, TCP, tunnels, fragments...) takes the general decoder in ``net``.
 """
@@ -15,40 +15,42 @@ import socket
 import struct
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
 
-from sipflow import capture as _capture
-from sipflow.analysis import Analysis, Filter, Malformed
-from sipflow.dialogs import Call, SipEvent, Tracker
+from sipflow.capture import files as _capture
+from sipflow.analysis.model import Analysis, Filter, Malformed
+from sipflow.analysis.dialogs import Call, SipEvent, Tracker
 from sipflow.errors import ParseError
+from sipflow.media.rtp import HEADER as RTP_HEADER, RTCP_FIRST, RTCP_LAST, looks_like_rtp
 from sipflow.net import Datagram, Decoder, fmt_endpoint
-from sipflow.rtp import RtpStream
-from sipflow.sdp import STATIC_PT
-from sipflow.sip import StreamFramer, looks_like_sip, parse_message
+from sipflow.net.addr import pack_ip
+from sipflow.net.link import LINK_TYPES, LinkType
+from sipflow.media.stats import RtpStream
+from sipflow.sip.sdp import STATIC_PT
+from sipflow.sip.framing import StreamFramer
+from sipflow.sip.message import looks_like_sip, parse_message
 
 __all__ = ["Analyzer", "Analysis", "Filter", "Malformed", "analyze"]
 
 # IPv4 (version/IHL, fragment field, protocol, then src+dst addresses and UDP ports as one 12-byte flow
-# key), UDP length, RTP first bytes, sequence, timestamp, SSRC.
-_IP_UDP_RTP = "B5xH1xB2x12sHxxBBHII"
-# link type -> (struct for link header + IPv4 + UDP + RTP, whether the first field is an ethertype,
-# where to start unpacking relative to the packet). Raw-IP frames have no ethertype: their struct starts
-# 2 bytes early (inside the record header, always present) so every shape unpacks to the same fields.
-_ETH = struct.Struct("!12xH" + _IP_UDP_RTP)
-_RAW = struct.Struct("!H" + _IP_UDP_RTP)
-_FAST = {
-    1: (_ETH, True, 0),
-    113: (struct.Struct("!14xH" + _IP_UDP_RTP), True, 0),
-    276: (struct.Struct("!H18x" + _IP_UDP_RTP), True, 0),
-    101: (_RAW, False, -2), 12: (_RAW, False, -2), 14: (_RAW, False, -2), 228: (_RAW, False, -2),
-}
-_RTP_HDR = struct.Struct("!BBHII")
-# Link types the NumPy hot path takes: link type -> (link header length, ethertype offset or None).
-_VEC_LINKS = {1: (14, 12), 113: (16, 14), 276: (20, 0), 101: (0, None), 12: (0, None), 14: (0, None),
-              228: (0, None)}
+# key), UDP length, RTP first bytes, sequence, timestamp, SSRC: the RTP header of ``media.rtp`` laid out
+# behind the IP and UDP headers, so that one unpack reads a whole common frame.
+_IP_UDP_RTP = "B5xH1xB2x12sHxx" + RTP_HEADER.format.lstrip("!")
+
+
+def _fast_struct(link: LinkType) -> tuple:
+    """(struct, whether the first field is an ethertype, where to start unpacking relative to the packet)
+    for the pure-Python hot path. Raw-IP frames have no ethertype: their struct starts 2 bytes early
+    (inside the record header, always present) so every shape unpacks to the same fields."""
+    if link.ethertype_at is None:
+        return struct.Struct("!H" + _IP_UDP_RTP), False, -2
+    before, after = link.ethertype_at, link.header - link.ethertype_at - 2
+    return struct.Struct("!" + (f"{before}x" if before else "") + "H" + (f"{after}x" if after else "")
+                         + _IP_UDP_RTP), True, 0
+
+
+# Both hot paths take the link types ``net.link`` marks fast; every other frame goes to the decoder.
+_FAST = {code: _fast_struct(link) for code, link in LINK_TYPES.items() if link.fast}
+_VEC_LINKS = {code: (link.header, link.ethertype_at) for code, link in LINK_TYPES.items() if link.fast}
 MIN_HEURISTIC_PACKETS = 10   # an RTP-looking flow nobody announced must have this many packets to be listed
-
-
-def _pack_ip(ip: str) -> bytes:
-    return socket.inet_pton(socket.AF_INET6 if ":" in ip else socket.AF_INET, ip)
 
 
 class Analyzer:
@@ -119,7 +121,7 @@ class Analyzer:
                     et, vihl, frag, proto, flow, ulen, b0, b1, seq, rts, ssrc = fast_unpack(buf, off + delta)
                     if b0 & 0xC0 == 0x80 and vihl == 0x45 and proto == 17 and not frag & 0x3FFF \
                             and ulen >= 20 and (et == 0x0800 or not check_et):
-                        if 192 <= b1 <= 223:  # RTCP; the "rts" field is the sender's SSRC
+                        if RTCP_FIRST <= b1 <= RTCP_LAST:  # RTCP; the "rts" field is the sender's SSRC
                             rtcp += 1
                             rtcp_by_ssrc[rts] = rtcp_by_ssrc.get(rts, 0) + 1
                             continue
@@ -142,11 +144,11 @@ class Analyzer:
 
     def _run_pcap_vec(self, f: _capture.CaptureFile) -> None:
         """The hot path with NumPy: Python only walks the record headers of each 8 MiB block; the
-        classification of every frame and the RTP statistics are array operations (``rtpvec``).
+        classification of every frame and the RTP statistics are array operations (``media.vec``).
         Frames that are not plain IPv4/UDP/RTP(RTCP) go one by one through ``feed``, as in ``_run_pcap``."""
         import numpy as np
 
-        from sipflow import rtpvec
+        from sipflow.media import vec as rtpvec
         l2, et_off = _VEC_LINKS[f.linktype]
         order = ">" if f.record_header.format.startswith(">") else "<"
         caplen_of = struct.Struct(order + "8xI").unpack_from
@@ -178,7 +180,7 @@ class Analyzer:
         packet blocks, and EPBs of another kind of interface are taken one at a time."""
         import numpy as np
 
-        from sipflow import rtpvec
+        from sipflow.media import vec as rtpvec
         fi = f.index
         frame = 0
         for buf, pos, end in f.pcapng_blocks():
@@ -260,7 +262,7 @@ class Analyzer:
             fast6 &= r4["et"] == 0x86DD
         fast = fast4 | fast6
         b1 = np.where(fast6, r6["b1"], r4["b1"])
-        rtcp = fast & (b1 >= 192) & (b1 <= 223)
+        rtcp = fast & (b1 >= RTCP_FIRST) & (b1 <= RTCP_LAST)
         self.frames += int(fast.sum())
         slow = np.flatnonzero(~fast)
         if len(slow):
@@ -319,7 +321,7 @@ class Analyzer:
                 if b0 & 0xC0 == 0x80 and vihl == 0x45 and proto == 17 and not frag & 0x3FFF and ulen >= 20 \
                         and (et == 0x0800 or not fast[1]):
                     self.frames += 1
-                    if 192 <= b1 <= 223:
+                    if RTCP_FIRST <= b1 <= RTCP_LAST:
                         self.rtcp_packets += 1
                         self.rtcp[rts] = self.rtcp.get(rts, 0) + 1
                         continue
@@ -374,13 +376,13 @@ class Analyzer:
                 self.undecoded += 1
             return
         # UDP and HEP: RTP, RTCP, SIP, or something else.
-        if len(payload) >= 12 and payload[0] & 0xC0 == 0x80:
-            b0, b1, seq, rts, ssrc = _RTP_HDR.unpack_from(payload, 0)
-            if 192 <= b1 <= 223:
+        if looks_like_rtp(payload):
+            b0, b1, seq, rts, ssrc = RTP_HEADER.unpack_from(payload, 0)
+            if RTCP_FIRST <= b1 <= RTCP_LAST:
                 self.rtcp_packets += 1
                 self.rtcp[rts] = self.rtcp.get(rts, 0) + 1
                 return
-            flow = _pack_ip(dg.src) + _pack_ip(dg.dst) + struct.pack("!HH", dg.sport, dg.dport)
+            flow = pack_ip(dg.src) + pack_ip(dg.dst) + struct.pack("!HH", dg.sport, dg.dport)
             st = self.by_ssrc.get((flow, ssrc)) or self._stream_for(flow, ssrc, b1, dg.frame, dg.file)
             st.add(seq, rts, dg.ts, b1)
             return

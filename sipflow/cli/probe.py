@@ -1,269 +1,31 @@
-"""The ``sipflow`` command line: a thin click layer over the library.
+"""Probe commands: ``sipflow probe options|register|call``, their exit codes and their error boundary.
 
-Owns argument parsing, the progress bar, output files and exit codes. Each command opens the captures,
-calls one library function and hands the result to a renderer in ``report``; library errors become one
-clear line and an exit code here, and nowhere else.
+The work is done by ``sipflow.probe``; this module parses options and maps results to exit codes.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import enum
 import functools
 import os
 import sys
-from typing import Callable, List, Optional
+from typing import List, Optional
 
 import click
 
-from sipflow import __version__
-
-
-class Exit(enum.IntEnum):
-    """Exit codes of the analysis commands."""
-    OK = 0
-    ERROR = 1        # unreadable input: missing file, not a capture, unknown link type
-    USAGE = 2        # bad command line (click's own code)
-    INTERRUPTED = 130
-
-
-def _parse_time(value: Optional[str]) -> Optional[float]:
-    """Epoch seconds, or an ISO 8601 date-time (UTC unless it carries an offset)."""
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        t = _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is neither epoch seconds nor an ISO time like 2024-05-01T10:00:00")
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=_dt.timezone.utc)
-    return t.timestamp()
-
-
-def analysis_options(formats: List[str]) -> Callable:
-    """Options every analysis command shares: files, format, output and the filters."""
-    def deco(f):
-        f = click.argument("files", nargs=-1, required=True, type=click.Path(allow_dash=True))(f)
-        f = click.option("--format", "fmt", type=click.Choice(formats), default=formats[0], show_default=True,
-                         help="Output format.")(f)
-        f = click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default="-",
-                         help="Write here instead of standard output.")(f)
-        f = click.option("--call-id", help="Only this Call-ID.")(f)
-        f = click.option("--user", help="Only calls/messages whose From or To user contains this text.")(f)
-        f = click.option("--method", help="Only this SIP method (INVITE, REGISTER, OPTIONS...).")(f)
-        f = click.option("--status", help="Only this final status: a code (486) or a class (4xx).")(f)
-        f = click.option("--since", help="Only from this time (epoch seconds or ISO 8601, UTC by default).")(f)
-        f = click.option("--until", help="Only up to this time.")(f)
-        f = click.option("--width", type=int, default=None, help="Table width (default: terminal width, max 160).")(f)
-        f = click.option("--no-progress", is_flag=True, help="No progress bar on standard error.")(f)
-        return f
-    return deco
-
-
-def _run_analysis(files, no_progress: bool, **filters):
-    """Open and analyse the captures with a progress bar on a terminal; return the filtered Analysis."""
-    from sipflow.analyze import Analyzer, Filter
-    from sipflow.capture import open_captures
-
-    sizes = 0
-    for p in files:
-        if p != "-" and os.path.isfile(p):
-            sizes += os.path.getsize(p)
-    show = not no_progress and sys.stderr.isatty() and sizes > 16 << 20
-    bar = None
-    if show:
-        bar = click.progressbar(length=sizes, label="Reading", file=sys.stderr, show_eta=True, width=30)
-        bar.__enter__()
-    try:
-        caps = open_captures(list(files), progress=bar.update if bar else None)
-        an = Analyzer()
-        an.run(caps)
-        result = an.result()
-    finally:
-        if bar:
-            bar.__exit__(None, None, None)
-    for w in result.warnings:
-        click.secho(f"warning: {w}", fg="yellow", err=True)
-    f = Filter(call_id=filters.get("call_id"), user=filters.get("user"), method=filters.get("method"),
-                   status=filters.get("status"), since=_parse_time(filters.get("since")),
-                   until=_parse_time(filters.get("until")))
-    return result.filtered(f)
-
-
-def _emit(text: str, output: str) -> None:
-    if output == "-":
-        click.echo(text)
-    else:
-        with open(output, "w", encoding="utf-8") as fh:
-            fh.write(text if text.endswith("\n") else text + "\n")
-
-
-def _width(width: Optional[int]) -> int:
-    if width:
-        return width
-    try:
-        return max(60, min(160, os.get_terminal_size(sys.stdout.fileno()).columns))
-    except OSError:
-        return 80
-
-
-def handle_errors(f):
-    """Turn sipflow's own errors into one line and an exit code (the one boundary that does this)."""
-    @functools.wraps(f)
-    def wrapper(*args, **kwargs):
-        from sipflow.errors import SipflowError
-        ctx = click.get_current_context()
-        try:
-            return f(*args, **kwargs)
-        except SipflowError as e:
-            if ctx.find_root().params.get("traceback"):
-                raise
-            click.secho(f"sipflow: {e}", fg="red", err=True)
-            ctx.exit(Exit.ERROR)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            ctx.exit(Exit.INTERRUPTED)
-        except BrokenPipeError:
-            # `sipflow calls x.pcap | head`: the reader went away; not an error.
-            sys.stderr.close()
-            ctx.exit(Exit.OK)
-    return wrapper
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-             invoke_without_command=True)
-@click.version_option(__version__, prog_name="sipflow")
-@click.option("--traceback", is_flag=True, help="Show the Python traceback on errors (for bug reports).")
-@click.pass_context
-def main(ctx, traceback):
-    """Read SIP and RTP from packet captures and show what happened.
-
-    \b
-    Examples:
-      sipflow calls samples/basic-call-rtp.pcap
-      sipflow summary capture.pcap.gz other.pcapng
-      sipflow analyze capture.pcap --format json -o result.json
-      sipflow rtp capture.pcap
-      tcpdump -i any -c 2000 -w - port 5060 | sipflow calls -
-      sipflow probe options sip:127.0.0.1:5060
-    """
-    if ctx.invoked_subcommand is None:
-        click.echo(ctx.get_help())
-
-
-@main.command()
-@analysis_options(["text", "json", "csv"])
-@handle_errors
-def calls(files, fmt, output, width, no_progress, **filters):
-    """List the calls: start, parties, outcome, post-dial delay, duration, media.
-
-    \b
-    Examples:
-      sipflow calls capture.pcap
-      sipflow calls a.pcap b.pcapng --status 4xx --format csv -o failed.csv
-      sipflow calls capture.pcap --user alice --since 2024-05-01T10:00:00
-    """
-    from sipflow import report
-    a = _run_analysis(files, no_progress, **filters)
-    text = {"text": lambda: report.calls_text(a, _width(width)), "json": lambda: report.calls_json(a),
-            "csv": lambda: report.calls_csv(a)}[fmt]()
-    _emit(text, output)
-
-
-@main.command()
-@analysis_options(["text", "json"])
-@handle_errors
-def summary(files, fmt, output, width, no_progress, **filters):
-    """Response codes by method, call outcomes and KPIs (ASR, NER, SER, PDD), registrations, problems.
-
-    \b
-    Examples:
-      sipflow summary capture.pcap
-      sipflow summary day1.pcap day2.pcap --format json
-    """
-    import json
-
-    from sipflow import report
-    a = _run_analysis(files, no_progress, **filters)
-    _emit(report.summary_text(a, _width(width)) if fmt == "text" else json.dumps(report.summary_dict(a), indent=1),
-          output)
-
-
-@main.command()
-@analysis_options(["json", "text", "csv"])
-@handle_errors
-def analyze(files, fmt, output, width, no_progress, **filters):
-    """Everything: messages, calls, registrations, streams, problems (JSON: see docs/json.md).
-
-    \b
-    Examples:
-      sipflow analyze capture.pcap --format json -o result.json
-      sipflow analyze capture.pcap --call-id 1-2345@127.0.0.1 --format text
-      sipflow analyze capture.pcap --format csv      # one row per SIP message
-    """
-    from sipflow import report
-    a = _run_analysis(files, no_progress, **filters)
-    text = {"json": lambda: report.analysis_json(a), "text": lambda: report.analysis_text(a, _width(width)),
-            "csv": lambda: report.analysis_csv(a)}[fmt]()
-    _emit(text, output)
-
-
-@main.command()
-@analysis_options(["text", "json", "csv"])
-@handle_errors
-def rtp(files, fmt, output, width, no_progress, **filters):
-    """RTP streams and their quality: packets, loss, jitter, largest gap, codec, call.
-
-    Streams are keyed by source, destination and SSRC, joined to calls by the SDP that announced them
-    (also through NAT, flagged). Filters select the streams of the matching calls.
-
-    \b
-    Examples:
-      sipflow rtp capture.pcap
-      sipflow rtp capture.pcap --call-id 1-2345@127.0.0.1
-      sipflow rtp capture.pcap --format csv -o streams.csv
-    """
-    from sipflow import report
-    a = _run_analysis(files, no_progress, **filters)
-    text = {"text": lambda: report.streams_text(a, _width(width)), "json": lambda: report.streams_json(a),
-            "csv": lambda: report.streams_csv(a)}[fmt]()
-    _emit(text, output)
-
-
-@main.command()
-@analysis_options(["text"])
-@handle_errors
-def ladder(files, fmt, output, width, no_progress, **filters):
-    """Ladder (sequence) diagram of the SIP messages: one lane per address, one arrow per message.
-
-    Each line shows the time since the first message and the frame number, so any arrow can be found
-    in Wireshark with frame.number == N. Use the filters to draw one call.
-
-    \b
-    Examples:
-      sipflow ladder samples/call-via-proxy.pcap
-      sipflow ladder capture.pcap --call-id 1-2345@127.0.0.1
-      sipflow ladder capture.pcap --method REGISTER --width 120
-    """
-    from sipflow.ladder import layout, render_text
-    a = _run_analysis(files, no_progress, **filters)
-    _emit(render_text(layout(a.messages), _width(width)), output)
-
-
-def _ladder_of(path: Optional[str]) -> Optional[str]:
-    """The ladder of a probe's own recording (empty when nothing was recorded)."""
-    from sipflow.analyze import analyze
-    from sipflow.ladder import layout, render_text
-    if not path or not os.path.exists(path):
-        return None
-    return render_text(layout(analyze(path).messages), _width(None))
+from sipflow.cli.app import main, terminal_width
 
 
 # ---------------------------------------------------------------------------------------------------
 # sipflow probe: active tests against one server (sipflow.probe does the work)
+
+
+def _ladder_of(path: Optional[str]) -> Optional[str]:
+    """The ladder of a probe's own recording (empty when nothing was recorded)."""
+    from sipflow.analysis.analyzer import analyze
+    from sipflow.render.ladder import layout, render_text
+    if not path or not os.path.exists(path):
+        return None
+    return render_text(layout(analyze(path).messages), terminal_width(None))
 
 
 class ProbeExit(enum.IntEnum):
@@ -292,7 +54,7 @@ NAGIOS_UNKNOWN = 3
 
 def _probe_exit(run) -> ProbeExit:
     """The one mapping from a probe run to an exit code: the first probe that was not up decides."""
-    from sipflow.probe import Outcome
+    from sipflow.probe.options_register import Outcome
     bad = run.first_failure
     if bad is None:
         return ProbeExit.OK if run.results else ProbeExit.TIMEOUT
@@ -362,12 +124,12 @@ def _parsed(parse):
 
 
 def _parse_range(text):
-    from sipflow.probe import parse_range
+    from sipflow.probe.options_register import parse_range
     return parse_range(text)
 
 
 def _parse_expect(text):
-    from sipflow.probe import parse_expect
+    from sipflow.probe.options_register import parse_expect
     return parse_expect(text)
 
 
@@ -463,7 +225,7 @@ def probe_options(target, count, interval, timeout, expect, bind, family, fmt, w
     --format nagios: 0 OK, 1 WARNING, 2 CRITICAL (no answer, refused, timeout, unexpected code),
     3 UNKNOWN (could not run).  --format prometheus: 0 once the metrics are written.
     """
-    from sipflow import probe as p
+    from sipflow.probe import options_register as p
     ctx = click.get_current_context()
     tgt = p.parse_target(target)
     opts = p.ProbeOptions(count=count, interval=interval, timeout=timeout, expect=expect or p.Expect(),
@@ -476,7 +238,7 @@ def probe_options(target, count, interval, timeout, expect, bind, family, fmt, w
             click.echo(p.result_text(r))
     elif fmt == "json":
         on_result = lambda r: click.echo(p.result_json(r))  # noqa: E731
-    from sipflow.pcapwrite import recording
+    from sipflow.probe.recorder import recording
     with recording(pcap, keep_secrets):
         run = p.probe_options(tgt, opts, on_result=on_result)
     if fmt == "text":
@@ -493,7 +255,7 @@ def probe_options(target, count, interval, timeout, expect, bind, family, fmt, w
 
 def _register_exit(result) -> ProbeExit:
     """``probe register``'s exit code: rejected credentials first, then the same mapping as options."""
-    from sipflow.probe import Outcome
+    from sipflow.probe.options_register import Outcome
     if result.outcome is Outcome.AUTH_FAILURE:
         return ProbeExit.AUTH_FAILURE
     return _probe_exit(result)
@@ -557,7 +319,7 @@ def probe_register(aor, user, password, expires, unregister, proxy, timeout, bin
     --format nagios: 0 OK, 1 WARNING, 2 CRITICAL (auth failure, no answer, refused, timeout, other
     code), 3 UNKNOWN (could not run).  --format prometheus: 0 once the metrics are written.
     """
-    from sipflow import probe as p
+    from sipflow.probe import options_register as p
     opts = p.RegisterOptions(user=user, password=password, expires=expires, unregister=unregister, proxy=proxy,
                              timeout=timeout, bind=bind, family=family,
                              tls=p.TlsOptions(ca=tls_ca, insecure=tls_insecure))
@@ -574,8 +336,8 @@ def _probe_and_report(run, fmt, warning, critical, verbose, password, pcap, keep
     their own)."""
     import tempfile
 
-    from sipflow import probe as p
-    from sipflow.pcapwrite import recording
+    from sipflow.probe import options_register as p
+    from sipflow.probe.recorder import recording
     ctx = click.get_current_context()
     on_message = None
     if verbose:
@@ -609,7 +371,7 @@ def _probe_and_report(run, fmt, warning, critical, verbose, password, pcap, keep
 
 def _call_exit(result) -> ProbeExit:
     """``probe call``'s exit code: one per outcome, a rejection by its status class."""
-    from sipflow.probe_call import CallOutcome as C
+    from sipflow.probe.call import CallOutcome as C
     o = result.outcome
     if o is C.ANSWERED:
         return ProbeExit.ONE_WAY_AUDIO if (result.rtp or {}).get("one_way_audio") else ProbeExit.OK
@@ -691,8 +453,8 @@ def probe_call(target, from_uri, user, password, ring_timeout, duration, dtmf, p
     --format nagios: 0 OK, 1 WARNING, 2 CRITICAL (anything but a call answered with audio both
     ways), 3 UNKNOWN (could not run).  --format prometheus: 0 once the metrics are written.
     """
-    from sipflow import probe_call as pc
-    from sipflow.probe import TlsOptions
+    from sipflow.probe import call as pc
+    from sipflow.probe.options_register import TlsOptions
     opts = pc.CallOptions(from_uri=from_uri, user=user, password=password, ring_timeout=ring_timeout,
                           duration=duration, dtmf=dtmf, proxy=proxy, timeout=timeout, bind=bind, family=family,
                           audio=None if audio == "tone" else audio,

@@ -17,7 +17,7 @@ from typing import List
 
 import numpy as np
 
-from sipflow.rtp import MAX_DROPOUT, RtpStream
+from sipflow.media.stats import MAX_DROPOUT, RtpStream
 
 ROUND = 2048
 _A = 15.0 / 16.0

@@ -3,7 +3,7 @@
 Owns parsing an SDP body (also when it sits in a multipart/mixed SIP body) into a ``Session`` with its
 media descriptions: connection address (c=, session or media level, IPv4/IPv6), port, payload types with
 rtpmap/fmtp, direction (sendrecv/sendonly/recvonly/inactive, RFC 3264 §5.1), and a=rtcp (RFC 3605).
-Leaves RTP itself to ``rtp`` and offer/answer bookkeeping to ``dialogs``. Never raises on bad SDP: lines
+Leaves RTP itself to ``media`` and offer/answer bookkeeping to ``analysis.dialogs``. Never raises on bad SDP: lines
 it cannot read are listed in ``problems``.
 """
 from __future__ import annotations

@@ -9,9 +9,9 @@ it is given a response or "now" and hands back the bytes to send; time is always
 (``probe_options``) owns the sockets, the monotonic clock and ``select``, and is the only I/O here.
 
 Two probes so far, over UDP and TCP: OPTIONS (``probe_options``) and REGISTER with digest
-authentication (``probe_register``: the sans-IO ``RegisterFlow`` decides what to send next, ``sipflow.digest``
+authentication (``probe_register``: the sans-IO ``RegisterFlow`` decides what to send next, ``sipflow.sip.digest``
 computes the credentials, ``_RegisterDriver`` carries the requests). Test calls (INVITE, SDP, RTP) are in
-``sipflow.probe_call``, which reuses the target, channel, transaction and format helpers here. TLS
+``sipflow.probe.call``, which reuses the target, channel, transaction and format helpers here. TLS
 (``sip:host;transport=tls`` or ``sips:host``, port 5061 by default) is TCP with an ``ssl`` wrap: the server
 certificate is verified against the system CA store (or ``TlsOptions.ca``) unless ``TlsOptions.insecure``.
 """
@@ -34,9 +34,10 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from sipflow import __version__
 from sipflow.errors import ParseError, ProbeError
-from sipflow.digest import DigestSession, challenges_from, choose, redact
-from sipflow.sip import SipMessage, frame_stream, parse_message, parse_uri
-from sipflow.pcapwrite import record as _pcap_record
+from sipflow.sip.digest import DigestSession, challenges_from, choose, redact
+from sipflow.sip.framing import frame_stream
+from sipflow.sip.message import SipMessage, parse_message, parse_uri
+from sipflow.probe.recorder import record as _pcap_record
 
 MAGIC_COOKIE = "z9hG4bK"   # RFC 3261 §8.1.1.7: a branch starting with it is unique per transaction
 T1 = 0.5                   # §17.1.1.1: round-trip estimate, first retransmission interval (s)

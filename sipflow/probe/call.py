@@ -5,8 +5,8 @@ Owns the INVITE client transaction (RFC 3261 §17.1.1, sans-IO: ``InviteClientTr
 non-2xx in the transaction, ACK for 2xx and BYE in the dialog, CANCEL), the call's socket driver
 (``_CallDriver``: signalling and media sockets, the monotonic clock, ``select``) and the call's result
 formats. Reuses ``sipflow.probe`` for the target, the non-INVITE transaction (CANCEL, BYE), the socket
-channel and the Nagios/Prometheus helpers; ``sipflow.digest`` for 401/407; ``sipflow.sdp`` to read the
-answer; ``sipflow.rtp.RtpStream`` for the received RTP (RFC 3550 loss and jitter); ``sipflow.g711`` for
+channel and the Nagios/Prometheus helpers; ``sipflow.sip.digest`` for 401/407; ``sipflow.sip.sdp`` to read the
+answer; ``sipflow.media.stats.RtpStream`` for the received RTP (RFC 3550 loss and jitter); ``sipflow.media.g711`` for
 the tone.
 
 Dialog rules (RFC 3261 §12.1.2, §13.2.2.4, §12.2.1.1): the remote target is the 2xx's Contact, the route
@@ -31,16 +31,17 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 from sipflow import __version__
-from sipflow.digest import DigestSession, challenges_from, choose
+from sipflow.sip.digest import DigestSession, challenges_from, choose
 from sipflow.errors import ParseError, ProbeError
-from sipflow.g711 import PACKET_MS, SAMPLES_PER_PACKET, audio_payload, encode, read_wav, tone_packet
-from sipflow.pcapwrite import record as _pcap_record
-from sipflow.probe import (DEFAULT_PORT, DEFAULT_TLS_PORT, T1, ClientTransaction, NagiosRange, NagiosState,
+from sipflow.media.g711 import PACKET_MS, SAMPLES_PER_PACKET, audio_payload, encode, read_wav, tone_packet
+from sipflow.probe.recorder import record as _pcap_record
+from sipflow.probe.options_register import (DEFAULT_PORT, DEFAULT_TLS_PORT, T1, ClientTransaction, NagiosRange, NagiosState,
                            Target, TlsOptions, _Channel, _failure, _host, _label, _perf_value, _resolve, _us,
                            contact_params, new_branch, parse_bind, parse_target)
-from sipflow.rtp import RtpStream
-from sipflow.sdp import parse_sdp
-from sipflow.sip import SipMessage, parse_message, parse_name_addr, parse_uri
+from sipflow.media.rtp import HEADER as RTP_HEADER, is_rtcp, looks_like_rtp, rtp_packet
+from sipflow.media.stats import RtpStream
+from sipflow.sip.sdp import parse_sdp
+from sipflow.sip.message import SipMessage, parse_message, parse_name_addr, parse_uri
 
 TIMER_B = 64 * T1             # §17.1.1.2: an INVITE gives up after this in Calling
 TIMER_D_UDP = 32.0            # §17.1.1.2: how long the Completed state absorbs retransmitted finals on UDP
@@ -295,10 +296,6 @@ def response_to(request: SipMessage, status: int, reason: str, to_tag: str) -> b
 # Media: G.711 out, RTP statistics in
 
 
-def rtp_packet(pt: int, seq: int, ts: int, ssrc: int, payload: bytes, marker: bool = False) -> bytes:
-    return struct.pack("!BBHII", 0x80, (0x80 if marker else 0) | pt, seq & 0xFFFF, ts & 0xFFFFFFFF, ssrc) + payload
-
-
 def dtmf_payload(event: int, end: bool, duration: int, volume: int = 10) -> bytes:
     """RFC 4733 §2.3: event, E bit and volume, duration in timestamp units."""
     return struct.pack("!BBH", event, (0x80 if end else 0) | volume, duration)
@@ -446,13 +443,13 @@ class Media:
             except OSError:     # ICMP errors for what we sent
                 continue
             _pcap_record(False, False, self.local, src, data)
-            if len(data) < 12 or data[0] >> 6 != 2:
+            if not looks_like_rtp(data):
                 self.stray += 1
                 continue
-            if 72 <= data[1] & 0x7F <= 76:   # RTCP (RFC 5761 §4) on the RTP port
+            if is_rtcp(data[1]):   # RTCP (RFC 5761 §4) on the RTP port
                 self.rtcp += 1
                 continue
-            seq, ts, ssrc = struct.unpack_from("!HII", data, 2)
+            _, _, seq, ts, ssrc = RTP_HEADER.unpack_from(data, 0)
             key = (src[0], src[1], ssrc)
             s = self.streams.get(key)
             if s is None:

@@ -3,7 +3,8 @@
 Owns reading bytes from files and turning them into records. A record is the tuple
 ``(ts, file_index, frame, linktype, buf, offset, caplen)``: the packet's bytes are
 ``buf[offset:offset + caplen]`` inside a buffer the reader reuses, so a consumer must copy what it keeps
-before asking for the next record. Nothing here decodes a packet (that is ``net``'s job).
+before asking for the next record. Nothing here decodes a packet (that is ``net``'s job); the link
+types it accepts are those of ``net.link``.
 
 The hot path follows DESIGN.md: read 8 MiB blocks with ``readinto`` into one reused buffer and walk the
 records with precompiled ``struct.Struct``s, creating no object per packet beyond the record tuple.
@@ -19,6 +20,7 @@ import zlib
 from typing import Callable, Iterator, List, Optional, Tuple
 
 from sipflow.errors import CaptureError
+from sipflow.net.link import LINK_TYPES, supported_names
 
 BLOCK_SIZE = 8 << 20
 # A record longer than this is not a packet but a corrupt length field.
@@ -28,12 +30,6 @@ PCAP_MAGIC_US = 0xA1B2C3D4
 PCAP_MAGIC_NS = 0xA1B23C4D
 PCAPNG_SHB = 0x0A0D0D0A
 PCAPNG_BOM = 0x1A2B3C4D
-
-# Link types sipflow can decode (see net.py); anything else is refused up front with a clear message.
-LINKTYPE_NAMES = {
-    0: "BSD loopback", 1: "Ethernet", 12: "raw IP", 14: "raw IP", 101: "raw IP", 108: "OpenBSD loopback",
-    113: "Linux cooked (SLL)", 228: "raw IPv4", 229: "raw IPv6", 276: "Linux cooked v2 (SLL2)",
-}
 
 ProgressFn = Callable[[int], None]
 
@@ -386,10 +382,9 @@ def _idb_options(buf, pos: int, end: int, order: str):
 
 
 def check_linktype(name: str, linktype: int) -> None:
-    if linktype not in LINKTYPE_NAMES:
+    if linktype not in LINK_TYPES:
         raise CaptureError(f"{name}: link type {linktype} is not supported (sipflow reads "
-                           f"{', '.join(sorted(set(LINKTYPE_NAMES.values())))}); "
-                           f"re-capture with 'tcpdump -i any' or convert with editcap")
+                           f"{supported_names()}); re-capture with 'tcpdump -i any' or convert with editcap")
 
 
 def open_captures(paths: List[str], progress: Optional[ProgressFn] = None) -> List[CaptureFile]:

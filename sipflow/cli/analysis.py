@@ -1,0 +1,108 @@
+"""Analysis commands: ``calls``, ``summary``, ``analyze``, ``rtp``, ``ladder``.
+
+Each opens the captures, runs the analyzer once and hands the filtered ``Analysis`` to a renderer.
+"""
+from __future__ import annotations
+
+
+
+from sipflow.cli.app import analysis_options, emit_text, handle_errors, main, run_analysis, terminal_width
+
+
+@main.command()
+@analysis_options(["text", "json", "csv"])
+@handle_errors
+def calls(files, fmt, output, width, no_progress, **filters):
+    """List the calls: start, parties, outcome, post-dial delay, duration, media.
+
+    \b
+    Examples:
+      sipflow calls capture.pcap
+      sipflow calls a.pcap b.pcapng --status 4xx --format csv -o failed.csv
+      sipflow calls capture.pcap --user alice --since 2024-05-01T10:00:00
+    """
+    from sipflow.render import tables as report
+    a = run_analysis(files, no_progress, **filters)
+    text = {"text": lambda: report.calls_text(a, terminal_width(width)), "json": lambda: report.calls_json(a),
+            "csv": lambda: report.calls_csv(a)}[fmt]()
+    emit_text(text, output)
+
+
+@main.command()
+@analysis_options(["text", "json"])
+@handle_errors
+def summary(files, fmt, output, width, no_progress, **filters):
+    """Response codes by method, call outcomes and KPIs (ASR, NER, SER, PDD), registrations, problems.
+
+    \b
+    Examples:
+      sipflow summary capture.pcap
+      sipflow summary day1.pcap day2.pcap --format json
+    """
+    import json
+
+    from sipflow.render import tables as report
+    a = run_analysis(files, no_progress, **filters)
+    emit_text(report.summary_text(a, terminal_width(width)) if fmt == "text" else json.dumps(report.summary_dict(a), indent=1),
+          output)
+
+
+@main.command()
+@analysis_options(["json", "text", "csv"])
+@handle_errors
+def analyze(files, fmt, output, width, no_progress, **filters):
+    """Everything: messages, calls, registrations, streams, problems (JSON: see docs/json.md).
+
+    \b
+    Examples:
+      sipflow analyze capture.pcap --format json -o result.json
+      sipflow analyze capture.pcap --call-id 1-2345@127.0.0.1 --format text
+      sipflow analyze capture.pcap --format csv      # one row per SIP message
+    """
+    from sipflow.render import tables as report
+    a = run_analysis(files, no_progress, **filters)
+    text = {"json": lambda: report.analysis_json(a), "text": lambda: report.analysis_text(a, terminal_width(width)),
+            "csv": lambda: report.analysis_csv(a)}[fmt]()
+    emit_text(text, output)
+
+
+@main.command()
+@analysis_options(["text", "json", "csv"])
+@handle_errors
+def rtp(files, fmt, output, width, no_progress, **filters):
+    """RTP streams and their quality: packets, loss, jitter, largest gap, codec, call.
+
+    Streams are keyed by source, destination and SSRC, joined to calls by the SDP that announced them
+    (also through NAT, flagged). Filters select the streams of the matching calls.
+
+    \b
+    Examples:
+      sipflow rtp capture.pcap
+      sipflow rtp capture.pcap --call-id 1-2345@127.0.0.1
+      sipflow rtp capture.pcap --format csv -o streams.csv
+    """
+    from sipflow.render import tables as report
+    a = run_analysis(files, no_progress, **filters)
+    text = {"text": lambda: report.streams_text(a, terminal_width(width)), "json": lambda: report.streams_json(a),
+            "csv": lambda: report.streams_csv(a)}[fmt]()
+    emit_text(text, output)
+
+
+@main.command()
+@analysis_options(["text"])
+@handle_errors
+def ladder(files, fmt, output, width, no_progress, **filters):
+    """Ladder (sequence) diagram of the SIP messages: one lane per address, one arrow per message.
+
+    Each line shows the time since the first message and the frame number, so any arrow can be found
+    in Wireshark with frame.number == N. Use the filters to draw one call.
+
+    \b
+    Examples:
+      sipflow ladder samples/call-via-proxy.pcap
+      sipflow ladder capture.pcap --call-id 1-2345@127.0.0.1
+      sipflow ladder capture.pcap --method REGISTER --width 120
+    """
+    from sipflow.render.ladder import layout, render_text
+    a = run_analysis(files, no_progress, **filters)
+    emit_text(render_text(layout(a.messages), terminal_width(width)), output)
