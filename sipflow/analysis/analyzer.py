@@ -11,13 +11,17 @@ Every other frame (SIP, VLAN, IPv6, TCP, tunnels, fragments...) takes the genera
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import socket
 import struct
+import sys
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 from sipflow.capture import files as _capture
 from sipflow.analysis.model import Analysis, Filter, Malformed
-from sipflow.analysis.dialogs import Call, SipEvent, Tracker
+from sipflow.analysis.dialogs import Call, Tracker
+from sipflow.analysis.messages import RawStore, SipEvent
 from sipflow.errors import ParseError
 from sipflow.media.rtp import HEADER as RTP_HEADER, RTCP_FIRST, RTCP_LAST, looks_like_rtp
 from sipflow.net import Datagram, Decoder, fmt_endpoint
@@ -26,7 +30,8 @@ from sipflow.net.link import LINK_TYPES, LinkType
 from sipflow.media.stats import RtpStream
 from sipflow.sip.sdp import STATIC_PT
 from sipflow.sip.framing import StreamFramer
-from sipflow.sip.message import looks_like_sip, parse_message
+from sipflow.sip.message import looks_like_sip
+from sipflow.sip.scan import scan
 
 __all__ = ["Analyzer", "Analysis", "Filter", "Malformed", "analyze"]
 
@@ -50,6 +55,25 @@ def _fast_struct(link: LinkType) -> tuple:
 # Both hot paths take the link types ``net.link`` marks fast; every other frame goes to the decoder.
 _FAST = {code: _fast_struct(link) for code, link in LINK_TYPES.items() if link.fast}
 _VEC_LINKS = {code: (link.header, link.ethertype_at) for code, link in LINK_TYPES.items() if link.fast}
+_intern = sys.intern
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    """Pause Python's cyclic garbage collector while the analysis builds its records. They are all
+    alive until the end, so every full collection would walk millions of objects for nothing: measured
+    on 64 k SIP messages, 2.6 s with the collector and 2.0 s without. The previous state comes back
+    after, exceptions included; reference counting frees everything else as usual."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+# Problems that make a message malformed (it was read, with damage), as sip.message words them.
+_DAMAGE = ("missing", "bad header", "no empty line")
 MIN_HEURISTIC_PACKETS = 10   # an RTP-looking flow nobody announced must have this many packets to be listed
 
 
@@ -65,6 +89,7 @@ class Analyzer:
         self.rtcp: Dict[int, int] = {}                  # sender SSRC -> RTCP packets
         self.framers: Dict[tuple, StreamFramer] = {}
         self.events: List[SipEvent] = []
+        self.store = RawStore()
         self.malformed: List[Malformed] = []
         self.files: List[_capture.CaptureFile] = []
         self.frames = 0
@@ -80,7 +105,10 @@ class Analyzer:
     def run(self, files: Sequence[_capture.CaptureFile]) -> None:
         """Analyse whole files. One classic pcap takes the block-walking hot path; pcapng and several
         merged files take the record iterator (same logic, one generator step more per packet)."""
-        files = list(files)
+        with _gc_paused():
+            self._run(list(files))
+
+    def _run(self, files: List[_capture.CaptureFile]) -> None:
         self.files.extend(files)
         if len(files) == 1 and files[0].format == "pcap":
             if files[0].linktype in _VEC_LINKS and _numpy_available():
@@ -395,20 +423,32 @@ class Analyzer:
             self.undecoded += 1
 
     def _sip(self, dg: Datagram, raw: bytes, frames, datagram: bool) -> None:
+        self.sip_message(dg.ts, dg.file, dg.frame, frames, dg.src, dg.sport, dg.dst, dg.dport, dg.transport, raw,
+                         datagram)
+
+    def sip_message(self, ts: float, file: int, frame: int, frames, src: str, sport: int, dst: str, dport: int,
+                    transport: str, raw: bytes, datagram: bool = True) -> None:
+        """One SIP message: scanned (``sip.scan``), its bytes put in the store, its record kept and fed to
+        the tracker. Strings that repeat from message to message are shared (``sys.intern``)."""
         try:
-            msg = parse_message(raw, datagram=datagram)
+            head = scan(raw, datagram)
         except ParseError as e:
-            self.malformed.append(Malformed(dg.frame, dg.file, dg.ts, fmt_endpoint(dg.src, dg.sport),
-                                            fmt_endpoint(dg.dst, dg.dport), str(e)))
+            self.malformed.append(Malformed(frame, file, ts, fmt_endpoint(src, sport), fmt_endpoint(dst, dport),
+                                            str(e)))
             return
-        ev = SipEvent(msg, dg.ts, dg.file, dg.frame, tuple(frames), dg.src, dg.sport, dg.dst, dg.dport,
-                      dg.transport, len(self.events))
-        damage = [p for p in msg.problems if p.startswith(("missing", "bad header", "no empty line"))]
-        if damage:
-            self.malformed.append(Malformed(dg.frame, dg.file, dg.ts, ev.source, ev.destination,
-                                            "; ".join(damage)))
+        head.call_id = _intern(head.call_id) if head.call_id else head.call_id
+        for name in ("from_tag", "to_tag", "from_user", "to_user", "reason"):
+            v = getattr(head, name)
+            if v:
+                setattr(head, name, _intern(v))
+        ev = SipEvent(head, ts, file, frame, tuple(frames), _intern(src), sport, _intern(dst), dport, transport,
+                      len(self.events), self.store, self.store.add(raw))
+        if head.problems and any(p.startswith(_DAMAGE) for p in head.problems):
+            self.malformed.append(Malformed(frame, file, ts, ev.source, ev.destination,
+                                            "; ".join(p for p in head.problems if p.startswith(_DAMAGE))))
         self.events.append(ev)
         self.tracker.feed(ev)
+        ev.head = None
 
     # -- the result -----------------------------------------------------------------------------------
 

@@ -15,9 +15,11 @@ import enum
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
+from sipflow.analysis.messages import SipEvent
 from sipflow.net import fmt_endpoint, is_private
+from sipflow.sip.message import to_int
+from sipflow.sip.scan import SipHead, contact_host, parse_contact
 from sipflow.sip.sdp import Session, sdp_of
-from sipflow.sip.message import SipMessage
 
 MAGIC_COOKIE = "z9hG4bK"   # RFC 3261 §8.1.1.7: branches starting with it are unique per transaction
 T1 = 0.5                   # RFC 3261 timer T1, seconds
@@ -27,29 +29,6 @@ STORM = 4                  # retransmissions of one message that make a "retrans
 
 # ---------------------------------------------------------------------------------------------------
 # Values
-
-
-class SipEvent:
-    """One SIP message as seen on the wire: the message plus where and when. ``retransmission`` is set by
-    the tracker. A small mutable class (not frozen) because the tracker annotates it."""
-    __slots__ = ("msg", "ts", "file", "frame", "frames", "src", "sport", "dst", "dport", "transport",
-                 "index", "retransmission", "call")
-
-    def __init__(self, msg: SipMessage, ts: float, file: int, frame: int, frames: Tuple[int, ...], src: str,
-                 sport: int, dst: str, dport: int, transport: str, index: int = 0) -> None:
-        self.msg, self.ts, self.file, self.frame, self.frames = msg, ts, file, frame, frames
-        self.src, self.sport, self.dst, self.dport, self.transport = src, sport, dst, dport, transport
-        self.index = index
-        self.retransmission = False
-        self.call: Optional["Call"] = None
-
-    @property
-    def source(self) -> str:
-        return fmt_endpoint(self.src, self.sport)
-
-    @property
-    def destination(self) -> str:
-        return fmt_endpoint(self.dst, self.dport)
 
 
 @dataclass(frozen=True)
@@ -92,11 +71,11 @@ def response_event(status: int) -> str:
 class Transaction:
     """One request and its responses on one hop."""
     __slots__ = ("key", "method", "request", "responses", "state", "retransmissions", "ack", "cancel",
-                 "final", "first_response", "first_18x", "unexpected")
+                 "final", "first_response", "first_18x", "unexpected", "registration")
 
     def __init__(self, key: tuple, request: SipEvent) -> None:
         self.key = key
-        self.method = request.msg.method
+        self.method = request.method
         self.request = request
         self.responses: List[SipEvent] = []
         self.state = TxState.TRYING
@@ -106,6 +85,7 @@ class Transaction:
         self.final: Optional[SipEvent] = None
         self.first_response: Optional[SipEvent] = None
         self.first_18x: Optional[SipEvent] = None
+        self.registration: Optional[tuple] = None   # REGISTER: (Registration, the request's Contacts)
         self.unexpected = 0
 
     def on(self, event: str) -> bool:
@@ -186,16 +166,16 @@ class Call:
         self.caller: Optional[Tuple[str, int]] = None
         self.caller_tag: Optional[str] = None
         # Parties as the first message names them; the initial INVITE, when seen, has the last word.
-        m = first.msg
-        self.from_uri = str(m.from_.uri) if m.from_ else ""
-        self.to_uri = str(m.to.uri) if m.to else ""
-        self.from_user = m.from_.uri.user if m.from_ else None
-        self.to_user = m.to.uri.user if m.to else None
+        h = first.head
+        self.from_uri, self.to_uri = h.from_uri, h.to_uri
+        self.from_user, self.to_user = h.from_user, h.to_user
         self.start = first.ts
         self.state = CallState.SETUP
         self.dialogs: Dict[Tuple[str, str], Dialog] = {}
         self.cancel: Optional[SipEvent] = None
         self.bye: Optional[SipEvent] = None
+        self.bye_reason: Optional[str] = None      # the Reason header (RFC 3326) of the BYE and the CANCEL
+        self.cancel_reason: Optional[str] = None
         self.ack_2xx: Optional[SipEvent] = None
         self.media: List[MediaOffer] = []
         self.holds: List[Tuple[float, int, str]] = []  # (ts, frame, "hold"/"unhold")
@@ -217,7 +197,7 @@ class Call:
     @property
     def final_status(self) -> Optional[int]:
         t = self.final_transaction()
-        return t.final.msg.status if t and t.final else None
+        return t.final.status if t and t.final else None
 
     def outcome(self, end_ts: float) -> Outcome:
         if not self.saw_initial:
@@ -247,7 +227,7 @@ class Call:
         best = None
         for t in self.first_hop():
             for r in t.responses:
-                if pred(r.msg.status) and (best is None or r.ts < best.ts):
+                if pred(r.status) and (best is None or r.ts < best.ts):
                     best = r
         return best
 
@@ -275,21 +255,18 @@ class Call:
     def ended_by(self) -> Optional[str]:
         if self.bye is None:
             return None
-        tag = self.bye.msg.from_.tag if self.bye.msg.from_ else None
+        tag = self.bye.from_tag
         return "caller" if tag is not None and tag == self.caller_tag else "callee"
 
     @property
     def reason(self) -> Optional[str]:
-        for ev in (self.bye, self.cancel):
-            if ev is not None and ev.msg.header("Reason"):
-                return ev.msg.header("Reason")
-        return None
+        return self.bye_reason or self.cancel_reason or None
 
     @property
     def hops(self) -> int:
         by_cseq: Dict[int, int] = {}
         for t in self.invites:
-            n = t.request.msg.cseq[0] or 0
+            n = t.request.cseq or 0
             by_cseq[n] = by_cseq.get(n, 0) + 1
         return max(by_cseq.values()) if by_cseq else 0
 
@@ -331,31 +308,25 @@ class Registration:
 # The tracker
 
 
-def _request_key(msg: SipMessage, src: str, sport: int) -> tuple:
+def _request_key(h: SipHead, src: str, sport: int) -> tuple:
     """Transaction key of a request (§17.2.3). ACK and CANCEL share the INVITE's branch; ACK is folded
     into the INVITE (it belongs to a non-2xx INVITE transaction), CANCEL keeps its own method."""
-    method = msg.method
+    method = h.method
     m = "INVITE" if method == "ACK" else method
-    via = msg.vias[0] if msg.vias else None
-    branch = via.branch if via else None
-    sent_by = via.sent_by if via else fmt_endpoint(src, sport)
+    branch = h.branch
+    sent_by = h.sent_by if h.via is not None else fmt_endpoint(src, sport)
     if branch and branch.startswith(MAGIC_COOKIE):
         return ("b", branch, sent_by, m)
     # RFC 2543 peers: Request-URI, tags, Call-ID, CSeq number and top Via identify the transaction.
-    cseq = msg.cseq[0]
-    ftag = msg.from_.tag if msg.from_ else None
-    return ("o", msg.call_id, ftag, cseq, m, via.raw if via else None)
+    return ("o", h.call_id, h.from_tag, h.cseq, m, h.via)
 
 
-def _response_key(msg: SipMessage) -> tuple:
-    via = msg.vias[0] if msg.vias else None
-    branch = via.branch if via else None
-    method = msg.cseq[1]
-    sent_by = via.sent_by if via else ""
+def _response_key(h: SipHead) -> tuple:
+    branch = h.branch
+    sent_by = h.sent_by if h.via is not None else ""
     if branch and branch.startswith(MAGIC_COOKIE):
-        return ("b", branch, sent_by, method)
-    ftag = msg.from_.tag if msg.from_ else None
-    return ("o", msg.call_id, ftag, msg.cseq[0], method, via.raw if via else None)
+        return ("b", branch, sent_by, h.cseq_method)
+    return ("o", h.call_id, h.from_tag, h.cseq, h.cseq_method, h.via)
 
 
 INVITE_DIALOG_METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "PRACK", "UPDATE", "INFO")
@@ -376,7 +347,7 @@ class Tracker:
         self.end_ts = 0.0
 
     def anomaly(self, kind: str, ev: SipEvent, detail: str, call: Optional[Call] = None) -> None:
-        a = Anomaly(kind, ev.frame, ev.msg.call_id, detail, ev.file)
+        a = Anomaly(kind, ev.frame, ev.call_id, detail, ev.file)
         self.anomalies.append(a)
         if call is not None:
             call.anomalies.append(a)
@@ -385,11 +356,10 @@ class Tracker:
 
     def feed(self, ev: SipEvent) -> None:
         self.end_ts = max(self.end_ts, ev.ts)
-        msg = ev.msg
-        for p in msg.problems:
+        for p in ev.head.problems:
             if p.startswith("Content-Length") or p.startswith("invalid Content-Length"):
                 self.anomaly("content_length_mismatch", ev, p)
-        if msg.method:
+        if ev.method:
             self._request(ev)
         else:
             self._response(ev)
@@ -403,15 +373,15 @@ class Tracker:
     # -- requests -------------------------------------------------------------------------------------
 
     def _request(self, ev: SipEvent) -> None:
-        msg = ev.msg
-        method = msg.method
-        key = _request_key(msg, ev.src, ev.sport)
+        h = ev.head
+        method = ev.method
+        key = _request_key(h, ev.src, ev.sport)
         tx = self.transactions.get(key)
         call = self._call_for(ev)
         if method == "ACK":
             if tx is None and call is not None:
                 tx = self._rejected_invite_for(ev, call)
-            if tx is not None and tx.final is not None and tx.final.msg.status >= 300:
+            if tx is not None and tx.final is not None and tx.final.status >= 300:
                 # ACK for a non-2xx final: part of the INVITE transaction (§17.1.1.3).
                 if tx.ack is not None:
                     self._retransmitted(ev, tx)
@@ -428,8 +398,8 @@ class Tracker:
             self.transactions[key] = Transaction(key, ev)
             self._count("ACK", "requests")
             if call is not None and call.ack_2xx is None and call.caller and (ev.src, ev.sport) == call.caller \
-                    and any(t.final is not None and 200 <= t.final.msg.status < 300
-                            and t.request.msg.cseq[0] == msg.cseq[0] for t in call.first_hop()):
+                    and any(t.final is not None and 200 <= t.final.status < 300
+                            and t.request.cseq == ev.cseq for t in call.first_hop()):
                 call.ack_2xx = ev
             return
         if tx is not None and tx.method == method:
@@ -448,16 +418,18 @@ class Tracker:
             if call is not None:
                 if call.cancel is None:
                     call.cancel = ev
+                    call.cancel_reason = h.reason_header
                 self._call_event(call, "cancel")
         elif method == "BYE" and call is not None:
             if call.bye is None:
                 call.bye = ev
-                if call.saw_initial and not any(t.final is not None and 200 <= t.final.msg.status < 300
+                call.bye_reason = h.reason_header
+                if call.saw_initial and not any(t.final is not None and 200 <= t.final.status < 300
                                                 for t in call.invites):
                     self.anomaly("bye_before_answer", ev, "BYE before any 2xx to the INVITE", call)
             self._call_event(call, "bye")
         elif method == "REGISTER":
-            self._register(ev)
+            self._register(ev, tx)
         elif method in ("UPDATE",) and call is not None:
             self._sdp(ev, call)
 
@@ -467,11 +439,11 @@ class Tracker:
         RFC 3261 §17.1.1.3 forbids but some WebRTC stacks send. Matched, and recorded as an anomaly."""
         for t in reversed(call.invites + call.reinvites):
             final = t.final
-            if final is not None and final.msg.status >= 300 and t.ack is None \
-                    and t.request.msg.cseq[0] == ev.msg.cseq[0] \
+            if final is not None and final.status >= 300 and t.ack is None \
+                    and t.request.cseq == ev.cseq \
                     and (t.request.src, t.request.sport) == (ev.src, ev.sport):
-                self.anomaly("ack_branch_mismatch", ev, f"ACK for {final.msg.summary()} carries branch "
-                             f"{ev.msg.branch!r}, not its INVITE's {t.request.msg.branch!r} (RFC 3261 §17.1.1.3)",
+                self.anomaly("ack_branch_mismatch", ev, f"ACK for {final.summary()} carries branch "
+                             f"{ev.branch!r}, not its INVITE's {t.request.branch!r} (RFC 3261 §17.1.1.3)",
                              call)
                 return t
         return None
@@ -481,16 +453,15 @@ class Tracker:
         tx.retransmissions += 1
         self.retransmissions += 1
         if tx.retransmissions == STORM:
-            self.anomaly("retransmission_storm", ev, f"{ev.msg.summary()} sent {STORM + 1} times or more",
+            self.anomaly("retransmission_storm", ev, f"{ev.summary()} sent {STORM + 1} times or more",
                          ev.call)
 
     def _call_for(self, ev: SipEvent) -> Optional[Call]:
-        msg = ev.msg
-        cid = msg.call_id
+        cid = ev.call_id
         if cid is None:
             return None
         call = self.calls.get(cid)
-        method = msg.method or msg.cseq[1]
+        method = ev.method or ev.cseq_method
         if call is None and method in INVITE_DIALOG_METHODS:
             call = self.calls[cid] = Call(cid, ev)
         if call is not None:
@@ -501,24 +472,22 @@ class Tracker:
     def _invite(self, ev: SipEvent, tx: Transaction, call: Optional[Call]) -> None:
         if call is None:
             return
-        msg = ev.msg
-        if msg.to is not None and msg.to.tag:
+        h = ev.head
+        if h.to_tag:
             call.reinvites.append(tx)
         else:
             call.invites.append(tx)
             if not call.saw_initial:
                 call.saw_initial = True
                 call.caller = (ev.src, ev.sport)
-                call.caller_tag = msg.from_.tag if msg.from_ else None
+                call.caller_tag = h.from_tag
                 call.start = ev.ts
-                call.from_uri = str(msg.from_.uri) if msg.from_ else ""
-                call.to_uri = str(msg.to.uri) if msg.to else ""
-                call.from_user = msg.from_.uri.user if msg.from_ else None
-                call.to_user = msg.to.uri.user if msg.to else None
+                call.from_uri, call.to_uri = h.from_uri, h.to_uri
+                call.from_user, call.to_user = h.from_user, h.to_user
         self._sdp(ev, call)
 
     def _sdp(self, ev: SipEvent, call: Call) -> Optional[Session]:
-        sess = sdp_of(ev.msg.header("Content-Type") or "", ev.msg.body)
+        sess = sdp_of(ev.head.content_type, ev.head.body)
         if sess is None:
             return None
         for m in sess.media:
@@ -529,7 +498,7 @@ class Tracker:
                     self.anomaly("nat", ev, f"SDP c={m.address} is private but the packet came from {ev.src}",
                                  call)
         audio = [m for m in sess.media if m.kind == "audio"]
-        if audio and ev.msg.to is not None and ev.msg.to.tag and ev.msg.method in ("INVITE", "UPDATE"):
+        if audio and ev.to_tag and ev.method in ("INVITE", "UPDATE"):
             hold = all(m.on_hold for m in audio)
             was = call.holds[-1][2] == "hold" if call.holds else False
             if hold != was:
@@ -537,20 +506,20 @@ class Tracker:
         return sess
 
     def _nat_check(self, ev: SipEvent, call: Optional[Call]) -> None:
-        for c in ev.msg.contacts[:1]:
-            host = c.uri.host
-            if host and is_private(host) and host != ev.src and not is_private(ev.src):
+        for c in ev.head.contacts[:1]:
+            host = contact_host(c)
+            if host and host != ev.src and is_private(host) and not is_private(ev.src):
                 self.anomaly("nat", ev, f"Contact host {host} is private but the packet came from {ev.src}", call)
 
     def _check_cseq(self, ev: SipEvent, call: Optional[Call]) -> None:
-        msg = ev.msg
-        if msg.method in ("ACK", "CANCEL") or msg.cseq[0] is None or msg.call_id is None or msg.from_ is None:
+        cseq = ev.cseq
+        if ev.method in ("ACK", "CANCEL") or cseq is None or ev.call_id is None or not ev.head.from_uri:
             return
-        k = (msg.call_id, msg.from_.tag or "", ev.src)
+        k = (ev.call_id, ev.from_tag or "", ev.src)
         last = self._last_cseq.get(k)
-        if last is not None and msg.cseq[0] < last:
-            self.anomaly("cseq_backwards", ev, f"CSeq {msg.cseq[0]} after {last} from the same sender", call)
-        self._last_cseq[k] = msg.cseq[0] if last is None else max(last, msg.cseq[0])
+        if last is not None and cseq < last:
+            self.anomaly("cseq_backwards", ev, f"CSeq {cseq} after {last} from the same sender", call)
+        self._last_cseq[k] = cseq if last is None else max(last, cseq)
 
     def _call_event(self, call: Call, event: str) -> None:
         nxt = CALL_TABLE.get(call.state, {}).get(event)
@@ -560,30 +529,29 @@ class Tracker:
     # -- responses ------------------------------------------------------------------------------------
 
     def _response(self, ev: SipEvent) -> None:
-        msg = ev.msg
-        status = msg.status
-        key = _response_key(msg)
+        status = ev.status
+        key = _response_key(ev.head)
         tx = self.transactions.get(key)
-        method = msg.cseq[1]
-        if tx is not None and tx.request.msg.call_id != msg.call_id:
+        method = ev.cseq_method
+        if tx is not None and tx.request.call_id != ev.call_id:
             # Same branch and CSeq, other Call-ID: a broken (or anonymising) middlebox. The branch is
             # what identifies the transaction (§17.1.3), so the response stays with its request's call.
             call = tx.request.call
             if call is not None:
                 call.events.append(ev)
                 ev.call = call
-            self.anomaly("call_id_mismatch", ev, f"{msg.summary()} has Call-ID {msg.call_id!r} but its request "
-                         f"(frame {tx.request.frame}) has {tx.request.msg.call_id!r}", call)
+            self.anomaly("call_id_mismatch", ev, f"{ev.summary()} has Call-ID {ev.call_id!r} but its request "
+                         f"(frame {tx.request.frame}) has {tx.request.call_id!r}", call)
         else:
             call = self._call_for(ev)
         if tx is None:
             self._count(method, str(status))
-            self.anomaly("response_without_request", ev, f"{msg.summary()} to {method or '?'} with no request "
+            self.anomaly("response_without_request", ev, f"{ev.summary()} to {method or '?'} with no request "
                          f"in the capture", call)
             return
-        totag = msg.to.tag if msg.to else None
+        totag = ev.to_tag
         for r in tx.responses:
-            if r.msg.status == status and (r.msg.to.tag if r.msg.to else None) == totag \
+            if r.status == status and r.to_tag == totag \
                     and (r.src, r.sport, r.dst, r.dport) == (ev.src, ev.sport, ev.dst, ev.dport):
                 self._retransmitted(ev, tx)
                 return
@@ -603,15 +571,15 @@ class Tracker:
             self._register_response(ev, tx)
 
     def _invite_response(self, ev: SipEvent, tx: Transaction, call: Call, totag: Optional[str]) -> None:
-        status = ev.msg.status
-        ftag = ev.msg.from_.tag if ev.msg.from_ else ""
+        status = ev.status
+        ftag = ev.from_tag if ev.head.from_uri else ""
         if totag and 100 < status < 300:
             d = call.dialogs.get((ftag, totag))
             if d is None:
                 d = call.dialogs[(ftag, totag)] = Dialog(ftag, totag, ev.ts)
             if status >= 200:
                 d.state = "confirmed"
-        if ev.msg.body:
+        if ev.head.body:
             self._sdp(ev, call)
         if tx in call.first_hop():
             if 180 <= status < 190:
@@ -621,18 +589,19 @@ class Tracker:
 
     # -- registrations --------------------------------------------------------------------------------
 
-    def _register(self, ev: SipEvent) -> None:
-        msg = ev.msg
-        aor = str(msg.to.uri) if msg.to else "?"
-        key = (msg.call_id or "", aor)
+    def _register(self, ev: SipEvent, tx: Transaction) -> None:
+        h = ev.head
+        aor = h.to_uri or "?"
+        key = (ev.call_id or "", aor)
         reg = self.registrations.get(key)
         if reg is None:
-            reg = self.registrations[key] = Registration(aor, msg.call_id or "", ev)
+            reg = self.registrations[key] = Registration(aor, ev.call_id or "", ev)
         reg.events.append(ev)
         reg.requests += 1
         reg.end = ev.ts
         reg.pending = True
-        contacts = msg.contacts
+        contacts = [parse_contact(c) for c in h.contacts]
+        tx.registration = (reg, contacts)   # what the response needs of its request
         if contacts:
             reg.contact = contacts[0].raw
         expires = None
@@ -642,19 +611,16 @@ class Tracker:
             except ValueError:
                 pass
         if expires is None:
-            expires = msg.expires()
+            expires = to_int(h.expires)
         reg.expires_requested = expires
         reg.unregister = expires == 0 or any(c.raw == "*" for c in contacts)
 
     def _register_response(self, ev: SipEvent, tx: Transaction) -> None:
-        status = ev.msg.status
-        if status < 200:
+        status = ev.status
+        if status < 200 or tx.registration is None:
             return
-        req = tx.request.msg
-        aor = str(req.to.uri) if req.to else "?"
-        reg = self.registrations.get((req.call_id or "", aor))
-        if reg is None:
-            return
+        reg, req_contacts = tx.registration
+        aor = reg.aor
         reg.end = ev.ts
         reg.final_status = status
         reg.pending = False
@@ -669,17 +635,17 @@ class Tracker:
             reg.successes += 1
         table = self.bindings.setdefault(aor, {})
         if reg.unregister:
-            if any(c.raw == "*" for c in req.contacts):
+            if any(c.raw == "*" for c in req_contacts):
                 table.clear()
-            for c in req.contacts:
+            for c in req_contacts:
                 table.pop(str(c.uri), None)
             reg.expires_granted = 0
             return
         # The 200 lists every binding the registrar now holds, each with its expires (§10.3 step 8).
         granted = None
-        header_exp = ev.msg.expires()
-        mine = {str(c.uri) for c in req.contacts}
-        for c in ev.msg.contacts or req.contacts:
+        header_exp = to_int(ev.head.expires)
+        mine = {str(c.uri) for c in req_contacts}
+        for c in [parse_contact(v) for v in ev.head.contacts] or req_contacts:
             exp = c.param("expires")
             try:
                 e = int(exp) if exp is not None else header_exp
@@ -698,15 +664,15 @@ class Tracker:
         """Anomalies that can only be judged once the capture is over."""
         end = self.end_ts
         for tx in self.transactions.values():
-            if tx.method == "INVITE" and tx.final is not None and tx.final.msg.status >= 300 and tx.ack is None \
+            if tx.method == "INVITE" and tx.final is not None and tx.final.status >= 300 and tx.ack is None \
                     and end - tx.final.ts > 2 * T1:
-                self.anomaly("missing_ack", tx.final, f"no ACK for {tx.final.msg.summary()}", tx.request.call)
+                self.anomaly("missing_ack", tx.final, f"no ACK for {tx.final.summary()}", tx.request.call)
         for call in self.calls.values():
             for tx in call.invites:
-                if tx.final is not None and 200 <= tx.final.msg.status < 300:
-                    acked = any(e.msg.method == "ACK" and e.msg.cseq[0] == tx.request.msg.cseq[0]
+                if tx.final is not None and 200 <= tx.final.status < 300:
+                    acked = any(e.method == "ACK" and e.cseq == tx.request.cseq
                                 for e in call.events)
                     if not acked and end - tx.final.ts > 2 * T1:
-                        self.anomaly("missing_ack", tx.final, f"no ACK for {tx.final.msg.summary()} to INVITE",
+                        self.anomaly("missing_ack", tx.final, f"no ACK for {tx.final.summary()} to INVITE",
                                      call)
                         break

@@ -7,9 +7,10 @@ builds an ``Analysis``; this module only describes, filters and serialises one.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Union
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
-from sipflow.analysis.dialogs import Anomaly, Call, Registration, SipEvent
+from sipflow.analysis.dialogs import Anomaly, Call, Registration
+from sipflow.analysis.messages import SipEvent
 from sipflow.net import fmt_endpoint
 from sipflow.media.stats import RtpStream
 
@@ -90,16 +91,13 @@ class Analysis:
             return f.user is None or any(u and f.user.lower() in u.lower() for u in (from_user, to_user))
 
         def msg_ok(e: SipEvent) -> bool:
-            m = e.msg
-            if f.call_id is not None and m.call_id != f.call_id:
+            if f.call_id is not None and e.call_id != f.call_id:
                 return False
-            if f.method is not None and (m.method or m.cseq[1] or "").upper() != f.method.upper():
+            if f.method is not None and (e.method or e.cseq_method or "").upper() != f.method.upper():
                 return False
-            if f.status is not None and not f.status_ok(m.status):
+            if f.status is not None and not f.status_ok(e.status):
                 return False
-            fu = m.from_.uri.user if m.from_ else None
-            tu = m.to.uri.user if m.to else None
-            return user_ok(fu, tu) and f.time_ok(e.ts)
+            return user_ok(e.from_user, e.to_user) and f.time_ok(e.ts)
 
         calls = [c for c in self.calls
                  if (f.call_id is None or c.call_id == f.call_id) and user_ok(c.from_user, c.to_user)
@@ -159,41 +157,44 @@ class Analysis:
 
     # -- the JSON document ----------------------------------------------------------------------------
 
-    def to_dict(self) -> dict:
+    def sections(self) -> Iterator[Tuple[str, Any, bool]]:
+        """The JSON document's top-level members in order, as (key, value, is_list). List members are
+        generators, so a writer can stream a document of a million messages without building it."""
         from sipflow import __version__
         stream_index = {id(s): i for i, s in enumerate(self.streams)}
-        return {
-            "sipflow": __version__,
-            "files": self.files,
-            "messages": [message_dict(e) for e in self.messages],
-            "calls": [call_dict(c, self.end_ts, stream_index) for c in self.calls],
-            "registrations": [registration_dict(r) for r in self.registrations],
-            "bindings": [{"aor": aor, "contact": contact, "expires_at": exp, "active": exp > self.end_ts}
-                         for aor, table in self.bindings.items() for contact, exp in table.items()],
-            "other": [{"method": m, "requests": row.get("requests", 0),
-                       "responses": {k: v for k, v in sorted(row.items()) if k != "requests"}}
-                      for m, row in sorted(self.methods.items()) if m not in ("INVITE", "REGISTER")],
-            "streams": [stream_dict(s) for s in self.streams],
-            "malformed": [{"frame": m.frame, "file": m.file, "ts": m.ts, "src": m.src, "dst": m.dst,
-                           "error": m.error} for m in self.malformed],
-            "anomalies": [{"kind": a.kind, "frame": a.frame, "file": a.file, "call_id": a.call_id,
-                           "detail": a.detail} for a in self.anomalies],
-            "kpis": self.kpis(),
-            "stats": self.stats,
-            "warnings": self.warnings,
-        }
+        end = self.end_ts
+        yield "sipflow", __version__, False
+        yield "files", self.files, False
+        yield "messages", (message_dict(e) for e in self.messages), True
+        yield "calls", (call_dict(c, end, stream_index) for c in self.calls), True
+        yield "registrations", (registration_dict(r) for r in self.registrations), True
+        yield "bindings", ({"aor": aor, "contact": contact, "expires_at": exp, "active": exp > end}
+                           for aor, table in self.bindings.items() for contact, exp in table.items()), True
+        yield "other", ({"method": m, "requests": row.get("requests", 0),
+                         "responses": {k: v for k, v in sorted(row.items()) if k != "requests"}}
+                        for m, row in sorted(self.methods.items()) if m not in ("INVITE", "REGISTER")), True
+        yield "streams", (stream_dict(s) for s in self.streams), True
+        yield "malformed", ({"frame": m.frame, "file": m.file, "ts": m.ts, "src": m.src, "dst": m.dst,
+                             "error": m.error} for m in self.malformed), True
+        yield "anomalies", ({"kind": a.kind, "frame": a.frame, "file": a.file, "call_id": a.call_id,
+                             "detail": a.detail} for a in self.anomalies), True
+        yield "kpis", self.kpis(), False
+        yield "stats", self.stats, False
+        yield "warnings", self.warnings, False
+
+    def to_dict(self) -> dict:
+        """The whole document as one dict (docs/json.md)."""
+        return {key: list(value) if is_list else value for key, value, is_list in self.sections()}
 
 
 def message_dict(e: SipEvent) -> dict:
-    m = e.msg
     return {
         "frame": e.frame, "frames": list(e.frames), "file": e.file, "ts": e.ts,
         "src": e.source, "dst": e.destination, "transport": e.transport,
-        "method": m.method, "status": m.status, "reason": m.reason,
-        "call_id": m.call_id, "cseq": m.cseq[0], "cseq_method": m.cseq[1],
-        "from_user": m.from_.uri.user if m.from_ else None, "to_user": m.to.uri.user if m.to else None,
-        "from_tag": m.from_.tag if m.from_ else None, "to_tag": m.to.tag if m.to else None,
-        "branch": m.branch, "retransmission": e.retransmission,
+        "method": e.method, "status": e.status, "reason": e.reason,
+        "call_id": e.call_id, "cseq": e.cseq, "cseq_method": e.cseq_method,
+        "from_user": e.from_user, "to_user": e.to_user, "from_tag": e.from_tag, "to_tag": e.to_tag,
+        "branch": e.branch, "retransmission": e.retransmission,
     }
 
 

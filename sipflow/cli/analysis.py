@@ -6,7 +6,10 @@ from __future__ import annotations
 
 
 
-from sipflow.cli.app import analysis_options, emit_text, handle_errors, main, run_analysis, terminal_width
+import functools
+
+from sipflow.cli.app import (analysis_options, emit_stream, emit_text, handle_errors, main, run_analysis,
+                             terminal_width)
 
 
 @main.command()
@@ -43,12 +46,12 @@ def summary(files, fmt, output, width, no_progress, **filters):
 
     from sipflow.render import tables as report
     a = run_analysis(files, no_progress, **filters)
-    emit_text(report.summary_text(a, terminal_width(width)) if fmt == "text" else json.dumps(report.summary_dict(a), indent=1),
-          output)
+    emit_text(report.summary_text(a, terminal_width(width)) if fmt == "text"
+              else json.dumps(report.summary_dict(a), indent=1), output)
 
 
 @main.command()
-@analysis_options(["json", "text", "csv"])
+@analysis_options(["json", "ndjson", "text", "csv"])
 @handle_errors
 def analyze(files, fmt, output, width, no_progress, **filters):
     """Everything: messages, calls, registrations, streams, problems (JSON: see docs/json.md).
@@ -56,13 +59,17 @@ def analyze(files, fmt, output, width, no_progress, **filters):
     \b
     Examples:
       sipflow analyze capture.pcap --format json -o result.json
+      sipflow analyze capture.pcap --format ndjson | jq -c 'select(.type == "call")'
       sipflow analyze capture.pcap --call-id 1-2345@127.0.0.1 --format text
       sipflow analyze capture.pcap --format csv      # one row per SIP message
     """
+    from sipflow.render import jsonout
     from sipflow.render import tables as report
     a = run_analysis(files, no_progress, **filters)
-    text = {"json": lambda: report.analysis_json(a), "text": lambda: report.analysis_text(a, terminal_width(width)),
-            "csv": lambda: report.analysis_csv(a)}[fmt]()
+    if fmt in ("json", "ndjson"):
+        emit_stream(functools.partial(jsonout.write_json if fmt == "json" else jsonout.write_ndjson, a), output)
+        return
+    text = {"text": lambda: report.analysis_text(a, terminal_width(width)), "csv": lambda: report.analysis_csv(a)}[fmt]()
     emit_text(text, output)
 
 

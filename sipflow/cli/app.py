@@ -102,6 +102,16 @@ def emit_text(text: str, output: str) -> None:
             fh.write(text if text.endswith("\n") else text + "\n")
 
 
+def emit_stream(write: Callable, output: str) -> None:
+    """Let ``write(file)`` write the output piece by piece (big JSON documents are never one string)."""
+    if output == "-":
+        write(sys.stdout)
+        sys.stdout.flush()
+    else:
+        with open(output, "w", encoding="utf-8") as fh:
+            write(fh)
+
+
 def terminal_width(width: Optional[int]) -> int:
     if width:
         return width

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Optional, Tuple
 
 
@@ -53,6 +54,7 @@ _PRIVATE_NETS = [ipaddress.ip_network(n) for n in (
     "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7", "fe80::/10")]
 
 
+@lru_cache(maxsize=4096)
 def is_private(ip: str) -> bool:
     """RFC 1918 / RFC 6598 / ULA address: the kind a NAT rewrites."""
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
-from sipflow.analysis.dialogs import SipEvent
+from sipflow.analysis.messages import SipEvent
 
 
 @dataclass(frozen=True)

@@ -262,7 +262,11 @@ def summary_text(a: Analysis, width: int = 80) -> str:
 
 
 def analysis_json(a: Analysis) -> str:
-    return json.dumps(a.to_dict(), indent=1)
+    """The docs/json.md document as one string (``render.jsonout`` streams it to a file instead)."""
+    from sipflow.render.jsonout import write_json
+    out = io.StringIO()
+    write_json(a, out)
+    return out.getvalue()
 
 
 def streams_text(a: Analysis, width: int = 80) -> str:

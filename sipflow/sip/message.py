@@ -325,6 +325,30 @@ def looks_like_sip(data) -> bool:
     return line.endswith(b" SIP/2.0") and b" " in line[:-8]
 
 
+def body_of(rest: bytes, content_length: Optional[str], datagram: bool, problems: List[str]) -> bytes:
+    """The body among the bytes after the headers, by Content-Length (RFC 3261 §18.3, §20.14); what is
+    wrong with the length goes to ``problems``. Shared by the full parse and the scan, so both say the
+    same thing about the same message."""
+    if content_length is None:
+        if not datagram:
+            problems.append("no Content-Length on a stream transport")
+        return rest
+    cl = to_int(content_length)
+    if cl is None:
+        problems.append(f"invalid Content-Length {content_length!r}")
+        return rest
+    if cl > len(rest):
+        problems.append(f"Content-Length {cl} but only {len(rest)} body bytes")
+    elif cl < len(rest):
+        if rest[cl:].strip(b"\r\n\x00 "):
+            problems.append(f"Content-Length {cl} but {len(rest)} bytes follow the headers")
+        return rest[:cl]
+    return rest
+
+
+REQUIRED = ("Call-ID", "CSeq", "From", "To", "Via")  # RFC 3261 §8.1.1: every request carries these
+
+
 def parse_message(data: bytes, datagram: bool = True) -> SipMessage:
     """Parse one whole SIP message. ``datagram``: a missing Content-Length means the rest of the data
     (RFC 3261 §18.3 allows that only on UDP); on a stream the framer has already cut the message out."""
@@ -394,23 +418,11 @@ def parse_message(data: bytes, datagram: bool = True) -> SipMessage:
         else:
             values.append(value)
     rest = raw[head_end + sep:]
-    body = rest
     cl_values = index.get("Content-Length")
-    if cl_values:
-        cl = to_int(cl_values[0])
-        if cl is None:
-            problems.append(f"invalid Content-Length {cl_values[0]!r}")
-        else:
-            if cl > len(rest):
-                problems.append(f"Content-Length {cl} but only {len(rest)} body bytes")
-            elif cl < len(rest):
-                body = rest[:cl]
-                if rest[cl:].strip(b"\r\n\x00 "):
-                    problems.append(f"Content-Length {cl} but {len(rest)} bytes follow the headers")
-            raw = raw[:head_end + sep + min(cl, len(rest))] if datagram else raw
-    elif not datagram:
-        problems.append("no Content-Length on a stream transport")
-    for required in ("Call-ID", "CSeq", "From", "To", "Via"):
+    body = body_of(rest, cl_values[0] if cl_values else None, datagram, problems)
+    if datagram and cl_values and len(body) < len(rest):
+        raw = raw[:head_end + sep + len(body)]
+    for required in REQUIRED:
         if required not in index:
             problems.append(f"missing {required}")
     return SipMessage(raw=raw, method=method, uri=uri, status=status, reason=reason, headers=tuple(headers),

@@ -1,0 +1,130 @@
+"""The lean message record and where every message's bytes are kept.
+
+Owns ``SipEvent`` (one SIP message as seen on the wire: the key fields the analysis and the views read,
+plus where its bytes are) and ``RawStore`` (every message's bytes, out of the way of the heap). The
+analyzer scans each message once (``sip.scan``) and keeps only this record; ``SipEvent.msg`` parses the
+message in full, on demand, for the views that show one. Leaves transactions and calls to
+``analysis.dialogs``.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import TYPE_CHECKING, Optional, Tuple
+
+from sipflow.net.addr import fmt_endpoint
+from sipflow.sip.message import SipMessage, parse_message
+
+if TYPE_CHECKING:  # pragma: no cover
+    from sipflow.analysis.dialogs import Call
+    from sipflow.sip.scan import SipHead
+
+SPILL_AT = 16 << 20   # bytes of messages held in memory before they go to the spill file
+_LEN_BITS = 24        # a message's place is (offset << 24) | length: one int instead of two
+
+
+class RawStore:
+    """Every SIP message's bytes, appended in order: in a memory buffer up to ``SPILL_AT`` bytes, then
+    in an unnamed temporary file, so that memory does not grow with the messages' size. Works the same
+    for seekable files, standard input, gzip and reassembled TCP, and is append-only: what a snapshot
+    refers to never changes."""
+
+    def __init__(self, spill_at: int = SPILL_AT) -> None:
+        self.spill_at = spill_at
+        self._buf = bytearray()
+        self._base = 0            # offset of _buf[0]: everything before it is in the file
+        self._file = None
+
+    def add(self, data: bytes) -> int:
+        """Keep ``data``; return its place (for ``get``)."""
+        n = len(data)
+        if n >> _LEN_BITS:
+            data, n = data[:(1 << _LEN_BITS) - 1], (1 << _LEN_BITS) - 1  # a 16 MiB message is not SIP
+        off = self._base + len(self._buf)
+        self._buf += data
+        if len(self._buf) >= self.spill_at:
+            self._spill()
+        return (off << _LEN_BITS) | n
+
+    def _spill(self) -> None:
+        if self._file is None:
+            self._file = tempfile.TemporaryFile(prefix="sipflow-messages-")
+        self._file.seek(0, os.SEEK_END)
+        self._file.write(self._buf)
+        self._file.flush()
+        self._base += len(self._buf)
+        self._buf = bytearray()
+
+    def get(self, place: int) -> bytes:
+        off, n = place >> _LEN_BITS, place & ((1 << _LEN_BITS) - 1)
+        if off >= self._base:
+            i = off - self._base
+            return bytes(self._buf[i:i + n])
+        return os.pread(self._file.fileno(), n, off)
+
+    @property
+    def size(self) -> int:
+        return self._base + len(self._buf)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class SipEvent:
+    """One SIP message as seen on the wire: its key fields, where and when, and where its bytes are.
+
+    A small mutable record (the tracker sets ``retransmission`` and ``call``); about 300 bytes, and
+    strings that repeat (endpoints, Call-ID, tags, users, reasons) are shared between records.
+    ``head`` is the scan's full result while the analyzer works on the message, then dropped."""
+    __slots__ = ("ts", "file", "frame", "_frames", "src", "sport", "dst", "dport", "transport", "index",
+                 "retransmission", "call", "method", "status", "reason", "call_id", "cseq", "cseq_method",
+                 "from_user", "to_user", "from_tag", "to_tag", "branch", "store", "place", "head")
+
+    def __init__(self, head: "SipHead", ts: float, file: int, frame: int, frames: Tuple[int, ...], src: str,
+                 sport: int, dst: str, dport: int, transport: str, index: int, store: Optional[RawStore],
+                 place: int) -> None:
+        self.ts, self.file, self.frame = ts, file, frame
+        self._frames = frames if len(frames) != 1 or frames[0] != frame else None
+        self.src, self.sport, self.dst, self.dport, self.transport = src, sport, dst, dport, transport
+        self.index = index
+        self.retransmission = False
+        self.call: Optional["Call"] = None
+        self.method, self.status, self.reason = head.method, head.status, head.reason
+        self.call_id, self.cseq, self.cseq_method = head.call_id, head.cseq, head.cseq_method
+        self.from_user, self.to_user = head.from_user, head.to_user
+        self.from_tag, self.to_tag, self.branch = head.from_tag, head.to_tag, head.branch
+        self.store, self.place = store, place
+        self.head: Optional["SipHead"] = head
+
+    @property
+    def frames(self) -> Tuple[int, ...]:
+        """Every frame that carried part of the message."""
+        return self._frames if self._frames is not None else (self.frame,)
+
+    @property
+    def source(self) -> str:
+        return fmt_endpoint(self.src, self.sport)
+
+    @property
+    def destination(self) -> str:
+        return fmt_endpoint(self.dst, self.dport)
+
+    @property
+    def is_request(self) -> bool:
+        return self.method is not None
+
+    def summary(self) -> str:
+        """What a ladder arrow or a list line says: ``INVITE`` or ``200 OK``."""
+        return self.method if self.method else f"{self.status} {self.reason or ''}".rstrip()
+
+    @property
+    def raw(self) -> bytes:
+        """The message's bytes as they were handed to the parser."""
+        return self.store.get(self.place) if self.store is not None else b""
+
+    @property
+    def msg(self) -> SipMessage:
+        """The whole message, parsed now (not cached: views that show messages parse them as they go)."""
+        return parse_message(self.raw, datagram=self.transport != "tcp")
