@@ -2,6 +2,7 @@
 """Write a large, realistic SIP/RTP capture (classic pcap) quickly, in pure Python.
 
     python bench/make_capture.py OUT.pcap --packets 1000000 [--seed 1] [--calls N]
+    python bench/make_capture.py OUT.pcap --workload signalling [--calls 40000] [--seed 1]
 
 The file is a classic little-endian pcap (magic a1b2c3d4, microsecond
 timestamps, link type 1 = Ethernet) holding Ethernet/IPv4/UDP frames with
@@ -27,6 +28,14 @@ valid IPv4 and UDP checksums:
 The packet count is exact: the plan is trimmed so that exactly --packets
 frames are written.  With --truth FILE a JSON file with the generated ground
 truth (calls, streams, injected loss) is written as well.
+
+--workload signalling writes a SIP-only capture instead, shaped like
+`tcpdump -i any port 5060` on a busy PBX/SBC: exactly --calls calls (default
+40000) with the same call mix, messages and retransmissions as above, starting
+every 0.05 s on average (about 1,300 calls up at once), REGISTER flows (401
+challenge, digest Authorization, 200 with Contact;expires) from --users
+devices (default 10000) at 20 flows/s until the last call has ended, and no
+RTP or RTCP.  40000 calls give 438,582 SIP messages, 219 MB (seed 1).
 """
 
 import argparse
@@ -49,6 +58,7 @@ WINDOW = 500 * MSEC               # writer time window
 DOMAIN = "example.com"
 REGISTRAR_IP = "203.0.113.2"
 SIP_PORT = 5060
+SIGNALLING_CALLS = 40_000         # default size of the signalling-only workload
 
 PCAP_GLOBAL = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1)
 REC = struct.Struct("<IIII")
@@ -320,6 +330,8 @@ class Planner:
         self.args = args
         self.rng = random.Random(args.seed)
         rng = self.rng
+        # media=False (signalling workload): no RTP streams are planned for answered calls
+        self.media = getattr(args, "workload", "rtp") != "signalling"
         self.callers = ["198.51.100.%d" % i for i in range(10, 251)]
         self.callees = ["203.0.113.%d" % i for i in range(10, 251)]
         self.next_port = {}
@@ -327,10 +339,14 @@ class Planner:
         self.calls = []
         self.regs = []
         self.users = {}
-        # registered users: 2000-2999 on the caller side, 3000-3999 on the callee side
-        for u in range(2000, 3000):
+        # registered users: by default 2000-2999 on the caller side, 3000-3999 on the callee
+        # side; the signalling workload has --users in all (20000.. and 30000..)
+        per_side = getattr(args, "users", 2000) // 2
+        self.per_side = per_side
+        self.caller_base, self.callee_base = (2000, 3000) if per_side <= 1000 else (20000, 30000)
+        for u in range(self.caller_base, self.caller_base + per_side):
             self.users[str(u)] = self.callers[u % len(self.callers)]
-        for u in range(3000, 4000):
+        for u in range(self.callee_base, self.callee_base + per_side):
             self.users[str(u)] = self.callees[u % len(self.callees)]
         self.user_names = {u: "%s %s" % (rng.choice(FIRST_NAMES), u) for u in self.users}
         self.reg_state = {}
@@ -368,8 +384,8 @@ class Planner:
             c.kind = "notfound"
         else:
             c.kind = "cancelled"
-        c.caller = str(rng.randint(2000, 2999))
-        c.callee = str(rng.randint(3000, 3999))
+        c.caller = str(rng.randint(self.caller_base, self.caller_base + self.per_side - 1))
+        c.callee = str(rng.randint(self.callee_base, self.callee_base + self.per_side - 1))
         c.aip, c.bip = self.users[c.caller], self.users[c.callee]
         c.call_id = "%s@%s" % (hexid(rng, 24), c.aip)
         c.ftag, c.ttag = hexid(rng, 10), hexid(rng, 10)
@@ -395,19 +411,21 @@ class Planner:
             c.t180 = c.t100 + c.d180
             c.t200 = c.t180 + c.ring
             c.tack = c.t200 + (500 * MSEC if c.ok_retx else 0) + c.rtt
-            c.a = Stream(rng, c, c.aip, c.aport, c.bip, c.bport, c.pt, c.tack + 5 * MSEC,
-                         "%s@%s" % (c.caller, c.aip))
-            c.b = Stream(rng, c, c.bip, c.bport, c.aip, c.aport, c.pt,
-                         c.t200 + rng.randint(5, 25) * MSEC, "%s@%s" % (c.callee, c.bip))
-            c.a.peer, c.b.peer = c.b, c.a
-            c.streams = [c.a, c.b]
+            if self.media:
+                c.a = Stream(rng, c, c.aip, c.aport, c.bip, c.bport, c.pt, c.tack + 5 * MSEC,
+                             "%s@%s" % (c.caller, c.aip))
+                c.b = Stream(rng, c, c.bip, c.bport, c.aip, c.aport, c.pt,
+                             c.t200 + rng.randint(5, 25) * MSEC, "%s@%s" % (c.callee, c.bip))
+                c.a.peer, c.b.peer = c.b, c.a
+                c.streams = [c.a, c.b]
             lo, hi = self.args.min_talk, self.args.max_talk
             if mean_talk is not None:
                 lo, hi = 0.3 * mean_talk, 1.7 * mean_talk
             c.talk = int(rng.uniform(lo, hi) * USEC)
             self.layout(c, c.talk)
-            c.a.init_random(rng, c.a.n, c.dtmf)
-            c.b.init_random(rng, c.b.n, False)
+            if self.media:
+                c.a.init_random(rng, c.a.n, c.dtmf)
+                c.b.init_random(rng, c.b.n, False)
             c.nsip = 7 + c.invite_retx + c.ok_retx
         elif c.kind in ("busy", "notfound"):
             c.tfinal = c.t100 + rng.randint(20, 600) * MSEC
@@ -431,8 +449,9 @@ class Planner:
             stop_a, stop_b = c.tbye, c.tbye + half
         else:
             stop_a, stop_b = c.tbye + half, c.tbye
-        for s, stop in ((c.a, stop_a), (c.b, stop_b)):
-            s.n = max(1, -(-(stop - s.start) // PTIME))
+        if c.streams:
+            for s, stop in ((c.a, stop_a), (c.b, stop_b)):
+                s.n = max(1, -(-(stop - s.start) // PTIME))
         c.t200bye = c.tbye + c.rtt
         c.end = c.t200bye
 
@@ -446,9 +465,13 @@ class Planner:
         t = int(self.reg_t)
         self.reg_t += rng.expovariate(self.args.reg_rate) * USEC
         if rng.random() < 0.3:          # a set of chatty devices re-registers often
-            user = str(rng.choice((2000, 3000)) + rng.randint(0, 99))
-        else:
+            user = str(rng.choice((self.caller_base, self.callee_base)) + rng.randint(0, 99))
+        elif self.caller_base == 2000 and self.per_side == 1000:
             user = str(rng.randint(2000, 3999))
+        else:
+            k = rng.randint(0, 2 * self.per_side - 1)
+            user = str((self.caller_base + k) if k < self.per_side
+                       else (self.callee_base + k - self.per_side))
         st = self.reg_state.get(user)
         if st is None:
             st = self.reg_state[user] = {"call_id": "%s@%s" % (hexid(rng, 20), self.users[user]),
@@ -460,6 +483,12 @@ class Planner:
              "cnonce": hexid(rng, 16), "b1": "z9hG4bK" + hexid(rng, 16),
              "b2": "z9hG4bK" + hexid(rng, 16), "rtag": hexid(rng, 10)}
         st["cseq"] += 2
+        if not self.media:
+            # signalling workload (20 flows/s): a device does not start a refresh while its
+            # previous REGISTER flow is still open, or its CSeq would seem to go backwards
+            if r["t"] < st.get("free", 0):
+                r["t"] = st["free"] + 20 * MSEC
+            st["free"] = r["t"] + r["d1"] + r["d2"] + r["d3"]
         return r
 
     def plan(self):
@@ -517,6 +546,18 @@ class Planner:
                 surplus -= 1
         self.expected = N + surplus
 
+    def plan_signalling(self):
+        """SIP only: exactly --calls calls, REGISTER flows until the last call has ended."""
+        horizon = 0
+        regs = self.regs
+        for _ in range(self.args.calls):
+            c = self.new_call(None)
+            self.calls.append(c)
+            horizon = max(horizon, c.end)
+            while self.reg_t < horizon:
+                regs.append(self.new_reg())
+        self.expected = sum(c.nsip for c in self.calls) + 4 * len(regs)
+
     def try_talk(self, c, talk):
         old = c.talk
         self.layout(c, talk)
@@ -550,6 +591,8 @@ class Builder:
         self.rng = random.Random(planner.args.seed + 7)
         self.events = []          # (t, frame)
         self.nsip = 0
+        self.requests = {}        # method -> messages (retransmissions included)
+        self.responses = {}       # status code -> messages
         self.ipid = {}
 
     def send(self, t, src, dst, payload, sport=SIP_PORT, dport=SIP_PORT):
@@ -561,6 +604,11 @@ class Builder:
 
     def sipmsg(self, t, src, dst, msg):
         self.nsip += 1
+        if msg.startswith(b"SIP/2.0 "):
+            key, count = msg[8:11].decode(), self.responses
+        else:
+            key, count = msg[:msg.index(b" ")].decode(), self.requests
+        count[key] = count.get(key, 0) + 1
         self.send(t, src, dst, msg)
 
     def call(self, c):
@@ -849,36 +897,65 @@ def write(path, streams, events, limit, rng):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("out", help="output pcap file")
-    ap.add_argument("--packets", type=int, default=1_000_000, help="exact number of packets (default 1000000)")
+    ap.add_argument("--workload", choices=("rtp", "signalling"), default="rtp",
+                    help="rtp: SIP calls with their RTP/RTCP, exactly --packets frames (default); "
+                         "signalling: SIP only, exactly --calls calls plus registrations")
+    ap.add_argument("--packets", type=int, default=None,
+                    help="rtp: exact number of packets (default 1000000)")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--calls", type=int, default=0,
-                    help="approximate number of calls (default: derived from --packets, "
-                         "talk time 20-120 s)")
-    ap.add_argument("--interarrival", type=float, default=0.25,
-                    help="mean seconds between call starts (default 0.25)")
-    ap.add_argument("--reg-rate", type=float, default=1.0,
-                    help="REGISTER flows per second (default 1)")
+    ap.add_argument("--calls", type=int, default=None,
+                    help="rtp: approximate number of calls (default: derived from --packets, "
+                         "talk time 20-120 s); signalling: exact number of calls (default %d)"
+                    % SIGNALLING_CALLS)
+    ap.add_argument("--interarrival", type=float, default=None,
+                    help="mean seconds between call starts (default 0.25; signalling 0.05)")
+    ap.add_argument("--reg-rate", type=float, default=None,
+                    help="REGISTER flows per second (default 1; signalling 20)")
+    ap.add_argument("--users", type=int, default=None,
+                    help="registered users, half callers, half callees (default 2000 = "
+                         "2000-2999 and 3000-3999; signalling 10000 = 20000-24999 and 30000-34999)")
     ap.add_argument("--min-talk", type=float, default=20.0, help=argparse.SUPPRESS)
     ap.add_argument("--max-talk", type=float, default=120.0, help=argparse.SUPPRESS)
     ap.add_argument("--min-trim", type=float, default=1.0, help=argparse.SUPPRESS)
     ap.add_argument("--truth", metavar="JSON", help="also write the generated ground truth here")
     ap.add_argument("-q", "--quiet", action="store_true")
     args = ap.parse_args(argv)
-    if args.packets < 1:
-        ap.error("--packets must be positive")
+    signalling = args.workload == "signalling"
+    if signalling:
+        if args.packets is not None:
+            ap.error("--packets is for the rtp workload; size the signalling workload with --calls")
+        args.calls = SIGNALLING_CALLS if args.calls is None else args.calls
+        if args.calls < 1:
+            ap.error("--calls must be positive")
+        defaults = (0.05, 20.0, 10000)
+    else:
+        args.packets = 1_000_000 if args.packets is None else args.packets
+        args.calls = args.calls or 0
+        if args.packets < 1:
+            ap.error("--packets must be positive")
+        defaults = (0.25, 1.0, 2000)
+    for name, value in zip(("interarrival", "reg_rate", "users"), defaults):
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.users < 200 or args.users % 2 or (not signalling and args.users != 2000):
+        ap.error("--users must be even and >= 200 (and is fixed at 2000 for the rtp workload)")
 
     t_start = time.perf_counter()
     planner = Planner(args)
-    planner.plan()
-    prng = random.Random(args.seed + 11)
-    pcmu = make_payloads(prng, ulaw_encode)
-    pcma = make_payloads(prng, alaw_encode)
+    if signalling:
+        planner.plan_signalling()
+    else:
+        planner.plan()
+        prng = random.Random(args.seed + 11)
+        pcmu = make_payloads(prng, ulaw_encode)
+        pcma = make_payloads(prng, alaw_encode)
     builder = Builder(planner)
     streams = builder.build()
     for s in streams:
         s.finish(pcmu if s.pt == 0 else pcma)
     t_plan = time.perf_counter() - t_start
-    written, span = write(args.out, streams, builder.events, args.packets, random.Random(args.seed + 3))
+    limit = len(builder.events) if signalling else args.packets
+    written, span = write(args.out, streams, builder.events, limit, random.Random(args.seed + 3))
     elapsed = time.perf_counter() - t_start
     size = os.path.getsize(args.out)
 
@@ -920,6 +997,14 @@ def main(argv=None):
         "capture_seconds": round(span / USEC, 1),
         "seed": args.seed,
     }
+    if signalling:
+        summary["workload"] = "signalling"
+        summary["register_failed"] = sum(1 for r in planner.regs if r["fail"])
+        summary["sip_requests"] = dict(sorted(builder.requests.items()))
+        summary["sip_responses"] = dict(sorted(builder.responses.items()))
+        summary["users"] = args.users
+        summary["interarrival"] = args.interarrival
+        summary["reg_rate"] = args.reg_rate
     if args.truth:
         truth = dict(summary)
         truth["call_list"] = [{
@@ -941,8 +1026,8 @@ def main(argv=None):
             json.dump(truth, f, indent=1)
     if not args.quiet:
         print("wrote %s" % args.out)
-        print("  packets written   %d%s" % (written, "" if written == args.packets else
-                                             "  (asked for %d)" % args.packets))
+        print("  packets written   %d%s" % (written, "" if written == limit else
+                                             "  (asked for %d)" % limit))
         if planner.expected != written:
             print("  note: --packets is too small for whole calls; the capture was cut after "
                   "%d of %d planned packets and the numbers below describe the plan"
@@ -950,9 +1035,15 @@ def main(argv=None):
         print("  SIP messages      %d (%d REGISTER flows)" % (builder.nsip, len(planner.regs)))
         print("  calls             %d  %s, peak %d concurrent" % (
             len(planner.calls), ", ".join("%s %d" % kv for kv in sorted(kinds.items())), peak))
-        print("  RTP streams       %d  (%d RTP packets, %d lost = %.2f %%, %d wrap past 65535)" % (
-            len(streams), nrtp, nlost, summary["rtp_loss_percent"], wraps))
-        print("  RTCP packets      %d" % builder.nrtcp)
+        if signalling:
+            print("  SIP requests      %s" % ", ".join("%s %d" % kv for kv in summary["sip_requests"].items()))
+            print("  SIP responses     %s" % ", ".join("%s %d" % kv for kv in summary["sip_responses"].items()))
+            print("  retransmissions   %d; registrations %d Call-IDs, %d flows refused (403)" % (
+                summary["sip_retransmissions"], summary["register_call_ids"], summary["register_failed"]))
+        else:
+            print("  RTP streams       %d  (%d RTP packets, %d lost = %.2f %%, %d wrap past 65535)" % (
+                len(streams), nrtp, nlost, summary["rtp_loss_percent"], wraps))
+            print("  RTCP packets      %d" % builder.nrtcp)
         print("  capture span      %.1f s" % (span / USEC))
         print("  file size         %.1f MB (%d bytes)" % (size / 1e6, size))
         print("  seconds taken     %.2f (plan %.2f, write %.2f)" % (elapsed, t_plan, elapsed - t_plan))
