@@ -1,6 +1,7 @@
 """Anomalies are data on the call: each test builds the broken exchange it is about (real stacks do
 not misbehave on demand) and checks sipflow names it, with the frame to look at."""
 import sipflow
+from sipflow.analysis.dialogs import DialogState
 
 from pcaptools import sip_text, udp_frame, write_pcap
 
@@ -45,7 +46,7 @@ def test_missing_ack_for_a_rejection(tmp_path):
     a = capture(tmp_path, [(0, "ab", req("INVITE", 1, "z9hG4bK1")), (0.1, "ba", resp(486, "Busy Here", "INVITE", 1, "z9hG4bK1")),
                            (5, "ab", req("OPTIONS", 2, "z9hG4bK2", call_id="other"))])
     assert ("missing_ack", 2) in kinds(a)
-    assert a.calls[0].outcome(a.end_ts).value == "busy"
+    assert a.calls[0].outcome.value == "busy"
 
 
 def test_bye_before_answer(tmp_path):
@@ -67,13 +68,13 @@ def test_retransmission_storm_is_flagged_and_not_double_counted(tmp_path):
     assert a.methods["INVITE"]["requests"] == 1 and a.stats["retransmissions"] == 5
     assert [m.retransmission for m in a.messages] == [False] + [True] * 5
     # nobody answered within Timer B (32 s) of the last INVITE... the capture ends at 15.5 s: in progress
-    assert a.calls[0].outcome(a.end_ts).value == "in_progress"
+    assert a.calls[0].outcome.value == "in_progress"
 
 
 def test_no_response_after_timer_b(tmp_path):
     a = capture(tmp_path, [(0, "ab", req("INVITE", 1, "z9hG4bK1")),
                            (40, "ab", req("OPTIONS", 1, "z9hG4bK9", call_id="later"))])
-    assert a.calls[0].outcome(a.end_ts).value == "no_response"
+    assert a.calls[0].outcome.value == "no_response"
 
 
 def test_private_address_in_sdp_and_contact_behind_nat(tmp_path):
@@ -100,8 +101,8 @@ def test_forked_invite_makes_two_early_dialogs(tmp_path):
                            (1.1, "ab", req("ACK", 1, "z9hG4bK3", ttag="fork2"))])
     c = a.calls[0]
     assert set(c.dialogs) == {("f1", "fork1"), ("f1", "fork2")}
-    assert c.dialogs[("f1", "fork2")].state == "confirmed" and c.dialogs[("f1", "fork1")].state == "early"
-    assert c.outcome(a.end_ts).value == "answered"
+    assert c.dialogs[("f1", "fork2")].state is DialogState.CONFIRMED and c.dialogs[("f1", "fork1")].state is DialogState.EARLY
+    assert c.outcome.value == "answered"
     assert c.timings()["setup_time"] is not None
 
 
@@ -121,7 +122,7 @@ def test_rfc2543_peer_without_magic_cookie_is_matched_by_call_id_tag_and_cseq(tm
                            (0.7, "ab", req("ACK", 1, "old1", ttag="t1"))])
     c = a.calls[0]
     assert [m.retransmission for m in a.messages] == [False, True, False, False]
-    assert c.first_hop()[0].ack is not None and c.outcome(a.end_ts).value == "busy"
+    assert c.first_hop()[0].ack is not None and c.outcome.value == "busy"
     assert not [x for x in a.anomalies if x.kind == "missing_ack"]
 
 
@@ -146,7 +147,7 @@ def test_unregister_all_with_star_clears_the_binding_table(tmp_path):
         (2.1, "ba", ok(3, "z9hG4bKr3")),
     ])
     (r,) = a.registrations
-    assert (r.expires_requested, r.outcome(), r.refreshes) == (0, "unregistered", 1)
+    assert (r.expires_requested, r.outcome, r.refreshes) == (0, "unregistered", 1)
     assert a.bindings["sip:alice@x"] == {}
 
 
@@ -159,7 +160,7 @@ def test_registration_grants_less_than_asked(tmp_path):
                   ("Contact", f"<sip:bob@{A}>;expires=120")])
     a = capture(tmp_path, [(0, "ab", reg), (0.2, "ba", ok)])
     (r,) = a.registrations
-    assert (r.expires_requested, r.expires_granted, r.outcome()) == (3600, 120, "registered")
+    assert (r.expires_requested, r.expires_granted, r.outcome) == (3600, 120, "registered")
     assert a.bindings["sip:bob@x"][f"sip:bob@{A}"] == a.messages[1].ts + 120
 
 
@@ -176,3 +177,64 @@ def test_ack_for_a_rejection_with_a_new_branch_is_matched_and_flagged(tmp_path):
     c = a.calls[0]
     assert ("ack_branch_mismatch", 3) in kinds(a) and not [x for x in a.anomalies if x.kind == "missing_ack"]
     assert c.final_status == 200 and abs(c.timings()["setup_time"] - 2.1) < 1e-6
+
+
+# -- the state tables decide: every step they do not have is an anomaly at its frame -----------------
+
+def test_a_second_final_response_to_a_non_invite_is_unexpected(tmp_path):
+    a = capture(tmp_path, [(0, "ab", req("INVITE", 1, "z9hG4bK1")), (0.1, "ba", resp(200, "OK", "INVITE", 1, "z9hG4bK1")),
+                           (0.2, "ab", req("ACK", 1, "z9hG4bK2", ttag="t1")),
+                           (1, "ab", req("BYE", 2, "z9hG4bK3", ttag="t1")), (1.1, "ba", resp(200, "OK", "BYE", 2, "z9hG4bK3")),
+                           (1.2, "ba", resp(481, "Call Does Not Exist", "BYE", 2, "z9hG4bK3"))])
+    assert ("unexpected_in_transaction", 6) in kinds(a)
+    assert [x.frame for x in a.anomalies] == [6], "only the 481 is out of place"
+    detail = next(x.detail for x in a.anomalies)
+    assert "481" in detail and "BYE" in detail and "completed" in detail
+
+
+def test_a_retransmitted_final_response_is_not_an_anomaly(tmp_path):
+    a = capture(tmp_path, [(0, "ab", req("OPTIONS", 1, "z9hG4bK1")), (0.1, "ba", resp(200, "OK", "OPTIONS", 1, "z9hG4bK1")),
+                           (0.6, "ba", resp(200, "OK", "OPTIONS", 1, "z9hG4bK1"))])
+    assert not a.anomalies and a.messages[2].retransmission
+
+
+def test_a_2xx_after_a_rejection_in_the_same_invite_transaction_is_unexpected(tmp_path):
+    a = capture(tmp_path, [(0, "ab", req("INVITE", 1, "z9hG4bK1")), (0.1, "ba", resp(486, "Busy Here", "INVITE", 1, "z9hG4bK1")),
+                           (0.2, "ba", resp(200, "OK", "INVITE", 1, "z9hG4bK1")),
+                           (0.3, "ab", req("ACK", 1, "z9hG4bK1"))])
+    assert ("unexpected_in_transaction", 3) in kinds(a)
+    assert a.calls[0].outcome.value == "busy", "the first final response decides"
+
+
+def test_an_ack_before_any_final_response_is_unexpected(tmp_path):
+    a = capture(tmp_path, [(0, "ab", req("INVITE", 1, "z9hG4bK1")), (0.1, "ba", resp(180, "Ringing", "INVITE", 1, "z9hG4bK1")),
+                           (0.2, "ab", req("ACK", 1, "z9hG4bK1"))])
+    assert ("unexpected_in_transaction", 3) in kinds(a)
+
+
+def test_a_provisional_after_a_rejection_is_unexpected(tmp_path):
+    a = capture(tmp_path, [(0, "ab", req("INVITE", 1, "z9hG4bK1")), (0.1, "ba", resp(603, "Decline", "INVITE", 1, "z9hG4bK1")),
+                           (0.2, "ba", resp(180, "Ringing", "INVITE", 1, "z9hG4bK1", ttag="t2")),
+                           (0.3, "ab", req("ACK", 1, "z9hG4bK1"))])
+    assert ("unexpected_in_transaction", 3) in kinds(a)
+
+
+def test_a_rejection_of_a_new_initial_invite_in_an_answered_call_is_unexpected_in_the_call(tmp_path):
+    a = capture(tmp_path, [(0, "ab", req("INVITE", 1, "z9hG4bK1")), (0.1, "ba", resp(200, "OK", "INVITE", 1, "z9hG4bK1")),
+                           (0.2, "ab", req("ACK", 1, "z9hG4bK2", ttag="t1")),
+                           (1, "ab", req("INVITE", 2, "z9hG4bK3")), (1.1, "ba", resp(486, "Busy Here", "INVITE", 2, "z9hG4bK3")),
+                           (1.2, "ab", req("ACK", 2, "z9hG4bK3"))])
+    assert ("unexpected_in_call", 5) in kinds(a)
+    assert a.calls[0].state.value == "in_call", "the table keeps the state when it has no step"
+
+
+def test_forked_provisionals_and_a_cancel_that_lost_the_race_are_not_anomalies(tmp_path):
+    a = capture(tmp_path, [(0, "ab", req("INVITE", 1, "z9hG4bK1")),
+                           (0.1, "ba", resp(180, "Ringing", "INVITE", 1, "z9hG4bK1", ttag="fork1")),
+                           (0.2, "ba", resp(200, "OK", "INVITE", 1, "z9hG4bK1", ttag="fork2")),
+                           (0.21, "ab", req("CANCEL", 1, "z9hG4bK1")),
+                           (0.22, "ba", resp(183, "Session Progress", "INVITE", 1, "z9hG4bK1", ttag="fork1")),
+                           (0.23, "ba", resp(200, "OK", "CANCEL", 1, "z9hG4bK1", ttag="fork2")),
+                           (0.3, "ab", req("ACK", 1, "z9hG4bK2", ttag="fork2"))])
+    assert not a.anomalies, a.anomalies
+    assert a.calls[0].outcome.value == "answered"

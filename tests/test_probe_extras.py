@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import socket
 import struct
 import threading
@@ -133,7 +132,7 @@ def test_call_pcap_is_one_answered_call_with_both_streams_and_tshark_agrees(tmp_
     assert rtp["sent"] > 0 and rtp["received"] > 0
     a = sipflow.analyze(str(pcap))
     (c,) = a.calls
-    assert c.outcome(a.end_ts).value == "answered"
+    assert c.outcome.value == "answered"
     assert sorted(s.packets for s in c.streams) == sorted([rtp["sent"], rtp["received"]])
     payloads = sip_payloads(pcap)
     methods = [parse_message(p).method or parse_message(p).status for p in payloads]
@@ -159,7 +158,7 @@ def test_call_pcap_over_ipv6_has_right_checksums_and_reads_back(tmp_path):
     assert all(f[12:14] == b"\x86\xdd" and check_ip(f)[0] == 17 for _, f in frames(pcap))
     a = sipflow.analyze(str(pcap))
     (c,) = a.calls
-    assert c.outcome(a.end_ts).value == "answered" and len(c.streams) == 2
+    assert c.outcome.value == "answered" and len(c.streams) == 2
 
 
 def test_call_pcap_over_tcp_reads_back(tmp_path):
@@ -170,7 +169,7 @@ def test_call_pcap_over_tcp_reads_back(tmp_path):
     assert code == ProbeExit.OK, out
     a = sipflow.analyze(str(pcap))
     (c,) = a.calls
-    assert c.outcome(a.end_ts).value == "answered"
+    assert c.outcome.value == "answered"
     assert [parse_message(p).method for p in sip_payloads(pcap)][:1] == ["INVITE"]
 
 

@@ -20,17 +20,18 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 from sipflow.capture import files as _capture
 from sipflow.analysis.model import Analysis, Filter, Malformed
-from sipflow.analysis.dialogs import Call, Tracker
+from sipflow.analysis.dialogs import Tracker
+from sipflow.analysis.join import join_streams
 from sipflow.analysis.messages import RawStore, SipEvent
+from sipflow.analysis.snapshot import freeze, streams_end
 from sipflow.errors import ParseError
 from sipflow.media.rtp import HEADER as RTP_HEADER, RTCP_FIRST, RTCP_LAST, looks_like_rtp
 from sipflow.net import Datagram, Decoder, fmt_endpoint
 from sipflow.net.addr import pack_ip
 from sipflow.net.link import LINK_TYPES, LinkType
 from sipflow.media.stats import RtpStream
-from sipflow.sip.sdp import STATIC_PT
 from sipflow.sip.framing import StreamFramer
-from sipflow.sip.message import looks_like_sip
+from sipflow.sip.message import DAMAGE, looks_like_sip
 from sipflow.sip.scan import scan
 
 __all__ = ["Analyzer", "Analysis", "Filter", "Malformed", "analyze"]
@@ -72,9 +73,6 @@ def _gc_paused():
         if was:
             gc.enable()
 
-# Problems that make a message malformed (it was read, with damage), as sip.message words them.
-_DAMAGE = ("missing", "bad header", "no empty line")
-MIN_HEURISTIC_PACKETS = 10   # an RTP-looking flow nobody announced must have this many packets to be listed
 
 
 class Analyzer:
@@ -98,7 +96,7 @@ class Analyzer:
         self.undecoded = 0
         self.keepalives = 0
         self.end_ts = 0.0
-        self._result: Optional[Analysis] = None
+        self.closed = False
 
     # -- the loop -------------------------------------------------------------------------------------
 
@@ -443,121 +441,66 @@ class Analyzer:
                 setattr(head, name, _intern(v))
         ev = SipEvent(head, ts, file, frame, tuple(frames), _intern(src), sport, _intern(dst), dport, transport,
                       len(self.events), self.store, self.store.add(raw))
-        if head.problems and any(p.startswith(_DAMAGE) for p in head.problems):
+        if head.problems and any(p.kind in DAMAGE for p in head.problems):
             self.malformed.append(Malformed(frame, file, ts, ev.source, ev.destination,
-                                            "; ".join(p for p in head.problems if p.startswith(_DAMAGE))))
+                                            "; ".join(p for p in head.problems if p.kind in DAMAGE)))
         self.events.append(ev)
         self.tracker.feed(ev)
         ev.head = None
 
     # -- the result -----------------------------------------------------------------------------------
 
-    def finish(self) -> None:
+    def close(self) -> None:
+        """The input has ended: deliver what TCP still holds after gaps. Feeding after this is an error."""
+        if self.closed:
+            return
+        self.closed = True
         for dg in self.decoder.finish():
             self._datagram(dg)
-        self.tracker.end_ts = max(self.tracker.end_ts, self.end_ts)
-        self.tracker.finish()
 
-    def result(self) -> Analysis:
-        """The analysis of everything fed so far. It closes the books (TCP gaps, end-of-capture
-        anomalies, stream joins), so it is computed once; later calls return the same object."""
-        if self._result is not None:
-            return self._result
+    def snapshot(self) -> Analysis:
+        """What the analysis knows now, as an immutable ``Analysis``: call it at any time, as often as
+        wanted; it changes nothing, so feeding goes on afterwards and earlier snapshots stay as they
+        were. Judgments that depend on time (in progress, missing ACK) are made for the latest packet."""
         for st in self.by_ssrc.values():
-            st.flush()
-        self.rtp_packets = sum(st.packets for st in self.by_ssrc.values())
-        self.finish()
+            if len(st.pending) > 1:
+                st.flush()
+        end = max(self.end_ts, self.tracker.end_ts, streams_end(self.by_ssrc.values()))
         calls = sorted(self.tracker.calls.values(), key=lambda c: c.start)
-        streams = self._join_streams(calls)
+        judged = self.tracker.end_judgments(end)
+        joins = join_streams(calls, self.by_ssrc.values())
+        call_records, registrations, streams = freeze(calls, self.tracker.registrations.values(), joins, judged,
+                                                      self.rtcp, end)
         files = [{"path": f.name, "format": f.format, "frames": f.frames, "truncated": f.truncated,
-                  "linktypes": f.linktypes} for f in self.files]
+                  "linktypes": list(f.linktypes)} for f in self.files]
         warnings = [f.warning for f in self.files if f.warning]
         malformed = sorted(self.malformed, key=lambda m: (m.ts, m.file, m.frame))
+        anomalies = list(self.tracker.anomalies) + judged
         stats = {
             "frames": self.frames,
             "sip_messages": len(self.events),
             "retransmissions": self.tracker.retransmissions,
-            "rtp_packets": self.rtp_packets,
+            "rtp_packets": sum(st.packets for st in self.by_ssrc.values()),
             "rtcp_packets": self.rtcp_packets,
             "malformed": len(malformed),
-            "anomalies": len(self.tracker.anomalies),
+            "anomalies": len(anomalies),
             "keepalives": self.keepalives,
             "undecoded": self.undecoded,
-            "calls": len(calls),
-            "registrations": len(self.tracker.registrations),
+            "calls": len(call_records),
+            "registrations": len(registrations),
             "streams": len(streams),
             "tcp_sip_junk_bytes": sum(fr.junk_bytes for fr in self.framers.values()),
         }
         stats.update({f"net_{k}": v for k, v in sorted(self.decoder.counters.items())})
-        self._result = Analysis(files, self.events, calls, list(self.tracker.registrations.values()),
-                                self.tracker.bindings, streams, malformed, self.tracker.anomalies,
-                                self.tracker.methods, stats, self.end_ts, warnings)
-        return self._result
+        bindings = {aor: dict(table) for aor, table in self.tracker.bindings.items()}
+        methods = {m: dict(row) for m, row in self.tracker.methods.items()}
+        return Analysis(files, tuple(self.events), tuple(call_records), tuple(registrations), bindings,
+                        tuple(streams), tuple(malformed), tuple(anomalies), methods, stats, end, tuple(warnings))
 
-    def _join_streams(self, calls: List[Call]) -> List[RtpStream]:
-        """Join each stream to the call whose SDP announced its destination (or, with symmetric RTP, its
-        source) nearest before it started; flag ``nat`` when only the port matched."""
-        by_endpoint: Dict[tuple, list] = {}
-        by_port: Dict[int, list] = {}
-        for call in calls:
-            for offer in call.media:
-                by_endpoint.setdefault((offer.ip, offer.port), []).append((offer, call))
-                by_port.setdefault(offer.port, []).append((offer, call))
-
-        def pick(cands, t):
-            before = [c for c in cands if c[0].ts <= t + 1.0]
-            return max(before, key=lambda c: c[0].ts) if before else min(cands, key=lambda c: c[0].ts)
-
-        out = []
-        for st in self.by_ssrc.values():
-            st.call_id = None
-            st.nat = False
-            st.codec = None
-            match = None
-            cands = by_endpoint.get((st.dst, st.dport))
-            if cands:
-                match = pick(cands, st.first_ts)
-            else:
-                cands = by_endpoint.get((st.src, st.sport))
-                if cands:
-                    match = pick(cands, st.first_ts)
-                    # symmetric RTP: the sender is where its SDP says; is the receiver where its SDP says?
-                    st.nat = not any(o.ip == st.dst and o.port == st.dport for o in match[1].media)
-                else:
-                    cands = [c for c in by_port.get(st.dport, []) if c[1].start - 1.0 <= st.first_ts
-                             and (c[1].bye is None or st.first_ts <= c[1].bye.ts)]
-                    if cands:
-                        match = pick(cands, st.first_ts)
-                        st.nat = True
-            codec = None
-            if match is not None:
-                offer, call = match
-                st.call_id = call.call_id
-                call.streams.append(st)
-                codec = offer.codecs.get(st.pt)
-                if codec is None:
-                    for o in call.media:
-                        codec = o.codecs.get(st.pt)
-                        if codec:
-                            break
-            if codec is not None:
-                st.codec = codec.name
-                st.set_clock_rate(codec.clock_rate)
-            else:
-                st.codec = STATIC_PT.get(st.pt, (f"PT{st.pt}",))[0]
-            st.rtcp_packets = self.rtcp.get(st.ssrc, 0)
-            if st.call_id is None and not self._plausible(st):
-                continue
-            out.append(st)
-        out.sort(key=lambda s: (s.first_ts, s.src, s.sport))
-        return out
-
-    @staticmethod
-    def _plausible(st: RtpStream) -> bool:
-        """An RTP-looking flow nobody announced: keep it only if it behaves like media."""
-        if st.packets < MIN_HEURISTIC_PACKETS:
-            return False
-        return st.expected <= 2 * st.packets and st.out_of_order * 10 <= st.packets
+    def result(self) -> Analysis:
+        """The analysis at the end of the input: ``close()``, then a ``snapshot()``."""
+        self.close()
+        return self.snapshot()
 
 
 _VEC_DTYPES: Dict[tuple, object] = {}

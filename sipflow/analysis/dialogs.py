@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 from sipflow.analysis.messages import SipEvent
 from sipflow.net import fmt_endpoint, is_private
-from sipflow.sip.message import to_int
+from sipflow.sip.message import ProblemKind, to_int
 from sipflow.sip.scan import SipHead, contact_host, parse_contact
-from sipflow.sip.sdp import Session, sdp_of
+from sipflow.sip.sdp import Codec, Session, sdp_of
 
 MAGIC_COOKIE = "z9hG4bK"   # RFC 3261 §8.1.1.7: branches starting with it are unique per transaction
 T1 = 0.5                   # RFC 3261 timer T1, seconds
@@ -31,9 +31,27 @@ STORM = 4                  # retransmissions of one message that make a "retrans
 # Values
 
 
+class AnomalyKind(str, enum.Enum):
+    """Every kind of protocol problem the tracker records. A str enum: the value is what JSON shows."""
+    RESPONSE_WITHOUT_REQUEST = "response_without_request"
+    MISSING_ACK = "missing_ack"                  # a final response to INVITE never acknowledged
+    BYE_BEFORE_ANSWER = "bye_before_answer"
+    CSEQ_BACKWARDS = "cseq_backwards"
+    CONTENT_LENGTH_MISMATCH = "content_length_mismatch"
+    RETRANSMISSION_STORM = "retransmission_storm"
+    NAT = "nat"                                  # private address in SDP/Contact, public packet source
+    CALL_ID_MISMATCH = "call_id_mismatch"
+    ACK_BRANCH_MISMATCH = "ack_branch_mismatch"
+    UNEXPECTED_IN_TRANSACTION = "unexpected_in_transaction"   # the transaction table has no such step
+    UNEXPECTED_IN_CALL = "unexpected_in_call"                 # the call table has no such step
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass(frozen=True)
 class Anomaly:
-    kind: str
+    kind: AnomalyKind
     frame: int
     call_id: Optional[str]
     detail: str
@@ -49,18 +67,23 @@ class TxState(enum.Enum):
     ACCEPTED = "accepted"        # INVITE only: 2xx seen (RFC 6026); the ACK belongs to the dialog
 
 
-# (is_invite, state) -> {event: next state}. Events: "1xx", "2xx", "final" (300-699), "ack".
-# An event missing from a state's row is unexpected there: counted as an anomaly, state unchanged.
+# (is_invite, state) -> {event: next state}. Events: "1xx", "2xx", "final" (300-699), "ack" (an ACK
+# with the INVITE's branch). The table decides: an event missing from a state's row is unexpected there
+# and the tracker records it as an anomaly (UNEXPECTED_IN_TRANSACTION) with its frame, state unchanged.
+# Retransmissions (the same response again, the ACK again) are recognised before the table is asked.
 TRANSACTION_TABLE: Dict[Tuple[bool, TxState], Dict[str, TxState]] = {
     (True, TxState.TRYING): {"1xx": TxState.PROCEEDING, "2xx": TxState.ACCEPTED, "final": TxState.COMPLETED},
     (True, TxState.PROCEEDING): {"1xx": TxState.PROCEEDING, "2xx": TxState.ACCEPTED, "final": TxState.COMPLETED},
-    (True, TxState.COMPLETED): {"final": TxState.COMPLETED, "ack": TxState.CONFIRMED},
-    (True, TxState.CONFIRMED): {"final": TxState.CONFIRMED, "ack": TxState.CONFIRMED},
-    # 2xx retransmissions by the UAS core, and 2xx from other forks, arrive after the first one.
-    (True, TxState.ACCEPTED): {"2xx": TxState.ACCEPTED, "1xx": TxState.ACCEPTED},
+    # §17.1.1.3: the ACK of a 3xx-6xx is part of the INVITE transaction; no other response may follow.
+    (True, TxState.COMPLETED): {"ack": TxState.CONFIRMED},
+    (True, TxState.CONFIRMED): {"ack": TxState.CONFIRMED},
+    # RFC 6026: 2xx retransmissions by the UAS core and 2xx (or late 1xx) from other forks come after the
+    # first 2xx; an ACK with the INVITE's branch here is an RFC 2543 peer acknowledging the 2xx.
+    (True, TxState.ACCEPTED): {"2xx": TxState.ACCEPTED, "1xx": TxState.ACCEPTED, "ack": TxState.ACCEPTED},
     (False, TxState.TRYING): {"1xx": TxState.PROCEEDING, "2xx": TxState.COMPLETED, "final": TxState.COMPLETED},
     (False, TxState.PROCEEDING): {"1xx": TxState.PROCEEDING, "2xx": TxState.COMPLETED, "final": TxState.COMPLETED},
-    (False, TxState.COMPLETED): {"2xx": TxState.COMPLETED, "final": TxState.COMPLETED},
+    # §16.7: a proxy forwards one final response to a non-INVITE request; a second one is an error.
+    (False, TxState.COMPLETED): {},
 }
 
 
@@ -89,8 +112,8 @@ class Transaction:
         self.unexpected = 0
 
     def on(self, event: str) -> bool:
-        row = TRANSACTION_TABLE.get((self.method == "INVITE", self.state), {})
-        nxt = row.get(event)
+        """Take one step of the table; False (state unchanged) when the table has no such step."""
+        nxt = TRANSACTION_TABLE[(self.method == "INVITE", self.state)].get(event)
         if nxt is None:
             self.unexpected += 1
             return False
@@ -105,7 +128,10 @@ class Outcome(enum.Enum):
     CANCELLED = "cancelled"
     REDIRECTED = "redirected"
     NO_ANSWER = "no_answer"          # 408/480, or the caller gave up with no final answer
-    NO_RESPONSE = "no_response"      # not even 100 Trying within Timer B
+    NO_RESPONSE = "no_response"
+
+    def __str__(self) -> str:
+        return self.value      # not even 100 Trying within Timer B
     IN_PROGRESS = "in_progress"      # still ringing or waiting when the capture ended
     PARTIAL = "partial"              # the capture started after the INVITE
 
@@ -121,7 +147,10 @@ class CallState(enum.Enum):
 
 
 # state -> {event: next state}. Events come from the first hop (caller side): "1xx", "18x", "2xx",
-# "final" (300-699), "cancel", "bye".
+# "final" (300-699), and from any hop: "cancel", "bye". The table decides the call's state; an event
+# missing from a row is recorded as an anomaly (UNEXPECTED_IN_CALL). Rows absorb what RFC 3261 allows
+# to arrive late: provisional and 2xx responses from other forks, a CANCEL that lost the race with the
+# 200 (§9.1), a new INVITE after a 401/407 challenge (back to setup).
 CALL_TABLE: Dict[CallState, Dict[str, CallState]] = {
     CallState.SETUP: {"1xx": CallState.SETUP, "18x": CallState.RINGING, "2xx": CallState.IN_CALL,
                       "final": CallState.FAILED, "cancel": CallState.CANCELLING, "bye": CallState.ENDED},
@@ -129,10 +158,19 @@ CALL_TABLE: Dict[CallState, Dict[str, CallState]] = {
                         "final": CallState.FAILED, "cancel": CallState.CANCELLING, "bye": CallState.ENDED},
     CallState.CANCELLING: {"1xx": CallState.CANCELLING, "18x": CallState.CANCELLING, "final": CallState.FAILED,
                            "2xx": CallState.IN_CALL, "cancel": CallState.CANCELLING, "bye": CallState.ENDED},
-    CallState.IN_CALL: {"2xx": CallState.IN_CALL, "bye": CallState.ENDED},
-    CallState.ENDED: {"bye": CallState.ENDED},
-    CallState.FAILED: {"final": CallState.FAILED, "2xx": CallState.IN_CALL},
+    CallState.IN_CALL: {"1xx": CallState.IN_CALL, "18x": CallState.IN_CALL, "2xx": CallState.IN_CALL,
+                        "cancel": CallState.IN_CALL, "bye": CallState.ENDED},
+    CallState.ENDED: {"1xx": CallState.ENDED, "18x": CallState.ENDED, "2xx": CallState.ENDED,
+                      "final": CallState.ENDED, "cancel": CallState.ENDED, "bye": CallState.ENDED},
+    CallState.FAILED: {"1xx": CallState.SETUP, "18x": CallState.RINGING, "2xx": CallState.IN_CALL,
+                       "final": CallState.FAILED, "cancel": CallState.FAILED, "bye": CallState.FAILED},
 }
+
+
+class DialogState(enum.Enum):
+    """RFC 3261 §12: a dialog is early on a 1xx with a To-tag and confirmed on the 2xx."""
+    EARLY = "early"
+    CONFIRMED = "confirmed"
 
 
 class Dialog:
@@ -141,18 +179,22 @@ class Dialog:
 
     def __init__(self, from_tag: str, to_tag: str, ts: float) -> None:
         self.from_tag, self.to_tag = from_tag, to_tag
-        self.state = "early"
+        self.state = DialogState.EARLY
         self.created = ts
         self.on_hold = False
 
 
+@dataclass(frozen=True)
 class MediaOffer:
     """Where a party said it wants to receive media (c= and m= of an SDP body)."""
     __slots__ = ("ip", "port", "ts", "frame", "codecs", "direction", "sender_ip")
-
-    def __init__(self, ip, port, ts, frame, codecs, direction, sender_ip):
-        self.ip, self.port, self.ts, self.frame = ip, port, ts, frame
-        self.codecs, self.direction, self.sender_ip = codecs, direction, sender_ip
+    ip: str
+    port: int
+    ts: float
+    frame: int
+    codecs: Mapping[int, Codec]    # payload type -> codec
+    direction: str
+    sender_ip: str
 
 
 class Call:
@@ -180,7 +222,6 @@ class Call:
         self.media: List[MediaOffer] = []
         self.holds: List[Tuple[float, int, str]] = []  # (ts, frame, "hold"/"unhold")
         self.anomalies: List[Anomaly] = []
-        self.streams: List[int] = []
         self.saw_initial = False
 
     # The figures below all look at the first hop: what the caller sent and received.
@@ -293,15 +334,28 @@ class Registration:
     def refreshes(self) -> int:
         return max(0, self.successes - 1)
 
-    def outcome(self) -> str:
+    def outcome(self) -> "RegistrationOutcome":
         s = self.final_status
         if s is None:
-            return "no_response"
+            return RegistrationOutcome.NO_RESPONSE
         if 200 <= s < 300:
-            return "unregistered" if self.unregister else "registered"
+            return RegistrationOutcome.UNREGISTERED if self.unregister else RegistrationOutcome.REGISTERED
         if s in (401, 407):
-            return "failed" if self.consecutive_challenges >= 2 else "challenged"
-        return "failed"
+            # a second challenge in a row: the credentials were refused (RFC 7616 §3.3: a stale nonce
+            # is answered once more, a wrong password again and again)
+            return RegistrationOutcome.FAILED if self.consecutive_challenges >= 2 else RegistrationOutcome.CHALLENGED
+        return RegistrationOutcome.FAILED
+
+
+class RegistrationOutcome(str, enum.Enum):
+    REGISTERED = "registered"
+    UNREGISTERED = "unregistered"
+    CHALLENGED = "challenged"        # the last answer was a 401/407 (the capture ended before the retry)
+    FAILED = "failed"
+    NO_RESPONSE = "no_response"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -346,7 +400,7 @@ class Tracker:
         self._last_cseq: Dict[Tuple[str, str], int] = {}   # (call-id, from-tag) -> last CSeq sent
         self.end_ts = 0.0
 
-    def anomaly(self, kind: str, ev: SipEvent, detail: str, call: Optional[Call] = None) -> None:
+    def anomaly(self, kind: AnomalyKind, ev: SipEvent, detail: str, call: Optional[Call] = None) -> None:
         a = Anomaly(kind, ev.frame, ev.call_id, detail, ev.file)
         self.anomalies.append(a)
         if call is not None:
@@ -357,8 +411,8 @@ class Tracker:
     def feed(self, ev: SipEvent) -> None:
         self.end_ts = max(self.end_ts, ev.ts)
         for p in ev.head.problems:
-            if p.startswith("Content-Length") or p.startswith("invalid Content-Length"):
-                self.anomaly("content_length_mismatch", ev, p)
+            if p.kind is ProblemKind.CONTENT_LENGTH:
+                self.anomaly(AnomalyKind.CONTENT_LENGTH_MISMATCH, ev, p)
         if ev.method:
             self._request(ev)
         else:
@@ -381,15 +435,17 @@ class Tracker:
         if method == "ACK":
             if tx is None and call is not None:
                 tx = self._rejected_invite_for(ev, call)
-            if tx is not None and tx.final is not None and tx.final.status >= 300:
-                # ACK for a non-2xx final: part of the INVITE transaction (§17.1.1.3).
+            if tx is not None and tx.state is not TxState.ACCEPTED:
+                # An ACK with the INVITE's branch, for a 3xx-6xx: part of the INVITE transaction
+                # (§17.1.1.3). The table says whether one may come now (not before a final response).
                 if tx.ack is not None:
                     self._retransmitted(ev, tx)
                     return
-                tx.ack = ev
-                tx.on("ack")
-                self._count("ACK", "requests")
-                return
+                if self._step(tx, "ack", ev, call):
+                    tx.ack = ev
+                    self._count("ACK", "requests")
+                    return
+                # recorded as unexpected; read on as an ACK of its own
             # ACK for 2xx: its own transaction (new branch), belongs to the dialog (§13.2.2.4).
             key = ("ack2xx",) + key
             if key in self.transactions:
@@ -419,15 +475,15 @@ class Tracker:
                 if call.cancel is None:
                     call.cancel = ev
                     call.cancel_reason = h.reason_header
-                self._call_event(call, "cancel")
+                self._call_event(call, "cancel", ev)
         elif method == "BYE" and call is not None:
             if call.bye is None:
                 call.bye = ev
                 call.bye_reason = h.reason_header
                 if call.saw_initial and not any(t.final is not None and 200 <= t.final.status < 300
                                                 for t in call.invites):
-                    self.anomaly("bye_before_answer", ev, "BYE before any 2xx to the INVITE", call)
-            self._call_event(call, "bye")
+                    self.anomaly(AnomalyKind.BYE_BEFORE_ANSWER, ev, "BYE before any 2xx to the INVITE", call)
+            self._call_event(call, "bye", ev)
         elif method == "REGISTER":
             self._register(ev, tx)
         elif method in ("UPDATE",) and call is not None:
@@ -442,7 +498,7 @@ class Tracker:
             if final is not None and final.status >= 300 and t.ack is None \
                     and t.request.cseq == ev.cseq \
                     and (t.request.src, t.request.sport) == (ev.src, ev.sport):
-                self.anomaly("ack_branch_mismatch", ev, f"ACK for {final.summary()} carries branch "
+                self.anomaly(AnomalyKind.ACK_BRANCH_MISMATCH, ev, f"ACK for {final.summary()} carries branch "
                              f"{ev.branch!r}, not its INVITE's {t.request.branch!r} (RFC 3261 §17.1.1.3)",
                              call)
                 return t
@@ -453,7 +509,7 @@ class Tracker:
         tx.retransmissions += 1
         self.retransmissions += 1
         if tx.retransmissions == STORM:
-            self.anomaly("retransmission_storm", ev, f"{ev.summary()} sent {STORM + 1} times or more",
+            self.anomaly(AnomalyKind.RETRANSMISSION_STORM, ev, f"{ev.summary()} sent {STORM + 1} times or more",
                          ev.call)
 
     def _call_for(self, ev: SipEvent) -> Optional[Call]:
@@ -495,7 +551,7 @@ class Tracker:
                 call.media.append(MediaOffer(m.address, m.port, ev.ts, ev.frame,
                                              {c.pt: c for c in m.codecs}, m.direction, ev.src))
                 if is_private(m.address) and m.address != ev.src and not is_private(ev.src):
-                    self.anomaly("nat", ev, f"SDP c={m.address} is private but the packet came from {ev.src}",
+                    self.anomaly(AnomalyKind.NAT, ev, f"SDP c={m.address} is private but the packet came from {ev.src}",
                                  call)
         audio = [m for m in sess.media if m.kind == "audio"]
         if audio and ev.to_tag and ev.method in ("INVITE", "UPDATE"):
@@ -509,7 +565,7 @@ class Tracker:
         for c in ev.head.contacts[:1]:
             host = contact_host(c)
             if host and host != ev.src and is_private(host) and not is_private(ev.src):
-                self.anomaly("nat", ev, f"Contact host {host} is private but the packet came from {ev.src}", call)
+                self.anomaly(AnomalyKind.NAT, ev, f"Contact host {host} is private but the packet came from {ev.src}", call)
 
     def _check_cseq(self, ev: SipEvent, call: Optional[Call]) -> None:
         cseq = ev.cseq
@@ -518,13 +574,27 @@ class Tracker:
         k = (ev.call_id, ev.from_tag or "", ev.src)
         last = self._last_cseq.get(k)
         if last is not None and cseq < last:
-            self.anomaly("cseq_backwards", ev, f"CSeq {cseq} after {last} from the same sender", call)
+            self.anomaly(AnomalyKind.CSEQ_BACKWARDS, ev, f"CSeq {cseq} after {last} from the same sender", call)
         self._last_cseq[k] = cseq if last is None else max(last, cseq)
 
-    def _call_event(self, call: Call, event: str) -> None:
-        nxt = CALL_TABLE.get(call.state, {}).get(event)
-        if nxt is not None:
-            call.state = nxt
+    def _call_event(self, call: Call, event: str, ev: SipEvent) -> None:
+        """One step of the call table; a step the table does not have is recorded, state unchanged."""
+        nxt = CALL_TABLE[call.state].get(event)
+        if nxt is None:
+            self.anomaly(AnomalyKind.UNEXPECTED_IN_CALL, ev, f"{ev.summary()} ({event}) in a call already "
+                         f"{call.state.value}", call)
+            return
+        call.state = nxt
+
+    def _step(self, tx: Transaction, event: str, ev: SipEvent, call: Optional[Call]) -> bool:
+        """One step of the transaction table; a step it does not have is recorded, state unchanged."""
+        before = tx.state
+        if tx.on(event):
+            return True
+        what = "ACK" if event == "ack" else ev.summary()
+        self.anomaly(AnomalyKind.UNEXPECTED_IN_TRANSACTION, ev, f"{what} in a {tx.method} transaction already "
+                     f"{before.value} (request frame {tx.request.frame})", call)
+        return False
 
     # -- responses ------------------------------------------------------------------------------------
 
@@ -540,13 +610,13 @@ class Tracker:
             if call is not None:
                 call.events.append(ev)
                 ev.call = call
-            self.anomaly("call_id_mismatch", ev, f"{ev.summary()} has Call-ID {ev.call_id!r} but its request "
+            self.anomaly(AnomalyKind.CALL_ID_MISMATCH, ev, f"{ev.summary()} has Call-ID {ev.call_id!r} but its request "
                          f"(frame {tx.request.frame}) has {tx.request.call_id!r}", call)
         else:
             call = self._call_for(ev)
         if tx is None:
             self._count(method, str(status))
-            self.anomaly("response_without_request", ev, f"{ev.summary()} to {method or '?'} with no request "
+            self.anomaly(AnomalyKind.RESPONSE_WITHOUT_REQUEST, ev, f"{ev.summary()} to {method or '?'} with no request "
                          f"in the capture", call)
             return
         totag = ev.to_tag
@@ -557,8 +627,7 @@ class Tracker:
                 return
         self._count(method, str(status))
         tx.responses.append(ev)
-        event = response_event(status)
-        tx.on(event)
+        self._step(tx, response_event(status), ev, call)
         if tx.first_response is None:
             tx.first_response = ev
         if 180 <= status < 190 and tx.first_18x is None:
@@ -578,14 +647,11 @@ class Tracker:
             if d is None:
                 d = call.dialogs[(ftag, totag)] = Dialog(ftag, totag, ev.ts)
             if status >= 200:
-                d.state = "confirmed"
+                d.state = DialogState.CONFIRMED
         if ev.head.body:
             self._sdp(ev, call)
         if tx in call.first_hop():
-            if 180 <= status < 190:
-                self._call_event(call, "18x")
-            else:
-                self._call_event(call, response_event(status))
+            self._call_event(call, "18x" if 180 <= status < 190 else response_event(status), ev)
 
     # -- registrations --------------------------------------------------------------------------------
 
@@ -660,19 +726,22 @@ class Tracker:
 
     # -- end of capture -------------------------------------------------------------------------------
 
-    def finish(self) -> None:
-        """Anomalies that can only be judged once the capture is over."""
-        end = self.end_ts
+    def end_judgments(self, end: float) -> List[Anomaly]:
+        """Anomalies that are judged by how long nothing came: a final response to INVITE with no ACK
+        2 x T1 after it (the UAC's own retransmission timer, §17.1.1.2). Computed for a moment (the
+        end of the capture, or a snapshot), never stored: a later ACK would take them back."""
+        out: List[Anomaly] = []
         for tx in self.transactions.values():
             if tx.method == "INVITE" and tx.final is not None and tx.final.status >= 300 and tx.ack is None \
                     and end - tx.final.ts > 2 * T1:
-                self.anomaly("missing_ack", tx.final, f"no ACK for {tx.final.summary()}", tx.request.call)
+                out.append(Anomaly(AnomalyKind.MISSING_ACK, tx.final.frame, tx.final.call_id,
+                                   f"no ACK for {tx.final.summary()}", tx.final.file))
         for call in self.calls.values():
             for tx in call.invites:
                 if tx.final is not None and 200 <= tx.final.status < 300:
-                    acked = any(e.method == "ACK" and e.cseq == tx.request.cseq
-                                for e in call.events)
+                    acked = any(e.method == "ACK" and e.cseq == tx.request.cseq for e in call.events)
                     if not acked and end - tx.final.ts > 2 * T1:
-                        self.anomaly("missing_ack", tx.final, f"no ACK for {tx.final.summary()} to INVITE",
-                                     call)
+                        out.append(Anomaly(AnomalyKind.MISSING_ACK, tx.final.frame, tx.final.call_id,
+                                           f"no ACK for {tx.final.summary()} to INVITE", tx.final.file))
                         break
+        return out

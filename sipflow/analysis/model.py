@@ -6,13 +6,13 @@ builds an ``Analysis``; this module only describes, filters and serialises one.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
-from sipflow.analysis.dialogs import Anomaly, Call, Registration
+from sipflow.analysis.dialogs import Anomaly
 from sipflow.analysis.messages import SipEvent
+from sipflow.analysis.records import CallRecord, RegistrationRecord, StreamRecord
 from sipflow.net import fmt_endpoint
-from sipflow.media.stats import RtpStream
 
 __all__ = ["Analysis", "Filter", "Malformed", "message_dict", "call_dict", "registration_dict", "stream_dict"]
 
@@ -54,27 +54,28 @@ class Filter:
         return (self.since is None or ts >= self.since) and (self.until is None or ts <= self.until)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Analysis:
-    """Everything sipflow learned from the captures. ``to_dict()`` gives the documented JSON form."""
+    """Everything sipflow learned from the captures, as of one moment (``Analyzer.snapshot``): immutable
+    records in tuples. ``to_dict()`` gives the documented JSON form."""
     files: List[dict]
-    messages: List[SipEvent]
-    calls: List[Call]
-    registrations: List[Registration]
+    messages: Tuple[SipEvent, ...]
+    calls: Tuple[CallRecord, ...]
+    registrations: Tuple[RegistrationRecord, ...]
     bindings: Dict[str, Dict[str, float]]
-    streams: List[RtpStream]
-    malformed: List[Malformed]
-    anomalies: List[Anomaly]
+    streams: Tuple[StreamRecord, ...]
+    malformed: Tuple[Malformed, ...]
+    anomalies: Tuple[Anomaly, ...]
     methods: Dict[str, Dict[str, int]]
     stats: Dict[str, int]
     end_ts: float = 0.0
-    warnings: List[str] = field(default_factory=list)
+    warnings: Tuple[str, ...] = ()
 
     @property
     def problems(self) -> List[Union[Malformed, Anomaly]]:
         return [*self.malformed, *self.anomalies]
 
-    def call(self, call_id: str) -> Optional[Call]:
+    def call(self, call_id: str) -> Optional[CallRecord]:
         for c in self.calls:
             if c.call_id == call_id:
                 return c
@@ -99,33 +100,33 @@ class Analysis:
                 return False
             return user_ok(e.from_user, e.to_user) and f.time_ok(e.ts)
 
-        calls = [c for c in self.calls
+        calls = tuple(c for c in self.calls
                  if (f.call_id is None or c.call_id == f.call_id) and user_ok(c.from_user, c.to_user)
                  and f.time_ok(c.start) and (f.method is None or f.method.upper() == "INVITE")
-                 and f.status_ok(c.final_status)]
-        regs = [r for r in self.registrations
+                 and f.status_ok(c.final_status))
+        regs = tuple(r for r in self.registrations
                 if (f.call_id is None or r.call_id == f.call_id)
                 and user_ok(r.aor.split(":", 1)[-1].split("@")[0], None) and f.time_ok(r.start)
-                and (f.method is None or f.method.upper() == "REGISTER") and f.status_ok(r.final_status)]
+                and (f.method is None or f.method.upper() == "REGISTER") and f.status_ok(r.final_status))
         keep_ids = {c.call_id for c in calls}
-        streams = [s for s in self.streams if s.call_id in keep_ids
-                   or (s.call_id is None and f.call_id is None and f.user is None and f.time_ok(s.first_ts))]
-        return Analysis(self.files, [e for e in self.messages if msg_ok(e)], calls, regs, self.bindings, streams,
-                        [m for m in self.malformed if f.time_ok(m.ts)],
-                        [a for a in self.anomalies if f.call_id is None or a.call_id == f.call_id],
+        streams = tuple(s for s in self.streams if s.call_id in keep_ids
+                        or (s.call_id is None and f.call_id is None and f.user is None and f.time_ok(s.first_ts)))
+        return Analysis(self.files, tuple(e for e in self.messages if msg_ok(e)), calls, regs, self.bindings,
+                        streams, tuple(m for m in self.malformed if f.time_ok(m.ts)),
+                        tuple(a for a in self.anomalies if f.call_id is None or a.call_id == f.call_id),
                         self.methods, self.stats, self.end_ts, self.warnings)
 
     # -- KPIs -----------------------------------------------------------------------------------------
 
     def kpis(self) -> dict:
         """ASR, NER, SER and the timing distributions, over calls with a known start (not partial)."""
-        outs = [c.outcome(self.end_ts).value for c in self.calls if c.saw_initial]
+        outs = [c.outcome.value for c in self.calls if c.saw_initial]
         done = [o for o in outs if o not in ("in_progress",)]
         answered = outs.count("answered")
         # NER (ITU-T E.425): calls that reached the far user or were rejected by them (busy, no answer,
         # user rejects) over all attempts; network failures (5xx, no response) count against it.
-        user_side = sum(1 for c in self.calls if c.saw_initial and c.outcome(self.end_ts).value != "in_progress"
-                        and (c.outcome(self.end_ts).value in ("answered", "busy", "no_answer", "cancelled",
+        user_side = sum(1 for c in self.calls if c.saw_initial and c.outcome.value != "in_progress"
+                        and (c.outcome.value in ("answered", "busy", "no_answer", "cancelled",
                                                               "redirected")
                              or (c.final_status is not None and c.final_status in (403, 404, 484, 603))))
         # SER (RFC 6076 §4.7): INVITEs answered 200, or redirected, over INVITEs minus 3xx.
@@ -176,7 +177,7 @@ class Analysis:
         yield "streams", (stream_dict(s) for s in self.streams), True
         yield "malformed", ({"frame": m.frame, "file": m.file, "ts": m.ts, "src": m.src, "dst": m.dst,
                              "error": m.error} for m in self.malformed), True
-        yield "anomalies", ({"kind": a.kind, "frame": a.frame, "file": a.file, "call_id": a.call_id,
+        yield "anomalies", ({"kind": a.kind.value, "frame": a.frame, "file": a.file, "call_id": a.call_id,
                              "detail": a.detail} for a in self.anomalies), True
         yield "kpis", self.kpis(), False
         yield "stats", self.stats, False
@@ -198,10 +199,10 @@ def message_dict(e: SipEvent) -> dict:
     }
 
 
-def call_dict(c: Call, end_ts: float, stream_index: Dict[int, int]) -> dict:
+def call_dict(c: CallRecord, end_ts: float, stream_index: Dict[int, int]) -> dict:
     d = {
         "call_id": c.call_id, "from": c.from_uri, "to": c.to_uri, "start": c.start,
-        "outcome": c.outcome(end_ts).value, "final_status": c.final_status,
+        "outcome": c.outcome.value, "final_status": c.final_status,
         "state": c.state.value, "reason": c.reason, "ended_by": c.ended_by,
     }
     d.update(c.timings())
@@ -209,19 +210,19 @@ def call_dict(c: Call, end_ts: float, stream_index: Dict[int, int]) -> dict:
         "hops": c.hops, "dialogs": len(c.dialogs), "messages": len(c.events),
         "holds": [{"ts": ts, "frame": fr, "what": what} for ts, fr, what in c.holds],
         "streams": [stream_index[id(s)] for s in c.streams if id(s) in stream_index],
-        "anomalies": [{"kind": a.kind, "frame": a.frame, "detail": a.detail} for a in c.anomalies],
+        "anomalies": [{"kind": a.kind.value, "frame": a.frame, "detail": a.detail} for a in c.anomalies],
     })
     return d
 
 
-def registration_dict(r: Registration) -> dict:
-    return {"aor": r.aor, "call_id": r.call_id, "contact": r.contact, "outcome": r.outcome(),
+def registration_dict(r: RegistrationRecord) -> dict:
+    return {"aor": r.aor, "call_id": r.call_id, "contact": r.contact, "outcome": r.outcome.value,
             "final_status": r.final_status, "expires_requested": r.expires_requested,
             "expires_granted": r.expires_granted, "challenges": r.challenges, "refreshes": r.refreshes,
             "requests": r.requests, "start": r.start, "end": r.end}
 
 
-def stream_dict(s: RtpStream) -> dict:
+def stream_dict(s: StreamRecord) -> dict:
     return {
         "src": fmt_endpoint(s.src, s.sport), "dst": fmt_endpoint(s.dst, s.dport), "ssrc": f"0x{s.ssrc:08X}",
         "payload_type": s.pt, "codec": s.codec, "clock_rate": s.rate,

@@ -167,11 +167,11 @@ def calls_json(a: Analysis) -> str:
 def summary_dict(a: Analysis) -> dict:
     outcomes: Dict[str, int] = {}
     for c in a.calls:
-        o = c.outcome(a.end_ts).value
+        o = c.outcome.value
         outcomes[o] = outcomes.get(o, 0) + 1
     regs: Dict[str, int] = {}
     for r in a.registrations:
-        regs[r.outcome()] = regs.get(r.outcome(), 0) + 1
+        regs[r.outcome.value] = regs.get(r.outcome.value, 0) + 1
     return {
         "files": a.files,
         "methods": a.methods,
@@ -179,7 +179,7 @@ def summary_dict(a: Analysis) -> dict:
         "registration_outcomes": regs,
         "kpis": a.kpis(),
         "malformed": [{"frame": m.frame, "file": m.file, "error": m.error} for m in a.malformed],
-        "anomalies": [{"kind": x.kind, "frame": x.frame, "file": x.file, "call_id": x.call_id, "detail": x.detail}
+        "anomalies": [{"kind": x.kind.value, "frame": x.frame, "file": x.file, "call_id": x.call_id, "detail": x.detail}
                       for x in a.anomalies],
         "stats": a.stats,
         "warnings": a.warnings,
@@ -312,7 +312,7 @@ def streams_json(a: Analysis) -> str:
 def analysis_text(a: Analysis, width: int = 80) -> str:
     parts = [summary_text(a, width), "", "Calls", calls_text(a, width), "", "RTP streams", streams_text(a, width)]
     if a.registrations:
-        rows = [[r.aor, r.outcome(), r.final_status or "-", r.expires_granted if r.expires_granted is not None else "-",
+        rows = [[r.aor, r.outcome.value, r.final_status or "-", r.expires_granted if r.expires_granted is not None else "-",
                  r.challenges, r.refreshes] for r in a.registrations]
         parts += ["", "Registrations",
                   render_table(["AOR", "Outcome", "Final", "Expires", "401/7", "Refr"], rows, width, flexible={0: 16})]

@@ -11,6 +11,7 @@ in ``problems``; only bytes that are not a SIP message at all raise ``ParseError
 """
 from __future__ import annotations
 
+import enum
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -44,6 +45,30 @@ KNOWN_METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "PRACK
 _TOKEN = rb"[A-Za-z0-9.!%*_+`'~-]+"
 REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") +(\S+) +SIP/2\.0 *\r?$", re.I)
 STATUS_LINE = re.compile(rb"SIP/2\.0 +([1-6][0-9][0-9])(?: +([^\r\n]*))?\r?$", re.I)
+
+
+class ProblemKind(enum.Enum):
+    """What is wrong with a message that could still be read. Code decides by kind, never by wording."""
+    LF_LINE_ENDS = "lf_line_ends"
+    NO_EMPTY_LINE = "no_empty_line"
+    JUNK_BEFORE_METHOD = "junk_before_method"
+    BAD_HEADER_LINE = "bad_header_line"
+    MISSING_HEADER = "missing_header"
+    CONTENT_LENGTH = "content_length"            # invalid, or not the length of the body
+    NO_CONTENT_LENGTH = "no_content_length"      # on a stream transport, where it is mandatory
+
+
+# Kinds that make a message malformed (read with damage: a header or the message's end is lost).
+DAMAGE = frozenset((ProblemKind.NO_EMPTY_LINE, ProblemKind.BAD_HEADER_LINE, ProblemKind.MISSING_HEADER))
+
+
+class Problem(str):
+    """One problem with a message: the text a person reads, and ``kind`` for code to decide by."""
+
+    def __new__(cls, kind: ProblemKind, text: str) -> "Problem":
+        obj = super().__new__(cls, text)
+        obj.kind = kind
+        return obj
 
 
 _NAMES: Dict[str, str] = {}  # header name as written -> canonical (a few dozen distinct names in practice)
@@ -331,17 +356,18 @@ def body_of(rest: bytes, content_length: Optional[str], datagram: bool, problems
     same thing about the same message."""
     if content_length is None:
         if not datagram:
-            problems.append("no Content-Length on a stream transport")
+            problems.append(Problem(ProblemKind.NO_CONTENT_LENGTH, "no Content-Length on a stream transport"))
         return rest
     cl = to_int(content_length)
     if cl is None:
-        problems.append(f"invalid Content-Length {content_length!r}")
+        problems.append(Problem(ProblemKind.CONTENT_LENGTH, f"invalid Content-Length {content_length!r}"))
         return rest
     if cl > len(rest):
-        problems.append(f"Content-Length {cl} but only {len(rest)} body bytes")
+        problems.append(Problem(ProblemKind.CONTENT_LENGTH, f"Content-Length {cl} but only {len(rest)} body bytes"))
     elif cl < len(rest):
         if rest[cl:].strip(b"\r\n\x00 "):
-            problems.append(f"Content-Length {cl} but {len(rest)} bytes follow the headers")
+            problems.append(Problem(ProblemKind.CONTENT_LENGTH,
+                                    f"Content-Length {cl} but {len(rest)} bytes follow the headers"))
         return rest[:cl]
     return rest
 
@@ -363,10 +389,10 @@ def parse_message(data: bytes, datagram: bool = True) -> SipMessage:
         head_end = raw.find(b"\n\n", start)
         sep = 2
         if head_end >= 0:
-            problems.append("header lines end with LF, not CRLF")
+            problems.append(Problem(ProblemKind.LF_LINE_ENDS, "header lines end with LF, not CRLF"))
     if head_end < 0:
         head_end, sep = len(raw), 0
-        problems.append("no empty line after the headers")
+        problems.append(Problem(ProblemKind.NO_EMPTY_LINE, "no empty line after the headers"))
     head = raw[start:head_end]
     nl = head.find(b"\n")
     first = (head[:nl] if nl >= 0 else head).rstrip(b"\r")
@@ -384,7 +410,8 @@ def parse_message(data: bytes, datagram: bool = True) -> SipMessage:
         if method not in KNOWN_METHODS:
             for known in KNOWN_METHODS:  # junk glued before a method ("DBREGISTER"), as tshark reads it
                 if method.endswith(known):
-                    problems.append(f"junk before the request line: {method[:-len(known)]!r}")
+                    problems.append(Problem(ProblemKind.JUNK_BEFORE_METHOD,
+                                            f"junk before the request line: {method[:-len(known)]!r}"))
                     method = known
                     break
         uri = m.group(2).decode("utf-8", "replace")
@@ -407,7 +434,7 @@ def parse_message(data: bytes, datagram: bool = True) -> SipMessage:
         if name is None:
             stripped = raw_name.strip()
             if not colon or not stripped or " " in stripped:
-                problems.append(f"bad header line: {text[:60]!r}")
+                problems.append(Problem(ProblemKind.BAD_HEADER_LINE, f"bad header line: {text[:60]!r}"))
                 continue
             name = canonical_name(raw_name)
         value = value.strip()
@@ -424,6 +451,6 @@ def parse_message(data: bytes, datagram: bool = True) -> SipMessage:
         raw = raw[:head_end + sep + len(body)]
     for required in REQUIRED:
         if required not in index:
-            problems.append(f"missing {required}")
+            problems.append(Problem(ProblemKind.MISSING_HEADER, f"missing {required}"))
     return SipMessage(raw=raw, method=method, uri=uri, status=status, reason=reason, headers=tuple(headers),
                       body=body, problems=tuple(problems), _index=index)

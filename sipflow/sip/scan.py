@@ -57,7 +57,9 @@ class SipHead:
 
     def fields(self) -> dict:
         """Every field as a dict (what the agreement tests compare)."""
-        return {k: getattr(self, k) for k in self.__slots__}
+        out = {k: getattr(self, k) for k in self.__slots__}
+        out["problem_kinds"] = tuple(p.kind for p in self.problems)
+        return out
 
 
 # The headers the scan looks at, by canonical (lower-case) name; compact forms map to the same slot.
