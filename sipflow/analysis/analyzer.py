@@ -12,15 +12,17 @@ Every other frame (SIP, VLAN, IPv6, TCP, tunnels, fragments...) takes the genera
 from __future__ import annotations
 
 import contextlib
+from collections import deque
 import gc
 import socket
 import struct
 import sys
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Callable, Deque, Dict, Iterable, List, Optional, Sequence, Union
 
 from sipflow.capture import files as _capture
 from sipflow.analysis.model import Analysis, Filter, Malformed
 from sipflow.analysis.dialogs import Tracker
+from sipflow.analysis.options import AnalyzerOptions
 from sipflow.analysis.join import join_streams
 from sipflow.analysis.messages import RawStore, SipEvent
 from sipflow.analysis.snapshot import freeze, streams_end
@@ -57,6 +59,7 @@ def _fast_struct(link: LinkType) -> tuple:
 _FAST = {code: _fast_struct(link) for code, link in LINK_TYPES.items() if link.fast}
 _VEC_LINKS = {code: (link.header, link.ethertype_at) for code, link in LINK_TYPES.items() if link.fast}
 _intern = sys.intern
+OTHERS_PER_CALL = 8   # keep_calls: records of messages outside calls kept per call kept
 
 
 @contextlib.contextmanager
@@ -78,15 +81,19 @@ def _gc_paused():
 class Analyzer:
     """Feed it records (``feed`` one at a time, or ``run`` over whole files); ``result()`` any time."""
 
-    def __init__(self) -> None:
+    def __init__(self, options: AnalyzerOptions = AnalyzerOptions()) -> None:
+        self.options = options
         self.decoder = Decoder()
-        self.tracker = Tracker()
+        self.tracker = Tracker(options)
         self.pending: Dict[bytes, list] = {}            # flow key -> pending list of its latest stream
         self.by_ssrc: Dict[tuple, RtpStream] = {}       # (flow key, SSRC) -> stream
         self.vec_streams: Dict[tuple, RtpStream] = {}   # NumPy path: (addresses, ports+SSRC) as ints -> stream
         self.rtcp: Dict[int, int] = {}                  # sender SSRC -> RTCP packets
         self.framers: Dict[tuple, StreamFramer] = {}
         self.events: List[SipEvent] = []
+        self.sip_count = 0                  # every SIP message seen (records may be summarised away)
+        self.dropped = 0                    # records in ``events`` marked dropped since the last compaction
+        self.others: Deque[SipEvent] = deque()  # keep_calls: records of messages outside calls, oldest first
         self.store = RawStore()
         self.malformed: List[Malformed] = []
         self.files: List[_capture.CaptureFile] = []
@@ -445,8 +452,28 @@ class Analyzer:
             self.malformed.append(Malformed(frame, file, ts, ev.source, ev.destination,
                                             "; ".join(p for p in head.problems if p.kind in DAMAGE)))
         self.events.append(ev)
-        self.tracker.feed(ev)
+        self.sip_count += 1
+        gone = self.tracker.feed(ev)
         ev.head = None
+        if self.options.bounded:
+            self._forget(ev, gone)
+
+    def _forget(self, ev: SipEvent, gone) -> None:
+        """keep_calls: drop the records of summarised calls, and of messages outside calls beyond the
+        most recent ``keep_calls x 8``; compact the record list once half of it is dropped."""
+        if ev.call is None:
+            self.others.append(ev)
+            if len(self.others) > OTHERS_PER_CALL * self.options.keep_calls:
+                self.others.popleft().dropped = True
+                self.dropped += 1
+        for call in gone:
+            for e in call.events:
+                if not e.dropped:
+                    e.dropped = True
+                    self.dropped += 1
+        if self.dropped > 1024 and self.dropped * 2 > len(self.events):
+            self.events = [e for e in self.events if not e.dropped]
+            self.dropped = 0
 
     # -- the result -----------------------------------------------------------------------------------
 
@@ -494,8 +521,15 @@ class Analyzer:
         stats.update({f"net_{k}": v for k, v in sorted(self.decoder.counters.items())})
         bindings = {aor: dict(table) for aor, table in self.tracker.bindings.items()}
         methods = {m: dict(row) for m, row in self.tracker.methods.items()}
-        return Analysis(files, tuple(self.events), tuple(call_records), tuple(registrations), bindings,
-                        tuple(streams), tuple(malformed), tuple(anomalies), methods, stats, end, tuple(warnings))
+        messages = tuple(e for e in self.events if not e.dropped) if self.dropped else tuple(self.events)
+        summarised = self.tracker.summarised.freeze()
+        stats["sip_messages"] = self.sip_count
+        stats["calls"] += len(summarised)
+        stats.update(self.tracker.counters)
+        if self.options.bounded or self.options.idle_timeout is not None:
+            stats.update({"messages_kept": len(messages), "calls_summarised": len(summarised)})
+        return Analysis(files, messages, tuple(call_records), tuple(registrations), bindings, tuple(streams),
+                        tuple(malformed), tuple(anomalies), methods, stats, end, tuple(warnings), summarised)
 
     def result(self) -> Analysis:
         """The analysis at the end of the input: ``close()``, then a ``snapshot()``."""
@@ -547,15 +581,16 @@ def _numpy_available() -> bool:
     return True
 
 
-def analyze(paths: Union[str, Iterable[str]], progress: Optional[Callable[[int], None]] = None) -> Analysis:
+def analyze(paths: Union[str, Iterable[str]], progress: Optional[Callable[[int], None]] = None,
+            options: AnalyzerOptions = AnalyzerOptions()) -> Analysis:
     """Read one or more captures (merged by time) and return what they hold.
 
     >>> a = sipflow.analyze("samples/basic-call-rtp.pcap")   # doctest: +SKIP
-    >>> [c.outcome(a.end_ts).value for c in a.calls]          # doctest: +SKIP
+    >>> [c.outcome.value for c in a.calls]                    # doctest: +SKIP
     """
     if isinstance(paths, str):
         paths = [paths]
     files = _capture.open_captures(list(paths), progress)
-    an = Analyzer()
+    an = Analyzer(options)
     an.run(files)
     return an.result()

@@ -13,9 +13,14 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Tuple
+from collections import deque
+from typing import Deque, Dict, List, Mapping, Optional, Tuple
 
+from sipflow.analysis.kinds import (Anomaly, AnomalyKind, CallState, DialogState, Outcome, RegistrationOutcome,
+                                    TxState)
 from sipflow.analysis.messages import SipEvent
+from sipflow.analysis.options import LINGER, AnalyzerOptions
+from sipflow.analysis.totals import CallTotals
 from sipflow.net import fmt_endpoint, is_private
 from sipflow.sip.message import ProblemKind, to_int
 from sipflow.sip.scan import SipHead, contact_host, parse_contact
@@ -25,46 +30,13 @@ MAGIC_COOKIE = "z9hG4bK"   # RFC 3261 §8.1.1.7: branches starting with it are u
 T1 = 0.5                   # RFC 3261 timer T1, seconds
 TIMER_B = 64 * T1          # INVITE transaction timeout: after this without an answer nobody is answering
 STORM = 4                  # retransmissions of one message that make a "retransmission storm"
+SWEEP_EVERY = 10.0         # capture seconds between sweeps of finished transactions and calls
+_CSEQ_MEMORY = 1 << 16     # keep_calls: senders whose last CSeq is remembered
+REGISTRATION_EVENTS = 8    # keep_calls: message records kept per registration
 
 
 # ---------------------------------------------------------------------------------------------------
 # Values
-
-
-class AnomalyKind(str, enum.Enum):
-    """Every kind of protocol problem the tracker records. A str enum: the value is what JSON shows."""
-    RESPONSE_WITHOUT_REQUEST = "response_without_request"
-    MISSING_ACK = "missing_ack"                  # a final response to INVITE never acknowledged
-    BYE_BEFORE_ANSWER = "bye_before_answer"
-    CSEQ_BACKWARDS = "cseq_backwards"
-    CONTENT_LENGTH_MISMATCH = "content_length_mismatch"
-    RETRANSMISSION_STORM = "retransmission_storm"
-    NAT = "nat"                                  # private address in SDP/Contact, public packet source
-    CALL_ID_MISMATCH = "call_id_mismatch"
-    ACK_BRANCH_MISMATCH = "ack_branch_mismatch"
-    UNEXPECTED_IN_TRANSACTION = "unexpected_in_transaction"   # the transaction table has no such step
-    UNEXPECTED_IN_CALL = "unexpected_in_call"                 # the call table has no such step
-
-    def __str__(self) -> str:
-        return self.value
-
-
-@dataclass(frozen=True)
-class Anomaly:
-    kind: AnomalyKind
-    frame: int
-    call_id: Optional[str]
-    detail: str
-    file: int = 0
-
-
-class TxState(enum.Enum):
-    """Transaction states as an observer sees them (RFC 3261 §17, both sides merged)."""
-    TRYING = "trying"            # request seen, no response yet (INVITE: "calling")
-    PROCEEDING = "proceeding"    # a provisional response seen
-    COMPLETED = "completed"      # a final response seen (INVITE: 300-699, waiting for the ACK)
-    CONFIRMED = "confirmed"      # INVITE only: ACK for the non-2xx final seen
-    ACCEPTED = "accepted"        # INVITE only: 2xx seen (RFC 6026); the ACK belongs to the dialog
 
 
 # (is_invite, state) -> {event: next state}. Events: "1xx", "2xx", "final" (300-699), "ack" (an ACK
@@ -87,6 +59,10 @@ TRANSACTION_TABLE: Dict[Tuple[bool, TxState], Dict[str, TxState]] = {
 }
 
 
+# States in which a transaction only waits for stray retransmissions (forgotten LINGER seconds later).
+_FINISHED_TX = frozenset((TxState.COMPLETED, TxState.CONFIRMED, TxState.ACCEPTED))
+
+
 def response_event(status: int) -> str:
     return "1xx" if status < 200 else "2xx" if status < 300 else "final"
 
@@ -94,7 +70,7 @@ def response_event(status: int) -> str:
 class Transaction:
     """One request and its responses on one hop."""
     __slots__ = ("key", "method", "request", "responses", "state", "retransmissions", "ack", "cancel",
-                 "final", "first_response", "first_18x", "unexpected", "registration")
+                 "final", "first_response", "first_18x", "unexpected", "registration", "last")
 
     def __init__(self, key: tuple, request: SipEvent) -> None:
         self.key = key
@@ -110,6 +86,7 @@ class Transaction:
         self.first_18x: Optional[SipEvent] = None
         self.registration: Optional[tuple] = None   # REGISTER: (Registration, the request's Contacts)
         self.unexpected = 0
+        self.last = request.ts                       # the time of its latest message
 
     def on(self, event: str) -> bool:
         """Take one step of the table; False (state unchanged) when the table has no such step."""
@@ -119,31 +96,6 @@ class Transaction:
             return False
         self.state = nxt
         return True
-
-
-class Outcome(enum.Enum):
-    ANSWERED = "answered"
-    BUSY = "busy"
-    REJECTED = "rejected"
-    CANCELLED = "cancelled"
-    REDIRECTED = "redirected"
-    NO_ANSWER = "no_answer"          # 408/480, or the caller gave up with no final answer
-    NO_RESPONSE = "no_response"
-
-    def __str__(self) -> str:
-        return self.value      # not even 100 Trying within Timer B
-    IN_PROGRESS = "in_progress"      # still ringing or waiting when the capture ended
-    PARTIAL = "partial"              # the capture started after the INVITE
-
-
-class CallState(enum.Enum):
-    """Where the call is, as sngrep users know it."""
-    SETUP = "setup"
-    RINGING = "ringing"
-    IN_CALL = "in_call"
-    ENDED = "ended"
-    FAILED = "failed"
-    CANCELLING = "cancelling"
 
 
 # state -> {event: next state}. Events come from the first hop (caller side): "1xx", "18x", "2xx",
@@ -165,12 +117,6 @@ CALL_TABLE: Dict[CallState, Dict[str, CallState]] = {
     CallState.FAILED: {"1xx": CallState.SETUP, "18x": CallState.RINGING, "2xx": CallState.IN_CALL,
                        "final": CallState.FAILED, "cancel": CallState.FAILED, "bye": CallState.FAILED},
 }
-
-
-class DialogState(enum.Enum):
-    """RFC 3261 §12: a dialog is early on a 1xx with a To-tag and confirmed on the 2xx."""
-    EARLY = "early"
-    CONFIRMED = "confirmed"
 
 
 class Dialog:
@@ -223,6 +169,9 @@ class Call:
         self.holds: List[Tuple[float, int, str]] = []  # (ts, frame, "hold"/"unhold")
         self.anomalies: List[Anomaly] = []
         self.saw_initial = False
+        self.last = first.ts          # the time of its latest message
+        self.aged_out = False         # idle_timeout passed while it was still open
+        self.queued = False           # in the tracker's queue of finished calls (keep_calls)
 
     # The figures below all look at the first hop: what the caller sent and received.
 
@@ -234,6 +183,11 @@ class Call:
     def final_transaction(self) -> Optional[Transaction]:
         hop = self.first_hop()
         return hop[-1] if hop else None
+
+    @property
+    def finished(self) -> bool:
+        """Nothing more is expected: ended, failed (or aged out, when the options say so)."""
+        return self.state is CallState.ENDED or self.state is CallState.FAILED or self.aged_out
 
     @property
     def final_status(self) -> Optional[int]:
@@ -347,17 +301,6 @@ class Registration:
         return RegistrationOutcome.FAILED
 
 
-class RegistrationOutcome(str, enum.Enum):
-    REGISTERED = "registered"
-    UNREGISTERED = "unregistered"
-    CHALLENGED = "challenged"        # the last answer was a 401/407 (the capture ended before the retry)
-    FAILED = "failed"
-    NO_RESPONSE = "no_response"
-
-    def __str__(self) -> str:
-        return self.value
-
-
 # ---------------------------------------------------------------------------------------------------
 # The tracker
 
@@ -389,7 +332,8 @@ INVITE_DIALOG_METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "PRACK", "UPDATE", "I
 class Tracker:
     """Feeds on SipEvents in capture order; holds transactions, calls and registrations."""
 
-    def __init__(self) -> None:
+    def __init__(self, options: AnalyzerOptions = AnalyzerOptions()) -> None:
+        self.options = options
         self.transactions: Dict[tuple, Transaction] = {}
         self.calls: Dict[str, Call] = {}
         self.registrations: Dict[Tuple[str, str], Registration] = {}
@@ -399,6 +343,10 @@ class Tracker:
         self.retransmissions = 0
         self._last_cseq: Dict[Tuple[str, str], int] = {}   # (call-id, from-tag) -> last CSeq sent
         self.end_ts = 0.0
+        self.next_sweep = 0.0
+        self.finished: Deque[Call] = deque()   # keep_calls: finished calls, oldest first
+        self.summarised = CallTotals()
+        self.counters: Dict[str, int] = {"transactions_expired": 0, "transactions_aged_out": 0, "calls_aged_out": 0}
 
     def anomaly(self, kind: AnomalyKind, ev: SipEvent, detail: str, call: Optional[Call] = None) -> None:
         a = Anomaly(kind, ev.frame, ev.call_id, detail, ev.file)
@@ -408,8 +356,10 @@ class Tracker:
 
     # -- entry point --------------------------------------------------------------------------------
 
-    def feed(self, ev: SipEvent) -> None:
-        self.end_ts = max(self.end_ts, ev.ts)
+    def feed(self, ev: SipEvent) -> List[Call]:
+        """One message. Returns the calls summarised out of memory by this step (``keep_calls``)."""
+        if ev.ts > self.end_ts:
+            self.end_ts = ev.ts
         for p in ev.head.problems:
             if p.kind is ProblemKind.CONTENT_LENGTH:
                 self.anomaly(AnomalyKind.CONTENT_LENGTH_MISMATCH, ev, p)
@@ -417,6 +367,60 @@ class Tracker:
             self._request(ev)
         else:
             self._response(ev)
+        if ev.ts >= self.next_sweep:
+            return self.sweep(ev.ts)
+        return []
+
+    # -- forgetting, by RFC 3261's timers and the options -------------------------------------------------
+
+    def sweep(self, now: float) -> List[Call]:
+        """Forget transactions whose timers have run out (a finished one LINGER seconds after its last
+        message, as Timers D and J do; one that never ended after ``idle_timeout``), age out idle calls,
+        and summarise finished calls beyond ``keep_calls``. Returns the calls summarised."""
+        self.next_sweep = now + SWEEP_EVERY
+        idle = self.options.idle_timeout
+        dead = []
+        for key, tx in self.transactions.items():
+            quiet = now - tx.last
+            if tx.state in _FINISHED_TX:
+                if quiet > LINGER:
+                    dead.append(key)
+            elif idle is not None and quiet > idle:
+                dead.append(key)
+                self.counters["transactions_aged_out"] += 1
+                call = tx.request.call
+                self.anomaly(AnomalyKind.AGED_OUT, tx.request, f"{tx.method} transaction with no final response "
+                             f"for {quiet:.0f} s, forgotten", call)
+        for key in dead:
+            del self.transactions[key]
+        self.counters["transactions_expired"] += len(dead)
+        if idle is not None:
+            for call in self.calls.values():
+                if not call.finished and now - call.last > idle:
+                    call.aged_out = True
+                    self.counters["calls_aged_out"] += 1
+                    self.anomaly(AnomalyKind.AGED_OUT, call.events[-1], f"call still {call.state.value} after "
+                                 f"{now - call.last:.0f} s without a message, aged out", call)
+        keep = self.options.keep_calls
+        if keep is None:
+            return []
+        for call in self.calls.values():
+            if not call.queued and call.finished and now - call.last > LINGER:
+                call.queued = True
+                self.finished.append(call)
+        gone = []
+        while len(self.finished) > keep:
+            call = self.finished.popleft()
+            if self.calls.get(call.call_id) is not call:
+                continue
+            self.summarised.add(call.outcome(now), call.final_status, call.saw_initial, call.timings(),
+                                len(call.events))
+            del self.calls[call.call_id]
+            gone.append(call)
+        if len(self._last_cseq) > _CSEQ_MEMORY:   # oldest senders first (dicts keep insertion order)
+            for k in list(self._last_cseq)[:len(self._last_cseq) // 2]:
+                del self._last_cseq[k]
+        return gone
 
     def _count(self, method: Optional[str], what: str) -> None:
         if not method:
@@ -451,7 +455,8 @@ class Tracker:
             if key in self.transactions:
                 self._retransmitted(ev, self.transactions[key])
                 return
-            self.transactions[key] = Transaction(key, ev)
+            ack = self.transactions[key] = Transaction(key, ev)
+            ack.state = TxState.COMPLETED   # nothing answers an ACK: kept only to spot its retransmissions
             self._count("ACK", "requests")
             if call is not None and call.ack_2xx is None and call.caller and (ev.src, ev.sport) == call.caller \
                     and any(t.final is not None and 200 <= t.final.status < 300
@@ -506,6 +511,7 @@ class Tracker:
 
     def _retransmitted(self, ev: SipEvent, tx: Transaction) -> None:
         ev.retransmission = True
+        tx.last = ev.ts
         tx.retransmissions += 1
         self.retransmissions += 1
         if tx.retransmissions == STORM:
@@ -522,6 +528,7 @@ class Tracker:
             call = self.calls[cid] = Call(cid, ev)
         if call is not None:
             call.events.append(ev)
+            call.last = ev.ts
             ev.call = call
         return call
 
@@ -589,6 +596,7 @@ class Tracker:
     def _step(self, tx: Transaction, event: str, ev: SipEvent, call: Optional[Call]) -> bool:
         """One step of the transaction table; a step it does not have is recorded, state unchanged."""
         before = tx.state
+        tx.last = ev.ts
         if tx.on(event):
             return True
         what = "ACK" if event == "ack" else ev.summary()
@@ -609,6 +617,7 @@ class Tracker:
             call = tx.request.call
             if call is not None:
                 call.events.append(ev)
+                call.last = ev.ts
                 ev.call = call
             self.anomaly(AnomalyKind.CALL_ID_MISMATCH, ev, f"{ev.summary()} has Call-ID {ev.call_id!r} but its request "
                          f"(frame {tx.request.frame}) has {tx.request.call_id!r}", call)
@@ -663,6 +672,8 @@ class Tracker:
         if reg is None:
             reg = self.registrations[key] = Registration(aor, ev.call_id or "", ev)
         reg.events.append(ev)
+        if self.options.bounded and len(reg.events) > REGISTRATION_EVENTS:
+            del reg.events[0]
         reg.requests += 1
         reg.end = ev.ts
         reg.pending = True

@@ -80,7 +80,7 @@ class SipEvent:
     ``head`` is the scan's full result while the analyzer works on the message, then dropped."""
     __slots__ = ("ts", "file", "frame", "_frames", "src", "sport", "dst", "dport", "transport", "index",
                  "retransmission", "call", "method", "status", "reason", "call_id", "cseq", "cseq_method",
-                 "from_user", "to_user", "from_tag", "to_tag", "branch", "store", "place", "head")
+                 "from_user", "to_user", "from_tag", "to_tag", "branch", "store", "place", "head", "dropped")
 
     def __init__(self, head: "SipHead", ts: float, file: int, frame: int, frames: Tuple[int, ...], src: str,
                  sport: int, dst: str, dport: int, transport: str, index: int, store: Optional[RawStore],
@@ -97,6 +97,7 @@ class SipEvent:
         self.from_tag, self.to_tag, self.branch = head.from_tag, head.to_tag, head.branch
         self.store, self.place = store, place
         self.head: Optional["SipHead"] = head
+        self.dropped = False      # summarised out of memory (AnalyzerOptions.keep_calls)
 
     @property
     def frames(self) -> Tuple[int, ...]:

@@ -6,12 +6,13 @@ builds an ``Analysis``; this module only describes, filters and serialises one.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
-from sipflow.analysis.dialogs import Anomaly
+from sipflow.analysis.kinds import Anomaly, Outcome
 from sipflow.analysis.messages import SipEvent
 from sipflow.analysis.records import CallRecord, RegistrationRecord, StreamRecord
+from sipflow.analysis.totals import SummarisedCalls
 from sipflow.net import fmt_endpoint
 
 __all__ = ["Analysis", "Filter", "Malformed", "message_dict", "call_dict", "registration_dict", "stream_dict"]
@@ -70,6 +71,21 @@ class Analysis:
     stats: Dict[str, int]
     end_ts: float = 0.0
     warnings: Tuple[str, ...] = ()
+    # Calls summarised out of memory (AnalyzerOptions.keep_calls): not in ``calls``, in every total.
+    summarised: SummarisedCalls = field(default_factory=SummarisedCalls.empty)
+
+    def call_rows(self) -> Iterator[Tuple[Outcome, Optional[int], bool, Dict[str, Optional[float]]]]:
+        """(outcome, final status, INVITE seen, timings) of every call, held or summarised."""
+        for c in self.calls:
+            yield c.outcome, c.final_status, c.saw_initial, c.timings()
+        yield from self.summarised.rows()
+
+    def call_outcomes(self) -> Dict[str, int]:
+        """Calls by outcome, held and summarised."""
+        out: Dict[str, int] = {}
+        for outcome, _, _, _ in self.call_rows():
+            out[outcome.value] = out.get(outcome.value, 0) + 1
+        return out
 
     @property
     def problems(self) -> List[Union[Malformed, Anomaly]]:
@@ -120,17 +136,16 @@ class Analysis:
 
     def kpis(self) -> dict:
         """ASR, NER, SER and the timing distributions, over calls with a known start (not partial)."""
-        outs = [c.outcome.value for c in self.calls if c.saw_initial]
-        done = [o for o in outs if o not in ("in_progress",)]
-        answered = outs.count("answered")
+        rows = [(o, status, t) for o, status, initial, t in self.call_rows() if initial]
+        outs = [o for o, _, _ in rows]
+        done = [o for o in outs if o is not Outcome.IN_PROGRESS]
+        answered = outs.count(Outcome.ANSWERED)
         # NER (ITU-T E.425): calls that reached the far user or were rejected by them (busy, no answer,
         # user rejects) over all attempts; network failures (5xx, no response) count against it.
-        user_side = sum(1 for c in self.calls if c.saw_initial and c.outcome.value != "in_progress"
-                        and (c.outcome.value in ("answered", "busy", "no_answer", "cancelled",
-                                                              "redirected")
-                             or (c.final_status is not None and c.final_status in (403, 404, 484, 603))))
+        user_side = sum(1 for o, status, _ in rows if o is not Outcome.IN_PROGRESS
+                        and (o in _USER_SIDE or (status is not None and status in (403, 404, 484, 603))))
         # SER (RFC 6076 §4.7): INVITEs answered 200, or redirected, over INVITEs minus 3xx.
-        redirected = outs.count("redirected")
+        redirected = outs.count(Outcome.REDIRECTED)
         ser_base = len(done) - redirected
 
         def dist(values):
@@ -141,7 +156,7 @@ class Analysis:
             return {"n": len(vals), "mean": sum(vals) / len(vals), "p50": pick(0.5), "p95": pick(0.95),
                     "max": vals[-1]}
 
-        timings = [c.timings() for c in self.calls if c.saw_initial]
+        timings = [t for _, _, t in rows]
         return {
             "calls": len(outs),
             "completed_attempts": len(done),
@@ -186,6 +201,9 @@ class Analysis:
     def to_dict(self) -> dict:
         """The whole document as one dict (docs/json.md)."""
         return {key: list(value) if is_list else value for key, value, is_list in self.sections()}
+
+
+_USER_SIDE = frozenset((Outcome.ANSWERED, Outcome.BUSY, Outcome.NO_ANSWER, Outcome.CANCELLED, Outcome.REDIRECTED))
 
 
 def message_dict(e: SipEvent) -> dict:

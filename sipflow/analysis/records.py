@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Mapping, Optional, Tuple
 
-from sipflow.analysis.dialogs import Anomaly, CallState, DialogState, MediaOffer, Outcome, RegistrationOutcome, \
+from sipflow.analysis.dialogs import MediaOffer
+from sipflow.analysis.kinds import Anomaly, CallState, DialogState, Outcome, RegistrationOutcome, \
     TxState
 from sipflow.analysis.messages import SipEvent
 

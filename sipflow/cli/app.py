@@ -60,13 +60,21 @@ def analysis_options(formats: List[str]) -> Callable:
         f = click.option("--until", help="Only up to this time.")(f)
         f = click.option("--width", type=int, default=None, help="Table width (default: terminal width, max 160).")(f)
         f = click.option("--no-progress", is_flag=True, help="No progress bar on standard error.")(f)
+        f = click.option("--keep-calls", type=click.IntRange(min=0), metavar="N",
+                         help="Keep the records of the N most recent finished calls only; older ones are "
+                              "summarised (still in every total and KPI). Default: keep everything.")(f)
+        f = click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True), metavar="S",
+                         help="Age out calls and transactions with no message for S capture seconds "
+                              "(reported as aged_out).")(f)
         return f
     return deco
 
 
-def run_analysis(files, no_progress: bool, **filters):
+def run_analysis(files, no_progress: bool, keep_calls: Optional[int] = None, idle_timeout: Optional[float] = None,
+                 **filters):
     """Open and analyse the captures with a progress bar on a terminal; return the filtered Analysis."""
     from sipflow.analysis.analyzer import Analyzer, Filter
+    from sipflow.analysis.options import AnalyzerOptions
     from sipflow.capture.files import open_captures
 
     sizes = 0
@@ -80,7 +88,7 @@ def run_analysis(files, no_progress: bool, **filters):
         bar.__enter__()
     try:
         caps = open_captures(list(files), progress=bar.update if bar else None)
-        an = Analyzer()
+        an = Analyzer(AnalyzerOptions(keep_calls=keep_calls, idle_timeout=idle_timeout))
         an.run(caps)
         result = an.result()
     finally:

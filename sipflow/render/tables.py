@@ -165,10 +165,7 @@ def calls_json(a: Analysis) -> str:
 
 
 def summary_dict(a: Analysis) -> dict:
-    outcomes: Dict[str, int] = {}
-    for c in a.calls:
-        o = c.outcome.value
-        outcomes[o] = outcomes.get(o, 0) + 1
+    outcomes = a.call_outcomes()
     regs: Dict[str, int] = {}
     for r in a.registrations:
         regs[r.outcome.value] = regs.get(r.outcome.value, 0) + 1
@@ -226,6 +223,8 @@ def summary_text(a: Analysis, width: int = 80) -> str:
     if s["call_outcomes"]:
         out.append("Calls: " + ", ".join(f"{OUTCOME_LABEL.get(k, k)} {v}" for k, v in
                                          sorted(s["call_outcomes"].items(), key=lambda kv: -kv[1])))
+        if len(a.summarised):
+            out.append(f"  ({len(a.summarised)} of them summarised by --keep-calls: counted here, not listed)")
         k = s["kpis"]
         out.append(f"  ASR {fmt_pct(k['asr'])}   NER {fmt_pct(k['ner'])}   SER {fmt_pct(k['ser'])}   "
                    f"(over {k['completed_attempts']} finished attempts)")

@@ -1,0 +1,123 @@
+"""Bounded memory for endless input (AnalyzerOptions): finished calls beyond the most recent N are
+summarised (every total and KPI unchanged, their message records dropped), transactions are forgotten
+when RFC 3261's timers say so, calls and transactions that never end are aged out and reported."""
+import pytest
+
+import sipflow
+from sipflow.analysis.analyzer import Analyzer
+from sipflow.analysis.options import AnalyzerOptions
+from sipflow.capture import open_captures, records
+
+from pcaptools import sip_text, udp_frame, write_pcap
+
+A, B = "198.51.100.10", "203.0.113.20"   # documentation addresses: data inside the file only
+T0 = 1_700_000_000
+
+
+def _msg(first, method, cseq, branch, call_id, ttag=None):
+    h = [("Via", f"SIP/2.0/UDP {A}:5060;branch={branch}"), ("From", f"<sip:alice@x>;tag=f-{call_id}"),
+         ("To", "<sip:bob@y>" + (f";tag={ttag}" if ttag else "")), ("Call-ID", call_id),
+         ("CSeq", f"{cseq} {method}"), ("Contact", f"<sip:alice@{A}>")]
+    return sip_text(first, h, "")
+
+
+def _traffic(calls=120, spacing=5.0):
+    """Calls one after another, every 5 s: answered (two in three) or busy; an OPTIONS ping with
+    each; the last call still ringing at the end, and one INVITE nobody ever answers."""
+    out = []
+    for i in range(calls):
+        t, cid = i * spacing, f"call-{i}@x"
+        inv = f"z9hG4bK-{i}-1"
+        out.append((t, "ab", _msg(f"INVITE sip:bob@{B} SIP/2.0", "INVITE", 1, inv, cid)))
+        out.append((t + 0.1, "ba", _msg("SIP/2.0 180 Ringing", "INVITE", 1, inv, cid, "t")))
+        if i == calls - 1:
+            break
+        if i % 3 == 2:
+            out.append((t + 0.5, "ba", _msg("SIP/2.0 486 Busy Here", "INVITE", 1, inv, cid, "t")))
+            out.append((t + 0.6, "ab", _msg(f"ACK sip:bob@{B} SIP/2.0", "ACK", 1, inv, cid, "t")))
+        else:
+            out.append((t + 0.5, "ba", _msg("SIP/2.0 200 OK", "INVITE", 1, inv, cid, "t")))
+            out.append((t + 0.6, "ab", _msg(f"ACK sip:bob@{B} SIP/2.0", "ACK", 1, f"z9hG4bK-{i}-2", cid, "t")))
+            out.append((t + 3.0, "ab", _msg(f"BYE sip:bob@{B} SIP/2.0", "BYE", 2, f"z9hG4bK-{i}-3", cid, "t")))
+            out.append((t + 3.1, "ba", _msg("SIP/2.0 200 OK", "BYE", 2, f"z9hG4bK-{i}-3", cid, "t")))
+        out.append((t + 4.0, "ab", _msg(f"OPTIONS sip:bob@{B} SIP/2.0", "OPTIONS", 1, f"z9hG4bK-o{i}", f"ping-{i}@x")))
+        out.append((t + 4.1, "ba", _msg("SIP/2.0 200 OK", "OPTIONS", 1, f"z9hG4bK-o{i}", f"ping-{i}@x", "o")))
+    out.append((1.0, "ab", _msg(f"INVITE sip:bob@{B} SIP/2.0", "INVITE", 1, "z9hG4bK-lost", "lost@x")))
+    out.sort(key=lambda m: m[0])
+    return out
+
+
+@pytest.fixture(scope="module")
+def capture(tmp_path_factory):
+    recs = []
+    for n, (t, direction, payload) in enumerate(_traffic()):
+        s, d = (A, B) if direction == "ab" else (B, A)
+        recs.append((T0 + int(t), int(round((t % 1) * 1e6)), udp_frame(s, 5060, d, 5060, payload, ident=n + 1)))
+    return str(write_pcap(tmp_path_factory.mktemp("bounded") / "calls.pcap", 1, recs))
+
+
+def test_summarised_calls_keep_every_total_and_kpi(capture):
+    everything = sipflow.analyze(capture)
+    bounded = sipflow.analyze(capture, options=AnalyzerOptions(keep_calls=10))
+    # held: the 10 most recent finished calls, those still inside the 32 s linger (32 / 5 s apart),
+    # and the two that never finished
+    assert len(everything.calls) == 121 and len(bounded.calls) <= 10 + 7 + 2 + 1
+    assert len(bounded.summarised) == 121 - len(bounded.calls)
+    assert bounded.kpis() == everything.kpis()
+    assert bounded.call_outcomes() == everything.call_outcomes()
+    for key in ("calls", "sip_messages", "retransmissions", "anomalies", "frames"):
+        assert bounded.stats[key] == everything.stats[key], key
+    assert bounded.stats["messages_kept"] == len(bounded.messages) < len(everything.messages) // 4
+    # What is held is the most recent: the last calls, and every message of each held call.
+    held = {c.call_id for c in bounded.calls}
+    assert "call-119@x" in held and "call-0@x" not in held
+    by_call = {c.call_id: len(c.events) for c in everything.calls}
+    assert all(len(c.events) == by_call[c.call_id] for c in bounded.calls)
+    assert [m.frame for m in bounded.messages] == sorted(m.frame for m in bounded.messages)
+
+
+def test_what_is_held_stays_flat_while_the_input_goes_on(capture):
+    files = open_captures([capture])
+    an = Analyzer(AnalyzerOptions(keep_calls=5))
+    an.files.extend(files)
+    peaks = {"records": 0, "calls": 0, "transactions": 0}
+    for n, (ts, fi, frame, lt, buf, off, caplen) in enumerate(records(files)):
+        an.feed(ts, fi, frame, lt, bytes(buf[off:off + caplen]))
+        if n > 200:   # after the start-up: bounded by keep_calls and the 32 s linger, not by the input
+            peaks["records"] = max(peaks["records"], len(an.events))
+            peaks["calls"] = max(peaks["calls"], len(an.tracker.calls))
+            peaks["transactions"] = max(peaks["transactions"], len(an.tracker.transactions))
+    # Calls finish 32 s after their last message and are then queued: about 5 + 32 / 5 calls at most.
+    assert peaks["calls"] <= 5 + 10, peaks
+    assert peaks["transactions"] <= 4 * 10 + 2, peaks
+    assert peaks["records"] <= 2 * (7 * 15 + 8 * 5 * 2) + 1100, peaks
+
+
+def test_without_options_nothing_is_forgotten_but_finished_transactions(capture):
+    files = open_captures([capture])
+    an = Analyzer()
+    an.run(files)
+    a = an.result()
+    assert len(a.messages) == a.stats["sip_messages"] and len(a.calls) == 121
+    # 80 answered calls x (INVITE, ACK, BYE, OPTIONS) + 39 busy x (INVITE, OPTIONS) + 2 unanswered INVITEs
+    created = a.stats["transactions_expired"] + len(an.tracker.transactions)
+    assert created == 400 and a.stats["transactions_expired"] > 340, \
+        "finished transactions are forgotten 32 s after their last message (Timers D, J)"
+    assert len(an.tracker.transactions) <= 4 * (32 + 10) // 5 + 2, "what is left is the last ~42 s"
+
+
+def test_calls_and_transactions_that_never_end_are_aged_out_and_reported(capture):
+    a = sipflow.analyze(capture, options=AnalyzerOptions(idle_timeout=60))
+    aged = [x for x in a.anomalies if x.kind == "aged_out"]
+    calls = {x.call_id for x in aged}
+    assert "lost@x" in calls, "the INVITE nobody answered"
+    assert a.stats["calls_aged_out"] >= 1 and a.stats["transactions_aged_out"] >= 1
+    lost = a.call("lost@x")
+    assert lost is not None and lost.outcome.value == "no_response"
+
+
+def test_options_reject_nonsense():
+    with pytest.raises(ValueError):
+        AnalyzerOptions(keep_calls=-1)
+    with pytest.raises(ValueError):
+        AnalyzerOptions(idle_timeout=0)
