@@ -145,6 +145,9 @@ class MediaOffer:
 
 class Call:
     """Everything sharing one Call-ID that contains an INVITE dialog: hops, dialogs, media, timings."""
+    __slots__ = ("call_id", "events", "invites", "reinvites", "caller", "caller_tag", "from_uri", "to_uri",
+                 "from_user", "to_user", "start", "state", "dialogs", "cancel", "bye", "bye_reason", "cancel_reason",
+                 "ack_2xx", "media", "holds", "anomalies", "saw_initial", "last", "aged_out", "queued")
 
     def __init__(self, call_id: str, first: SipEvent) -> None:
         self.call_id = call_id
@@ -184,6 +187,18 @@ class Call:
         hop = self.first_hop()
         return hop[-1] if hop else None
 
+    def forget(self) -> None:
+        """Summarised away: let go of messages and transactions (and the references between them and
+        this call, so that reference counting frees them without the cyclic collector)."""
+        for ev in self.events:
+            ev.call = None
+        self.events.clear()
+        self.invites.clear()
+        self.reinvites.clear()
+        self.dialogs.clear()
+        self.media.clear()
+        self.cancel = self.bye = self.ack_2xx = None
+
     @property
     def finished(self) -> bool:
         """Nothing more is expected: ended, failed (or aged out, when the options say so)."""
@@ -218,32 +233,30 @@ class Call:
             return Outcome.NO_ANSWER
         return Outcome.REJECTED
 
-    def _first(self, pred) -> Optional[SipEvent]:
-        best = None
-        for t in self.first_hop():
-            for r in t.responses:
-                if pred(r.status) and (best is None or r.ts < best.ts):
-                    best = r
-        return best
-
     def timings(self) -> Dict[str, Optional[float]]:
+        """Time to the first response, to the first 18x (PDD), to the first 2xx, to the ACK of the 2xx,
+        and from the 2xx to the BYE, all on the first hop (one pass over its responses)."""
         hop = self.first_hop()
         if not hop:
             return dict(time_to_first_response=None, pdd=None, time_to_answer=None, setup_time=None,
                         duration=None)
         t0 = hop[0].request.ts
-        first = self._first(lambda s: True)
-        ring = self._first(lambda s: 180 <= s < 190)
-        answer = self._first(lambda s: 200 <= s < 300)
-        dur = None
-        if answer is not None and self.bye is not None:
-            dur = self.bye.ts - answer.ts
+        first = ring = answer = None
+        for t in hop:
+            for r in t.responses:
+                ts, status = r.ts, r.status
+                if first is None or ts < first:
+                    first = ts
+                if 180 <= status < 190 and (ring is None or ts < ring):
+                    ring = ts
+                elif 200 <= status < 300 and (answer is None or ts < answer):
+                    answer = ts
         return dict(
-            time_to_first_response=first.ts - t0 if first else None,
-            pdd=ring.ts - t0 if ring else None,
-            time_to_answer=answer.ts - t0 if answer else None,
+            time_to_first_response=first - t0 if first is not None else None,
+            pdd=ring - t0 if ring is not None else None,
+            time_to_answer=answer - t0 if answer is not None else None,
             setup_time=self.ack_2xx.ts - t0 if self.ack_2xx is not None else None,
-            duration=dur,
+            duration=self.bye.ts - answer if answer is not None and self.bye is not None else None,
         )
 
     @property
@@ -268,6 +281,9 @@ class Call:
 
 class Registration:
     """One client's REGISTER history for one address-of-record (one Call-ID, RFC 3261 §10.2)."""
+    __slots__ = ("aor", "call_id", "contact", "start", "end", "requests", "challenges", "consecutive_challenges",
+                 "final_status", "expires_requested", "expires_granted", "successes", "unregister", "pending",
+                 "events")
 
     def __init__(self, aor: str, call_id: str, first: SipEvent) -> None:
         self.aor, self.call_id = aor, call_id
@@ -416,7 +432,7 @@ class Tracker:
             self.summarised.add(call.outcome(now), call.final_status, call.saw_initial, call.timings(),
                                 len(call.events))
             del self.calls[call.call_id]
-            gone.append(call)
+            gone.append(call)   # the analyzer drops its records, then the call forgets them
         if len(self._last_cseq) > _CSEQ_MEMORY:   # oldest senders first (dicts keep insertion order)
             for k in list(self._last_cseq)[:len(self._last_cseq) // 2]:
                 del self._last_cseq[k]

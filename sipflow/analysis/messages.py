@@ -78,17 +78,16 @@ class SipEvent:
     A small mutable record (the tracker sets ``retransmission`` and ``call``); about 300 bytes, and
     strings that repeat (endpoints, Call-ID, tags, users, reasons) are shared between records.
     ``head`` is the scan's full result while the analyzer works on the message, then dropped."""
-    __slots__ = ("ts", "file", "frame", "_frames", "src", "sport", "dst", "dport", "transport", "index",
+    __slots__ = ("ts", "file", "frame", "_frames", "src", "sport", "dst", "dport", "transport",
                  "retransmission", "call", "method", "status", "reason", "call_id", "cseq", "cseq_method",
                  "from_user", "to_user", "from_tag", "to_tag", "branch", "store", "place", "head", "dropped")
 
     def __init__(self, head: "SipHead", ts: float, file: int, frame: int, frames: Tuple[int, ...], src: str,
-                 sport: int, dst: str, dport: int, transport: str, index: int, store: Optional[RawStore],
+                 sport: int, dst: str, dport: int, transport: str, store: Optional[RawStore],
                  place: int) -> None:
         self.ts, self.file, self.frame = ts, file, frame
         self._frames = frames if len(frames) != 1 or frames[0] != frame else None
         self.src, self.sport, self.dst, self.dport, self.transport = src, sport, dst, dport, transport
-        self.index = index
         self.retransmission = False
         self.call: Optional["Call"] = None
         self.method, self.status, self.reason = head.method, head.status, head.reason

@@ -31,6 +31,19 @@ class Codec:
     fmtp: Optional[str] = None
 
 
+_CODECS: Dict[tuple, Codec] = {}
+
+
+def _codec(*fields) -> Codec:
+    """One shared (frozen) Codec per distinct description: SDP bodies repeat a handful of them."""
+    c = _CODECS.get(fields)
+    if c is None:
+        c = Codec(*fields)
+        if len(_CODECS) < 4096:   # bounded: hostile SDP must not grow memory
+            _CODECS[fields] = c
+    return c
+
+
 @dataclass(frozen=True)
 class Media:
     """One m= section."""
@@ -88,7 +101,7 @@ class _MediaBuilder:
                 (name, rate), ch = STATIC_PT[pt], 1
             else:
                 name, rate, ch = f"PT{pt}", 8000, 1
-            codecs.append(Codec(pt, name, rate, ch, self.fmtp.get(pt)))
+            codecs.append(_codec(pt, name, rate, ch, self.fmtp.get(pt)))
         return Media(self.kind, self.port, self.proto, self.address or session_addr, tuple(codecs),
                      self.direction or session_dir, self.rtcp_port, self.rtcp_address)
 
