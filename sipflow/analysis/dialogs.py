@@ -11,9 +11,8 @@ capture timestamp of the message; nothing here reads a clock or does I/O.
 """
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass
 from collections import deque
+from dataclasses import dataclass
 from typing import Deque, Dict, List, Mapping, Optional, Tuple
 
 from sipflow.analysis.kinds import (Anomaly, AnomalyKind, CallState, DialogState, Outcome, RegistrationOutcome,

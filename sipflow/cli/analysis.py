@@ -69,7 +69,7 @@ def analyze(files, fmt, output, width, no_progress, **filters):
     if fmt in ("json", "ndjson"):
         emit_stream(functools.partial(jsonout.write_json if fmt == "json" else jsonout.write_ndjson, a), output)
         return
-    text = {"text": lambda: report.analysis_text(a, terminal_width(width)), "csv": lambda: report.analysis_csv(a)}[fmt]()
+    text = report.analysis_text(a, terminal_width(width)) if fmt == "text" else report.analysis_csv(a)
     emit_text(text, output)
 
 

@@ -8,8 +8,8 @@ in (the capture timestamp); nothing here reads a clock.
 
 Statistics never depend on having seen the SDP: a static payload type gives its clock rate, a dynamic
 one starts at 8 kHz and ``clock_rate_guessed`` says so until the analyzer learns the rtpmap.
-Recognising RTP/RTCP packets is the analyzer's hot path (``analysis.analyzer``, with ``media.rtp``'s header and RTCP rule); ``media.vec`` computes the same
-figures on arrays and is tested against ``RtpStream.flush``.
+Recognising RTP/RTCP packets is the analyzer's hot path (``analysis.analyzer``, with ``media.rtp``'s header
+and RTCP rule); ``media.vec`` computes the same figures on arrays and is tested against ``RtpStream.flush``.
 """
 from __future__ import annotations
 

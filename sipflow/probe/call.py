@@ -35,9 +35,10 @@ from sipflow.sip.digest import DigestSession, challenges_from, choose
 from sipflow.errors import ParseError, ProbeError
 from sipflow.media.g711 import PACKET_MS, SAMPLES_PER_PACKET, audio_payload, encode, read_wav, tone_packet
 from sipflow.probe.recorder import record as _pcap_record
-from sipflow.probe.options_register import (DEFAULT_PORT, DEFAULT_TLS_PORT, T1, ClientTransaction, NagiosRange, NagiosState,
-                           Target, TlsOptions, _Channel, _failure, _host, _label, _perf_value, _resolve, _us,
-                           contact_params, new_branch, parse_bind, parse_target)
+from sipflow.probe.options_register import (Channel, ClientTransaction, DEFAULT_PORT, DEFAULT_TLS_PORT, NagiosRange,
+                                            NagiosState, T1, Target, TlsOptions, contact_params, describe_failure,
+                                            new_branch, parse_bind, parse_target, perf_value, prom_label,
+                                            resolve_target, to_us, uri_host)
 from sipflow.media.rtp import HEADER as RTP_HEADER, is_rtcp, looks_like_rtp, rtp_packet
 from sipflow.media.stats import RtpStream
 from sipflow.sip.sdp import parse_sdp
@@ -233,7 +234,7 @@ class Dialog:
         if routes and parse_name_addr(routes[0]).uri.param("lr") is None:   # a strict router first
             ruri = parse_name_addr(routes[0]).uri.raw
             routes = routes[1:] + [f"<{self.remote_target}>"]
-        via = f"{_host(local[0])}:{local[1]}"
+        via = f"{uri_host(local[0])}:{local[1]}"
         lines = [f"{method} {ruri} SIP/2.0", f"Via: SIP/2.0/{transport.upper()} {via};branch={branch};rport",
                  "Max-Forwards: 70"]
         lines += [f"Route: {r}" for r in routes]
@@ -266,7 +267,7 @@ def sdp_offer(ip: str, port: int, session_id: int) -> bytes:
 def invite_request(uri: str, from_uri: str, transport: str, local: Tuple[str, int], branch: str, call_id: str,
                    from_tag: str, cseq: int, sdp: bytes, auth: Tuple[Tuple[str, str], ...] = (),
                    route: Optional[str] = None) -> bytes:
-    via = f"{_host(local[0])}:{local[1]}"
+    via = f"{uri_host(local[0])}:{local[1]}"
     user = parse_uri(from_uri).user or "sipflow"
     lines = [f"INVITE {uri} SIP/2.0", f"Via: SIP/2.0/{transport.upper()} {via};branch={branch};rport",
              "Max-Forwards: 70"]
@@ -467,8 +468,8 @@ class Media:
             one_way = received < max(1, self.sent * ONE_WAY_FRACTION)
         return {
             "codec": self.codec, "payload_type": self.pt,
-            "local": f"{_host(self.local[0])}:{self.local[1]}",
-            "remote": f"{_host(self.remote[0])}:{self.remote[1]}" if self.remote else None,
+            "local": f"{uri_host(self.local[0])}:{self.local[1]}",
+            "remote": f"{uri_host(self.remote[0])}:{self.remote[1]}" if self.remote else None,
             "sent": self.sent, "received": received,
             "expected": sum(s.expected for s in self.streams.values()),
             "lost": sum(s.lost for s in self.streams.values()),
@@ -478,7 +479,7 @@ class Media:
             "jitter_max_ms": round(main.jitter_max, 3) if main and main.packets > 1 else None,
             "max_gap_ms": round(main.max_delta * 1000, 3) if main and main.packets > 1 else None,
             "ssrcs": len({k[2] for k in self.streams}), "rtcp": self.rtcp,
-            "received_from": f"{_host(main.src)}:{main.sport}" if main else None,
+            "received_from": f"{uri_host(main.src)}:{main.sport}" if main else None,
             "dtmf_sent": self.dtmf_sent, "dtmf_packets_sent": self.dtmf_packets,
             "dtmf_packets_received": sum(s.other_pts.get(self.event_pt or DTMF_PT, 0) for s in self.streams.values()),
             "one_way_audio": one_way,
@@ -645,7 +646,7 @@ def probe_call(target: str, options: CallOptions = CallOptions(),
             raise ProbeError(f"--audio {e}") from None
     tgt = parse_target(target)
     if "@" not in tgt.uri.split(":", 1)[1].split(";")[0]:
-        raise ProbeError(f"{target!r}: a call goes to a user, as in sip:bob@{_host(tgt.host)}")
+        raise ProbeError(f"{target!r}: a call goes to a user, as in sip:bob@{uri_host(tgt.host)}")
     route = None
     hop = tgt
     if options.proxy:
@@ -667,8 +668,8 @@ class _CallDriver:
         self.call_id = f"{secrets.token_hex(12)}@sipflow"
         self.from_tag = secrets.token_hex(6)
         self.dtmf = parse_dtmf(options.dtmf)
-        self.channel: Optional[_Channel] = None
-        self.dialog_channel: Optional[_Channel] = None
+        self.channel: Optional[Channel] = None
+        self.dialog_channel: Optional[Channel] = None
         self.media: Optional[Media] = None
         self.invite: Optional[InviteClientTransaction] = None
         self.invites: List[InviteClientTransaction] = []
@@ -706,12 +707,12 @@ class _CallDriver:
         self.from_uri = options.from_uri
         self._bye_retried = False
         self.early_sdp: Optional[bytes] = None
-        self.pracks: Dict[Tuple[str, int], Tuple[bytes, _Channel]] = {}   # (To-tag, RSeq) -> PRACK sent
-        self.forks: Dict[str, Tuple[bytes, _Channel]] = {}   # To-tag of another fork's 2xx -> its ACK
+        self.pracks: Dict[Tuple[str, int], Tuple[bytes, Channel]] = {}   # (To-tag, RSeq) -> PRACK sent
+        self.forks: Dict[str, Tuple[bytes, Channel]] = {}   # To-tag of another fork's 2xx -> its ACK
         self.prack_retransmitted = 0
         self.prack_status: Optional[int] = None
-        self.tx_channel: Dict[Tuple[str, str], _Channel] = {}
-        self.extra_channels: List[_Channel] = []
+        self.tx_channel: Dict[Tuple[str, str], Channel] = {}
+        self.extra_channels: List[Channel] = []
         self.samples: Optional[List[int]] = None        # --audio FILE.wav, read by probe_call
         self.remote_text = ""
 
@@ -720,15 +721,15 @@ class _CallDriver:
     def run(self) -> CallResult:
         start = self.clock()
         deadline = start + self.opts.run_timeout
-        family, remote = _resolve(self.hop, self.opts.family, self.bind, deadline - start)
-        self.remote_text = f"{_host(remote[0])}:{remote[1]}"
+        family, remote = resolve_target(self.hop, self.opts.family, self.bind, deadline - start)
+        self.remote_text = f"{uri_host(remote[0])}:{remote[1]}"
         try:
             try:
-                self.channel = _Channel(self.hop, family, remote, self.bind, deadline - self.clock(), self.clock,
+                self.channel = Channel(self.hop, family, remote, self.bind, deadline - self.clock(), self.clock,
                                         self.opts.tls)
                 local_ip = self.channel.local[0]
                 if not self.from_uri:
-                    self.from_uri = f"sip:sipflow@{_host(local_ip)}"
+                    self.from_uri = f"sip:sipflow@{uri_host(local_ip)}"
                 self.media = Media(local_ip, family)
                 self.media.samples = self.samples
                 self.sdp = sdp_offer(local_ip, self.media.local[1], random.randrange(1, 2 ** 31))
@@ -762,7 +763,7 @@ class _CallDriver:
         if self.on_message:
             self.on_message(direction, data)
 
-    def _send(self, data: bytes, channel: Optional[_Channel] = None) -> None:
+    def _send(self, data: bytes, channel: Optional[Channel] = None) -> None:
         self._trace(">", data)
         (channel or self.channel).send(data)
 
@@ -843,7 +844,7 @@ class _CallDriver:
 
     # -- SIP in ----------------------------------------------------------------------------------------
 
-    def _on_message(self, data: bytes, channel: _Channel) -> None:
+    def _on_message(self, data: bytes, channel: Channel) -> None:
         now = self.clock()
         self._trace("<", data)
         try:
@@ -880,7 +881,7 @@ class _CallDriver:
         else:
             self._after(tx, now)
 
-    def _on_request(self, msg: SipMessage, channel: _Channel) -> None:
+    def _on_request(self, msg: SipMessage, channel: Channel) -> None:
         d = self.dialog
         ours = d is not None and msg.call_id == d.call_id
         if msg.method == "ACK":
@@ -1028,7 +1029,7 @@ class _CallDriver:
         except (OSError, EOFError):
             pass  # the call we measure is unaffected; the far end's fork times out on its own
 
-    def _channel_for(self, uri: str) -> _Channel:
+    def _channel_for(self, uri: str) -> Channel:
         """The channel to a dialog's next hop: the one we have when it is the same address."""
         u = parse_uri(uri)
         transport = (u.param("transport") or self.hop.transport).lower()
@@ -1038,7 +1039,7 @@ class _CallDriver:
             transport = self.hop.transport
         port = u.port or (DEFAULT_TLS_PORT if transport == "tls" else DEFAULT_PORT)
         hop = Target(uri=uri, host=u.host, port=port, transport=transport)
-        fam, remote = _resolve(hop, self.opts.family, self.bind, 2.0)
+        fam, remote = resolve_target(hop, self.opts.family, self.bind, 2.0)
         main_remote = self.channel.sock.getpeername()
         if remote[:2] == main_remote[:2] and transport == self.hop.transport:
             return self.channel
@@ -1046,7 +1047,7 @@ class _CallDriver:
             if ch.peer[:2] == remote[:2] and ch.transport == transport:
                 return ch
         bind = (self.channel.local[0], 0)
-        return _Channel(hop, fam, remote, bind, 2.0, self.clock, self.opts.tls)
+        return Channel(hop, fam, remote, bind, 2.0, self.clock, self.opts.tls)
 
     def _on_rejected(self, msg: SipMessage, now: float) -> None:
         self.final = msg
@@ -1184,7 +1185,7 @@ class _CallDriver:
             self.reason = (self.reason or "") + "; no response to the BYE before --timeout"
 
     def _transport_failed(self, err: BaseException) -> None:
-        outcome, reason = _failure(err)
+        outcome, reason = describe_failure(err)
         if self.outcome is None:
             self.outcome, self.reason = CallOutcome(outcome.value), reason
         else:   # the call was answered (or given up) first: say what ended it
@@ -1202,11 +1203,11 @@ class _CallDriver:
         t0 = self.first_sent
 
         def since(t):
-            return _us(t - t0) if t is not None and t0 is not None else None
+            return to_us(t - t0) if t is not None and t0 is not None else None
         final = self.final
         local = ""
         if self.channel is not None:
-            local = f"{_host(self.channel.local[0])}:{self.channel.local[1]}"
+            local = f"{uri_host(self.channel.local[0])}:{self.channel.local[1]}"
         auth = next((a for a in (self.auth_used or ()) if a.header == "Authorization"),
                     (self.auth_used or (None,))[0])
         rtp = self.media.stats() if self.media is not None and self.media.started_at is not None else None
@@ -1224,10 +1225,10 @@ class _CallDriver:
             reason=self.reason or "the run ended without an answer", provisional=tuple(self.provisional),
             first_response=since(self.first_response_at), pdd=since(self.pdd_at), answer=since(self.answer_at),
             setup=since(self.ack_at),
-            duration=_us(self.bye_sent_at - self.ack_at) if self.bye_sent_at and self.ack_at else None,
-            bye=_us(self.bye_done_at - self.bye_sent_at) if self.bye_status is not None else None,
-            cancel=_us(self.cancel_done_at - self.cancel_sent_at) if self.cancel_status is not None else None,
-            challenge=since(self.challenge_at), total=since(last), elapsed=_us(end - start),
+            duration=to_us(self.bye_sent_at - self.ack_at) if self.bye_sent_at and self.ack_at else None,
+            bye=to_us(self.bye_done_at - self.bye_sent_at) if self.bye_status is not None else None,
+            cancel=to_us(self.cancel_done_at - self.cancel_sent_at) if self.cancel_status is not None else None,
+            challenge=since(self.challenge_at), total=since(last), elapsed=to_us(end - start),
             retransmissions=sum(getattr(t, "retransmissions", 0) for t in self.txs.values()),
             invites=len(self.invites), ack_sent=self.ack_at is not None or any(t.acks for t in self.invites),
             bye_sent=self.bye_sent_at is not None, bye_status=self.bye_status,
@@ -1322,7 +1323,7 @@ def call_nagios(r: CallResult, warning: Optional[NagiosRange] = None,
     rtp = r.rtp or {}
     if r.outcome is CallOutcome.ANSWERED:
         state = NagiosState.OK
-        what = f"call answered ({r.reason}), setup {_perf_value(r.setup)}s"
+        what = f"call answered ({r.reason}), setup {perf_value(r.setup)}s"
         if rtp:
             what += f", RTP {rtp['sent']} sent/{rtp['received']} received, {rtp['lost']} lost"
         if rtp.get("one_way_audio"):
@@ -1334,23 +1335,23 @@ def call_nagios(r: CallResult, warning: Optional[NagiosRange] = None,
     else:
         state = NagiosState.CRITICAL
         what = f"{r.outcome.value}: {r.reason} ({r.transport} {r.remote})"
-    perf = [f"'setup'={_perf_value(r.setup)}{'s' if r.setup is not None else ''};"
+    perf = [f"'setup'={perf_value(r.setup)}{'s' if r.setup is not None else ''};"
             f"{warning.text if warning else ''};{critical.text if critical else ''};0;"]
     for k in ("first_response", "pdd", "answer", "bye"):
         v = getattr(r, k)
-        perf.append(f"'{k}'={_perf_value(v)}{'s' if v is not None else ''};;;0;")
+        perf.append(f"'{k}'={perf_value(v)}{'s' if v is not None else ''};;;0;")
     perf.append(f"'retransmissions'={r.retransmissions};;;0;")
     if rtp:
         perf += [f"'rtp_sent'={rtp['sent']};;;0;", f"'rtp_received'={rtp['received']};;;0;",
                  f"'rtp_lost'={max(0, rtp['lost'])};;;0;"]
         if rtp["jitter_ms"] is not None:
-            perf.append(f"'jitter'={_perf_value(rtp['jitter_ms'])}ms;;;0;")
+            perf.append(f"'jitter'={perf_value(rtp['jitter_ms'])}ms;;;0;")
     text = what.replace("|", "/").replace("\n", " ")
     return state, f"SIP {state.name} - {text} | " + " ".join(perf)
 
 
 def call_prometheus(r: CallResult) -> str:
-    labels = f'{{target="{_label(r.target)}",transport="{r.transport}"}}'
+    labels = f'{{target="{prom_label(r.target)}",transport="{r.transport}"}}'
 
     def lab(**extra):
         return labels[:-1] + "".join(f',{k}="{v}"' for k, v in extra.items()) + "}"

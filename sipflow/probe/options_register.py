@@ -345,7 +345,7 @@ def parse_range(text: str) -> NagiosRange:
 # The request
 
 
-def _host(ip: str) -> str:
+def uri_host(ip: str) -> str:
     return f"[{ip}]" if ":" in ip else ip
 
 
@@ -361,13 +361,13 @@ def options_request(target: Target, local: Tuple[str, int], branch: str, call_id
     outbound proxy, ``route`` is its URI (one loose-routing Route, §8.1.2) and ``transport`` the one
     used to reach it."""
     transport = transport or target.transport
-    via_host = f"{_host(local[0])}:{local[1]}"
+    via_host = f"{uri_host(local[0])}:{local[1]}"
     lines = (
         f"OPTIONS {target.uri} SIP/2.0",
         f"Via: SIP/2.0/{transport.upper()} {via_host};branch={branch};rport",
         "Max-Forwards: 70",
         *((f"Route: <{route}>",) if route else ()),
-        f"From: <sip:sipflow@{_host(local[0])}>;tag={from_tag}",
+        f"From: <sip:sipflow@{uri_host(local[0])}>;tag={from_tag}",
         f"To: <{target.uri}>",
         f"Call-ID: {call_id}",
         f"CSeq: {cseq} OPTIONS",
@@ -462,7 +462,7 @@ class ProbeRun:
         return [r.rtt for r in self.results if r.rtt is not None]
 
 
-def _us(seconds: Optional[float]) -> Optional[float]:
+def to_us(seconds: Optional[float]) -> Optional[float]:
     return None if seconds is None else round(seconds, 6)
 
 
@@ -470,7 +470,7 @@ class TlsHandshakeTimeout(TimeoutError):
     """The TCP connection was made, but the TLS handshake did not finish before --timeout."""
 
 
-def _failure(err: BaseException) -> Tuple[Outcome, str]:
+def describe_failure(err: BaseException) -> Tuple[Outcome, str]:
     """What a socket error means for the probe."""
     if isinstance(err, TlsHandshakeTimeout):
         return Outcome.TIMEOUT, "no TLS handshake before --timeout"
@@ -535,7 +535,7 @@ def parse_bind(text: str) -> Tuple[str, int]:
     return host, int(port)
 
 
-def _resolve(target: Target, family: Optional[int], bind: Optional[Tuple[str, int]], limit: float):
+def resolve_target(target: Target, family: Optional[int], bind: Optional[Tuple[str, int]], limit: float):
     """The first address of the target (only that one: the probe never tries others), bounded in time."""
     fam = {4: socket.AF_INET, 6: socket.AF_INET6}.get(family or 0, socket.AF_UNSPEC)
     if bind:
@@ -571,7 +571,7 @@ def _resolve(target: Target, family: Optional[int], bind: Optional[Tuple[str, in
     return af, sockaddr
 
 
-class _Channel:
+class Channel:
     """One socket to the target: a connected UDP socket (Linux then reports ICMP port unreachable as
     ECONNREFUSED on it, at once, instead of a silent loss), or one TCP connection, wrapped in TLS for
     a TLS target (handshake before the first message, SNI and certificate name = the target's host).
@@ -593,7 +593,7 @@ class _Channel:
                 try:
                     self.sock.bind(bind)
                 except OSError as e:
-                    raise ProbeError(f"cannot bind to {_host(bind[0])}:{bind[1]}: {e.strerror}") from None
+                    raise ProbeError(f"cannot bind to {uri_host(bind[0])}:{bind[1]}: {e.strerror}") from None
             if self.reliable:
                 t0 = clock()
                 self.sock.settimeout(max(0.001, limit))
@@ -718,7 +718,7 @@ class _Driver:
         # One Call-ID and From-tag per run, CSeq 1, 2, 3...: the probes are one UAC's requests (§8.1.1).
         self.call_id = f"{secrets.token_hex(12)}@sipflow"
         self.from_tag = secrets.token_hex(6)
-        self.channel: Optional[_Channel] = None
+        self.channel: Optional[Channel] = None
         self.probes: Dict[str, _Probe] = {}          # by branch
         self.results: Dict[int, ProbeResult] = {}    # by seq
         self.stray = 0
@@ -731,8 +731,8 @@ class _Driver:
         start = self.start = self.clock()
         timeout = self.opts.run_timeout
         deadline = start + timeout
-        self.family, self.remote = _resolve(self.dest, self.opts.family, self.bind, deadline - start)
-        self.remote_text = f"{_host(self.remote[0])}:{self.remote[1]}"
+        self.family, self.remote = resolve_target(self.dest, self.opts.family, self.bind, deadline - start)
+        self.remote_text = f"{uri_host(self.remote[0])}:{self.remote[1]}"
         sent = 0
         try:
             while True:
@@ -756,7 +756,7 @@ class _Driver:
                 p.failure = (Outcome.TIMEOUT, f"no final response before --timeout {timeout:g} s")
                 self._finish(p, deadline)
         return ProbeRun(target=self.target.uri, transport=self.dest.transport, remote=self.remote_text,
-                        planned=self.opts.count, timeout=timeout, duration=_us(min(self.clock(), deadline) - start),
+                        planned=self.opts.count, timeout=timeout, duration=to_us(min(self.clock(), deadline) - start),
                         results=tuple(self.results[k] for k in sorted(self.results)),
                         expect=self.opts.expect.text, stray=self.stray)
 
@@ -765,7 +765,7 @@ class _Driver:
         self.probes[p.branch] = p
         try:
             if self.channel is None:
-                self.channel = _Channel(self.dest, self.family, self.remote, self.bind,
+                self.channel = Channel(self.dest, self.family, self.remote, self.bind,
                                         deadline - self.clock(), self.clock, self.opts.tls)
                 p.connect = self.channel.connect_time
             ch = self.channel
@@ -830,7 +830,7 @@ class _Driver:
     def _transport_failed(self, err: BaseException) -> None:
         """The socket failed: every probe still waiting on it fails with it (an ICMP error is reported
         for the socket, not for one datagram), and the next probe opens a new socket."""
-        failure = _failure(err)
+        failure = describe_failure(err)
         now = self.clock()
         for p in list(self.probes.values()):
             if p.seq in self.results:
@@ -848,11 +848,11 @@ class _Driver:
             return
         tx = p.tx
         base = dict(seq=p.seq, target=self.target.uri, transport=self.dest.transport, remote=self.remote_text,
-                    local=f"{_host(p.local[0])}:{p.local[1]}" if p.local else "",
-                    sent_at=_us(p.sent_at - self.start), elapsed=_us(now - p.sent_at), connect=_us(p.connect),
+                    local=f"{uri_host(p.local[0])}:{p.local[1]}" if p.local else "",
+                    sent_at=to_us(p.sent_at - self.start), elapsed=to_us(now - p.sent_at), connect=to_us(p.connect),
                     call_id=self.call_id if tx else None, cseq=p.cseq if tx else None,
                     branch=p.branch if tx else None, retransmissions=tx.retransmissions if tx else 0,
-                    first_response=_us(tx.first_response_at - tx.sent_at)
+                    first_response=to_us(tx.first_response_at - tx.sent_at)
                     if tx and tx.first_response_at is not None else None)
         if tx and tx.final is not None:
             msg = tx.final
@@ -860,10 +860,10 @@ class _Driver:
             received, rport = (via.param("received"), via.param("rport")) if via else (None, None)
             seen = None
             if received or rport:   # RFC 3581: where the server saw the request come from
-                seen = f"{_host(received or p.local[0])}:{rport or p.local[1]}"
+                seen = f"{uri_host(received or p.local[0])}:{rport or p.local[1]}"
             result = ProbeResult(
                 **base, outcome=Outcome.UP if msg.status in self.opts.expect else Outcome.UNEXPECTED,
-                status=msg.status, reason=msg.reason, rtt=_us(tx.final_at - tx.sent_at),
+                status=msg.status, reason=msg.reason, rtt=to_us(tx.final_at - tx.sent_at),
                 server=msg.header("Server") or msg.header("User-Agent"),
                 allow=tuple(msg.header_values("Allow")), supported=tuple(msg.header_values("Supported")),
                 seen_as=seen)
@@ -940,7 +940,7 @@ class NagiosState(enum.IntEnum):
     UNKNOWN = 3
 
 
-def _perf_value(v: Optional[float]) -> str:
+def perf_value(v: Optional[float]) -> str:
     return "U" if v is None else f"{v:.6f}".rstrip("0").rstrip(".") if v else "0"
 
 
@@ -964,13 +964,13 @@ def nagios(run: ProbeRun, warning: Optional[NagiosRange] = None,
                 what += f", {bad.retransmissions} retransmission(s)"
         else:
             what = f"{bad.reason} ({run.transport} {run.remote})" \
-                + (f" after {_perf_value(bad.elapsed)}s" if bad.elapsed is not None else "")
+                + (f" after {perf_value(bad.elapsed)}s" if bad.elapsed is not None else "")
     else:
         last = run.results[-1]
-        what = f"{last.status} {last.reason or ''}".rstrip() + f" in {_perf_value(worst)}s"
+        what = f"{last.status} {last.reason or ''}".rstrip() + f" in {perf_value(worst)}s"
         if len(run.results) > 1:
             what = f"{len(run.results)}/{run.planned} up, {last.status} {last.reason or ''}".rstrip() \
-                + f", max rtt {_perf_value(worst)}s"
+                + f", max rtt {perf_value(worst)}s"
         if critical and critical.alerts(worst):
             state, what = NagiosState.CRITICAL, what + f" (critical {critical.text})"
         elif warning and warning.alerts(worst):
@@ -979,7 +979,7 @@ def nagios(run: ProbeRun, warning: Optional[NagiosRange] = None,
             what += f" ({last.server})"
     if bad is not None and len(run.results) > 1:
         what = f"{sum(r.up for r in run.results)}/{run.planned} up, probe {bad.seq}: " + what
-    perf = [f"'rtt'={_perf_value(worst)}{'s' if worst is not None else ''};"
+    perf = [f"'rtt'={perf_value(worst)}{'s' if worst is not None else ''};"
             f"{warning.text if warning else ''};{critical.text if critical else ''};0;",
             f"'retransmissions'={sum(r.retransmissions for r in run.results)};;;0;"]
     if run.planned > 1:
@@ -988,13 +988,13 @@ def nagios(run: ProbeRun, warning: Optional[NagiosRange] = None,
     return state, f"SIP {state.name} - {text} | " + " ".join(perf)
 
 
-def _label(value: str) -> str:
+def prom_label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def prometheus(run: ProbeRun) -> str:
     """Text exposition format for node_exporter's textfile collector (gauges, no timestamps)."""
-    labels = f'{{target="{_label(run.target)}",transport="{run.transport}"}}'
+    labels = f'{{target="{prom_label(run.target)}",transport="{run.transport}"}}'
     finals = [r for r in run.results if r.status is not None]
     rows = [
         ("probe_success", "1 if every probe got a final response counted as up, else 0.",
@@ -1102,7 +1102,7 @@ def register_request(aor: Aor, transport: str, local: Tuple[str, int], branch: s
                      route: Optional[str] = None) -> bytes:
     """A REGISTER (§10.2) binding ``Contact`` (our real address and port, as the Via says, with
     ``rport``) to the AOR for ``expires`` seconds; ``auth`` is (header, value) credentials."""
-    via_host = f"{_host(local[0])}:{local[1]}"
+    via_host = f"{uri_host(local[0])}:{local[1]}"
     lines = [
         f"REGISTER {aor.request_uri} SIP/2.0",
         f"Via: SIP/2.0/{transport.upper()} {via_host};branch={branch};rport",
@@ -1173,7 +1173,7 @@ class Step:
 
     def to_dict(self) -> dict:
         return {"step": self.name, "expires_requested": self.expires, "requests": self.requests,
-                "status": self.status, "reason": self.reason, "challenge": _us(self.challenge), "rtt": _us(self.rtt),
+                "status": self.status, "reason": self.reason, "challenge": to_us(self.challenge), "rtt": to_us(self.rtt),
                 "expires": self.granted, "bindings": [b.to_dict() for b in self.bindings]}
 
 
@@ -1310,7 +1310,7 @@ class RegisterFlow:
     def _read_bindings(self, step: Step, msg: SipMessage) -> None:
         """The bindings listed in a 2xx, which of them is ours, and the expiry granted to ours: its
         Contact expires parameter, else the Expires header (§10.2.4)."""
-        ours = parse_uri(f"sip:{self.aor.user}@{_host(self.local[0])}:{self.local[1]}"
+        ours = parse_uri(f"sip:{self.aor.user}@{uri_host(self.local[0])}:{self.local[1]}"
                          + contact_params(self.transport))
         header_expires = to_int_or_none(msg.header("Expires"))
         out = []
@@ -1419,7 +1419,7 @@ class _RegisterDriver:
         self.bind = parse_bind(options.bind) if options.bind else None
         self.flow = RegisterFlow(aor, options, target.transport, f"{secrets.token_hex(12)}@sipflow",
                                  secrets.token_hex(6), cnonce)
-        self.channel: Optional[_Channel] = None
+        self.channel: Optional[Channel] = None
         self.txs: Dict[str, ClientTransaction] = {}
         self.current: Optional[ClientTransaction] = None
         self.first_response_at: Optional[float] = None
@@ -1429,18 +1429,18 @@ class _RegisterDriver:
     def run(self) -> RegisterResult:
         start = self.clock()
         deadline = start + self.opts.run_timeout
-        family, remote = _resolve(self.target, self.opts.family, self.bind, deadline - start)
-        self.remote_text = f"{_host(remote[0])}:{remote[1]}"
+        family, remote = resolve_target(self.target, self.opts.family, self.bind, deadline - start)
+        self.remote_text = f"{uri_host(remote[0])}:{remote[1]}"
         connect = None
         try:
             try:
-                self.channel = _Channel(self.target, family, remote, self.bind, deadline - self.clock(), self.clock,
+                self.channel = Channel(self.target, family, remote, self.bind, deadline - self.clock(), self.clock,
                                         self.opts.tls)
                 connect = self.channel.connect_time
                 self.flow.local = self.channel.local
                 self._send()
             except (OSError, EOFError) as e:
-                self.failure = _failure(e)
+                self.failure = describe_failure(e)
             while self.failure is None and not self.flow.done:
                 now = self.clock()
                 if now >= deadline:
@@ -1459,7 +1459,7 @@ class _RegisterDriver:
                         try:
                             self._send()
                         except (OSError, EOFError) as e:
-                            self.failure = _failure(e)
+                            self.failure = describe_failure(e)
                     continue
                 self._wait(now, deadline)
         finally:
@@ -1491,7 +1491,7 @@ class _RegisterDriver:
                     self._trace(">", data)
                     self.channel.send(data)
                 except (OSError, EOFError) as e:
-                    self.failure = _failure(e)
+                    self.failure = describe_failure(e)
                     return
 
     def _wait(self, now: float, deadline: float) -> None:
@@ -1507,7 +1507,7 @@ class _RegisterDriver:
                 for data in ch.receive():
                     self._on_message(data)
         except (OSError, EOFError) as e:
-            self.failure = _failure(e)
+            self.failure = describe_failure(e)
 
     def _on_message(self, data: bytes) -> None:
         now = self.clock()
@@ -1540,7 +1540,7 @@ class _RegisterDriver:
         via = final.vias[0] if final is not None and final.vias else None
         seen = None
         if via is not None and (via.param("received") or via.param("rport")) and flow.local[1]:
-            seen = f"{_host(via.param('received') or flow.local[0])}:{via.param('rport') or flow.local[1]}"
+            seen = f"{uri_host(via.param('received') or flow.local[0])}:{via.param('rport') or flow.local[1]}"
         used = flow.used_auth or flow.sent_auth
         main_auth = next((a for a in used if a.header == "Authorization"), used[0] if used else None)
         last_done = max((s.done_at for s in steps if s.done_at is not None), default=None)
@@ -1554,7 +1554,7 @@ class _RegisterDriver:
         return RegisterResult(
             target=self.aor.uri, request_uri=self.aor.request_uri, user=flow.username,
             transport=self.target.transport, remote=self.remote_text,
-            local=f"{_host(flow.local[0])}:{flow.local[1]}" if flow.local[1] else "",
+            local=f"{uri_host(flow.local[0])}:{flow.local[1]}" if flow.local[1] else "",
             outcome=outcome, status=final.status if final is not None else None,
             reason=reason if outcome is not Outcome.UP else (final.reason if final is not None else None),
             expires_requested=self.opts.expires,
@@ -1563,13 +1563,13 @@ class _RegisterDriver:
             auth_algorithm=main_auth.algorithm if main_auth else None,
             auth_realm=main_auth.realm if main_auth else None, auth_qop=main_auth.qop if main_auth else None,
             challenges=flow.challenges, stale_retries=flow.stale_retries, requests=flow.requests,
-            first_response=_us(self.first_response_at - first.first_sent)
+            first_response=to_us(self.first_response_at - first.first_sent)
             if self.first_response_at is not None and first.first_sent is not None else None,
-            challenge=_us(first.challenge), register=_us(reg.rtt) if reg and reg.status else None,
-            unregister=_us(unreg.rtt) if unreg and unreg.status else None,
-            total=_us(last_done - first.first_sent) if last_done is not None and first.first_sent is not None
+            challenge=to_us(first.challenge), register=to_us(reg.rtt) if reg and reg.status else None,
+            unregister=to_us(unreg.rtt) if unreg and unreg.status else None,
+            total=to_us(last_done - first.first_sent) if last_done is not None and first.first_sent is not None
             else None,
-            elapsed=_us(end - start), connect=_us(connect),
+            elapsed=to_us(end - start), connect=to_us(connect),
             retransmissions=sum(t.retransmissions for t in txs),
             server=(final.header("Server") or final.header("User-Agent")) if final is not None else None,
             seen_as=seen, call_id=flow.call_id if flow.requests else None, cseq=flow.cseq or None,
@@ -1644,7 +1644,7 @@ def register_nagios(r: RegisterResult, warning: Optional[NagiosRange] = None,
             what = ("registered and unregistered" if r.registered else "unregistered") + f" {r.target}"
         if r.auth_algorithm:
             what += f" (digest {r.auth_algorithm})"
-        what += f" in {_perf_value(r.total)}s"
+        what += f" in {perf_value(r.total)}s"
         if critical and r.total is not None and critical.alerts(r.total):
             state, what = NagiosState.CRITICAL, what + f" (critical {critical.text})"
         elif warning and r.total is not None and warning.alerts(r.total):
@@ -1652,12 +1652,12 @@ def register_nagios(r: RegisterResult, warning: Optional[NagiosRange] = None,
     else:
         state = NagiosState.CRITICAL
         what = f"{r.outcome.value}: {r.reason} ({r.transport} {r.remote})"
-    perf = [f"'total'={_perf_value(r.total)}{'s' if r.total is not None else ''};"
+    perf = [f"'total'={perf_value(r.total)}{'s' if r.total is not None else ''};"
             f"{warning.text if warning else ''};{critical.text if critical else ''};0;"]
     for k in ("first_response", "challenge", "register", "unregister"):
         v = getattr(r, k)
         if v is not None:
-            perf.append(f"'{k}'={_perf_value(v)}s;;;0;")
+            perf.append(f"'{k}'={perf_value(v)}s;;;0;")
     perf.append(f"'retransmissions'={r.retransmissions};;;0;")
     if r.expires is not None:
         perf.append(f"'expires'={r.expires}s;;;0;")
@@ -1666,7 +1666,7 @@ def register_nagios(r: RegisterResult, warning: Optional[NagiosRange] = None,
 
 
 def register_prometheus(r: RegisterResult) -> str:
-    labels = f'{{target="{_label(r.target)}",transport="{r.transport}"}}'
+    labels = f'{{target="{prom_label(r.target)}",transport="{r.transport}"}}'
     phase = lambda p: f'{labels[:-1]},phase="{p}"}}'  # noqa: E731
     rows = [
         ("probe_success", "1 if the registration (and the unregistration, when asked) succeeded, else 0.",

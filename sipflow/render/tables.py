@@ -311,8 +311,9 @@ def streams_json(a: Analysis) -> str:
 def analysis_text(a: Analysis, width: int = 80) -> str:
     parts = [summary_text(a, width), "", "Calls", calls_text(a, width), "", "RTP streams", streams_text(a, width)]
     if a.registrations:
-        rows = [[r.aor, r.outcome.value, r.final_status or "-", r.expires_granted if r.expires_granted is not None else "-",
-                 r.challenges, r.refreshes] for r in a.registrations]
+        rows = [[r.aor, r.outcome.value, r.final_status or "-",
+                 r.expires_granted if r.expires_granted is not None else "-", r.challenges, r.refreshes]
+                for r in a.registrations]
         parts += ["", "Registrations",
                   render_table(["AOR", "Outcome", "Final", "Expires", "401/7", "Refr"], rows, width, flexible={0: 16})]
     return "\n".join(parts)
