@@ -587,7 +587,8 @@ class Tracker:
         for c in ev.head.contacts[:1]:
             host = contact_host(c)
             if host and host != ev.src and is_private(host) and not is_private(ev.src):
-                self.anomaly(AnomalyKind.NAT, ev, f"Contact host {host} is private but the packet came from {ev.src}", call)
+                self.anomaly(AnomalyKind.NAT, ev, f"Contact host {host} is private but the packet came from {ev.src}",
+                             call)
 
     def _check_cseq(self, ev: SipEvent, call: Optional[Call]) -> None:
         cseq = ev.cseq

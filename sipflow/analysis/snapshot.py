@@ -37,7 +37,8 @@ def stream_record(j: Join, rtcp: Dict[int, int]) -> StreamRecord:
         duplicates=st.duplicates, out_of_order=st.out_of_order, seq_wraps=st.seq_wraps, max_delta=st.max_delta,
         jitter=st.jitter_ts * ms, jitter_mean=st.jsum_ts * ms / st.jitter_n if st.jitter_n else 0.0,
         jitter_max=st.jmax_ts * ms, jitter_n=st.jitter_n, first_ts=st.first_ts, last_ts=st.last_ts,
-        first_frame=st.first_frame, file=st.file, marker_packets=st.marker_packets, other_pts=MappingProxyType(dict(st.other_pts)),
+        first_frame=st.first_frame, file=st.file, marker_packets=st.marker_packets,
+        other_pts=MappingProxyType(dict(st.other_pts)),
         rtcp_packets=rtcp.get(st.ssrc, 0), call_id=j.call.call_id if j.call is not None else None, nat=j.nat)
 
 

@@ -1173,7 +1173,8 @@ class Step:
 
     def to_dict(self) -> dict:
         return {"step": self.name, "expires_requested": self.expires, "requests": self.requests,
-                "status": self.status, "reason": self.reason, "challenge": to_us(self.challenge), "rtt": to_us(self.rtt),
+                "status": self.status, "reason": self.reason, "challenge": to_us(self.challenge),
+                "rtt": to_us(self.rtt),
                 "expires": self.granted, "bindings": [b.to_dict() for b in self.bindings]}
 
 
