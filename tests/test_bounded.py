@@ -121,3 +121,18 @@ def test_options_reject_nonsense():
         AnalyzerOptions(keep_calls=-1)
     with pytest.raises(ValueError):
         AnalyzerOptions(idle_timeout=0)
+
+
+def test_the_cli_lists_what_it_keeps_and_counts_everything(capture):
+    import json
+
+    from click.testing import CliRunner
+
+    from sipflow.cli import main
+    full = json.loads(CliRunner().invoke(main, ["summary", capture, "--format", "json"]).output)
+    r = CliRunner().invoke(main, ["summary", capture, "--format", "json", "--keep-calls", "3"])
+    kept = json.loads(r.output)
+    assert kept["call_outcomes"] == full["call_outcomes"] and kept["kpis"] == full["kpis"]
+    assert kept["stats"]["calls_summarised"] > 100 and kept["stats"]["calls"] == full["stats"]["calls"]
+    text = CliRunner().invoke(main, ["summary", capture, "--keep-calls", "3"]).output
+    assert "summarised by --keep-calls" in text

@@ -145,3 +145,33 @@ def test_truncated_pcapng_keeps_everything_before_the_cut(tmp_path, base):
     frames = a.files[0]["frames"]
     assert 0 < frames < len(recs)
     assert fingerprint(a)[0] == [m for m in expected[0] if m[0] <= frames]
+
+
+# -- one record API: batches and single records, checked against another reader (scapy) --------------
+
+@pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
+def test_batches_and_records_match_scapys_reading_of_every_frame(tmp_path, fmt):
+    import shutil
+    import subprocess
+
+    from scapy.utils import RawPcapNgReader, RawPcapReader
+
+    from sipflow.capture import open_captures
+    path = SAMPLES / "call-via-proxy.pcap"
+    if fmt == "pcapng":
+        if not shutil.which("editcap"):
+            pytest.skip("editcap (wireshark-common) is not installed")
+        out = tmp_path / "x.pcapng"
+        subprocess.run(["editcap", "-F", "pcapng", str(path), str(out)], check=True, timeout=60)
+        path = out
+    reader = RawPcapNgReader if fmt == "pcapng" else RawPcapReader
+    with reader(str(path)) as r:
+        theirs = [bytes(data) for data, _meta in r]
+    (f,) = open_captures([str(path)])
+    ours = []
+    for batch in f.batches():
+        ours += [(frame, bytes(batch.buf[off:off + n])) for _, frame, off, n in batch.records()]
+    assert [frame for frame, _ in ours] == list(range(1, len(theirs) + 1))
+    assert [data for _, data in ours] == theirs
+    (g,) = open_captures([str(path)])
+    assert [(frame, bytes(buf[off:off + n])) for _, _, frame, _, buf, off, n in g] == ours

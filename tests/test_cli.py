@@ -161,3 +161,22 @@ def test_progress_bar_on_a_terminal_for_big_files(tmp_path):
     # and none when standard error is not a terminal
     quiet = subprocess.run([sys.executable, "-m", "sipflow", "summary", str(big)], capture_output=True, timeout=120)
     assert b"Reading" not in quiet.stderr
+
+
+def test_ndjson_is_the_json_document_one_typed_object_per_line():
+    doc = json.loads(run("analyze", SAMPLES / "reinvite-hold.pcap", "--format", "json").output)
+    lines = run("analyze", SAMPLES / "reinvite-hold.pcap", "--format", "ndjson").output.splitlines()
+    records = [json.loads(line) for line in lines]
+    assert records[0] == {"type": "sipflow", "version": doc["sipflow"]}
+    by_type = {}
+    for r in records:
+        by_type.setdefault(r.pop("type"), []).append(r)
+    assert by_type["message"] == doc["messages"] and by_type["call"] == doc["calls"]
+    assert by_type["stream"] == doc["streams"] and by_type["stats"] == [doc["stats"]]
+
+
+@pytest.mark.parametrize("option, value", [("--keep-calls", "-1"), ("--keep-calls", "many"),
+                                           ("--idle-timeout", "0"), ("--idle-timeout", "soon")])
+def test_memory_options_refuse_bad_values_naming_the_option(option, value):
+    r = run("summary", SAMPLES / "basic-call-rtp.pcap", option, value, ok=False)
+    assert r.exit_code == 2 and option in r.output

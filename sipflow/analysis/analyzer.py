@@ -124,13 +124,13 @@ class Analyzer:
 
     def _run(self, files: List[_capture.CaptureFile]) -> None:
         self.files.extend(files)
-        if len(files) == 1 and files[0].format == "pcap":
-            if files[0].linktype in _VEC_LINKS and _numpy_available():
-                self._run_pcap_vec(files[0])
-            else:
-                self._run_pcap(files[0])
-        elif len(files) == 1 and _numpy_available():
-            self._run_pcapng_vec(files[0])
+        if len(files) == 1:
+            vec = _numpy_available()
+            for batch in files[0].batches():
+                if vec and batch.header and batch.linktype in _VEC_LINKS:
+                    self._vec_batch(batch)
+                else:
+                    self._python_batch(batch)
         else:
             self._run_records(_capture.records(files))
         for st in self.by_ssrc.values():
@@ -138,142 +138,50 @@ class Analyzer:
             if st.packets and st.last_ts > self.end_ts:
                 self.end_ts = st.last_ts
 
-    def _run_pcap(self, f: _capture.CaptureFile) -> None:
+    def _python_batch(self, b: _capture.RecordBatch) -> None:
+        """One batch without NumPy: one precompiled unpack per record for the common frame (link +
+        IPv4 + UDP + RTP), a dict lookup per flow, RTP values queued on the stream's pending list and
+        folded once per batch; every other frame goes to ``feed``."""
         pending = self.pending
         pending_for = self._pending_for
-        flush = self._flush_all
         rtcp_by_ssrc = self.rtcp
         slow = self.feed
-        unpack_rec = f.record_header.unpack_from
-        scale, lt, fi = f.scale, f.linktype, f.index
+        lt, fi, buf = b.linktype, b.file, b.buf
         fast = _FAST.get(lt)
         fast_unpack, check_et, delta = (fast[0].unpack_from, fast[1], fast[2]) if fast else (None, False, 0)
         min_len = (fast[0].size + delta) if fast else 1 << 30
-        frame = rtcp = 0
-        slow_frames = 0
-        for buf, pos, end in f.pcap_blocks():
-            while end - pos >= 16:
-                sec, frac, caplen, _ = unpack_rec(buf, pos)
-                off = pos + 16
-                if end - off < caplen:
-                    break
-                pos = off + caplen
-                frame += 1
-                if caplen >= min_len:
-                    et, vihl, frag, proto, flow, ulen, b0, b1, seq, rts, ssrc = fast_unpack(buf, off + delta)
-                    if b0 & 0xC0 == 0x80 and vihl == 0x45 and proto == 17 and not frag & 0x3FFF \
-                            and ulen >= 20 and (et == 0x0800 or not check_et):
-                        if RTCP_FIRST <= b1 <= RTCP_LAST:  # RTCP; the "rts" field is the sender's SSRC
-                            rtcp += 1
-                            rtcp_by_ssrc[rts] = rtcp_by_ssrc.get(rts, 0) + 1
-                            continue
-                        # The stream's pending list starts with its SSRC (see RtpStream.pending);
-                        # it is folded into the statistics once per block, below.
-                        p = pending.get(flow)
-                        if p is None or p[0] != ssrc:
-                            p = pending_for(flow, ssrc, b1, frame, fi)
-                        p += (seq, rts, sec + frac * scale, b1)
+        rtcp = taken = 0
+        for ts, frame, off, caplen in b.records():
+            if caplen >= min_len:
+                et, vihl, frag, proto, flow, ulen, b0, b1, seq, rts, ssrc = fast_unpack(buf, off + delta)
+                if b0 & 0xC0 == 0x80 and vihl == 0x45 and proto == 17 and not frag & 0x3FFF \
+                        and ulen >= 20 and (et == 0x0800 or not check_et):
+                    taken += 1
+                    if RTCP_FIRST <= b1 <= RTCP_LAST:  # RTCP; the "rts" field is the sender's SSRC
+                        rtcp += 1
+                        rtcp_by_ssrc[rts] = rtcp_by_ssrc.get(rts, 0) + 1
                         continue
-                slow_frames += 1
-                slow(sec + frac * scale, fi, frame, lt, bytes(buf[off:pos]))
-            f.frames = frame
-            f.resume_at = pos
-            flush()  # pending lists hold at most one block's packets: memory stays bounded
-        f.frames = frame
-        # Frames the fast path took are not counted one by one: all frames minus the slow path's.
-        self.frames += frame - slow_frames
+                    # The stream's pending list starts with its SSRC (see RtpStream.pending).
+                    p = pending.get(flow)
+                    if p is None or p[0] != ssrc:
+                        p = pending_for(flow, ssrc, b1, frame, fi)
+                    p += (seq, rts, ts, b1)
+                    continue
+            slow(ts, fi, frame, lt, bytes(buf[off:off + caplen]))
+        self.frames += taken
         self.rtcp_packets += rtcp
+        self._flush_all()  # pending lists hold at most one batch's packets: memory stays bounded
 
-    def _run_pcap_vec(self, f: _capture.CaptureFile) -> None:
-        """The hot path with NumPy: Python only walks the record headers of each 8 MiB block; the
-        classification of every frame and the RTP statistics are array operations (``media.vec``).
-        Frames that are not plain IPv4/UDP/RTP(RTCP) go one by one through ``feed``, as in ``_run_pcap``."""
+    def _vec_batch(self, b: _capture.RecordBatch) -> None:
+        """One batch on the NumPy path: the classification of every frame and the RTP statistics are
+        array operations (``media.vec``); frames that are not plain IPv4/IPv6 UDP RTP or RTCP go one by
+        one to the SIP fast path or ``feed``, in frame order."""
         import numpy as np
 
         from sipflow.media import vec as rtpvec
-        l2, et_off = _VEC_LINKS[f.linktype]
-        order = ">" if f.record_header.format.startswith(">") else "<"
-        caplen_of = struct.Struct(order + "8xI").unpack_from
-        scale, lt, fi = f.scale, f.linktype, f.index
-        min_len = l2 + 40
-        vec_streams = self.vec_streams
-        frame_base = 0
-        for buf, pos, end in f.pcap_blocks():
-            offs = []
-            add = offs.append
-            last = end - 16
-            while pos <= last:  # record offsets only: everything else is done on arrays
-                nxt = pos + 16 + caplen_of(buf, pos)[0]
-                if nxt > end:
-                    break
-                add(pos)
-                pos = nxt
-            if offs:
-                self._vec_block(np, rtpvec, buf, offs, frame_base, order, scale, lt, fi, l2, et_off, min_len,
-                                vec_streams)
-                frame_base += len(offs)
-            f.frames = frame_base
-            f.resume_at = pos
-        f.frames = frame_base
-
-    def _run_pcapng_vec(self, f: _capture.CaptureFile) -> None:
-        """pcapng on the NumPy path: runs of Enhanced Packet Blocks from interfaces with the same link
-        type and clock go to ``_vec_block`` together; section and interface blocks, simple and obsolete
-        packet blocks, and EPBs of another kind of interface are taken one at a time."""
-        import numpy as np
-
-        from sipflow.media import vec as rtpvec
-        fi = f.index
-        frame = 0
-        for buf, pos, end in f.pcapng_blocks():
-            order = f.ng_order
-            epb = struct.Struct(order + "III8xI").unpack_from  # type, length, interface, caplen
-            run, sig = [], None
-            run_start = frame
-
-            def flush_run():
-                if run:
-                    lt, scale, toff = sig
-                    l2, et_off = _VEC_LINKS[lt]
-                    self._vec_block(np, rtpvec, buf, run, run_start, order, scale, lt, fi, l2, et_off, l2 + 40,
-                                    self.vec_streams, hdr_len=28, toff=toff)
-
-            run_ifid = -1
-            while pos < end:
-                if end - pos >= 28:
-                    btype, blen, ifid, caplen = epb(buf, pos)
-                    if btype == 6 and ifid == run_ifid and caplen <= blen - 32:  # the common case
-                        run.append(pos)
-                        frame += 1
-                        pos += blen
-                        continue
-                else:
-                    (btype, blen), ifid, caplen = struct.unpack_from(order + "II", buf, pos), -1, 0
-                if btype == 6 and ifid < len(f.interfaces) and caplen <= blen - 32 \
-                        and f.interfaces[ifid][0] in _VEC_LINKS:
-                    if f.interfaces[ifid] != sig or not run:
-                        flush_run()
-                        run, sig, run_start = [], f.interfaces[ifid], frame
-                    run_ifid = ifid
-                    run.append(pos)
-                    frame += 1
-                else:
-                    flush_run()
-                    run, run_ifid = [], -1
-                    if btype == _capture.PCAPNG_SHB or btype == 1:
-                        f.pcapng_meta(buf, pos, btype, blen)
-                    else:
-                        pkt = f.pcapng_packet(buf, pos, btype, blen)
-                        if pkt is not None:
-                            frame += 1
-                            ts, lt, off, n = pkt
-                            self.feed(ts, fi, frame, lt, bytes(buf[off:off + n]))
-                    run_start = frame
-                pos += blen
-            flush_run()
-            f.frames = frame
-            f.resume_at = pos
-        f.frames = frame
+        l2, et_off = _VEC_LINKS[b.linktype]
+        self._vec_block(np, rtpvec, b.buf, b.offsets, b.first_frame - 1, b.order, b.scale, b.linktype, b.file, l2,
+                        et_off, l2 + 40, self.vec_streams, hdr_len=b.header, toff=b.toff)
 
     def _vec_block(self, np, rtpvec, buf, offs, frame_base, order, scale, lt, fi, l2, et_off, min_len,
                    vec_streams, hdr_len: int = 16, toff: float = 0.0) -> None:

@@ -1,9 +1,12 @@
 """Capture sources: pcap and pcapng files (plain, gzip-compressed or on stdin), several merged by time.
 
-Owns reading bytes from files and turning them into records. A record is the tuple
-``(ts, file_index, frame, linktype, buf, offset, caplen)``: the packet's bytes are
-``buf[offset:offset + caplen]`` inside a buffer the reader reuses, so a consumer must copy what it keeps
-before asking for the next record. Nothing here decodes a packet (that is ``net``'s job); the link
+Owns reading bytes from files and turning them into records, through one API every reader uses:
+``CaptureFile.batches()`` yields ``RecordBatch``es, runs of packet records that share their framing
+(link type, clock, record header) inside the reader's buffer; iterating a file (or ``records()`` over
+several) yields single records, the tuple ``(ts, file_index, frame, linktype, buf, offset, caplen)``.
+Either way the packet's bytes are ``buf[offset:offset + caplen]`` inside a buffer the reader reuses, so a
+consumer must copy what it keeps before asking for the next batch or record. The file format (pcap
+record headers, pcapng blocks, sections and interfaces) never leaves this module. Nothing here decodes a packet (that is ``net``'s job); the link
 types it accepts are those of ``net.link``.
 
 The hot path follows DESIGN.md: read 8 MiB blocks with ``readinto`` into one reused buffer and walk the
@@ -117,6 +120,52 @@ def _open_stream(path: str):
     return f, path
 
 
+class RecordBatch:
+    """Consecutive packet records of one file that share their framing, inside the reader's buffer.
+
+    ``offsets[i]`` is where record i's header starts; ``header`` says how to read it: ``PCAP`` (16 bytes:
+    seconds, fraction, caplen, original length) or ``EPB`` (pcapng enhanced packet block, 28 bytes: type,
+    length, interface, timestamp high and low, caplen, original length); the packet follows the header.
+    Timestamps are ``sec + frac * scale`` (pcap) or ``ticks * scale + toff`` (EPB). ``EXPLICIT`` batches
+    (other pcapng packet blocks, interfaces the file never described) carry ``(ts, offset, caplen)`` in
+    ``items`` instead. Valid until the next batch is asked for."""
+    __slots__ = ("buf", "offsets", "header", "order", "scale", "toff", "linktype", "file", "first_frame", "items")
+
+    PCAP, EPB, EXPLICIT = 16, 28, 0
+
+    def __init__(self, buf, offsets, header: int, order: str, scale: float, toff: float, linktype: int,
+                 file: int, first_frame: int, items: Optional[list] = None) -> None:
+        self.buf, self.offsets, self.header, self.order = buf, offsets, header, order
+        self.scale, self.toff, self.linktype, self.file = scale, toff, linktype, file
+        self.first_frame = first_frame
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items) if self.items is not None else len(self.offsets)
+
+    def records(self) -> Iterator[Tuple[float, int, int, int]]:
+        """(ts, frame, packet offset, caplen) of each record."""
+        frame = self.first_frame
+        if self.items is not None:
+            for ts, off, caplen in self.items:
+                yield ts, frame, off, caplen
+                frame += 1
+            return
+        buf, scale, toff = self.buf, self.scale, self.toff
+        if self.header == self.PCAP:
+            unpack = struct.Struct(self.order + "III").unpack_from
+            for pos in self.offsets:
+                sec, frac, caplen = unpack(buf, pos)
+                yield sec + frac * scale, frame, pos + 16, caplen
+                frame += 1
+        else:
+            unpack = struct.Struct(self.order + "12xIII").unpack_from
+            for pos in self.offsets:
+                tsh, tsl, caplen = unpack(buf, pos)
+                yield ((tsh << 32) | tsl) * scale + toff, frame, pos + 28, caplen
+                frame += 1
+
+
 class CaptureFile:
     """One capture file: iterate it for records. After iteration ``frames``, ``truncated`` and
     ``warning`` tell how it went; ``format`` is 'pcap' or 'pcapng' once the header is read."""
@@ -203,11 +252,20 @@ class CaptureFile:
         self._f.close()
 
     def __iter__(self) -> Iterator[tuple]:
+        """Single records: ``(ts, file index, frame, link type, buf, offset, caplen)``."""
+        index = self.index
+        for batch in self.batches():
+            lt, buf = batch.linktype, batch.buf
+            for ts, frame, off, caplen in batch.records():
+                yield ts, index, frame, lt, buf, off, caplen
+
+    def batches(self) -> Iterator[RecordBatch]:
+        """The file as ``RecordBatch``es, in order; closes the file at the end."""
         try:
             if self.format == "pcap":
-                yield from self._pcap()
+                yield from self._pcap_batches()
             else:
-                yield from self._pcapng()
+                yield from self._pcapng_batches()
         finally:
             self.close()
 
@@ -227,7 +285,7 @@ class CaptureFile:
         self.record_header = struct.Struct(order + "IIII")
         self._start += 24
 
-    def pcap_blocks(self) -> Iterator[Tuple[bytearray, int, int]]:
+    def _pcap_blocks(self) -> Iterator[Tuple[bytearray, int, int]]:
         """The pcap hot path's interface: yields ``(buf, pos, end)``; the caller walks records
         (``record_header``: seconds, fraction, caplen, origlen; then caplen bytes) from ``pos`` while
         they are complete, then sets ``resume_at`` to where it stopped and ``frames`` to the count so
@@ -252,24 +310,31 @@ class CaptureFile:
                     self._cut("a packet record")
                 return
 
-    def _pcap(self) -> Iterator[tuple]:
-        unpack = self.record_header.unpack_from
-        scale, linktype, index = self.scale, self.linktype, self.index
+    def _pcap_batches(self) -> Iterator[RecordBatch]:
+        # Python walks only the record lengths; the consumer reads the rest (on arrays, or one by one).
+        caplen_of = struct.Struct(self.record_header.format[0] + "8xI").unpack_from
+        order = self.record_header.format[0]
         frame = 0
-        for buf, pos, end in self.pcap_blocks():
-            while end - pos >= 16:
-                sec, frac, caplen, _ = unpack(buf, pos)
-                if end - pos - 16 < caplen:
+        for buf, pos, end in self._pcap_blocks():
+            offs = []
+            add = offs.append
+            last = end - 16
+            while pos <= last:
+                nxt = pos + 16 + caplen_of(buf, pos)[0]
+                if nxt > end:
                     break
-                frame += 1
-                yield (sec + frac * scale, index, frame, linktype, buf, pos + 16, caplen)
-                pos += 16 + caplen
-            self.frames = frame
+                add(pos)
+                pos = nxt
             self.resume_at = pos
+            if offs:
+                yield RecordBatch(buf, offs, RecordBatch.PCAP, order, self.scale, 0.0, self.linktype, self.index,
+                                  frame + 1)
+                frame += len(offs)
+            self.frames = frame
 
     # -- pcapng ------------------------------------------------------------------------------------
 
-    def pcapng_blocks(self) -> Iterator[Tuple[bytearray, int, int]]:
+    def _pcapng_blocks(self) -> Iterator[Tuple[bytearray, int, int]]:
         """Like ``pcap_blocks`` for pcapng: yields ``(buf, pos, end)`` where ``[pos, end)`` holds whole
         blocks in the current section's byte order (``ng_order``). The caller walks them, passes
         section and interface blocks to ``pcapng_meta`` and packet blocks to ``pcapng_packet`` (or reads
@@ -311,7 +376,7 @@ class CaptureFile:
             yield buf, pos, end
             self._start = self.resume_at
 
-    def pcapng_meta(self, buf, pos: int, btype: int, blen: int) -> None:
+    def _pcapng_meta(self, buf, pos: int, btype: int, blen: int) -> None:
         """Section header (starts a new interface list) or interface description block."""
         if btype == PCAPNG_SHB:
             self.interfaces = []
@@ -323,7 +388,7 @@ class CaptureFile:
             if lt not in self.linktypes:
                 self.linktypes.append(lt)
 
-    def pcapng_packet(self, buf, pos: int, btype: int, blen: int) -> Optional[Tuple[float, int, int, int]]:
+    def _pcapng_packet(self, buf, pos: int, btype: int, blen: int) -> Optional[Tuple[float, int, int, int]]:
         """(timestamp, link type, packet offset, caplen) of an enhanced, simple or obsolete packet block;
         link type -1 when the block names no known interface; None for other blocks."""
         o = self.ng_order
@@ -344,24 +409,54 @@ class CaptureFile:
         lt, scale, toff = self.interfaces[ifid]
         return ((tsh << 32) | tsl) * scale + toff, lt, body + 20, caplen
 
-    def _pcapng(self) -> Iterator[tuple]:
+    def _pcapng_batches(self) -> Iterator[RecordBatch]:
+        """Runs of enhanced packet blocks from one interface go out as one batch; section and interface
+        blocks are read here; other packet blocks (simple, obsolete, unknown interface) go out as
+        explicit batches of their own."""
         index = self.index
         frame = 0
-        for buf, pos, end in self.pcapng_blocks():
-            hdr = struct.Struct(self.ng_order + "II").unpack_from
+        for buf, pos, end in self._pcapng_blocks():
+            order = self.ng_order
+            epb = struct.Struct(order + "III8xI").unpack_from   # type, length, interface, caplen
+            hdr = struct.Struct(order + "II").unpack_from
+            run: List[int] = []
+            run_if = -1
+
+            def flush():
+                nonlocal run, frame
+                if run:
+                    lt, scale, toff = self.interfaces[run_if]
+                    yield RecordBatch(buf, run, RecordBatch.EPB, order, scale, toff, lt, index, frame + 1)
+                    frame += len(run)
+                    run = []
+
             while pos < end:
-                btype, blen = hdr(buf, pos)
-                if btype == PCAPNG_SHB or btype == 1:
-                    self.pcapng_meta(buf, pos, btype, blen)
+                if end - pos >= 28:
+                    btype, blen, ifid, caplen = epb(buf, pos)
                 else:
-                    pkt = self.pcapng_packet(buf, pos, btype, blen)
+                    (btype, blen), ifid, caplen = hdr(buf, pos), -1, 0
+                if btype == 6 and ifid < len(self.interfaces) and caplen <= blen - 32:
+                    if ifid != run_if:
+                        yield from flush()
+                        run_if = ifid
+                    run.append(pos)
+                elif btype == PCAPNG_SHB or btype == 1:
+                    yield from flush()
+                    run_if = -1
+                    self._pcapng_meta(buf, pos, btype, blen)
+                else:
+                    pkt = self._pcapng_packet(buf, pos, btype, blen)
                     if pkt is not None:
+                        yield from flush()
+                        ts, lt, off, n = pkt
+                        yield RecordBatch(buf, [pos], RecordBatch.EXPLICIT, order, 1.0, 0.0, lt, index, frame + 1,
+                                          items=[(ts, off, n)])
                         frame += 1
-                        self.frames = frame
-                        yield (pkt[0], index, frame, pkt[1], buf, pkt[2], pkt[3])
                 pos += blen
+            yield from flush()
             self.frames = frame
             self.resume_at = pos
+        self.frames = frame
 
 
 def _idb_options(buf, pos: int, end: int, order: str):
