@@ -60,7 +60,7 @@ _FAST = {code: _fast_struct(link) for code, link in LINK_TYPES.items() if link.f
 _VEC_LINKS = {code: (link.header, link.ethertype_at) for code, link in LINK_TYPES.items() if link.fast}
 _intern = sys.intern
 # Record fields whose strings repeat (per call, per dialog, per transaction): kept once (sys.intern).
-_SHARED_FIELDS = ("call_id", "cseq_method", "branch", "from_tag", "to_tag", "from_user", "to_user", "reason")
+_SHARED_FIELDS = ("method", "call_id", "cseq_method", "branch", "from_tag", "to_tag", "from_user", "to_user", "reason")
 # UDP ports the general decoder reads as encapsulation (VXLAN, HEP), never on the hot path.
 _ENCAPSULATION_PORTS = frozenset((4789, 9060))
 OTHERS_PER_CALL = 8   # keep_calls: records of messages outside calls kept per call kept
@@ -98,7 +98,7 @@ class Analyzer:
         self.rtcp: Dict[int, int] = {}                  # sender SSRC -> RTCP packets
         self.framers: Dict[tuple, StreamFramer] = {}
         self.events: List[SipEvent] = []
-        self._ports: Dict[int, int] = {}      # one int object per port number (records share them)
+        self._ports: Dict[int, int] = {}      # one int object per port or CSeq number (records share them)
         self._ip4_names: Dict[int, str] = {}   # IPv4 address as an int -> its text (the hot path's cache)
         self.sip_count = 0                  # every SIP message seen (records may be summarised away)
         self.dropped = 0                    # records in ``events`` marked dropped since the last compaction
@@ -409,9 +409,11 @@ class Analyzer:
             v = getattr(head, name)
             if v:
                 setattr(head, name, _intern(v))
-        ports = self._ports
+        ports = self._ports   # port and CSeq numbers: one int object per value (records share them)
         if len(ports) > 1 << 16:
             ports.clear()
+        if head.cseq is not None:
+            head.cseq = ports.setdefault(head.cseq, head.cseq)
         ev = SipEvent(head, ts, file, frame, tuple(frames), _intern(src), ports.setdefault(sport, sport), _intern(dst),
                       ports.setdefault(dport, dport), transport, self.store, self.store.add(raw))
         if head.problems and any(p.kind in DAMAGE for p in head.problems):

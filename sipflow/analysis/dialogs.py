@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Deque, Dict, List, Mapping, Optional, Tuple
 
 from sipflow.analysis.kinds import (Anomaly, AnomalyKind, CallState, DialogState, Outcome, RegistrationOutcome,
@@ -60,6 +61,19 @@ TRANSACTION_TABLE: Dict[Tuple[bool, TxState], Dict[str, TxState]] = {
 
 # States in which a transaction only waits for stray retransmissions (forgotten LINGER seconds later).
 _FINISHED_TX = frozenset((TxState.COMPLETED, TxState.CONFIRMED, TxState.ACCEPTED))
+
+
+_CODEC_MAPS: Dict[tuple, Mapping[int, Codec]] = {}
+
+
+def _codec_map(codecs: Tuple[Codec, ...]) -> Mapping[int, Codec]:
+    """payload type -> codec for an m= line; one shared read-only map per distinct codec list."""
+    m = _CODEC_MAPS.get(codecs)
+    if m is None:
+        m = MappingProxyType({c.pt: c for c in codecs})
+        if len(_CODEC_MAPS) < 4096:   # bounded: hostile SDP must not grow memory
+            _CODEC_MAPS[codecs] = m
+    return m
 
 
 def response_event(status: int) -> str:
@@ -570,8 +584,8 @@ class Tracker:
             return None
         for m in sess.media:
             if m.address and m.port:
-                call.media.append(MediaOffer(m.address, m.port, ev.ts, ev.frame,
-                                             {c.pt: c for c in m.codecs}, m.direction, ev.src))
+                call.media.append(MediaOffer(m.address, m.port, ev.ts, ev.frame, _codec_map(m.codecs), m.direction,
+                                             ev.src))
                 if is_private(m.address) and m.address != ev.src and not is_private(ev.src):
                     self.anomaly(AnomalyKind.NAT, ev, f"SDP c={m.address} is private but the packet came from {ev.src}",
                                  call)

@@ -16,7 +16,7 @@ from sipflow.analysis.kinds import Anomaly, CallState, DialogState, Outcome, Reg
 from sipflow.analysis.messages import SipEvent
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TransactionRecord:
     """One request and its responses on one hop, as of the snapshot."""
     method: Optional[str]
@@ -31,7 +31,7 @@ class TransactionRecord:
     retransmissions: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DialogRecord:
     from_tag: str
     to_tag: str
@@ -40,7 +40,7 @@ class DialogRecord:
     on_hold: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Timings:
     """A call's timings from its first hop, seconds (None: it did not happen)."""
     time_to_first_response: Optional[float] = None
@@ -54,7 +54,7 @@ class Timings:
                 "time_to_answer": self.time_to_answer, "setup_time": self.setup_time, "duration": self.duration}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StreamRecord:
     """One RTP stream (source, destination, SSRC) with its RFC 3550 figures and the call it belongs to."""
     src: str
@@ -88,7 +88,7 @@ class StreamRecord:
     nat: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CallRecord:
     """Everything sharing one Call-ID that contains an INVITE dialog, as of the snapshot."""
     call_id: str
@@ -126,7 +126,7 @@ class CallRecord:
         return self.timing.as_dict()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RegistrationRecord:
     """One client's REGISTER history for one address-of-record (one Call-ID), as of the snapshot."""
     aor: str

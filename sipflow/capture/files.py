@@ -6,8 +6,8 @@ Owns reading bytes from files and turning them into records, through one API eve
 several) yields single records, the tuple ``(ts, file_index, frame, linktype, buf, offset, caplen)``.
 Either way the packet's bytes are ``buf[offset:offset + caplen]`` inside a buffer the reader reuses, so a
 consumer must copy what it keeps before asking for the next batch or record. The file format (pcap
-record headers, pcapng blocks, sections and interfaces) never leaves this module. Nothing here decodes a packet (that is ``net``'s job); the link
-types it accepts are those of ``net.link``.
+record headers, pcapng blocks, sections and interfaces) never leaves this module. Nothing here decodes
+a packet (that is ``net``'s job); the link types it accepts are those of ``net.link``.
 
 The hot path follows DESIGN.md: read 8 MiB blocks with ``readinto`` into one reused buffer and walk the
 records with precompiled ``struct.Struct``s, creating no object per packet beyond the record tuple.
