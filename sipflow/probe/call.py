@@ -4,10 +4,10 @@ Owns the INVITE client transaction (RFC 3261 §17.1.1, sans-IO: ``InviteClientTr
 ``INVITE_TABLE``, time always an argument), the requests of a call (INVITE with an SDP offer, ACK for
 non-2xx in the transaction, ACK for 2xx and BYE in the dialog, CANCEL), the call's socket driver
 (``_CallDriver``: signalling and media sockets, the monotonic clock, ``select``) and the call's result
-formats. Reuses ``sipflow.probe`` for the target, the non-INVITE transaction (CANCEL, BYE), the socket
-channel and the Nagios/Prometheus helpers; ``sipflow.sip.digest`` for 401/407; ``sipflow.sip.sdp`` to read the
-answer; ``sipflow.media.stats.RtpStream`` for the received RTP (RFC 3550 loss and jitter); ``sipflow.media.g711`` for
-the tone.
+formats. Reuses ``probe.options_register`` for the target, the non-INVITE transaction (CANCEL, BYE),
+the socket channel and the Nagios/Prometheus helpers; ``sip.digest`` for 401/407; ``sip.sdp`` to read
+the answer; ``media.stats.RtpStream`` for the received RTP (RFC 3550 loss and jitter), ``media.rtp`` for
+its header; ``media.g711`` for the tone.
 
 Dialog rules (RFC 3261 §12.1.2, §13.2.2.4, §12.2.1.1): the remote target is the 2xx's Contact, the route
 set its Record-Route in reverse order; with a loose router (``;lr``) first, the Request-URI is the remote
