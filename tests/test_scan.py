@@ -145,3 +145,14 @@ def test_store_gives_back_every_message_across_the_spill_to_disk():
     for place, data in kept:
         assert store.get(place) == data
     store.close()
+
+
+@pytest.mark.parametrize("header", [b"CSeq: " + b"9" * 5000 + b" INVITE", b"Content-Length: " + b"7" * 5000])
+def test_numbers_too_long_for_any_field_are_malformed_not_an_exception(header):
+    raw = _messages(sample_files()[0])[0][0]
+    name = header.split(b":")[0]
+    lines = [ln for ln in raw.split(b"\r\n") if not ln.startswith(name + b":")]
+    bad = b"\r\n".join([lines[0], header] + lines[1:])
+    _agree(bad)
+    head = scan(bad)
+    assert head.cseq is None or head.problems

@@ -86,3 +86,14 @@ def test_analysis_and_its_records_cannot_be_changed():
     with pytest.raises((AttributeError, TypeError)):
         a.calls = ()
     assert isinstance(a.messages, tuple) and isinstance(a.calls, tuple)
+
+
+def test_feeding_after_the_end_of_input_is_refused():
+    path = SAMPLES / "basic-call-rtp.pcap"
+    an = Analyzer()
+    an.run(open_captures([str(path)]))
+    an.result()
+    with pytest.raises(RuntimeError, match="closed"):
+        an.feed(0.0, 0, 1, 1, b"")
+    with pytest.raises(RuntimeError, match="closed"):
+        an.run(open_captures([str(path)]))

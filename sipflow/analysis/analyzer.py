@@ -1,7 +1,8 @@
-"""The analyzer: capture records in, an ``Analysis`` (see ``analysis.model``) out.
+"""The analyzer: capture records in, ``Analysis`` snapshots (see ``analysis.model``) out.
 
-Owns the per-packet loop that ties the layers together (capture -> net -> sip/sdp + rtp -> dialogs)
-and the join of RTP streams to calls at the end. Renderers read the ``Analysis``; they never see packets.
+Owns the per-packet loop that ties the layers together (capture batches -> net -> sip.scan and RTP
+statistics -> dialogs) and when a snapshot is taken (``analysis.snapshot`` copies, ``analysis.join``
+ties streams to calls). Renderers read the ``Analysis``; they never see packets.
 
 Hot path (DESIGN.md "Speed is part of the design"): the common frame shape (Ethernet, Linux cooked or
 raw IP; IPv4 without options or fragments; UDP; RTP) never becomes a Python object. With NumPy, Python
@@ -12,11 +13,11 @@ Every other frame (SIP, VLAN, IPv6, TCP, tunnels, fragments...) takes the genera
 from __future__ import annotations
 
 import contextlib
-from collections import deque
 import gc
 import socket
 import struct
 import sys
+from collections import deque
 from typing import Callable, Deque, Dict, Iterable, List, Optional, Sequence, Union
 
 from sipflow.capture import files as _capture
@@ -60,7 +61,8 @@ _FAST = {code: _fast_struct(link) for code, link in LINK_TYPES.items() if link.f
 _VEC_LINKS = {code: (link.header, link.ethertype_at) for code, link in LINK_TYPES.items() if link.fast}
 _intern = sys.intern
 # Record fields whose strings repeat (per call, per dialog, per transaction): kept once (sys.intern).
-_SHARED_FIELDS = ("method", "call_id", "cseq_method", "branch", "from_tag", "to_tag", "from_user", "to_user", "reason")
+_SHARED_FIELDS = ("method", "call_id", "cseq_method", "branch", "from_tag", "to_tag", "from_user", "to_user",
+                  "reason")
 # UDP ports the general decoder reads as encapsulation (VXLAN, HEP), never on the hot path.
 _ENCAPSULATION_PORTS = frozenset((4789, 9060))
 OTHERS_PER_CALL = 8   # keep_calls: records of messages outside calls kept per call kept
@@ -84,9 +86,9 @@ def _gc_paused(pause: bool = True):
             gc.enable()
 
 
-
 class Analyzer:
-    """Feed it records (``feed`` one at a time, or ``run`` over whole files); ``result()`` any time."""
+    """Feed it frames (``feed`` one at a time, or ``run`` over whole files); ``snapshot()`` at any time,
+    ``result()`` at the end of the input."""
 
     def __init__(self, options: AnalyzerOptions = AnalyzerOptions()) -> None:
         self.options = options
@@ -107,7 +109,6 @@ class Analyzer:
         self.malformed: List[Malformed] = []
         self.files: List[_capture.CaptureFile] = []
         self.frames = 0
-        self.rtp_packets = 0
         self.rtcp_packets = 0
         self.undecoded = 0
         self.keepalives = 0
@@ -117,8 +118,9 @@ class Analyzer:
     # -- the loop -------------------------------------------------------------------------------------
 
     def run(self, files: Sequence[_capture.CaptureFile]) -> None:
-        """Analyse whole files. One classic pcap takes the block-walking hot path; pcapng and several
-        merged files take the record iterator (same logic, one generator step more per packet)."""
+        """Analyse whole files. One file (pcap or pcapng) is read as record batches, on NumPy arrays when
+        it can; several are merged by time record by record (same logic, one generator step more)."""
+        self._open()
         with _gc_paused(not self.options.bounded):   # bounded: the heap stays small, collect as usual
             self._run(list(files))
 
@@ -313,6 +315,8 @@ class Analyzer:
 
     def feed(self, ts: float, file: int, frame: int, linktype: int, data: bytes) -> None:
         """One frame through the general decoder (everything the fast path does not take)."""
+        if self.closed:
+            self._open()
         self.frames += 1
         if ts > self.end_ts:
             self.end_ts = ts
@@ -445,6 +449,10 @@ class Analyzer:
             self.dropped = 0
 
     # -- the result -----------------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        if self.closed:
+            raise RuntimeError("this Analyzer's input was closed (result() or close()); use a new Analyzer")
 
     def close(self) -> None:
         """The input has ended: deliver what TCP still holds after gaps. Feeding after this is an error."""

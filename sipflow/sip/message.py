@@ -74,12 +74,16 @@ class Problem(str):
 _NAMES: Dict[str, str] = {}  # header name as written -> canonical (a few dozen distinct names in practice)
 
 
+MAX_DIGITS = 18   # every number in a SIP header fits 64 bits; longer is a malformed field, never an int
+
+
 def to_int(text: Optional[str]) -> Optional[int]:
-    """An ASCII decimal number, or None (``str.isdigit`` accepts digits ``int`` refuses, such as ²)."""
+    """An ASCII decimal number, or None (``str.isdigit`` accepts digits ``int`` refuses, such as ²; a
+    number of 4,300 digits would make ``int`` raise)."""
     if text is None:
         return None
     text = text.strip()
-    return int(text) if text.isascii() and text.isdigit() else None
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= MAX_DIGITS else None
 
 
 def canonical_name(name: str) -> str:

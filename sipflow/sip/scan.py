@@ -21,7 +21,7 @@ from functools import lru_cache
 from typing import Dict, List, Optional, Tuple
 
 from sipflow.sip.message import (COMPACT, KNOWN_METHODS, REQUIRED, NameAddr, SipMessage, body_of,
-                                 parse_message, parse_name_addr, split_host_port, split_list)
+                                 parse_message, parse_name_addr, split_host_port, split_list, to_int)
 
 __all__ = ["SipHead", "scan", "head_of", "parse_contact", "contact_host"]
 
@@ -215,8 +215,7 @@ def _scan(data: bytes, datagram: bool) -> SipHead:
         raise _Unusual  # an empty Via: the full parse takes the top Via from the next one
     h.call_id = found["call_id"].strip()
     num, _, method = found["cseq"].strip().partition(" ")
-    num = num.strip()
-    h.cseq = int(num) if num.isascii() and num.isdigit() else None
+    h.cseq = to_int(num)
     h.cseq_method = method.strip().upper() or None
     h.from_uri, h.from_user, h.from_tag = name_addr_fields(found["from"])
     h.to_uri, h.to_user, h.to_tag = name_addr_fields(found["to"])
