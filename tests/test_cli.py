@@ -180,3 +180,18 @@ def test_ndjson_is_the_json_document_one_typed_object_per_line():
 def test_memory_options_refuse_bad_values_naming_the_option(option, value):
     r = run("summary", SAMPLES / "basic-call-rtp.pcap", option, value, ok=False)
     assert r.exit_code == 2 and option in r.output
+
+
+def test_a_bug_is_its_own_exit_code_with_one_line_that_asks_for_a_report(monkeypatch):
+    from sipflow.render import tables
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("boom")
+    monkeypatch.setattr(tables, "calls_text", broken)
+    r = run("calls", SAMPLES / "basic-call-rtp.pcap", ok=False)
+    assert r.exit_code == 70 and "internal error (ZeroDivisionError: boom)" in r.output
+    assert "--traceback" in r.output and "Traceback" not in r.output
+    r = run("--traceback", "calls", SAMPLES / "basic-call-rtp.pcap", ok=False)
+    assert isinstance(r.exception, ZeroDivisionError)
+    bad = run("calls", SAMPLES / "no-such-file.pcap", ok=False)
+    assert bad.exit_code == 1, "a bad input stays exit 1"

@@ -72,3 +72,97 @@ def test_random_bytes_as_a_capture_file_give_a_clear_error_or_a_result(tmp_path_
         assert str(path) in str(e)
         return
     json.dumps(a.to_dict())
+
+
+# -- the crashes an audit found (issue 12): each is now a counted, visible condition, never a traceback --
+
+from click.testing import CliRunner  # noqa: E402
+
+from pcaptools import eth_ip, ipv4, sip_text, tcp, udp_frame, write_pcapng  # noqa: E402
+
+A, B = "198.51.100.10", "203.0.113.20"   # documentation addresses: data inside the file only
+
+
+def _req(method="INVITE", extra=(), body="", ctype=None):
+    h = [("Via", f"SIP/2.0/UDP {A}:5060;branch=z9hG4bK1"), ("From", "<sip:alice@x>;tag=f1"), ("To", "<sip:bob@y>"),
+         ("Call-ID", "c1@x"), ("CSeq", f"1 {method}"), *extra]
+    if ctype:
+        h.append(("Content-Type", ctype))
+    return sip_text(f"{method} sip:bob@y SIP/2.0", h, body)
+
+
+def _udp_capture(tmp_path, payloads, name="x.pcap"):
+    recs = [(1_700_000_000 + i, 0, udp_frame(A, 5060, B, 5060, p, i + 1)) for i, p in enumerate(payloads)]
+    return str(write_pcap(tmp_path / name, 1, recs))
+
+
+def test_hep3_address_chunk_of_the_wrong_size_is_counted(tmp_path):
+    from pcaptools import hep3
+    good = hep3(A, B, 5060, 5060, 1_700_000_000, 0, _req())
+    bad = good.replace(b"\x00\x00\x00\x03\x00\x0a" + bytes([198, 51, 100, 10]),
+                       b"\x00\x00\x00\x03\x00\x0b" + bytes([198, 51, 100, 10, 7]))
+    assert bad != good
+    recs = [(1_700_000_000, 0, udp_frame(A, 9060, B, 9060, bad)), (1_700_000_001, 0, udp_frame(A, 9060, B, 9060, good, 2))]
+    a = sipflow.analyze(str(write_pcap(tmp_path / "hep.pcap", 1, recs)))
+    assert a.stats["net_hep_bad_chunk"] == 1 and a.stats["sip_messages"] == 1
+
+
+def test_a_length_of_thousands_of_digits_is_malformed_not_a_crash(tmp_path):
+    huge = "9" * 5000
+    msgs = [_req(extra=(("Content-Length", huge),)), _req("REGISTER", extra=(("Contact", f"<sip:a@x>;expires={'4' * 400}"),)),
+            _req("REGISTER", extra=(("Expires", "5" * 400),))]
+    a = sipflow.analyze(_udp_capture(tmp_path, msgs))
+    assert a.stats["sip_messages"] == 3
+    assert any(x.kind == "content_length_mismatch" for x in a.anomalies)
+
+
+def test_an_rtpmap_clock_of_hundreds_of_digits_is_a_problem_not_an_overflow(tmp_path):
+    sdp = f"v=0\r\nc=IN IP4 {A}\r\nm=audio 4000 RTP/AVP 96\r\na=rtpmap:96 X/{'9' * 400}\r\n"
+    rtp = bytes([0x80, 96, 0, 1]) + (160).to_bytes(4, "big") + (0x1234).to_bytes(4, "big") + b"\0" * 160
+    recs = [(1_700_000_000, 0, udp_frame(A, 5060, B, 5060, _req(body=sdp, ctype="application/sdp")))]
+    recs += [(1_700_000_001, i * 20000, udp_frame(B, 5000, A, 4000, rtp[:2] + (i + 1).to_bytes(2, "big") + rtp[4:],
+                                                  i + 2)) for i in range(20)]
+    a = sipflow.analyze(str(write_pcap(tmp_path / "sdp.pcap", 1, recs)))
+    assert len(a.streams) == 1 and a.streams[0].rate == 8000
+    r = CliRunner().invoke(__import__("sipflow.cli", fromlist=["main"]).main, ["rtp", str(tmp_path / "sdp.pcap")])
+    assert r.exit_code == 0, r.output
+
+
+def test_a_stream_announcing_a_gigabyte_body_is_not_buffered(tmp_path):
+    head = _req(extra=(("Content-Length", "1000000000"),)).replace(b"Content-Length: 0\r\n", b"")
+    follow = _req("OPTIONS")
+    recs, seq = [], 1000
+    for i, chunk in enumerate([head] + [b"x" * 1400] * 50 + [b"\r\n" + follow]):
+        seg = tcp(A, B, 40000, 5060, seq, 1, 0x18, chunk)
+        recs.append((1_700_000_000, i * 1000, eth_ip(ipv4(A, B, 6, seg, ident=i + 1))))
+        seq += len(chunk)
+    a = sipflow.analyze(str(write_pcap(tmp_path / "tcp.pcap", 1, recs)))
+    assert a.stats["tcp_sip_oversized"] == 1
+    assert [m.method for m in a.messages] == ["INVITE", "OPTIONS"], "resynchronised on the next start line"
+    assert any(x.kind == "content_length_mismatch" for x in a.anomalies)
+
+
+def test_a_websocket_header_cut_by_a_tcp_gap_at_the_end_is_counted(tmp_path):
+    upgrade = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    frame = b"\x81\x7e" + (300).to_bytes(2, "big") + b"I" * 300
+    pieces = [(1000, upgrade), (1000 + len(upgrade) + 10, b"\x81\x7e")]   # a gap, then a header cut short
+    recs = [(1_700_000_000, i, eth_ip(ipv4(A, B, 6, tcp(A, B, 40000, 5060, s, 1, 0x18, p), ident=i + 1)))
+            for i, (s, p) in enumerate(pieces)]
+    del frame
+    a = sipflow.analyze(str(write_pcap(tmp_path / "ws.pcap", 1, recs)))
+    assert a.stats["frames"] == 2
+
+
+def test_a_timestamp_no_calendar_holds_is_shown_as_a_number(tmp_path):
+    payload = udp_frame(A, 5060, B, 5060, _req())
+    path = write_pcapng(tmp_path / "far.pcapng", [(1, 6)], [(0, 2 ** 32 - 1, 999999, payload)])
+    data = bytearray(path.read_bytes())
+    shb = int.from_bytes(data[4:8], "little")
+    epb = shb + int.from_bytes(data[shb + 4:shb + 8], "little")   # after the section and interface blocks
+    assert data[epb] == 6 and data[shb + 16:shb + 20] == b"\x09\x00\x01\x00"   # IDB option if_tsresol
+    data[shb + 20] = 0                                   # the interface counts whole seconds ...
+    data[epb + 12:epb + 20] = b"\xff\xff\xff\xfe\xff\xff\xff\xff"   # ... and it is 2^64 of them
+    path.write_bytes(bytes(data))
+    from sipflow.cli import main
+    r = CliRunner().invoke(main, ["calls", str(path)])
+    assert r.exit_code == 0 and "?" in r.output, r.output

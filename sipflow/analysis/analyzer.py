@@ -498,6 +498,7 @@ class Analyzer:
             "registrations": len(registrations),
             "streams": len(streams),
             "tcp_sip_junk_bytes": sum(fr.junk_bytes for fr in self.framers.values()),
+            "tcp_sip_oversized": sum(fr.oversized for fr in self.framers.values()),
         }
         stats.update({f"net_{k}": v for k, v in sorted(self.decoder.counters.items())})
         bindings = {aor: dict(table) for aor, table in self.tracker.bindings.items()}

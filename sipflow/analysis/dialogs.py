@@ -712,11 +712,8 @@ class Tracker:
         if contacts:
             reg.contact = contacts[0].raw
         expires = None
-        if contacts and contacts[0].param("expires") is not None:
-            try:
-                expires = int(contacts[0].param("expires"))
-            except ValueError:
-                pass
+        if contacts:
+            expires = to_int(contacts[0].param("expires"))
         if expires is None:
             expires = to_int(h.expires)
         reg.expires_requested = expires
@@ -754,9 +751,8 @@ class Tracker:
         mine = {str(c.uri) for c in req_contacts}
         for c in [parse_contact(v) for v in ev.head.contacts] or req_contacts:
             exp = c.param("expires")
-            try:
-                e = int(exp) if exp is not None else header_exp
-            except ValueError:
+            e = to_int(exp) if exp is not None else header_exp
+            if e is None:
                 e = header_exp
             if e is None:
                 e = reg.expires_requested if reg.expires_requested is not None else 3600

@@ -18,6 +18,7 @@ from typing import Callable, List, Optional
 import click
 
 from sipflow import __version__
+from sipflow.render.safe import printable
 
 
 class Exit(enum.IntEnum):
@@ -25,7 +26,15 @@ class Exit(enum.IntEnum):
     OK = 0
     ERROR = 1        # unreadable input: missing file, not a capture, unknown link type
     USAGE = 2        # bad command line (click's own code)
+    INTERNAL = 70    # a bug in sipflow, not in the input (sysexits.h EX_SOFTWARE)
     INTERRUPTED = 130
+
+
+def internal_error(e: BaseException) -> str:
+    """The one line a bug gets: what broke, that it is sipflow's fault, and how to report it."""
+    return (f"sipflow: internal error ({type(e).__name__}: {e}). This is a bug in sipflow, not a problem "
+            f"with your input: please report it with the output of the same command run with --traceback "
+            f"(and the capture, if you can share it)")
 
 
 def _parse_time(value: Optional[str]) -> Optional[float]:
@@ -100,14 +109,23 @@ def run_analysis(files, no_progress: bool, keep_calls: Optional[int] = None, idl
         if bar:
             bar.__exit__(None, None, None)
     for w in result.warnings:
-        click.secho(f"warning: {w}", fg="yellow", err=True)
+        say(f"warning: {w}", err=True, fg="yellow")
     f = Filter(call_id=filters.get("call_id"), user=filters.get("user"), method=filters.get("method"),
                    status=filters.get("status"), since=_parse_time(filters.get("since")),
                    until=_parse_time(filters.get("until")))
     return result.filtered(f)
 
 
+def say(text: str, err: bool = False, nl: bool = True, fg: Optional[str] = None) -> None:
+    """Print one piece of output or diagnostics with control characters escaped (``render.safe``):
+    server headers, file names and capture text never reach the terminal raw."""
+    click.secho(printable(text, lines=True), err=err, nl=nl, fg=fg)
+
+
 def emit_text(text: str, output: str) -> None:
+    """Write a text or CSV output. The renderers escape capture text themselves (render.safe); this is
+    the last guard: no control character but newline and tab leaves sipflow, to a terminal or a file."""
+    text = printable(text, lines=True)
     if output == "-":
         click.echo(text)
     else:
@@ -145,7 +163,7 @@ def handle_errors(f):
         except SipflowError as e:
             if ctx.find_root().params.get("traceback"):
                 raise
-            click.secho(f"sipflow: {e}", fg="red", err=True)
+            say(f"sipflow: {e}", err=True, fg="red")
             ctx.exit(Exit.ERROR)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -154,6 +172,13 @@ def handle_errors(f):
             # `sipflow calls x.pcap | head`: the reader went away; not an error.
             sys.stderr.close()
             ctx.exit(Exit.OK)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as e:   # anything else is a bug: its own exit code, one line, --traceback to see it
+            if ctx.find_root().params.get("traceback"):
+                raise
+            say(internal_error(e), err=True, fg="red")
+            ctx.exit(Exit.INTERNAL)
     return wrapper
 
 

@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import click
 
-from sipflow.cli.app import main, terminal_width
+from sipflow.cli.app import internal_error, main, say, terminal_width
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -46,6 +46,7 @@ class ProbeExit(enum.IntEnum):
     BUSY = 12            # probe call: 486 Busy Here or 600 Busy Everywhere
     NO_ANSWER = 13       # probe call: still ringing at --ring-timeout, cancelled
     ONE_WAY_AUDIO = 14   # probe call: answered, we sent RTP and (almost) none came back
+    INTERNAL = 70        # a bug in sipflow (sysexits.h EX_SOFTWARE)
     INTERRUPTED = 130
 
 
@@ -80,7 +81,7 @@ class _ProbeCommand(click.Command):
         except click.UsageError as e:
             if not nagios:
                 raise
-            click.echo(f"SIP UNKNOWN - {e.format_message()}".replace("\n", " "))
+            say(f"SIP UNKNOWN - {e.format_message()}".replace("\n", " "))
             raise click.exceptions.Exit(NAGIOS_UNKNOWN)
 
 
@@ -98,16 +99,26 @@ def handle_probe_errors(f):
             if ctx.find_root().params.get("traceback"):
                 raise
             if nagios:
-                click.echo(f"SIP UNKNOWN - {e}")
+                say(f"SIP UNKNOWN - {e}")
                 ctx.exit(NAGIOS_UNKNOWN)
-            click.secho(f"sipflow: {e}", fg="red", err=True)
+            say(f"sipflow: {e}", err=True, fg="red")
             ctx.exit(ProbeExit.ERROR)
         except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
+            say("interrupted", err=True)
             ctx.exit(NAGIOS_UNKNOWN if nagios else ProbeExit.INTERRUPTED)
         except BrokenPipeError:
             sys.stderr.close()
             ctx.exit(ProbeExit.OK)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as e:   # a bug: its own exit code (UNKNOWN for Nagios), one line, --traceback to see it
+            if ctx.find_root().params.get("traceback"):
+                raise
+            if nagios:
+                say(f"SIP UNKNOWN - {internal_error(e)}")
+                ctx.exit(NAGIOS_UNKNOWN)
+            say(internal_error(e), err=True, fg="red")
+            ctx.exit(ProbeExit.INTERNAL)
     return wrapper
 
 
@@ -220,8 +231,9 @@ def probe_options(target, count, interval, timeout, expect, bind, family, fmt, w
       0 every probe was up         5 unreachable            9  5xx not expected
       1 could not run              6 connection reset, TLS  10 6xx not expected
       2 bad command line           7 2xx/3xx not expected   11 auth failure
-      3 timeout                    8 4xx not expected       130 interrupted
+      3 timeout                    8 4xx not expected       70 sipflow bug (please report)
       4 refused                    probe call only: 12 busy, 13 no answer, 14 one-way audio
+                                                            130 interrupted
     --format nagios: 0 OK, 1 WARNING, 2 CRITICAL (no answer, refused, timeout, unexpected code),
     3 UNKNOWN (could not run).  --format prometheus: 0 once the metrics are written.
     """
@@ -234,21 +246,21 @@ def probe_options(target, count, interval, timeout, expect, bind, family, fmt, w
     if fmt == "text":
         def on_result(r, started=[]):
             if not started:   # a header once the probe runs (not before a bad --bind, say)
-                started.append(click.echo(p.run_header(tgt, opts)))
-            click.echo(p.result_text(r))
+                started.append(say(p.run_header(tgt, opts)))
+            say(p.result_text(r))
     elif fmt == "json":
-        on_result = lambda r: click.echo(p.result_json(r))  # noqa: E731
+        on_result = lambda r: say(p.result_json(r))  # noqa: E731
     from sipflow.probe.recorder import recording
     with recording(pcap, keep_secrets):
         run = p.probe_options(tgt, opts, on_result=on_result)
     if fmt == "text":
-        click.echo(p.run_text(run))
+        say(p.run_text(run))
     elif fmt == "nagios":
         state, line = p.nagios(run, warning, critical)
-        click.echo(line)
+        say(line)
         ctx.exit(int(state))
     elif fmt == "prometheus":
-        click.echo(p.prometheus(run), nl=False)
+        say(p.prometheus(run), nl=False)
         ctx.exit(ProbeExit.OK)
     ctx.exit(_probe_exit(run))
 
@@ -314,8 +326,9 @@ def probe_register(aor, user, password, expires, unregister, proxy, timeout, bin
       0 registered (and unregistered)  5 unreachable            9  5xx
       1 could not run                  6 connection reset, TLS  10 6xx
       2 bad command line               7 other final response   11 auth failure
-      3 timeout                        8 4xx (not 401/407)      130 interrupted
+      3 timeout                        8 4xx (not 401/407)      70 sipflow bug (please report)
       4 refused                        probe call only: 12 busy, 13 no answer, 14 one-way audio
+                                                                130 interrupted
     --format nagios: 0 OK, 1 WARNING, 2 CRITICAL (auth failure, no answer, refused, timeout, other
     code), 3 UNKNOWN (could not run).  --format prometheus: 0 once the metrics are written.
     """
@@ -342,7 +355,7 @@ def _probe_and_report(run, fmt, warning, critical, verbose, password, pcap, keep
     on_message = None
     if verbose:
         def on_message(direction, data):
-            click.echo(p.trace_text(direction, data, password), err=True)
+            say(p.trace_text(direction, data, password), err=True)
     with tempfile.TemporaryDirectory(prefix="sipflow-probe-") as tmp:
         # The ladder is drawn by the analyzer from the probe's own recording, like any capture.
         record = pcap or (os.path.join(tmp, "probe.pcap") if show_ladder else None)
@@ -350,20 +363,20 @@ def _probe_and_report(run, fmt, warning, critical, verbose, password, pcap, keep
             result = run(on_message)
         drawing = _ladder_of(record) if show_ladder else None
     if fmt == "text":
-        click.echo(header(result))
-        click.echo(text(result))
+        say(header(result))
+        say(text(result))
         if drawing:
-            click.echo("\n" + drawing)
+            say("\n" + drawing)
     elif drawing:
-        click.echo(drawing, err=True)
+        say(drawing, err=True)
     if fmt == "json":
-        click.echo(as_json(result))
+        say(as_json(result))
     elif fmt == "nagios":
         state, line = nagios(result, warning, critical)
-        click.echo(line)
+        say(line)
         ctx.exit(int(state))
     elif fmt == "prometheus":
-        click.echo(prometheus(result), nl=False)
+        say(prometheus(result), nl=False)
         ctx.exit(ProbeExit.OK)
     ctx.exit(exit_code(result))
 
@@ -449,6 +462,7 @@ def probe_call(target, from_uri, user, password, ring_timeout, duration, dtmf, p
       2 bad command line           7 3xx (redirected)       12 busy (486/600)
       3 timeout                    8 other 4xx              13 no answer (cancelled)
       4 refused                    9 5xx                    14 one-way audio
+                                                            70 sipflow bug (please report)
                                                             130 interrupted
     --format nagios: 0 OK, 1 WARNING, 2 CRITICAL (anything but a call answered with audio both
     ways), 3 UNKNOWN (could not run).  --format prometheus: 0 once the metrics are written.

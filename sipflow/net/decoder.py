@@ -30,6 +30,12 @@ _I = struct.Struct("!I")
 # IPv6 extension headers that are skipped on the way to the payload (fragment header 44 is handled).
 _IP6_EXT = {0, 43, 60, 51, 135, 139, 140}
 
+# What a frame cut short or lying about its lengths makes the decoders raise: counted, never passed on
+# (OSError: an address of the wrong size for inet_ntop).
+_BROKEN = (struct.error, IndexError, ValueError, OSError)
+# HEP v3 chunk types with a fixed size: IPv4 addresses, IPv6 addresses, ports.
+_HEP_CHUNK_LEN = {3: 4, 4: 4, 5: 16, 6: 16, 7: 2, 8: 2}
+
 FRAG_TIMEOUT = 60.0      # seconds of capture time before an incomplete IP datagram is dropped
 TCP_IDLE = 900.0         # seconds of capture time before an idle TCP stream's state is dropped
 TCP_OOO_LIMIT = 1 << 20  # bytes held out of order before a gap is declared
@@ -77,7 +83,7 @@ class Decoder:
             self._sweep(ts)
         try:
             self._link(linktype, data, out, 0)
-        except (struct.error, IndexError, ValueError):
+        except _BROKEN:
             self.count("truncated_headers")
         return out
 
@@ -238,6 +244,9 @@ class Decoder:
                 if clen < 6:
                     break
                 v = body[pos + 6:pos + clen]
+                if len(v) != _HEP_CHUNK_LEN.get(ctype, len(v)):   # an address or port of the wrong size
+                    self.count("hep_bad_chunk")
+                    return False
                 if ctype == 3:
                     src = _ntop4(v)
                 elif ctype == 4:
@@ -425,7 +434,7 @@ class Decoder:
         if len(first) >= 6 and first[0] in (0x81, 0x82, 0x01, 0x02):
             try:
                 body = _ws_frame(first)
-            except IndexError:
+            except _BROKEN:
                 body = None
             if body and body[2][:8] in (b"SIP/2.0 ",) or (body and body[2][:3].isalpha()
                                                            and b" sip:" in body[2][:64].lower()):
@@ -449,7 +458,7 @@ class Decoder:
                 return
             try:
                 parsed = _ws_frame(data)
-            except IndexError:
+            except _BROKEN:
                 return
             if parsed is None:
                 return
@@ -484,7 +493,10 @@ class Decoder:
         out: List[Datagram] = []
         for key, d in list(self.tcp.items()):
             if d.ooo:
-                self._tcp_flush(key, d, out)
+                try:
+                    self._tcp_flush(key, d, out)
+                except _BROKEN:   # a WebSocket header cut by the gap, say
+                    self.count("truncated_headers")
         if self.frags:
             self.counters["ip_fragments_incomplete"] = self.counters.get("ip_fragments_incomplete", 0) + len(self.frags)
         return out

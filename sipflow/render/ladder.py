@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 from sipflow.analysis.messages import SipEvent
+from sipflow.render.safe import printable
 
 
 @dataclass(frozen=True)
@@ -67,13 +68,14 @@ def render_text(ladder: Ladder, width: int = 100) -> str:
         bars[c] = "|"
     head = [" "] * size
     for c, lane in zip(cols, ladder.lanes):
+        lane = printable(lane)
         text = lane if len(lane) < gap else "…" + lane[-(gap - 2):]
         start = max(0, min(size - len(text), c - len(text) // 2))
         head[start:start + len(text)] = text
     out = ["".join(head).rstrip(), "".join(bars).rstrip()]
     for a in ladder.arrows:
         row = list(bars)
-        label = a.label + (" (retransmission)" if a.retransmission else "")
+        label = printable(a.label) + (" (retransmission)" if a.retransmission else "")
         lo, hi = sorted((cols[a.src], cols[a.dst]))
         if a.src == a.dst:  # sent to its own address (a proxy looping a request to itself)
             text = f" {label} (to itself)"

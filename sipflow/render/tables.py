@@ -13,6 +13,7 @@ import time
 from typing import Any, Dict, List, Optional, Sequence
 
 from sipflow.analysis.model import Analysis, call_dict, stream_dict
+from sipflow.render.safe import csv_cell, printable
 
 OUTCOME_LABEL = {
     "answered": "answered", "busy": "busy", "rejected": "rejected", "cancelled": "cancelled",
@@ -25,17 +26,28 @@ OUTCOME_LABEL = {
 # Value formatting
 
 
+def _gmtime(ts: float):
+    """UTC broken-down time, or None for a timestamp no calendar holds (a corrupt capture's year
+    300 000 000 000): shown as the number instead of an exception."""
+    try:
+        return time.gmtime(ts)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
 def fmt_time(ts: Optional[float]) -> str:
     """Wall-clock time of a capture timestamp, UTC, to the millisecond."""
     if ts is None:
         return "-"
-    return time.strftime("%H:%M:%S", time.gmtime(ts)) + f".{int((ts % 1) * 1000):03d}"
+    t = _gmtime(ts)
+    return f"{ts:.0f}?" if t is None else time.strftime("%H:%M:%S", t) + f".{int((ts % 1) * 1000):03d}"
 
 
 def fmt_datetime(ts: Optional[float]) -> str:
     if ts is None:
         return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts)) + f".{int((ts % 1) * 1000):03d} UTC"
+    t = _gmtime(ts)
+    return f"{ts:.0f}?" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", t) + f".{int((ts % 1) * 1000):03d} UTC"
 
 
 def fmt_secs(v: Optional[float]) -> str:
@@ -64,7 +76,7 @@ def render_table(headers: Sequence[str], rows: List[Sequence[Any]], max_width: i
                  flexible: Dict[int, int] = None, right: Sequence[int] = (), gap: int = 2) -> str:
     """A plain aligned table. Columns in ``flexible`` (index -> narrowest width) shrink, widest first,
     clipped with …, until the table fits ``max_width``."""
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    cells = [[str(h) for h in headers]] + [["" if c is None else printable(str(c)) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     total = sum(widths) + gap * (len(widths) - 1)
     floors = dict(flexible or {})
@@ -85,6 +97,10 @@ def render_table(headers: Sequence[str], rows: List[Sequence[Any]], max_width: i
         if n == 0:
             lines.append((" " * gap).join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def _csv_row(d: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: csv_cell(v) for k, v in d.items()}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -152,7 +168,7 @@ def calls_csv(a: Analysis) -> str:
     w = csv.DictWriter(out, fieldnames=CALL_CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for d in call_rows(a):
-        w.writerow(d)
+        w.writerow(_csv_row(d))
     return out.getvalue()
 
 
@@ -300,7 +316,7 @@ def streams_csv(a: Analysis) -> str:
     w = csv.DictWriter(out, fieldnames=STREAM_CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for s in a.streams:
-        w.writerow(stream_dict(s))
+        w.writerow(_csv_row(stream_dict(s)))
     return out.getvalue()
 
 
@@ -327,5 +343,5 @@ def analysis_csv(a: Analysis) -> str:
     w = csv.DictWriter(out, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for m in a.to_dict()["messages"]:
-        w.writerow(m)
+        w.writerow(_csv_row(m))
     return out.getvalue()

@@ -13,6 +13,7 @@ from sipflow.net.streambuf import StreamBuffer
 from sipflow.sip.message import KNOWN_METHODS, REQUEST_LINE, STATUS_LINE
 
 MAX_HEAD = 64 * 1024  # a SIP head larger than this on a stream is junk, not a message in progress
+MAX_BODY = 1 << 20    # a body announced larger than this on a stream is not waited for
 
 # Where a SIP message could start inside a stream that was joined mid-way.
 _RESYNC = re.compile(rb"(?:^|\n)(SIP/2\.0 [1-6][0-9][0-9] |(?:" + "|".join(KNOWN_METHODS).encode()
@@ -23,7 +24,8 @@ def frame_stream(data) -> Tuple[str, int]:
     """Decide what the start of a stream buffer holds, without consuming it (h11-style: a pure function).
 
     Returns ``("need", 0)`` when more bytes are needed, ``("keepalive", n)`` for CRLF keep-alives,
-    ``("junk", n)`` for n bytes that cannot start a message (skip them), or ``("message", n)``.
+    ``("junk", n)`` for n bytes that cannot start a message (skip them), ``("message", n)``, or
+    ``("oversized", n)``: a head whose Content-Length exceeds ``MAX_BODY``, to be taken alone.
     """
     if not data:
         return "need", 0
@@ -51,6 +53,10 @@ def frame_stream(data) -> Tuple[str, int]:
             return _junk(data, 1)
         return "need", 0
     cl = _content_length(bytes(data[:head_end]))
+    if cl > MAX_BODY:
+        # Never buffer a body this big (a lie, or an attack): the head goes on alone, its bad length is
+        # the parser's to report, and what follows is skipped up to the next start line.
+        return "oversized", head_end + sep
     total = head_end + sep + cl
     if len(data) < total:
         return "need", 0
@@ -73,7 +79,8 @@ def _junk(data, start: int = 0) -> Tuple[str, int]:
     return ("junk", cut) if cut else ("need", 0)
 
 
-_CL_RE = re.compile(rb"\n(?:content-length|l)[ \t]*:[ \t]*(\d+)", re.I)
+# At most 18 digits (sip.message.MAX_DIGITS): a longer number is no length (the parser flags it).
+_CL_RE = re.compile(rb"\n(?:content-length|l)[ \t]*:[ \t]*(\d{1,18})(?!\d)", re.I)
 
 
 def _content_length(head: bytes) -> int:
@@ -88,6 +95,7 @@ class StreamFramer:
         self.buf = StreamBuffer()
         self.junk_bytes = 0
         self.keepalive_bytes = 0
+        self.oversized = 0      # heads whose announced body was too big to wait for (MAX_BODY)
 
     def feed(self, payload: Optional[bytes], frame: int) -> List[Tuple[bytes, Tuple[int, ...]]]:
         """Add bytes (None: bytes were lost, resynchronise) and return the complete messages now in."""
@@ -104,6 +112,9 @@ class StreamFramer:
                 return out
             data, frames = self.buf.take(n)
             if kind == "message":
+                out.append((data, frames))
+            elif kind == "oversized":
+                self.oversized += 1
                 out.append((data, frames))
             elif kind == "junk":
                 self.junk_bytes += n

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
+from sipflow.sip.message import to_int
+
 # Static payload types (RFC 3551 §6): codec name and clock rate, used when there is no rtpmap.
 STATIC_PT = {
     0: ("PCMU", 8000), 3: ("GSM", 8000), 4: ("G723", 8000), 5: ("DVI4", 8000), 6: ("DVI4", 16000),
@@ -20,6 +22,7 @@ STATIC_PT = {
     31: ("H261", 90000), 32: ("MPV", 90000), 33: ("MP2T", 90000), 34: ("H263", 90000),
 }
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
+MAX_CLOCK_RATE = 10 ** 7   # no RTP clock runs faster (90 kHz video; 10 MHz is generous)
 
 
 @dataclass(frozen=True)
@@ -109,8 +112,10 @@ class _MediaBuilder:
 def _a_rtpmap(m: _MediaBuilder, value: str) -> None:
     pt, _, enc = value.partition(" ")
     parts = enc.strip().split("/")
-    rate = int(parts[1]) if len(parts) > 1 and parts[1].isascii() and parts[1].isdigit() else 8000
-    ch = int(parts[2]) if len(parts) > 2 and parts[2].isascii() and parts[2].isdigit() else 1
+    rate = to_int(parts[1]) if len(parts) > 1 else 8000
+    ch = to_int(parts[2]) if len(parts) > 2 else 1
+    if rate is None or not 1 <= rate <= MAX_CLOCK_RATE or ch is None or not 1 <= ch <= 255:
+        raise ValueError(enc)   # recorded as a line sipflow cannot read
     m.rtpmap[int(pt)] = (parts[0], rate, ch)
 
 

@@ -1,0 +1,82 @@
+"""Capture text is hostile: whatever a SIP message carries (escape sequences, bare CR, vertical tabs,
+C1 controls, invalid UTF-8, spreadsheet formulas), every command and format writes it safely: no control
+byte but newline (and tab) in text and CSV, CSV that reads back with the same fields and formulas
+neutralised, JSON that parses."""
+import csv
+import io
+import json
+import re
+
+import pytest
+from click.testing import CliRunner
+
+from sipflow.cli import main
+from sipflow.render.safe import csv_cell, printable
+
+from pcaptools import udp_frame, write_pcap
+
+A, B = "198.51.100.10", "203.0.113.20"   # documentation addresses: data inside the file only
+EVIL_NAME = "\x1b[2J\x1b]0;owned\x07\u0085"          # clear screen, set the window title, a C1 control
+FORMULA_USER = "=cmd|' /C calc'!A0"
+
+
+def _message(first, cseq, method, branch, ttag=None, extra=()):
+    lines = [first, f"Via: SIP/2.0/UDP {A}:5060;branch={branch}",
+             f'From: "{EVIL_NAME}" <sip:{FORMULA_USER}@x>;tag=f1',
+             "To: <sip:@SUM(1+1)@y>" + (f";tag={ttag}" if ttag else ""),
+             "Call-ID: +hostile\x0bcall@x", f"CSeq: {cseq} {method}", "User-Agent: ua\rsneaky", *extra,
+             "Content-Length: 0"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + b"\xff\xfe"
+
+
+@pytest.fixture(scope="module")
+def capture(tmp_path_factory):
+    msgs = [_message("INVITE sip:bob@y SIP/2.0", 1, "INVITE", "z9hG4bK1"),
+            _message("SIP/2.0 486 Busy\x1b[31m Here\x9b", 1, "INVITE", "z9hG4bK1", "t1"),
+            _message("ACK sip:bob@y SIP/2.0", 1, "ACK", "z9hG4bK1", "t1"),
+            _message("REGISTER sip:y SIP/2.0", 2, "REGISTER", "z9hG4bK2", extra=("Contact: <sip:-2+3@x>",))]
+    recs = [(1_700_000_000 + i, 0, udp_frame(A if i % 2 == 0 else B, 5060, B if i % 2 == 0 else A, 5060, m, i + 1))
+            for i, m in enumerate(msgs)]
+    return str(write_pcap(tmp_path_factory.mktemp("hostile") / "hostile.pcap", 1, recs))
+
+
+COMMANDS = [("calls", "text"), ("calls", "csv"), ("calls", "json"), ("summary", "text"), ("summary", "json"),
+            ("analyze", "text"), ("analyze", "csv"), ("analyze", "json"), ("analyze", "ndjson"), ("rtp", "text"),
+            ("rtp", "csv"), ("rtp", "json"), ("ladder", "text")]
+_BAD_TEXT = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+@pytest.mark.parametrize("command, fmt", COMMANDS, ids=lambda v: v)
+def test_every_command_and_format_writes_hostile_text_safely(capture, tmp_path, command, fmt):
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, [command, capture, "--format", fmt, "-o", str(out)])
+    assert r.exit_code == 0, (r.output, r.exception)
+    data = out.read_bytes()
+    text = data.decode("utf-8")          # valid UTF-8 whatever the capture held
+    assert not _BAD_TEXT.search(text), repr(_BAD_TEXT.search(text).group(0))
+    if fmt == "json":
+        json.loads(text)
+    elif fmt == "ndjson":
+        assert all(json.loads(line) for line in text.splitlines())
+    elif fmt == "csv":
+        rows = list(csv.reader(io.StringIO(text)))
+        assert len(rows) >= 1 and all(len(row) == len(rows[0]) for row in rows)
+        for row in rows[1:]:
+            for cell in row:
+                if cell[:1] in ("=", "+", "-", "@"):
+                    assert cell == "-" or float(cell) is not None  # only a number (or "-") may
+
+
+def test_the_terminal_never_sees_raw_escapes_but_sees_that_they_were_there(capture):
+    r = CliRunner().invoke(main, ["ladder", capture, "--width", "200"])   # shows the reason phrase
+    assert r.exit_code == 0 and "\x1b" not in r.output
+    assert "486 Busy\\x1b[31m Here\\x9b" in r.output
+
+
+def test_the_rules_themselves():
+    assert printable("a\x1b[2Jb\rc\td\ne") == "a\\x1b[2Jb\\x0dc\\x09d\\x0ae"
+    assert printable("a\x1b\tb\nc", lines=True) == "a\\x1b\tb\nc"
+    assert printable("caf\u00e9 \u0085") == "caf\u00e9 \\x85"
+    assert csv_cell("=1+1") == "'=1+1" and csv_cell("@SUM(A1)") == "'@SUM(A1)" and csv_cell("-x") == "'-x"
+    assert csv_cell(-3) == -3 and csv_cell(None) is None and csv_cell("alice") == "alice"
+    assert csv_cell("-") == "-" and csv_cell("-12.5") == "-12.5", "placeholders and numbers stay readable"
