@@ -80,3 +80,19 @@ def test_the_rules_themselves():
     assert csv_cell("=1+1") == "'=1+1" and csv_cell("@SUM(A1)") == "'@SUM(A1)" and csv_cell("-x") == "'-x"
     assert csv_cell(-3) == -3 and csv_cell(None) is None and csv_cell("alice") == "alice"
     assert csv_cell("-") == "-" and csv_cell("-12.5") == "-12.5", "placeholders and numbers stay readable"
+
+
+def test_an_address_inside_a_display_name_is_text_not_the_caller(tmp_path):
+    from pcaptools import sip_text
+    spoof = sip_text("INVITE sip:bob@y SIP/2.0", [
+        ("Via", f"SIP/2.0/UDP {A}:5060;branch=z9hG4bK9"),
+        ("From", '"<sip:ceo@bank.example>" <sip:attacker@evil.example>;tag=f9'),
+        ("To", '"a \\" quote <sip:x@y>" <sip:bob@y>'), ("Call-ID", "spoof@x"), ("CSeq", "1 INVITE")])
+    path = write_pcap(tmp_path / "spoof.pcap", 1, [(1_700_000_000, 0, udp_frame(A, 5060, B, 5060, spoof))])
+    import sipflow
+    a = sipflow.analyze(str(path))
+    c = a.calls[0]
+    assert (c.from_uri, c.from_user, c.to_user) == ("sip:attacker@evil.example", "attacker", "bob")
+    assert a.messages[0].msg.from_.display == "<sip:ceo@bank.example>" and a.messages[0].from_tag == "f9"
+    r = CliRunner().invoke(main, ["calls", str(path), "--width", "120"])
+    assert "attacker@evil.example" in r.output and "ceo@bank" not in r.output

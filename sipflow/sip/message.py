@@ -181,14 +181,40 @@ class NameAddr:
         return _param(self.params, name)
 
 
+def quoted_end(text: str) -> int:
+    """Where a leading quoted-string (RFC 3261 §25.1: quoted-pairs ``\\x`` inside) ends, or 0 when
+    ``text`` does not start with one. A display name is text: a ``<`` inside it is not the address."""
+    if not text.startswith('"'):
+        return 0
+    i = 1
+    while i < len(text):
+        c = text[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == '"':
+            return i + 1
+        i += 1
+    return len(text)   # unterminated: all of it is display name, there is no address
+
+
+def laquot(text: str) -> int:
+    """The ``<`` that opens a name-addr's address (after any quoted display name), or -1."""
+    return text.find("<", quoted_end(text))
+
+
+_QUOTED_PAIR = re.compile(r"\\(.)")
+
+
 def parse_name_addr(text: str) -> NameAddr:
     text = text.strip()
-    lt = text.find("<")
+    lt = laquot(text)
     if lt >= 0:
         gt = text.find(">", lt)
         if gt < 0:
             gt = len(text)
-        display = text[:lt].strip().strip('"') or None
+        q = quoted_end(text)
+        display = (_QUOTED_PAIR.sub(r"\1", text[1:q - 1]) if q else text[:lt].strip().strip('"')) or None
         return NameAddr(raw=text, uri=parse_uri(text[lt + 1:gt]), display=display,
                         params=_params(text[gt + 1:]))
     if text == "*":

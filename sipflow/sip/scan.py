@@ -21,7 +21,7 @@ from functools import lru_cache
 from typing import Dict, List, Optional, Tuple
 
 from sipflow.sip.message import (COMPACT, KNOWN_METHODS, REQUIRED, NameAddr, SipMessage, body_of,
-                                 parse_message, parse_name_addr, split_host_port, split_list, to_int)
+                                 laquot, parse_message, parse_name_addr, split_host_port, split_list, to_int)
 
 __all__ = ["SipHead", "scan", "head_of", "parse_contact", "contact_host"]
 
@@ -116,7 +116,7 @@ def name_addr_fields(value: str) -> Tuple[str, Optional[str], Optional[str]]:
     """(URI, user, tag) of a From/To value, by sip.message.parse_name_addr's rules. Cached: within a
     dialog every message repeats the same From and To."""
     text = value.strip()
-    lt = text.find("<")
+    lt = laquot(text)
     if lt >= 0:
         gt = text.find(">", lt)
         if gt < 0:
