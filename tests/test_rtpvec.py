@@ -120,3 +120,29 @@ def test_pcapng_with_mixed_interfaces_reads_the_same_with_and_without_numpy(tmp_
     key = lambda s: (s.src, s.sport, s.dst, s.dport, s.ssrc)  # noqa: E731
     for a, b in zip(sorted(fast.streams, key=key), sorted(slow.streams, key=key)):
         same(figures(a), figures(b))
+
+
+def test_many_short_streams_beside_a_long_one_cost_what_their_packets_cost():
+    """One block with 20 000 two-packet streams and one of 2 000 packets: the per-group running sums must
+    not be a 20 001 x 2 000 matrix (320 MB); the same figures as the reference, in a few MB."""
+    import tracemalloc
+    n_short, n_long = 20_000, 2_000
+    streams = [RtpStream("a", 1, "b", 2, i, 0, 1) for i in range(n_short + 1)]
+    refs = [RtpStream("a", 1, "b", 2, i, 0, 1) for i in range(n_short + 1)]
+    seq, rts, arr, b1, starts = [], [], [], [], []
+    for g in range(n_short + 1):
+        starts.append(len(seq))
+        n = n_long if g == n_short else 2
+        for i in range(n):
+            p = (i, i * 160, 1_700_000_000.0 + i * 0.02 + (g % 7) * 1e-4, 0)
+            seq.append(p[0]), rts.append(p[1]), arr.append(p[2]), b1.append(p[3])
+            refs[g].add(*p)
+    for r in refs:
+        r.flush()
+    tracemalloc.start()
+    fold(streams, np.array(starts), np.array(seq), np.array(rts, dtype=np.uint32), np.array(arr), np.array(b1))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 60 << 20, f"{peak / 1e6:.0f} MB"
+    for g in (0, 1, n_short // 2, n_short):
+        same(figures(streams[g]), figures(refs[g]))

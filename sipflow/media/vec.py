@@ -25,6 +25,29 @@ _POW_A = _A ** np.arange(0, ROUND + 1, dtype=np.float64)          # a^k
 _POW_INV_A = (1.0 / _A) ** np.arange(0, ROUND + 1, dtype=np.float64)  # a^-k
 
 
+def _group_cumsum(np, g, k, vals, ng: int):
+    """Running sums of ``vals`` within each group (entries grouped, ``k`` = 1, 2, ... inside a group).
+
+    Each group gets a row of its own, so its sum starts from zero (one running sum over all groups would
+    lose the small terms of one group next to the large totals of another). Groups go in buckets of
+    similar length (next power of two), so the rows hold at most about twice the entries: a block of
+    40 000 two-packet streams beside one long stream costs what its packets cost, not 40 000 x 2048."""
+    out = np.empty(len(vals))
+    groups, counts = np.unique(g, return_counts=True)
+    widths = 1 << np.ceil(np.log2(counts)).astype(np.int64)
+    row_of = np.full(ng, -1, dtype=np.int64)
+    for width in np.unique(widths).tolist():
+        members = groups[widths == width]
+        row_of[:] = -1
+        row_of[members] = np.arange(len(members))
+        sel = np.flatnonzero(row_of[g] >= 0)
+        rows = np.zeros((len(members), width))
+        ri, ci = row_of[g[sel]], k[sel] - 1
+        rows[ri, ci] = vals[sel]
+        out[sel] = np.cumsum(rows, axis=1)[ri, ci]
+    return out
+
+
 def fold(streams: List[RtpStream], starts: np.ndarray, seq: np.ndarray, rts: np.ndarray, arrival: np.ndarray,
          b1: np.ndarray) -> None:
     """Fold packets into their streams. The arrays hold packets grouped by stream, in capture order within
@@ -120,11 +143,7 @@ def fold(streams: List[RtpStream], starts: np.ndarray, seq: np.ndarray, rts: np.
         m = (pos >= r * ROUND) & (pos < (r + 1) * ROUND) if rounds > 1 else slice(None)
         k = pos[m] - r * ROUND + 1
         gm = g_of[m]
-        # One row per group, so that each group's running sum starts from zero (a single running sum
-        # over all groups would lose the small terms of one group next to the large totals of another).
-        rows = np.zeros((ng, int(k.max())))
-        rows[gm, k - 1] = _POW_INV_A[k] * d[m] * 0.0625
-        jr = _POW_A[k] * (j0[gm] + np.cumsum(rows, axis=1)[gm, k - 1])
+        jr = _POW_A[k] * (j0[gm] + _group_cumsum(np, gm, k, _POW_INV_A[k] * d[m] * 0.0625, ng))
         J[m] = jr
         lasts = np.flatnonzero(np.r_[gm[1:] != gm[:-1], True])
         j0[gm[lasts]] = jr[lasts]
