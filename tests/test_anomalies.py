@@ -238,3 +238,12 @@ def test_forked_provisionals_and_a_cancel_that_lost_the_race_are_not_anomalies(t
                            (0.3, "ab", req("ACK", 1, "z9hG4bK2", ttag="fork2"))])
     assert not a.anomalies, a.anomalies
     assert a.calls[0].outcome.value == "answered"
+
+
+def test_a_missing_ack_is_still_reported_after_its_transaction_is_forgotten(tmp_path):
+    # 100 s later the INVITE transaction is long gone (Timer D, 32 s): the call still says what happened
+    a = capture(tmp_path, [(0, "ab", req("INVITE", 1, "z9hG4bK1")), (0.1, "ba", resp(486, "Busy Here", "INVITE", 1, "z9hG4bK1")),
+                           (100, "ab", req("OPTIONS", 2, "z9hG4bK2", call_id="other")),
+                           (100.1, "ba", resp(200, "OK", "OPTIONS", 2, "z9hG4bK2", call_id="other"))])
+    assert ("missing_ack", 2) in kinds(a)
+    assert a.stats["transactions_expired"] >= 1

@@ -166,3 +166,36 @@ def test_a_timestamp_no_calendar_holds_is_shown_as_a_number(tmp_path):
     from sipflow.cli import main
     r = CliRunner().invoke(main, ["calls", str(path)])
     assert r.exit_code == 0 and "?" in r.output, r.output
+
+
+def _cpu_seconds_to_analyze(path) -> float:
+    """CPU seconds of sipflow.analyze alone, in a fresh interpreter (what the scaling tests compare)."""
+    import subprocess
+    import sys
+    code = ("import sys, time, sipflow; t = time.process_time(); sipflow.analyze(sys.argv[1]); "
+            "print(time.process_time() - t)")
+    r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    return float(r.stdout)
+
+
+def test_one_call_id_with_thousands_of_invite_transactions_costs_linear_time(tmp_path):
+    """A flood of INVITEs (each challenged and ACKed) in one Call-ID: every per-message step must be
+    constant time (it was a rescan of every transaction of the call, per response). Four times the
+    messages must cost well under eight times the CPU (a rescan makes it sixteen)."""
+    def flood(n, name):
+        recs = []
+        for i in range(n):
+            br = f"z9hG4bK{i}"
+            for j, (first, frm, ftag_to, method) in enumerate((
+                    ("INVITE sip:bob@y SIP/2.0", A, "", "INVITE"),
+                    ("SIP/2.0 407 Proxy Authentication Required", B, ";tag=t", "INVITE"),
+                    ("ACK sip:bob@y SIP/2.0", A, ";tag=t", "ACK"))):
+                msg = sip_text(first, [("Via", f"SIP/2.0/UDP {A}:5060;branch={br}"), ("From", "<sip:a@x>;tag=f"),
+                                       ("To", "<sip:bob@y>" + ftag_to), ("Call-ID", "flood@x"),
+                                       ("CSeq", f"{i + 1} {method}")])
+                src, dst = (A, B) if frm == A else (B, A)
+                recs.append((1_700_000_000 + i // 100, (i % 100) * 10000 + j, udp_frame(src, 5060, dst, 5060, msg)))
+        return write_pcap(tmp_path / name, 1, recs)
+    small, big = _cpu_seconds_to_analyze(flood(3000, "s.pcap")), _cpu_seconds_to_analyze(flood(12000, "b.pcap"))
+    assert big < 8 * small, (small, big)

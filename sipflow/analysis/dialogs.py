@@ -83,7 +83,7 @@ def response_event(status: int) -> str:
 class Transaction:
     """One request and its responses on one hop."""
     __slots__ = ("key", "method", "request", "responses", "state", "retransmissions", "ack", "cancel",
-                 "final", "first_response", "first_18x", "unexpected", "registration", "last")
+                 "final", "first_response", "first_18x", "unexpected", "registration", "last", "first_hop")
 
     def __init__(self, key: tuple, request: SipEvent) -> None:
         self.key = key
@@ -100,6 +100,7 @@ class Transaction:
         self.registration: Optional[tuple] = None   # REGISTER: (Registration, the request's Contacts)
         self.unexpected = 0
         self.last = request.ts                       # the time of its latest message
+        self.first_hop = False                       # an initial INVITE the caller itself sent
 
     def on(self, event: str) -> bool:
         """Take one step of the table; False (state unchanged) when the table has no such step."""
@@ -160,13 +161,16 @@ class Call:
     """Everything sharing one Call-ID that contains an INVITE dialog: hops, dialogs, media, timings."""
     __slots__ = ("call_id", "events", "invites", "reinvites", "caller", "caller_tag", "from_uri", "to_uri",
                  "from_user", "to_user", "start", "state", "dialogs", "cancel", "bye", "bye_reason", "cancel_reason",
-                 "ack_2xx", "media", "holds", "anomalies", "saw_initial", "last", "aged_out", "queued")
+                 "ack_2xx", "media", "holds", "anomalies", "saw_initial", "last", "aged_out", "queued", "hop1",
+                 "unacked")
 
     def __init__(self, call_id: str, first: SipEvent) -> None:
         self.call_id = call_id
         self.events: List[SipEvent] = []
         self.invites: List[Transaction] = []      # initial INVITE transactions (no To-tag), every hop
         self.reinvites: List[Transaction] = []
+        self.hop1: List[Transaction] = []         # the invites the caller sent (kept as they come: no rescans)
+        self.unacked: Dict[tuple, Transaction] = {}   # (CSeq, sender) -> INVITE rejected, not yet ACKed
         self.caller: Optional[Tuple[str, int]] = None
         self.caller_tag: Optional[str] = None
         # Parties as the first message names them; the initial INVITE, when seen, has the last word.
@@ -192,9 +196,8 @@ class Call:
     # The figures below all look at the first hop: what the caller sent and received.
 
     def first_hop(self) -> List[Transaction]:
-        if self.caller is None:
-            return []
-        return [t for t in self.invites if (t.request.src, t.request.sport) == self.caller]
+        """The initial INVITE transactions the caller sent (all figures are judged there)."""
+        return self.hop1
 
     def final_transaction(self) -> Optional[Transaction]:
         hop = self.first_hop()
@@ -208,6 +211,8 @@ class Call:
         self.events.clear()
         self.invites.clear()
         self.reinvites.clear()
+        self.hop1.clear()
+        self.unacked.clear()
         self.dialogs.clear()
         self.media.clear()
         self.cancel = self.bye = self.ack_2xx = None
@@ -444,6 +449,7 @@ class Tracker:
                 continue
             self.summarised.add(call.outcome(now), call.final_status, call.saw_initial, call.timings(),
                                 len(call.events))
+            self.anomalies.extend(self.judge(call, now))   # its last chance to be judged: it goes now
             del self.calls[call.call_id]
             gone.append(call)   # the analyzer drops its records, then the call forgets them
         if len(self._last_cseq) > _CSEQ_MEMORY:   # oldest senders first (dicts keep insertion order)
@@ -527,16 +533,12 @@ class Tracker:
         """An ACK whose branch matches no transaction, for an INVITE rejected with 3xx-6xx on the same
         hop (same CSeq, same sender, no ACK yet): the ACK for that rejection with a new branch, which
         RFC 3261 §17.1.1.3 forbids but some WebRTC stacks send. Matched, and recorded as an anomaly."""
-        for t in reversed(call.invites + call.reinvites):
-            final = t.final
-            if final is not None and final.status >= 300 and t.ack is None \
-                    and t.request.cseq == ev.cseq \
-                    and (t.request.src, t.request.sport) == (ev.src, ev.sport):
-                self.anomaly(AnomalyKind.ACK_BRANCH_MISMATCH, ev, f"ACK for {final.summary()} carries branch "
-                             f"{ev.branch!r}, not its INVITE's {t.request.branch!r} (RFC 3261 §17.1.1.3)",
-                             call)
-                return t
-        return None
+        t = call.unacked.get((ev.cseq, ev.src, ev.sport))
+        if t is None or t.ack is not None:
+            return None
+        self.anomaly(AnomalyKind.ACK_BRANCH_MISMATCH, ev, f"ACK for {t.final.summary()} carries branch "
+                     f"{ev.branch!r}, not its INVITE's {t.request.branch!r} (RFC 3261 §17.1.1.3)", call)
+        return t
 
     def _retransmitted(self, ev: SipEvent, tx: Transaction) -> None:
         ev.retransmission = True
@@ -568,7 +570,6 @@ class Tracker:
         if h.to_tag:
             call.reinvites.append(tx)
         else:
-            call.invites.append(tx)
             if not call.saw_initial:
                 call.saw_initial = True
                 call.caller = (ev.src, ev.sport)
@@ -576,6 +577,10 @@ class Tracker:
                 call.start = ev.ts
                 call.from_uri, call.to_uri = h.from_uri, h.to_uri
                 call.from_user, call.to_user = h.from_user, h.to_user
+            call.invites.append(tx)
+            if (ev.src, ev.sport) == call.caller:
+                call.hop1.append(tx)
+                tx.first_hop = True
         self._sdp(ev, call)
 
     def _sdp(self, ev: SipEvent, call: Call) -> Optional[Session]:
@@ -689,7 +694,9 @@ class Tracker:
                 d.state = DialogState.CONFIRMED
         if ev.head.body:
             self._sdp(ev, call)
-        if tx in call.first_hop():
+        if status >= 300 and tx.final is ev and tx.ack is None:
+            call.unacked[(tx.request.cseq, tx.request.src, tx.request.sport)] = tx
+        if tx.first_hop:
             self._call_event(call, "18x" if 180 <= status < 190 else response_event(status), ev)
 
     # -- registrations --------------------------------------------------------------------------------
@@ -767,18 +774,24 @@ class Tracker:
         """Anomalies that are judged by how long nothing came: a final response to INVITE with no ACK
         2 x T1 after it (the UAC's own retransmission timer, §17.1.1.2). Computed for a moment (the
         end of the capture, or a snapshot), never stored: a later ACK would take them back."""
+        out = [a for call in self.calls.values() for a in self.judge(call, end)]
+        out.sort(key=lambda a: (a.file, a.frame))
+        return out
+
+    def judge(self, call: Call, end: float) -> List[Anomaly]:
+        """The missing-ACK judgments of one call at time ``end``, in one pass over what it holds."""
         out: List[Anomaly] = []
-        for tx in self.transactions.values():
-            if tx.method == "INVITE" and tx.final is not None and tx.final.status >= 300 and tx.ack is None \
-                    and end - tx.final.ts > 2 * T1:
+        for tx in call.invites + call.reinvites:
+            if tx.final is not None and tx.final.status >= 300 and tx.ack is None and end - tx.final.ts > 2 * T1:
                 out.append(Anomaly(AnomalyKind.MISSING_ACK, tx.final.frame, tx.final.call_id,
                                    f"no ACK for {tx.final.summary()}", tx.final.file))
-        for call in self.calls.values():
-            for tx in call.invites:
-                if tx.final is not None and 200 <= tx.final.status < 300:
-                    acked = any(e.method == "ACK" and e.cseq == tx.request.cseq for e in call.events)
-                    if not acked and end - tx.final.ts > 2 * T1:
-                        out.append(Anomaly(AnomalyKind.MISSING_ACK, tx.final.frame, tx.final.call_id,
-                                           f"no ACK for {tx.final.summary()} to INVITE", tx.final.file))
-                        break
+        acked = None
+        for tx in call.invites:
+            if tx.final is not None and 200 <= tx.final.status < 300:
+                if acked is None:
+                    acked = {e.cseq for e in call.events if e.method == "ACK"}
+                if tx.request.cseq not in acked and end - tx.final.ts > 2 * T1:
+                    out.append(Anomaly(AnomalyKind.MISSING_ACK, tx.final.frame, tx.final.call_id,
+                                       f"no ACK for {tx.final.summary()} to INVITE", tx.final.file))
+                    break
         return out
