@@ -377,7 +377,15 @@ class Decoder:
         self._tcp_drain(key, d, out)
 
     def _tcp_drain(self, key, d: _TcpDir, out: list) -> None:
-        while d.ooo:
+        ooo = d.ooo
+        while ooo:
+            held = ooo.pop(d.next_seq, None)
+            if held is not None:   # the segment that starts where the stream is: no scan of the rest
+                p, fr = held
+                d.held -= len(p)
+                self._tcp_deliver(key, d, p, fr, out)
+                continue
+            # A held segment that overlaps what was delivered, or none that can go yet: one pass.
             progressed = False
             for s in list(d.ooo):
                 rel = (s - d.next_seq) & 0xFFFFFFFF
