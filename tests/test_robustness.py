@@ -220,3 +220,36 @@ def test_tcp_segments_in_reverse_order_cost_linear_time(tmp_path):
     assert big < 8 * small, (small, big)
     a = sipflow.analyze(str(tmp_path / "s.pcap"))
     assert a.stats["sip_messages"] >= 4000 * 50 // 200 and a.stats.get("net_tcp_gap", 0) == 0
+
+
+def test_sctp_fragments_reassemble_in_any_order_and_a_flood_of_beginnings_costs_linear_time(tmp_path):
+    from pcaptools import sctp, sctp_data_chunk
+    msg = sip_text("OPTIONS sip:bob@y SIP/2.0", [("Via", f"SIP/2.0/SCTP {A}:5060;branch=z9hG4bKs"),
+                                                  ("From", "<sip:a@x>;tag=f"), ("To", "<sip:bob@y>"),
+                                                  ("Call-ID", "sctp@x"), ("CSeq", "1 OPTIONS")])
+    pieces = [msg[i:i + 40] for i in range(0, len(msg), 40)]
+    chunks = [sctp_data_chunk(100 + i, 0, 0, p, begin=i == 0, end=i == len(pieces) - 1) for i, p in enumerate(pieces)]
+    order = chunks[2:] + [chunks[0]] + [chunks[1]]       # the beginning arrives late
+    recs = [(1_700_000_000, i, eth_ip(ipv4(A, B, 132, sctp(5060, 5060, 1, [c]), ident=i + 1)))
+            for i, c in enumerate(order)]
+    a = sipflow.analyze(str(write_pcap(tmp_path / "ok.pcap", 1, recs)))
+    assert [m.method for m in a.messages] == ["OPTIONS"] and sorted(a.messages[0].frames) == list(range(1, len(recs) + 1))
+
+    def flood(n, name):   # n chunks, every one flagged "begin", none "end", consecutive TSNs
+        recs = [(1_700_000_000, i, eth_ip(ipv4(A, B, 132, sctp(5060, 5060, 1, [sctp_data_chunk(
+            7 + i, 0, 0, b"x" * 32, begin=True, end=False)]), ident=i & 0xFFFF))) for i in range(n)]
+        return write_pcap(tmp_path / name, 1, recs)
+    small, big = _cpu_seconds_to_analyze(flood(1000, "s.pcap")), _cpu_seconds_to_analyze(flood(4000, "b.pcap"))
+    assert big < 8 * small, (small, big)
+
+
+def test_a_websocket_http_head_that_never_ends_is_given_up_on(tmp_path):
+    head = b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nX: " + b"a" * 200_000   # no blank line, ever
+    recs, seq = [(1_699_999_999, 0, eth_ip(ipv4(A, B, 6, tcp(A, B, 40000, 5060, 999, 0, 0x02, b""))))], 1000
+    for i in range(0, len(head), 1000):
+        piece = head[i:i + 1000]
+        recs.append((1_700_000_000, i, eth_ip(ipv4(A, B, 6, tcp(A, B, 40000, 5060, seq, 1, 0x18, piece),
+                                                     ident=(i // 1000 + 1) & 0xFFFF))))
+        seq += len(piece)
+    a = sipflow.analyze(str(write_pcap(tmp_path / "ws.pcap", 1, recs)))
+    assert a.stats["net_ws_http_head_too_long"] == 1 and a.stats["frames"] == len(recs)

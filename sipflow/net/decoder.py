@@ -39,6 +39,7 @@ _HEP_CHUNK_LEN = {3: 4, 4: 4, 5: 16, 6: 16, 7: 2, 8: 2}
 FRAG_TIMEOUT = 60.0      # seconds of capture time before an incomplete IP datagram is dropped
 TCP_IDLE = 900.0         # seconds of capture time before an idle TCP stream's state is dropped
 TCP_OOO_LIMIT = 1 << 20  # bytes held out of order before a gap is declared
+MAX_HTTP_HEAD = 64 * 1024  # a WebSocket upgrade's HTTP head longer than this is not one
 
 
 class _TcpDir:
@@ -316,7 +317,7 @@ class Decoder:
                     tsn = _I.unpack_from(data, pos + 4)[0]
                     parts = self.sctp_parts.setdefault(key, {})
                     parts.setdefault(tsn, (cflags & 3, user, self.frame))
-                    whole = _sctp_message(parts)
+                    whole = _sctp_message(parts, tsn)
                     if whole is not None:
                         out.append(Datagram(self.ts, self.file, self.frame, src, sport, dst, dport, "sctp",
                                             whole[0], whole[1]))
@@ -457,8 +458,12 @@ class Decoder:
         while True:
             data = buf.data
             if data[:4] in (b"GET ", b"HTTP"):  # the upgrade handshake: skip the HTTP head
-                end = data.find(b"\r\n\r\n")
+                end = data.find(b"\r\n\r\n", 0, MAX_HTTP_HEAD)
                 if end < 0:
+                    if len(data) >= MAX_HTTP_HEAD:   # a head that never ends: not a WebSocket after all
+                        self.count("ws_http_head_too_long")
+                        buf.clear()
+                        d.mode = "raw"
                     return
                 buf.take(end + 4)
                 continue
@@ -510,20 +515,26 @@ class Decoder:
         return out
 
 
-def _sctp_message(parts: Dict[int, tuple]) -> Optional[Tuple[bytes, Tuple[int, ...]]]:
+def _sctp_message(parts: Dict[int, tuple], tsn: int) -> Optional[Tuple[bytes, Tuple[int, ...]]]:
     """Join the pieces of a fragmented SCTP user message (RFC 9260 §6.9) once every TSN from its
-    B(eginning) chunk to its E(nd) chunk is in, whatever order they came in. Removes them from ``parts``."""
-    for first, (flags, _, _) in list(parts.items()):
-        if not flags & 2:
-            continue
-        tsns, tsn = [], first
-        while tsn in parts:
-            tsns.append(tsn)
-            if parts[tsn][0] & 1:
-                pieces = [parts.pop(t) for t in tsns]
-                return b"".join(p[1] for p in pieces), tuple(sorted({p[2] for p in pieces}))
-            tsn = (tsn + 1) & 0xFFFFFFFF
-    return None
+    B(eginning) chunk to its E(nd) chunk is in, whatever order they came in; removes them from ``parts``.
+    Only the message the chunk ``tsn`` just added can have become whole, so only its run of TSNs is
+    walked: back to a B (not past an E, which ends an earlier message), then forward to an E (not past
+    another B). The cost is the length of that run, whatever else is held."""
+    first = tsn
+    while not parts[first][0] & 2:
+        prev = (first - 1) & 0xFFFFFFFF
+        if prev not in parts or parts[prev][0] & 1:
+            return None
+        first = prev
+    tsns, t = [first], first
+    while not parts[t][0] & 1:
+        t = (t + 1) & 0xFFFFFFFF
+        if t not in parts or parts[t][0] & 2:
+            return None
+        tsns.append(t)
+    pieces = [parts.pop(t) for t in tsns]
+    return b"".join(p[1] for p in pieces), tuple(sorted({p[2] for p in pieces}))
 
 
 def _ws_frame(data) -> Optional[tuple]:
