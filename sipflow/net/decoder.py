@@ -10,6 +10,7 @@ Broken or unknown layers are counted in ``Decoder.counters`` and otherwise ignor
 """
 from __future__ import annotations
 
+import bisect
 import struct
 from typing import Dict, List, Optional, Tuple
 
@@ -40,6 +41,7 @@ FRAG_TIMEOUT = 60.0      # seconds of capture time before an incomplete IP datag
 TCP_IDLE = 900.0         # seconds of capture time before an idle TCP stream's state is dropped
 TCP_OOO_LIMIT = 1 << 20  # bytes held out of order before a gap is declared
 MAX_HTTP_HEAD = 64 * 1024  # a WebSocket upgrade's HTTP head longer than this is not one
+MAX_FRAGMENTS = 8192       # pieces of one IP datagram (65 535 bytes in 8-byte units), duplicates included
 
 
 class _TcpDir:
@@ -175,31 +177,43 @@ class Decoder:
 
     def _defrag(self, key: tuple, offset: int, more: bool, part: bytes):
         """Collect fragments in any order; return (whole payload, frames) when every byte is in,
-        (None, ()) before."""
+        (None, ()) before. Coverage from offset 0 is kept as it grows (sorted offsets and how far the
+        contiguous part reaches), so each fragment costs the same however many came before it; a
+        datagram of more than MAX_FRAGMENTS pieces (duplicates included) is given up on and counted."""
         entry = self.frags.get(key)
-        if entry is None:
-            entry = self.frags[key] = [self.ts, None, {}, []]  # first seen, total length, parts, frames
+        if entry is None:   # first seen, total length, parts, frames, sorted offsets, covered up to, absorbed
+            entry = self.frags[key] = [self.ts, None, {}, [], [], 0, 0]
+        frames = entry[3]
+        frames.append(self.frame)
+        if len(frames) > MAX_FRAGMENTS:
+            del self.frags[key]
+            self.count("ip_fragments_dropped")
+            return None, ()
         if not more:
             entry[1] = offset + len(part)
-        entry[2].setdefault(offset, part)
-        entry[3].append(self.frame)
+        parts, offsets = entry[2], entry[4]
+        if offset not in parts:   # a duplicate offset changes nothing (the first copy stays, as before)
+            parts[offset] = part
+            pos = bisect.bisect_left(offsets, offset)
+            offsets.insert(pos, offset)
+            have, done = entry[5], entry[6]
+            if pos < done:
+                done += 1
+            while done < len(offsets) and offsets[done] <= have:
+                o = offsets[done]
+                have = max(have, o + len(parts[o]))
+                done += 1
+            entry[5], entry[6] = have, done
         total = entry[1]
-        if total is None:
-            return None, ()
-        have = 0
-        for o in sorted(entry[2]):
-            if o > have:
-                return None, ()
-            have = max(have, o + len(entry[2][o]))
-        if have < total:
+        if total is None or entry[5] < total:
             return None, ()
         del self.frags[key]
         buf = bytearray(total)
-        for o in sorted(entry[2]):
-            p = entry[2][o]
+        for o in offsets:
+            p = parts[o]
             buf[o:o + len(p)] = p
         self.count("ip_reassembled")
-        return bytes(buf[:total]), tuple(entry[3])
+        return bytes(buf[:total]), tuple(frames)
 
     def _l4(self, proto: int, src: str, dst: str, payload: bytes, out: list, depth: int, frames: tuple) -> None:
         if proto == 17:
