@@ -175,3 +175,21 @@ def test_batches_and_records_match_scapys_reading_of_every_frame(tmp_path, fmt):
     assert [data for _, data in ours] == theirs
     (g,) = open_captures([str(path)])
     assert [(frame, bytes(buf[off:off + n])) for _, _, frame, _, buf, off, n in g] == ours
+
+
+def test_a_file_that_turns_into_zeros_stops_early_with_a_warning(tmp_path):
+    """A gzip bomb: a valid header and two real frames, then 200 MB of zeros (200 KB compressed). The
+    zeros are no records: reading stops after a few thousand of them, with a warning, not minutes later."""
+    import gzip
+    lt, recs = read_pcap(BASE)
+    good = write_pcap(tmp_path / "good.pcap", lt, recs[:2]).read_bytes()
+    bomb = tmp_path / "bomb.pcap.gz"
+    with gzip.open(bomb, "wb", compresslevel=1) as f:
+        f.write(good)
+        chunk = bytes(1 << 20)
+        for _ in range(200):
+            f.write(chunk)
+    assert bomb.stat().st_size < 2 << 20
+    a = sipflow.analyze(str(bomb))
+    assert a.stats["frames"] < 2 + 5000 and len(a.messages) == 2
+    assert a.warnings and "only zeros" in a.warnings[0] and a.files[0]["truncated"]

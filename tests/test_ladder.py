@@ -64,3 +64,19 @@ def test_probe_call_ladder_draws_its_own_call(tmp_path):
     arrows = [line for line in out.splitlines() if re.match(r"\s*\+\d+\.\d{6}\s+#\d+", line)]
     labels = [re.sub(r"[-<>|]", " ", line).split()[2] for line in arrows]
     assert labels[0] == "INVITE" and "ACK" in labels and "BYE" in labels and labels[-1] == "200"
+
+
+def test_thousands_of_endpoints_fold_into_one_lane_in_text(tmp_path):
+    from pcaptools import sip_text, udp_frame, write_pcap
+    from sipflow.render.ladder import MAX_TEXT_LANES
+    recs = []
+    for i in range(500):   # 500 source ports: a scanner
+        msg = sip_text("OPTIONS sip:b@y SIP/2.0", [("Via", f"SIP/2.0/UDP 198.51.100.1:{10000 + i};branch=z9hG4bK{i}"),
+                                                    ("From", f"<sip:a@x>;tag={i}"), ("To", "<sip:b@y>"),
+                                                    ("Call-ID", f"scan{i}"), ("CSeq", "1 OPTIONS")])
+        recs.append((1_700_000_000, i, udp_frame("198.51.100.1", 10000 + i, "203.0.113.5", 5060, msg, i + 1)))
+    a = sipflow.analyze(str(write_pcap(tmp_path / "scan.pcap", 1, recs)))
+    text = render_text(layout(a.messages), 100)
+    lines = text.splitlines()
+    assert len(lines) == 2 + 500 and max(len(line) for line in lines) < 20 + 14 * MAX_TEXT_LANES
+    assert "more" in lines[0] and lines[-1].count("|") <= MAX_TEXT_LANES

@@ -28,6 +28,10 @@ from sipflow.net.link import LINK_TYPES, supported_names
 BLOCK_SIZE = 8 << 20
 # A record longer than this is not a packet but a corrupt length field.
 MAX_RECORD = 64 << 20
+# This many empty, all-zero records in a row are not packets but a file of zeros (a gzip bomb expands
+# to gigabytes of them): reading stops there with a warning.
+MAX_ZERO_RECORDS = 4096
+_ZERO_RECORD = bytes(16)
 
 PCAP_MAGIC_US = 0xA1B2C3D4
 PCAP_MAGIC_NS = 0xA1B23C4D
@@ -315,12 +319,20 @@ class CaptureFile:
         caplen_of = struct.Struct(self.record_header.format[0] + "8xI").unpack_from
         order = self.record_header.format[0]
         frame = 0
+        zeros = 0   # consecutive all-zero record headers: a file of zeros (a gzip bomb) is no capture
         for buf, pos, end in self._pcap_blocks():
             offs = []
             add = offs.append
             last = end - 16
             while pos <= last:
-                nxt = pos + 16 + caplen_of(buf, pos)[0]
+                caplen = caplen_of(buf, pos)[0]
+                if not caplen:   # rare in a real capture: only then look at the whole header
+                    zeros = zeros + 1 if buf[pos:pos + 16] == _ZERO_RECORD else 0
+                    if zeros > MAX_ZERO_RECORDS:
+                        break
+                else:
+                    zeros = 0
+                nxt = pos + 16 + caplen
                 if nxt > end:
                     break
                 add(pos)
@@ -331,6 +343,11 @@ class CaptureFile:
                                   frame + 1)
                 frame += len(offs)
             self.frames = frame
+            if zeros > MAX_ZERO_RECORDS:
+                self.truncated = True
+                self.warning = (f"{self.name}: after frame {frame - MAX_ZERO_RECORDS} the file holds only zeros, "
+                                f"not packet records; stopped reading there")
+                return
 
     # -- pcapng ------------------------------------------------------------------------------------
 

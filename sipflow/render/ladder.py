@@ -53,12 +53,19 @@ def layout(messages: Sequence[SipEvent]) -> Ladder:
     return Ladder(tuple(lanes), tuple(arrows), arrows[0].ts if arrows else 0.0)
 
 
+MAX_TEXT_LANES = 16   # the text painter folds endpoints beyond this into one last lane (pictures do not)
+
+
 def render_text(ladder: Ladder, width: int = 100) -> str:
     """One line per message: time since the first message, frame number, and an arrow between the
     lanes. Lanes share the width left after those columns equally (at least 14 characters each)."""
     if not ladder.arrows:
         return "No SIP messages."
-    n = len(ladder.lanes)
+    lanes = list(ladder.lanes)
+    fold = len(lanes) > MAX_TEXT_LANES   # thousands of source ports would make every line kilobytes long
+    if fold:
+        lanes = lanes[:MAX_TEXT_LANES - 1] + [f"… {len(lanes) - MAX_TEXT_LANES + 1} more"]
+    n = len(lanes)
     left = 19  # "+12345.678901 #12345 "
     gap = max(14, (width - left) // n)
     cols = [left + gap // 2 + i * gap for i in range(n)]
@@ -67,7 +74,7 @@ def render_text(ladder: Ladder, width: int = 100) -> str:
     for c in cols:
         bars[c] = "|"
     head = [" "] * size
-    for c, lane in zip(cols, ladder.lanes):
+    for c, lane in zip(cols, lanes):
         lane = printable(lane)
         text = lane if len(lane) < gap else "…" + lane[-(gap - 2):]
         start = max(0, min(size - len(text), c - len(text) // 2))
@@ -76,14 +83,15 @@ def render_text(ladder: Ladder, width: int = 100) -> str:
     for a in ladder.arrows:
         row = list(bars)
         label = printable(a.label) + (" (retransmission)" if a.retransmission else "")
-        lo, hi = sorted((cols[a.src], cols[a.dst]))
-        if a.src == a.dst:  # sent to its own address (a proxy looping a request to itself)
+        src, dst = (min(a.src, n - 1), min(a.dst, n - 1)) if fold else (a.src, a.dst)
+        lo, hi = sorted((cols[src], cols[dst]))
+        if src == dst:  # sent to its own address (a proxy looping a request to itself)
             text = f" {label} (to itself)"
             row[lo + 1:lo + 1 + len(text)] = text
         else:
             for x in range(lo + 1, hi):
                 row[x] = "-"
-            if a.dst > a.src:
+            if dst > src:
                 row[hi - 1] = ">"
             else:
                 row[lo + 1] = "<"
