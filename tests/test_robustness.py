@@ -59,6 +59,19 @@ def test_damaged_frames_never_raise(tmp_path_factory, frames, seed):
     report.summary_text(a), report.calls_text(a), report.analysis_csv(a)
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2 ** 32 - 1))
+def test_frames_spliced_at_header_boundaries_never_raise(tmp_path_factory, frames, seed):
+    """The long campaign's mutations (tests/fuzz/campaign.py: truncation, and splices of another frame's
+    bytes at link, IP, UDP/TCP and SIP boundaries besides flips), a bounded number of times."""
+    from fuzz.campaign import mutate as campaign_mutate, run_one
+    rnd = random.Random(seed)
+    picked = [rnd.choice(frames)[2] for _ in range(rnd.randint(1, 8))]
+    pool = [f for _, _, f in frames]
+    recs = [(1_700_000_000 + i, 0, campaign_mutate(f, pool, rnd)) for i, f in enumerate(picked)]
+    run_one(str(write_pcap(tmp_path_factory.mktemp("splice") / "s.pcap", 1, recs)))
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.binary(min_size=0, max_size=3000))
 def test_random_bytes_as_a_capture_file_give_a_clear_error_or_a_result(tmp_path_factory, data):
