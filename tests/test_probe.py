@@ -31,9 +31,9 @@ from click.testing import CliRunner
 from sipflow import __version__
 from sipflow.cli import ProbeExit, main
 from sipflow.errors import ProbeError
-from sipflow.probe.options_register import (MAX_COUNT, NON_INVITE_TABLE, T1, T2, T4, TIMER_F, ClientTransaction, Outcome,
-                           ProbeOptions, TxState, check_destination, nagios, options_request, parse_bind,
-                           parse_expect, parse_range, parse_target, probe_options, prometheus)
+from sipflow.probe.common import (Outcome, check_destination, parse_bind, parse_expect, parse_range, parse_target)
+from sipflow.probe.options import (MAX_COUNT, ProbeOptions, nagios, options_request, probe_options, prometheus)
+from sipflow.probe.transaction import (NON_INVITE_TABLE, T1, T2, T4, TIMER_F, ClientTransaction, TxState)
 from sipflow.sip.message import parse_message
 
 ROOT = Path(__file__).resolve().parents[1]

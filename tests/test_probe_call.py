@@ -29,9 +29,11 @@ from click.testing import CliRunner
 from sipflow.cli import ProbeExit, main
 from sipflow.errors import ProbeError
 from sipflow.media.g711 import SAMPLES_PER_PACKET, alaw_byte, tone_packet, ulaw_byte
-from sipflow.probe.call import (INVITE_TABLE, TIMER_B, CallOptions, CallOutcome, Dialog, InviteClientTransaction,
-                                InviteState, call_nagios, call_prometheus, cancel_for, invite_request, parse_dtmf,
-                                probe_call, rtp_packet, sdp_offer)
+from sipflow.media.rtp import rtp_packet
+from sipflow.probe.call import (CallOptions, CallOutcome, Dialog, call_nagios, call_prometheus, invite_request,
+                                probe_call, sdp_offer)
+from sipflow.probe.media import parse_dtmf
+from sipflow.probe.transaction import INVITE_TABLE, TIMER_B, InviteClientTransaction, InviteState, cancel_for
 from sipflow.sip.sdp import parse_sdp
 from sipflow.sip.message import parse_message
 

@@ -337,7 +337,7 @@ def test_options_through_an_outbound_proxy_goes_to_the_proxy_with_a_route(tmp_pa
     import socket as _socket
     import threading
 
-    from sipflow.probe.options_register import ProbeOptions, probe_options
+    from sipflow.probe.options import probe_options, ProbeOptions
     from sipflow.sip.message import parse_message as _parse
 
     srv = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)

@@ -34,8 +34,9 @@ from sipflow.cli import ProbeExit, main
 from sipflow.sip.digest import (DigestSession, challenges_from, choose, compute_response, parse_challenges,
                             redact)
 from sipflow.errors import ProbeError
-from sipflow.probe.options_register import (Outcome, RegisterOptions, parse_aor, probe_register, register_nagios, register_prometheus,
-                           register_request, register_target)
+from sipflow.probe.common import Outcome
+from sipflow.probe.register import (parse_aor, probe_register, register_nagios, register_prometheus,
+                                    register_request, register_target, RegisterOptions)
 from sipflow.sip.message import parse_message
 
 from test_probe import (SCENARIOS, V4, V6, check_nagios, check_prometheus, free_port, has_ipv6, port_taken,

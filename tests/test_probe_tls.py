@@ -22,7 +22,9 @@ from click.testing import CliRunner
 
 from sipflow.cli import ProbeExit, main
 from sipflow.errors import ProbeError
-from sipflow.probe.options_register import TlsOptions, options_request, parse_aor, parse_target, register_request
+from sipflow.probe.common import parse_target, TlsOptions
+from sipflow.probe.options import options_request
+from sipflow.probe.register import parse_aor, register_request
 
 from test_probe import (SCENARIOS, V4, V6, check_nagios, free_port, has_ipv6, port_taken, private_loopback,
                         server)

@@ -55,7 +55,7 @@ NAGIOS_UNKNOWN = 3
 
 def _probe_exit(run) -> ProbeExit:
     """The one mapping from a probe run to an exit code: the first probe that was not up decides."""
-    from sipflow.probe.options_register import Outcome
+    from sipflow.probe.common import Outcome
     bad = run.first_failure
     if bad is None:
         return ProbeExit.OK if run.results else ProbeExit.TIMEOUT
@@ -135,12 +135,12 @@ def _parsed(parse):
 
 
 def _parse_range(text):
-    from sipflow.probe.options_register import parse_range
+    from sipflow.probe.common import parse_range
     return parse_range(text)
 
 
 def _parse_expect(text):
-    from sipflow.probe.options_register import parse_expect
+    from sipflow.probe.common import parse_expect
     return parse_expect(text)
 
 
@@ -237,11 +237,12 @@ def probe_options(target, count, interval, timeout, expect, bind, family, fmt, w
     --format nagios: 0 OK, 1 WARNING, 2 CRITICAL (no answer, refused, timeout, unexpected code),
     3 UNKNOWN (could not run).  --format prometheus: 0 once the metrics are written.
     """
-    from sipflow.probe import options_register as p
+    from sipflow.probe import options as p
+    from sipflow.probe.common import Expect, TlsOptions, parse_target
     ctx = click.get_current_context()
-    tgt = p.parse_target(target)
-    opts = p.ProbeOptions(count=count, interval=interval, timeout=timeout, expect=expect or p.Expect(),
-                          bind=bind, family=family, tls=p.TlsOptions(ca=tls_ca, insecure=tls_insecure), proxy=proxy)
+    tgt = parse_target(target)
+    opts = p.ProbeOptions(count=count, interval=interval, timeout=timeout, expect=expect or Expect(),
+                          bind=bind, family=family, tls=TlsOptions(ca=tls_ca, insecure=tls_insecure), proxy=proxy)
     on_result = None
     if fmt == "text":
         def on_result(r, started=[]):
@@ -267,7 +268,7 @@ def probe_options(target, count, interval, timeout, expect, bind, family, fmt, w
 
 def _register_exit(result) -> ProbeExit:
     """``probe register``'s exit code: rejected credentials first, then the same mapping as options."""
-    from sipflow.probe.options_register import Outcome
+    from sipflow.probe.common import Outcome
     if result.outcome is Outcome.AUTH_FAILURE:
         return ProbeExit.AUTH_FAILURE
     return _probe_exit(result)
@@ -332,10 +333,11 @@ def probe_register(aor, user, password, expires, unregister, proxy, timeout, bin
     --format nagios: 0 OK, 1 WARNING, 2 CRITICAL (auth failure, no answer, refused, timeout, other
     code), 3 UNKNOWN (could not run).  --format prometheus: 0 once the metrics are written.
     """
-    from sipflow.probe import options_register as p
+    from sipflow.probe import register as p
+    from sipflow.probe.common import TlsOptions
     opts = p.RegisterOptions(user=user, password=password, expires=expires, unregister=unregister, proxy=proxy,
                              timeout=timeout, bind=bind, family=family,
-                             tls=p.TlsOptions(ca=tls_ca, insecure=tls_insecure))
+                             tls=TlsOptions(ca=tls_ca, insecure=tls_insecure))
     _probe_and_report(lambda cb: p.probe_register(aor, opts, on_message=cb), fmt, warning, critical, verbose,
                       password, pcap, keep_secrets, header=lambda r: p.register_header(r.target, opts),
                       text=p.register_text, as_json=p.register_json, nagios=p.register_nagios,
@@ -349,13 +351,13 @@ def _probe_and_report(run, fmt, warning, critical, verbose, password, pcap, keep
     their own)."""
     import tempfile
 
-    from sipflow.probe import options_register as p
+    from sipflow.probe.common import trace_text
     from sipflow.probe.recorder import recording
     ctx = click.get_current_context()
     on_message = None
     if verbose:
         def on_message(direction, data):
-            say(p.trace_text(direction, data, password), err=True)
+            say(trace_text(direction, data, password), err=True)
     with tempfile.TemporaryDirectory(prefix="sipflow-probe-") as tmp:
         # The ladder is drawn by the analyzer from the probe's own recording, like any capture.
         record = pcap or (os.path.join(tmp, "probe.pcap") if show_ladder else None)
@@ -468,7 +470,7 @@ def probe_call(target, from_uri, user, password, ring_timeout, duration, dtmf, p
     ways), 3 UNKNOWN (could not run).  --format prometheus: 0 once the metrics are written.
     """
     from sipflow.probe import call as pc
-    from sipflow.probe.options_register import TlsOptions
+    from sipflow.probe.common import TlsOptions
     opts = pc.CallOptions(from_uri=from_uri, user=user, password=password, ring_timeout=ring_timeout,
                           duration=duration, dtmf=dtmf, proxy=proxy, timeout=timeout, bind=bind, family=family,
                           audio=None if audio == "tone" else audio,

@@ -1,13 +1,11 @@
 """``sipflow probe call``: a real test call to the one URI the user names, and what it measured.
 
-Owns the INVITE client transaction (RFC 3261 §17.1.1, sans-IO: ``InviteClientTransaction`` walking
-``INVITE_TABLE``, time always an argument), the requests of a call (INVITE with an SDP offer, ACK for
-non-2xx in the transaction, ACK for 2xx and BYE in the dialog, CANCEL), the call's socket driver
-(``_CallDriver``: signalling and media sockets, the monotonic clock, ``select``) and the call's result
-formats. Reuses ``probe.options_register`` for the target, the non-INVITE transaction (CANCEL, BYE),
-the socket channel and the Nagios/Prometheus helpers; ``sip.digest`` for 401/407; ``sip.sdp`` to read
-the answer; ``media.stats.RtpStream`` for the received RTP (RFC 3550 loss and jitter), ``media.rtp`` for
-its header; ``media.g711`` for the tone.
+Owns the call's dialog (route set, remote target), the requests of a call (INVITE with an SDP offer,
+ACK for 2xx and BYE in the dialog), the call's socket driver (``_CallDriver``: signalling and media
+sockets, the monotonic clock, ``select``) and the call's result formats. The INVITE and non-INVITE client
+transactions (with the ACK of a rejection and CANCEL) are ``probe.transaction``'s; the target, channel
+and Nagios/Prometheus helpers ``probe.common``'s; the RTP sent and measured ``probe.media``'s;
+``sip.digest`` answers 401/407 and ``sip.sdp`` reads the answer.
 
 Dialog rules (RFC 3261 §12.1.2, §13.2.2.4, §12.2.1.1): the remote target is the 2xx's Contact, the route
 set its Record-Route in reverse order; with a loose router (``;lr``) first, the Request-URI is the remote
@@ -24,8 +22,6 @@ import math
 import random
 import secrets
 import select
-import socket
-import struct
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
@@ -33,181 +29,18 @@ from typing import Callable, Dict, List, Optional, Tuple
 from sipflow import __version__
 from sipflow.sip.digest import DigestSession, challenges_from, choose
 from sipflow.errors import ParseError, ProbeError
-from sipflow.media.g711 import PACKET_MS, SAMPLES_PER_PACKET, audio_payload, encode, read_wav, tone_packet
-from sipflow.probe.recorder import record as _pcap_record
-from sipflow.probe.options_register import (Channel, ClientTransaction, DEFAULT_PORT, DEFAULT_TLS_PORT, NagiosRange,
-                                            NagiosState, T1, Target, TlsOptions, contact_params, describe_failure,
-                                            new_branch, parse_bind, parse_target, perf_value, prom_label,
-                                            resolve_target, to_us, uri_host)
-from sipflow.media.rtp import HEADER as RTP_HEADER, is_rtcp, looks_like_rtp, rtp_packet
-from sipflow.media.stats import RtpStream
-from sipflow.sip.sdp import parse_sdp
+from sipflow.media.g711 import read_wav
+from sipflow.probe.common import (Channel, contact_params, DEFAULT_PORT, DEFAULT_TLS_PORT, describe_failure,
+                                  NagiosRange, NagiosState, new_branch, parse_bind, parse_target, perf_value,
+                                  prom_label, resolve_target, Target, TlsOptions, to_us, uri_host)
+from sipflow.probe.media import DTMF_PT, Media, parse_dtmf
+from sipflow.probe.transaction import (TIMER_B, ClientTransaction, InviteClientTransaction,
+                                       InviteState, cancel_for, sip_lines)
 from sipflow.sip.message import SipMessage, parse_message, parse_name_addr, parse_uri
 
-TIMER_B = 64 * T1             # §17.1.1.2: an INVITE gives up after this in Calling
-TIMER_D_UDP = 32.0            # §17.1.1.2: how long the Completed state absorbs retransmitted finals on UDP
 DEFAULT_DURATION = 5.0        # seconds from ACK to BYE
 DEFAULT_SLACK = 30.0          # the default --timeout is --duration (+ --ring-timeout) + this
 MAX_DURATION = 3600.0
-PACKET_S = PACKET_MS / 1000.0
-DTMF_PT = 101                 # the telephone-event payload type we offer (RFC 4733)
-DTMF_EVENTS = {**{str(d): d for d in range(10)}, "*": 10, "#": 11, "A": 12, "B": 13, "C": 14, "D": 15}
-ONE_WAY_MIN_SENT = 10         # a verdict on one-way audio needs at least this many packets sent (200 ms)
-ONE_WAY_FRACTION = 0.05       # ... and receiving fewer than this share of what was sent is one-way audio
-
-
-# ---------------------------------------------------------------------------------------------------
-# The INVITE client transaction (RFC 3261 §17.1.1, figure 5), sans-IO
-
-
-class InviteState(enum.Enum):
-    CALLING = "calling"
-    PROCEEDING = "proceeding"
-    COMPLETED = "completed"
-    TERMINATED = "terminated"
-
-
-# state -> {event: (next state, action)}. Events: "timer_a", "timer_b", "timer_d", "1xx", "2xx",
-# "non2xx" (300-699), "transport_error". A missing row is ignored. A 2xx ends the transaction at once:
-# its ACK (and any retransmitted 2xx) belong to the transaction user, the dialog (§13.2.2.4). A non-2xx
-# is ACKed here, and again for each retransmission of it, until Timer D.
-INVITE_TABLE: Dict[InviteState, Dict[str, Tuple[InviteState, str]]] = {
-    InviteState.CALLING: {
-        "timer_a": (InviteState.CALLING, "retransmit"),     # and Timer A doubles (no T2 cap for INVITE)
-        "timer_b": (InviteState.TERMINATED, "timeout"),
-        "1xx": (InviteState.PROCEEDING, "provisional"),    # stops retransmissions
-        "2xx": (InviteState.TERMINATED, "answered"),
-        "non2xx": (InviteState.COMPLETED, "ack"),
-        "transport_error": (InviteState.TERMINATED, "transport_error"),
-    },
-    InviteState.PROCEEDING: {
-        "1xx": (InviteState.PROCEEDING, "provisional"),
-        "2xx": (InviteState.TERMINATED, "answered"),
-        "non2xx": (InviteState.COMPLETED, "ack"),
-        "transport_error": (InviteState.TERMINATED, "transport_error"),
-    },
-    InviteState.COMPLETED: {
-        "non2xx": (InviteState.COMPLETED, "reack"),
-        "timer_d": (InviteState.TERMINATED, "forget"),
-        "transport_error": (InviteState.TERMINATED, "transport_error"),
-    },
-    InviteState.TERMINATED: {},
-}
-
-
-def _lines(*lines: str) -> bytes:
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
-
-
-def ack_for_non2xx(invite: SipMessage, response: SipMessage) -> bytes:
-    """§17.1.1.3: the ACK for a 3xx-6xx: the INVITE's Request-URI, its top Via only (same branch), its
-    Route, From and Call-ID, the response's To (with its tag), CSeq number of the INVITE, method ACK."""
-    lines = [f"ACK {invite.uri} SIP/2.0", f"Via: {invite.header_values('Via')[0]}", "Max-Forwards: 70"]
-    lines += [f"Route: {r}" for r in invite.header_values("Route")]
-    lines += [f"From: {invite.header('From')}", f"To: {response.header('To')}", f"Call-ID: {invite.call_id}",
-              f"CSeq: {invite.cseq[0]} ACK", f"User-Agent: sipflow/{__version__}", "Content-Length: 0"]
-    return _lines(*lines)
-
-
-def cancel_for(invite: SipMessage) -> bytes:
-    """§9.1: CANCEL with the INVITE's Request-URI, top Via (same branch), Route, From, To, Call-ID and
-    CSeq number."""
-    lines = [f"CANCEL {invite.uri} SIP/2.0", f"Via: {invite.header_values('Via')[0]}", "Max-Forwards: 70"]
-    lines += [f"Route: {r}" for r in invite.header_values("Route")]
-    lines += [f"From: {invite.header('From')}", f"To: {invite.header('To')}", f"Call-ID: {invite.call_id}",
-              f"CSeq: {invite.cseq[0]} CANCEL", f"User-Agent: sipflow/{__version__}", "Content-Length: 0"]
-    return _lines(*lines)
-
-
-class InviteClientTransaction:
-    """One INVITE client transaction. Created when the INVITE is sent (at ``now``); then fed responses,
-    timer expiries and transport errors, each returning the bytes to send (retransmitted INVITEs, ACKs
-    for non-2xx finals)."""
-
-    def __init__(self, request: bytes, branch: str, reliable: bool, now: float) -> None:
-        self.request = request
-        self.message = parse_message(request, datagram=not reliable)
-        self.branch = branch
-        self.reliable = reliable
-        self.state = InviteState.CALLING
-        self.sent_at = now
-        self.retransmissions = 0
-        self.first_response_at: Optional[float] = None
-        self.provisional: List[Tuple[int, float]] = []
-        self.final: Optional[SipMessage] = None
-        self.final_at: Optional[float] = None
-        self.ended_at: Optional[float] = None    # Timer B or a transport error
-        self.ack: Optional[bytes] = None         # for a non-2xx
-        self.acks = 0
-        self.ignored = 0
-        self._interval = T1
-        # §17.1.1.2: Timer A only on an unreliable transport, Timer B always.
-        self.timers: Dict[str, float] = {"B": now + TIMER_B}
-        if not reliable:
-            self.timers["A"] = now + T1
-
-    method = "INVITE"
-
-    def matches(self, msg: SipMessage) -> bool:
-        return msg.status is not None and msg.branch == self.branch and msg.cseq[1] == "INVITE"
-
-    @property
-    def done(self) -> bool:
-        return self.state in (InviteState.COMPLETED, InviteState.TERMINATED)
-
-    def next_deadline(self) -> Optional[float]:
-        return min(self.timers.values()) if self.timers else None
-
-    def on_timer(self, now: float) -> List[bytes]:
-        out: List[bytes] = []
-        for name, deadline in sorted(self.timers.items(), key=lambda kv: kv[1]):
-            if deadline <= now and self.timers.get(name) == deadline:
-                del self.timers[name]
-                out += self._event("timer_" + name.lower(), now)
-        return out
-
-    def on_response(self, msg: SipMessage, now: float) -> List[bytes]:
-        event = "1xx" if msg.status < 200 else "2xx" if msg.status < 300 else "non2xx"
-        return self._event(event, now, msg)
-
-    def on_transport_error(self, now: float) -> List[bytes]:
-        return self._event("transport_error", now)
-
-    def _event(self, event: str, now: float, msg: Optional[SipMessage] = None) -> List[bytes]:
-        step = INVITE_TABLE[self.state].get(event)
-        if step is None:
-            self.ignored += 1
-            return []
-        self.state, action = step
-        if self.first_response_at is None and msg is not None:
-            self.first_response_at = now
-        if action == "retransmit":
-            self._interval *= 2
-            self.timers["A"] = now + self._interval
-            self.retransmissions += 1
-            return [self.request]
-        if action == "provisional":
-            self.timers.pop("A", None)
-            self.timers.pop("B", None)   # Proceeding waits for the TU (CANCEL, --timeout)
-            self.provisional.append((msg.status, now))
-        elif action == "answered":
-            self.final, self.final_at = msg, now
-            self.timers = {}
-        elif action == "ack":
-            self.final, self.final_at = msg, now
-            self.ack = ack_for_non2xx(self.message, msg)
-            self.acks += 1
-            self.timers = {"D": now + (0.0 if self.reliable else TIMER_D_UDP)}
-            return [self.ack]
-        elif action == "reack":
-            self.acks += 1
-            return [self.ack]
-        elif action in ("timeout", "transport_error"):
-            self.timers = {}
-            self.ended_at = now
-        elif action == "forget":
-            self.timers = {}
-        return []
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -242,7 +75,7 @@ class Dialog:
                   f"Call-ID: {self.call_id}", f"CSeq: {cseq} {method}"]
         lines += [f"{k}: {v}" for k, v in auth]
         lines += [f"User-Agent: sipflow/{__version__}", "Content-Length: 0"]
-        return _lines(*lines)
+        return sip_lines(*lines)
 
     def request_uri(self) -> str:
         if self.route_set and parse_name_addr(self.route_set[0]).uri.param("lr") is None:
@@ -290,228 +123,7 @@ def response_to(request: SipMessage, status: int, reason: str, to_tag: str) -> b
     lines = [f"SIP/2.0 {status} {reason}"] + [f"Via: {v}" for v in request.header_values("Via")]
     lines += [f"From: {request.header('From')}", f"To: {to}", f"Call-ID: {request.call_id}",
               f"CSeq: {request.header('CSeq')}", f"User-Agent: sipflow/{__version__}", "Content-Length: 0"]
-    return _lines(*lines)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Media: G.711 out, RTP statistics in
-
-
-def dtmf_payload(event: int, end: bool, duration: int, volume: int = 10) -> bytes:
-    """RFC 4733 §2.3: event, E bit and volume, duration in timestamp units."""
-    return struct.pack("!BBH", event, (0x80 if end else 0) | volume, duration)
-
-
-def parse_dtmf(text: Optional[str]) -> str:
-    digits = (text or "").upper()
-    bad = [c for c in digits if c not in DTMF_EVENTS]
-    if bad:
-        raise ProbeError(f"--dtmf {text!r}: only 0-9, *, # and A-D")
-    return digits
-
-
-class Media:
-    """The call's RTP: one UDP socket (an even port, §11 of RFC 3550), a packet every 20 ms to the
-    answer's address once answered, and every packet received folded into ``RtpStream`` statistics
-    with its arrival time from the same monotonic clock."""
-
-    def __init__(self, ip: str, family: int) -> None:
-        self.sock = _even_port_socket(ip, family)
-        self.local = self.sock.getsockname()[:2]
-        self.remote: Optional[Tuple] = None
-        self.pt: Optional[int] = None
-        self.codec: Optional[str] = None
-        self.event_pt: Optional[int] = None
-        self.payload = b""
-        self.seq = random.randrange(0x10000)
-        self.ts = random.randrange(0x100000000)
-        self.ssrc = random.randrange(1, 0x100000000)
-        self.sent = 0
-        self.started_at: Optional[float] = None
-        self.stopped_at: Optional[float] = None
-        self.next_send: Optional[float] = None
-        self.plan: List[Tuple] = []               # DTMF ticks still to send: (event, end, duration, start ts)
-        self.dtmf_sent = ""
-        self.dtmf_packets = 0
-        self.streams: Dict[Tuple, RtpStream] = {}
-        self.stray = 0                            # datagrams that are not RTP version 2
-        self.rtcp = 0
-        self.problem: Optional[str] = None        # why nothing is sent (no usable codec...)
-        self._event_ts = 0
-        self.samples: Optional[List[int]] = None  # --audio FILE.wav: sent instead of the tone, looped
-        self.audio = b""
-        self.audio_packets = 0
-
-    def configure(self, answer_body: bytes) -> None:
-        """Read the SDP answer: the far end's address and port, the codec it chose first among ours,
-        and its telephone-event payload type."""
-        sdp = parse_sdp(answer_body)
-        audio = next((m for m in sdp.media if m.kind == "audio"), None)
-        if audio is None or audio.port == 0 or not audio.address:
-            self.problem = "no audio in the SDP answer"
-            return
-        codec = next((c for c in audio.codecs if c.name.upper() in ("PCMU", "PCMA")), None)
-        if codec is None:
-            self.problem = "the answer has neither PCMU nor PCMA: " + ", ".join(c.name for c in audio.codecs)
-            return
-        event = next((c for c in audio.codecs if c.name.lower() == "telephone-event"), None)
-        self.pt, self.codec = codec.pt, codec.name.upper()
-        self.event_pt = event.pt if event else None
-        self.payload = tone_packet(self.codec)
-        if self.samples:
-            self.audio = encode(self.samples, self.codec)
-        try:
-            info = socket.getaddrinfo(audio.address, audio.port, self.sock.family, socket.SOCK_DGRAM,
-                                      0, socket.AI_NUMERICHOST)
-            self.remote = info[0][4]
-        except (socket.gaierror, UnicodeError):
-            self.problem = f"the answer's media address {audio.address} is not an IPv" \
-                           f"{6 if self.sock.family == socket.AF_INET6 else 4} address"
-        if audio.direction in ("recvonly", "inactive") and self.remote is not None:
-            self.problem = f"the answer says {audio.direction}"
-
-    def start(self, now: float, dtmf: str) -> None:
-        if self.remote is None or self.problem:
-            return
-        self.started_at = self.next_send = now
-        if dtmf and self.event_pt is not None:
-            ticks: List[Tuple] = [None] * 10    # 200 ms of tone first
-            for d in dtmf:
-                ev = DTMF_EVENTS[d]
-                ticks += [(ev, False, n * SAMPLES_PER_PACKET, d) for n in range(1, 5)]   # 80 ms growing
-                ticks += [(ev, True, 5 * SAMPLES_PER_PACKET, d)] * 3                     # end, three times
-                ticks += [None] * 3                                                      # 60 ms of tone
-            self.plan = ticks
-        elif dtmf:
-            self.problem = "telephone-event was not in the answer: DTMF not sent"
-
-    def due(self) -> Optional[float]:
-        return self.next_send if self.stopped_at is None else None
-
-    def send_due(self, now: float) -> None:
-        if self.next_send is None or self.stopped_at is not None:
-            return
-        burst = 0
-        while self.next_send <= now and burst < 3:
-            self._send_one()
-            self.next_send += PACKET_S
-            burst += 1
-        if self.next_send <= now:   # far behind (a stalled process): skip, keeping the timestamps true
-            skip = int((now - self.next_send) / PACKET_S) + 1
-            self.next_send += skip * PACKET_S
-            self.ts += skip * SAMPLES_PER_PACKET
-
-    def _send_one(self) -> None:
-        tick = self.plan.pop(0) if self.plan else None
-        if tick is not None:
-            ev, end, duration, digit = tick
-            first = duration == SAMPLES_PER_PACKET and not end
-            if first:
-                self._event_ts = self.ts
-            data = rtp_packet(self.event_pt, self.seq, self._event_ts, self.ssrc, dtmf_payload(ev, end, duration),
-                              marker=first)
-            if first:
-                self.dtmf_sent += digit
-            self.dtmf_packets += 1
-        else:
-            payload = self.payload
-            if self.audio:
-                payload = audio_payload(self.audio, self.audio_packets)
-                self.audio_packets += 1
-            data = rtp_packet(self.pt, self.seq, self.ts, self.ssrc, payload, marker=self.sent == 0)
-        _pcap_record(False, True, self.local, self.remote, data)
-        try:
-            self.sock.sendto(data, self.remote)
-        except (BlockingIOError, ConnectionRefusedError):
-            pass   # a full buffer is a lost packet; an ICMP error is the far end's lost packet
-        except OSError:
-            pass
-        self.sent += 1
-        self.seq = (self.seq + 1) & 0xFFFF
-        self.ts = (self.ts + SAMPLES_PER_PACKET) & 0xFFFFFFFF
-
-    def stop(self, now: float) -> None:
-        if self.stopped_at is None and self.started_at is not None:
-            self.stopped_at = now
-        self.next_send = None
-
-    def receive(self, now: float) -> None:
-        while True:
-            try:
-                data, src = self.sock.recvfrom(2048)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:     # ICMP errors for what we sent
-                continue
-            _pcap_record(False, False, self.local, src, data)
-            if not looks_like_rtp(data):
-                self.stray += 1
-                continue
-            if is_rtcp(data[1]):   # RTCP (RFC 5761 §4) on the RTP port
-                self.rtcp += 1
-                continue
-            _, _, seq, ts, ssrc = RTP_HEADER.unpack_from(data, 0)
-            key = (src[0], src[1], ssrc)
-            s = self.streams.get(key)
-            if s is None:
-                s = self.streams[key] = RtpStream(src[0], src[1], self.local[0], self.local[1], ssrc,
-                                                  data[1] & 0x7F, 0)
-            s.add(seq, ts, now, data[1])
-
-    def stats(self) -> dict:
-        for s in self.streams.values():
-            s.flush()
-        main = max(self.streams.values(), key=lambda s: s.packets, default=None)
-        received = sum(s.packets for s in self.streams.values())
-        one_way = None
-        if self.sent >= ONE_WAY_MIN_SENT:
-            one_way = received < max(1, self.sent * ONE_WAY_FRACTION)
-        return {
-            "codec": self.codec, "payload_type": self.pt,
-            "local": f"{uri_host(self.local[0])}:{self.local[1]}",
-            "remote": f"{uri_host(self.remote[0])}:{self.remote[1]}" if self.remote else None,
-            "sent": self.sent, "received": received,
-            "expected": sum(s.expected for s in self.streams.values()),
-            "lost": sum(s.lost for s in self.streams.values()),
-            "duplicates": sum(s.duplicates for s in self.streams.values()),
-            "out_of_order": sum(s.out_of_order for s in self.streams.values()),
-            "jitter_ms": round(main.jitter, 3) if main and main.packets > 1 else None,
-            "jitter_max_ms": round(main.jitter_max, 3) if main and main.packets > 1 else None,
-            "max_gap_ms": round(main.max_delta * 1000, 3) if main and main.packets > 1 else None,
-            "ssrcs": len({k[2] for k in self.streams}), "rtcp": self.rtcp,
-            "received_from": f"{uri_host(main.src)}:{main.sport}" if main else None,
-            "dtmf_sent": self.dtmf_sent, "dtmf_packets_sent": self.dtmf_packets,
-            "dtmf_packets_received": sum(s.other_pts.get(self.event_pt or DTMF_PT, 0) for s in self.streams.values()),
-            "one_way_audio": one_way,
-            "problem": self.problem,
-        }
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def _even_port_socket(ip: str, family: int) -> socket.socket:
-    """A UDP socket on ``ip`` with an even port (RFC 3550 §11: RTP on even, RTCP on the odd one above)."""
-    for _ in range(64):
-        s = socket.socket(family, socket.SOCK_DGRAM)
-        try:
-            s.bind((ip, 0))
-        except OSError as e:
-            s.close()
-            raise ProbeError(f"cannot open a media socket on {ip}: {e.strerror}") from None
-        port = s.getsockname()[1]
-        if port % 2 == 0:
-            s.setblocking(False)
-            return s
-        s.close()
-        s = socket.socket(family, socket.SOCK_DGRAM)
-        try:
-            s.bind((ip, port + 1 if port < 65535 else port - 1))
-            s.setblocking(False)
-            return s
-        except OSError:
-            s.close()
-    raise ProbeError("no even UDP port free for RTP")
+    return sip_lines(*lines)
 
 
 # ---------------------------------------------------------------------------------------------------

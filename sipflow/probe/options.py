@@ -1,0 +1,470 @@
+"""``sipflow probe options``: SIP OPTIONS sent to the one server the user names, and what came back.
+
+Owns the OPTIONS request, its results (``ProbeResult``, ``ProbeRun``), the driver that sends them at an
+interval over ``probe.common.Channel`` (the monotonic clock and ``select`` are here, the transaction rules
+in ``probe.transaction``), and the result formats (text, JSON lines, Nagios, Prometheus textfile).
+"""
+
+import json
+import math
+import secrets
+import select
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
+
+from sipflow import __version__
+from sipflow.errors import ParseError, ProbeError
+from sipflow.sip.message import parse_message, parse_uri
+from sipflow.probe.common import (DEFAULT_TIMEOUT, Channel, Expect, NagiosRange, NagiosState, Outcome, Target,
+                                   TlsOptions, contact_params, describe_failure, ms_text, new_branch, parse_bind,
+                                   parse_target, perf_value, prom_label, resolve_target, route_for, to_us, uri_host)
+from sipflow.probe.transaction import TIMER_F, ClientTransaction
+
+MAX_COUNT = 1000           # probes per run: a probe, not a load generator
+MIN_INTERVAL = 0.1         # seconds between probes, at least
+
+
+def options_request(target: Target, local: Tuple[str, int], branch: str, call_id: str, from_tag: str,
+                    cseq: int, route: Optional[str] = None, transport: Optional[str] = None) -> bytes:
+    """An OPTIONS request (§11) from ``local`` (the socket's real address: the Via names the port the
+    request leaves from, and ``rport`` (RFC 3581) asks for the reply to go back to it). With an
+    outbound proxy, ``route`` is its URI (one loose-routing Route, §8.1.2) and ``transport`` the one
+    used to reach it."""
+    transport = transport or target.transport
+    via_host = f"{uri_host(local[0])}:{local[1]}"
+    lines = (
+        f"OPTIONS {target.uri} SIP/2.0",
+        f"Via: SIP/2.0/{transport.upper()} {via_host};branch={branch};rport",
+        "Max-Forwards: 70",
+        *((f"Route: <{route}>",) if route else ()),
+        f"From: <sip:sipflow@{uri_host(local[0])}>;tag={from_tag}",
+        f"To: <{target.uri}>",
+        f"Call-ID: {call_id}",
+        f"CSeq: {cseq} OPTIONS",
+        f"Contact: <sip:sipflow@{via_host}{contact_params(transport)}>",
+        "Accept: application/sdp",
+        f"User-Agent: sipflow/{__version__}",
+        "Content-Length: 0",
+    )
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
+
+# ---------------------------------------------------------------------------------------------------
+# Results
+
+OPTIONS_OUTCOMES = tuple(o for o in Outcome if o is not Outcome.AUTH_FAILURE)   # what OPTIONS can end in
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """One probe. Times are seconds from a monotonic clock, rounded to microseconds."""
+    seq: int                          # 1.. in sending order
+    target: str
+    transport: str
+    remote: str                       # ip:port the request went to
+    local: str                        # ip:port it left from ("" when no socket could be opened)
+    outcome: Outcome
+    status: Optional[int] = None
+    reason: Optional[str] = None      # the response's reason phrase, or what went wrong
+    sent_at: float = 0.0              # since the run started
+    rtt: Optional[float] = None       # first transmission to final response
+    elapsed: Optional[float] = None   # first transmission to the end of the probe, whatever ended it
+    first_response: Optional[float] = None  # first transmission to the first response (e.g. 100)
+    connect: Optional[float] = None   # TCP: connection set-up, when this probe opened the connection
+    retransmissions: int = 0
+    server: Optional[str] = None      # the responder's Server (or User-Agent) header
+    allow: Tuple[str, ...] = ()
+    supported: Tuple[str, ...] = ()
+    seen_as: Optional[str] = None     # our address as the server saw it (Via received/rport)
+    call_id: Optional[str] = None
+    cseq: Optional[int] = None
+    branch: Optional[str] = None
+
+    @property
+    def up(self) -> bool:
+        return self.outcome is Outcome.UP
+
+    def to_dict(self) -> dict:
+        return {
+            "probe": self.seq, "target": self.target, "transport": self.transport, "remote": self.remote,
+            "local": self.local, "outcome": self.outcome.value, "status": self.status, "reason": self.reason,
+            "sent_at": self.sent_at, "rtt": self.rtt, "elapsed": self.elapsed, "first_response": self.first_response,
+            "connect": self.connect, "retransmissions": self.retransmissions, "server": self.server,
+            "allow": list(self.allow), "supported": list(self.supported), "seen_as": self.seen_as,
+            "call_id": self.call_id, "cseq": self.cseq, "branch": self.branch,
+        }
+
+
+@dataclass(frozen=True)
+class ProbeRun:
+    """A run of ``count`` probes: the results of those that were sent, in sending order."""
+    target: str
+    transport: str
+    remote: str
+    planned: int
+    timeout: float
+    duration: float
+    results: Tuple[ProbeResult, ...]
+    expect: str = ""                  # --expect as given; "" is "any final response"
+    stray: int = 0                    # datagrams or messages that were not a response of ours
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.results) and all(r.up for r in self.results)
+
+    @property
+    def first_failure(self) -> Optional[ProbeResult]:
+        return next((r for r in self.results if not r.up), None)
+
+    @property
+    def rtts(self) -> List[float]:
+        return [r.rtt for r in self.results if r.rtt is not None]
+
+# ---------------------------------------------------------------------------------------------------
+# The driver: sockets, clock and select around the transactions
+
+
+@dataclass(frozen=True)
+class ProbeOptions:
+    count: int = 1
+    interval: float = 1.0
+    timeout: Optional[float] = None          # the whole run; None: DEFAULT_TIMEOUT after the last probe
+    expect: Expect = Expect()
+    bind: Optional[str] = None               # ip, ip:port or [v6]:port
+    family: Optional[int] = None             # 4 or 6: only for names; a literal decides for itself
+    tls: TlsOptions = TlsOptions()           # how a TLS target's certificate is checked
+    proxy: Optional[str] = None              # outbound proxy URI: requests go there, with a Route to it
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.count <= MAX_COUNT:
+            raise ProbeError(f"count must be 1..{MAX_COUNT}")
+        if self.interval < MIN_INTERVAL:
+            raise ProbeError(f"interval must be at least {MIN_INTERVAL} s")
+        if self.timeout is not None and not self.timeout > 0:
+            raise ProbeError("timeout must be positive")
+
+    @property
+    def run_timeout(self) -> float:
+        if self.timeout is not None:
+            return self.timeout
+        return (self.count - 1) * self.interval + DEFAULT_TIMEOUT
+
+
+class _Probe:
+    """One probe's accumulator: its transaction, and how it failed when it did not get an answer."""
+    __slots__ = ("seq", "cseq", "branch", "tx", "sent_at", "local", "connect", "failure")
+
+    def __init__(self, seq: int, cseq: int, branch: str, sent_at: float) -> None:
+        self.seq, self.cseq, self.branch, self.sent_at = seq, cseq, branch, sent_at
+        self.tx: Optional[ClientTransaction] = None
+        self.local: Optional[Tuple[str, int]] = None
+        self.connect: Optional[float] = None
+        self.failure: Optional[Tuple[Outcome, str]] = None
+
+
+def probe_options(target, options: ProbeOptions = ProbeOptions(),
+                  on_result: Optional[Callable[[ProbeResult], None]] = None,
+                  clock: Callable[[], float] = time.monotonic) -> ProbeRun:
+    """Send ``options.count`` OPTIONS requests to ``target`` (a ``Target`` or its text), one every
+    ``options.interval`` seconds (each its own transaction; they may overlap), and return what came
+    back. ``on_result`` is called as each probe ends. The whole run ends within ``run_timeout``."""
+    return _Driver(target if isinstance(target, Target) else parse_target(target), options, clock).run(on_result)
+
+
+class _Driver:
+    """The socket loop: sends each probe when its time comes, fires the transactions' timers, reads
+    responses, and ends when every probe has its result or at the run's deadline."""
+
+    def __init__(self, target: Target, options: ProbeOptions, clock) -> None:
+        self.target, self.opts, self.clock = target, options, clock
+        # Where packets go: the target itself, or the outbound proxy (its transport, unless it names none).
+        self.dest = target
+        self.route = route_for(options.proxy)
+        if options.proxy:
+            dest = parse_target(options.proxy)
+            if parse_uri(dest.uri).param("transport") is None and dest.transport != target.transport:
+                dest = Target(uri=dest.uri, host=dest.host, port=dest.port, transport=target.transport)
+            self.dest = dest
+        self.bind = parse_bind(options.bind) if options.bind else None
+        # One Call-ID and From-tag per run, CSeq 1, 2, 3...: the probes are one UAC's requests (§8.1.1).
+        self.call_id = f"{secrets.token_hex(12)}@sipflow"
+        self.from_tag = secrets.token_hex(6)
+        self.channel: Optional[Channel] = None
+        self.probes: Dict[str, _Probe] = {}          # by branch
+        self.results: Dict[int, ProbeResult] = {}    # by seq
+        self.stray = 0
+        self.start = 0.0
+        self.family, self.remote, self.remote_text = 0, None, ""
+        self.on_result: Optional[Callable[[ProbeResult], None]] = None
+
+    def run(self, on_result) -> ProbeRun:
+        self.on_result = on_result
+        start = self.start = self.clock()
+        timeout = self.opts.run_timeout
+        deadline = start + timeout
+        self.family, self.remote = resolve_target(self.dest, self.opts.family, self.bind, deadline - start)
+        self.remote_text = f"{uri_host(self.remote[0])}:{self.remote[1]}"
+        sent = 0
+        try:
+            while True:
+                now = self.clock()
+                if now >= deadline:
+                    break
+                if sent < self.opts.count and now >= start + sent * self.opts.interval:
+                    sent += 1
+                    self._send_probe(sent, deadline)
+                    continue
+                self._fire_timers(now)
+                pending = [p for p in self.probes.values() if p.seq not in self.results]
+                if sent == self.opts.count and not pending:
+                    break
+                self._wait(now, deadline, sent, pending)
+        finally:
+            if self.channel:
+                self.channel.close()
+        for p in sorted(self.probes.values(), key=lambda p: p.seq):
+            if p.seq not in self.results:
+                p.failure = (Outcome.TIMEOUT, f"no final response before --timeout {timeout:g} s")
+                self._finish(p, deadline)
+        return ProbeRun(target=self.target.uri, transport=self.dest.transport, remote=self.remote_text,
+                        planned=self.opts.count, timeout=timeout, duration=to_us(min(self.clock(), deadline) - start),
+                        results=tuple(self.results[k] for k in sorted(self.results)),
+                        expect=self.opts.expect.text, stray=self.stray)
+
+    def _send_probe(self, seq: int, deadline: float) -> None:
+        p = _Probe(seq, seq, new_branch(), self.clock())
+        self.probes[p.branch] = p
+        try:
+            if self.channel is None:
+                self.channel = Channel(self.dest, self.family, self.remote, self.bind,
+                                        deadline - self.clock(), self.clock, self.opts.tls)
+                p.connect = self.channel.connect_time
+            ch = self.channel
+            p.local = ch.local
+            request = options_request(self.target, ch.local, p.branch, self.call_id, self.from_tag, p.cseq,
+                                      self.route, self.dest.transport)
+            p.sent_at = self.clock()
+            p.tx = ClientTransaction(request, p.branch, "OPTIONS", ch.reliable, p.sent_at)
+            ch.send(request)
+        except (OSError, EOFError) as e:
+            self._transport_failed(e)
+
+    def _fire_timers(self, now: float) -> None:
+        for p in list(self.probes.values()):
+            tx = p.tx
+            if tx is None or tx.next_deadline() is None or tx.next_deadline() > now:
+                continue
+            for data in tx.on_timer(now):
+                try:
+                    self.channel.send(data)
+                except (OSError, EOFError) as e:
+                    self._transport_failed(e)
+                    return
+            if tx.done:
+                self._finish(p, now)   # Timer F (no-op for Timer K: the result is already out)
+
+    def _wait(self, now: float, deadline: float, sent: int, pending: List[_Probe]) -> None:
+        wake = [deadline]
+        if sent < self.opts.count:
+            wake.append(self.start + sent * self.opts.interval)
+        wake += [p.tx.next_deadline() for p in pending if p.tx and p.tx.next_deadline() is not None]
+        delay = max(0.0, min(wake) - now)
+        ch = self.channel
+        if ch is None:
+            time.sleep(delay)
+            return
+        readable, writable, _ = select.select([ch.sock], [ch.sock] if ch.wants_write else [], [], delay)
+        try:
+            if writable:
+                ch.flush()
+            if readable:
+                for data in ch.receive():
+                    self._on_message(data)
+        except (OSError, EOFError) as e:
+            self._transport_failed(e)
+
+    def _on_message(self, data: bytes) -> None:
+        now = self.clock()
+        try:
+            msg = parse_message(data, datagram=not self.channel.reliable)
+        except ParseError:
+            self.stray += 1
+            return
+        p = self.probes.get(msg.branch or "") if msg.status is not None else None
+        if p is None or p.tx is None or not p.tx.matches(msg):
+            self.stray += 1   # requests to us, other branches: not ours to answer in this slice
+            return
+        p.tx.on_response(msg, now)
+        if p.tx.done:
+            self._finish(p, now)
+
+    def _transport_failed(self, err: BaseException) -> None:
+        """The socket failed: every probe still waiting on it fails with it (an ICMP error is reported
+        for the socket, not for one datagram), and the next probe opens a new socket."""
+        failure = describe_failure(err)
+        now = self.clock()
+        for p in list(self.probes.values()):
+            if p.seq in self.results:
+                continue
+            p.failure = failure
+            if p.tx:
+                p.tx.on_transport_error(now)
+            self._finish(p, now)
+        if self.channel:
+            self.channel.close()
+            self.channel = None
+
+    def _finish(self, p: _Probe, now: float) -> None:
+        if p.seq in self.results:
+            return
+        tx = p.tx
+        base = dict(seq=p.seq, target=self.target.uri, transport=self.dest.transport, remote=self.remote_text,
+                    local=f"{uri_host(p.local[0])}:{p.local[1]}" if p.local else "",
+                    sent_at=to_us(p.sent_at - self.start), elapsed=to_us(now - p.sent_at), connect=to_us(p.connect),
+                    call_id=self.call_id if tx else None, cseq=p.cseq if tx else None,
+                    branch=p.branch if tx else None, retransmissions=tx.retransmissions if tx else 0,
+                    first_response=to_us(tx.first_response_at - tx.sent_at)
+                    if tx and tx.first_response_at is not None else None)
+        if tx and tx.final is not None:
+            msg = tx.final
+            via = msg.vias[0] if msg.vias else None
+            received, rport = (via.param("received"), via.param("rport")) if via else (None, None)
+            seen = None
+            if received or rport:   # RFC 3581: where the server saw the request come from
+                seen = f"{uri_host(received or p.local[0])}:{rport or p.local[1]}"
+            result = ProbeResult(
+                **base, outcome=Outcome.UP if msg.status in self.opts.expect else Outcome.UNEXPECTED,
+                status=msg.status, reason=msg.reason, rtt=to_us(tx.final_at - tx.sent_at),
+                server=msg.header("Server") or msg.header("User-Agent"),
+                allow=tuple(msg.header_values("Allow")), supported=tuple(msg.header_values("Supported")),
+                seen_as=seen)
+        else:
+            outcome, reason = p.failure or (Outcome.TIMEOUT, f"no final response within {TIMER_F:g} s (Timer F)")
+            result = ProbeResult(**base, outcome=outcome, reason=reason)
+        self.results[p.seq] = result
+        if self.on_result:
+            self.on_result(result)
+
+# ---------------------------------------------------------------------------------------------------
+# Formats: text, JSON lines, Nagios, Prometheus textfile
+
+
+def result_text(r: ProbeResult) -> str:
+    """One line per probe, as it ends: ``3: 200 OK in 1.234 ms``."""
+    if r.status is not None:
+        line = f"{r.seq}: {r.status} {r.reason or ''}".rstrip() + f" in {ms_text(r.rtt)}"
+        if r.outcome is Outcome.UNEXPECTED:
+            line += " (not expected)"
+    else:
+        line = f"{r.seq}: {r.outcome.value}: {r.reason}"
+    if r.retransmissions:
+        line += f", {r.retransmissions} retransmission(s)"
+    return line
+
+
+def run_header(target: Target, options: ProbeOptions) -> str:
+    return (f"OPTIONS {target.uri} over {target.transport}, {options.count} probe(s), "
+            f"--timeout {options.run_timeout:g} s")
+
+
+def run_text(run: ProbeRun) -> str:
+    """The summary after the per-probe lines: counts, round trips, and who answered."""
+    counts: Dict[str, int] = {}
+    for r in run.results:
+        counts[r.outcome.value] = counts.get(r.outcome.value, 0) + 1
+    parts = [f"{n} {k}" for k, n in counts.items()]
+    local = next((r.local for r in run.results if r.local), "")
+    lines = [f"--- {run.target} ({run.transport} {run.remote}" + (f" from {local}" if local else "") + ")",
+             f"{len(run.results)} of {run.planned} probe(s) sent: " + ", ".join(parts)
+             + f"; {run.duration:.3f} s in all"]
+    if run.rtts:
+        rtts = run.rtts
+        lines.append(f"rtt min/avg/max {min(rtts) * 1000:.3f}/{sum(rtts) / len(rtts) * 1000:.3f}/"
+                     f"{max(rtts) * 1000:.3f} ms")
+    answered = [r for r in run.results if r.status is not None]
+    if answered:
+        last = answered[-1]
+        for name, value in (("Server", last.server), ("Allow", ", ".join(last.allow)),
+                            ("Supported", ", ".join(last.supported)), ("Seen as", last.seen_as)):
+            if value:
+                lines.append(f"{name}: {value}")
+    if len(run.results) < run.planned:
+        lines.append(f"--timeout {run.timeout:g} s ended the run before every probe was sent")
+    return "\n".join(lines)
+
+
+def result_json(r: ProbeResult) -> str:
+    """One JSON object per probe, one per line (JSON Lines), so a long run can be followed."""
+    return json.dumps(r.to_dict())
+
+
+def nagios(run: ProbeRun, warning: Optional[NagiosRange] = None,
+           critical: Optional[NagiosRange] = None) -> Tuple[NagiosState, str]:
+    """One status line with perfdata, and the state. Every probe must be up; thresholds apply to the
+    largest round trip. No answer, a refusal or a timeout is CRITICAL; UNKNOWN is left to the caller
+    for a check that could not run."""
+    if not run.results:
+        return NagiosState.UNKNOWN, f"SIP UNKNOWN - no probe could be sent to {run.target} within --timeout"
+    worst = max(run.rtts) if run.rtts else None
+    bad = run.first_failure
+    state = NagiosState.OK
+    if bad is not None:
+        state = NagiosState.CRITICAL
+        if bad.status is not None:
+            what = f"{bad.status} {bad.reason or ''}".rstrip() + f" from {run.remote}, expected {run.expect}"
+        elif bad.outcome is Outcome.TIMEOUT:
+            what = f"no response from {run.remote} ({run.transport}): {bad.reason}"
+            if bad.retransmissions:
+                what += f", {bad.retransmissions} retransmission(s)"
+        else:
+            what = f"{bad.reason} ({run.transport} {run.remote})" \
+                + (f" after {perf_value(bad.elapsed)}s" if bad.elapsed is not None else "")
+    else:
+        last = run.results[-1]
+        what = f"{last.status} {last.reason or ''}".rstrip() + f" in {perf_value(worst)}s"
+        if len(run.results) > 1:
+            what = f"{len(run.results)}/{run.planned} up, {last.status} {last.reason or ''}".rstrip() \
+                + f", max rtt {perf_value(worst)}s"
+        if critical and critical.alerts(worst):
+            state, what = NagiosState.CRITICAL, what + f" (critical {critical.text})"
+        elif warning and warning.alerts(worst):
+            state, what = NagiosState.WARNING, what + f" (warning {warning.text})"
+        if last.server:
+            what += f" ({last.server})"
+    if bad is not None and len(run.results) > 1:
+        what = f"{sum(r.up for r in run.results)}/{run.planned} up, probe {bad.seq}: " + what
+    perf = [f"'rtt'={perf_value(worst)}{'s' if worst is not None else ''};"
+            f"{warning.text if warning else ''};{critical.text if critical else ''};0;",
+            f"'retransmissions'={sum(r.retransmissions for r in run.results)};;;0;"]
+    if run.planned > 1:
+        perf.append(f"'up'={sum(r.up for r in run.results)};;;0;{run.planned}")
+    text = what.replace("|", "/").replace("\n", " ")   # '|' starts perfdata, the line must stay one line
+    return state, f"SIP {state.name} - {text} | " + " ".join(perf)
+
+
+def prometheus(run: ProbeRun) -> str:
+    """Text exposition format for node_exporter's textfile collector (gauges, no timestamps)."""
+    labels = f'{{target="{prom_label(run.target)}",transport="{run.transport}"}}'
+    finals = [r for r in run.results if r.status is not None]
+    rows = [
+        ("probe_success", "1 if every probe got a final response counted as up, else 0.",
+         [(labels, 1 if run.ok else 0)]),
+        ("probe_duration_seconds", "How long the whole probe run took, in seconds.", [(labels, run.duration)]),
+        ("probe_sip_status_code", "Status code of the last final response (0 if none).",
+         [(labels, finals[-1].status if finals else 0)]),
+        ("probe_sip_rtt_seconds", "Largest round trip, request to final response, in seconds (NaN if none).",
+         [(labels, max(run.rtts) if run.rtts else math.nan)]),
+        ("probe_sip_retransmissions", "Requests retransmitted during the run (Timer E).",
+         [(labels, sum(r.retransmissions for r in run.results))]),
+        ("probe_sip_probes", "Probes sent, by outcome.",
+         [(f'{labels[:-1]},outcome="{o.value}"}}', sum(r.outcome is o for r in run.results))
+          for o in OPTIONS_OUTCOMES]),
+    ]
+    out = []
+    for name, help_text, samples in rows:
+        out += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+        for lab, value in samples:
+            text = "NaN" if isinstance(value, float) and math.isnan(value) else (
+                f"{value:.6f}" if isinstance(value, float) else str(value))
+            out.append(f"{name}{lab} {text}")
+    return "\n".join(out) + "\n"
