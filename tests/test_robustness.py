@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 import sipflow
 
 from conftest import SAMPLES
+from fuzz.campaign import mutate, run_one
 from pcaptools import read_pcap, write_pcap
 
 SOURCES = ["basic-call-rtp.pcap", "websocket.pcap", "tcp-segmented.pcap", "udp-fragmented.pcap",
@@ -30,26 +31,15 @@ def frames():
     return out
 
 
-def mutate(frame: bytes, rnd: random.Random) -> bytes:
-    b = bytearray(frame)
-    for _ in range(rnd.randint(1, 6)):
-        op = rnd.random()
-        pos = rnd.randrange(len(b)) if b else 0
-        if op < 0.6 and b:
-            b[pos] = rnd.randrange(256)
-        elif op < 0.8:
-            del b[pos:pos + rnd.randint(1, 40)]
-        else:
-            b[pos:pos] = bytes(rnd.randrange(256) for _ in range(rnd.randint(1, 20)))
-    return bytes(b)
-
-
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2 ** 32 - 1))
 def test_damaged_frames_never_raise(tmp_path_factory, frames, seed):
     rnd = random.Random(seed)
     picked = rnd.sample(frames, min(len(frames), 60))
-    recs = [(s, u, mutate(f, rnd) if rnd.random() < 0.7 else f) for s, u, f in picked]
+    pool = [f for _, _, f in frames]
+    # the long campaign's mutations (tests/fuzz/campaign.py): flips, insertions, deletions, truncation,
+    # and splices of another frame's bytes at link, IP, UDP/TCP and SIP boundaries
+    recs = [(s, u, mutate(f, pool, rnd) if rnd.random() < 0.7 else f) for s, u, f in picked]
     recs.sort(key=lambda r: (r[0], r[1]))
     path = write_pcap(tmp_path_factory.mktemp("fuzz") / "f.pcap", 1, recs)
     a = sipflow.analyze(str(path))
@@ -57,19 +47,7 @@ def test_damaged_frames_never_raise(tmp_path_factory, frames, seed):
     json.dumps(a.to_dict())  # every figure is serialisable, nothing half-built
     from sipflow.render import tables as report
     report.summary_text(a), report.calls_text(a), report.analysis_csv(a)
-
-
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(seed=st.integers(0, 2 ** 32 - 1))
-def test_frames_spliced_at_header_boundaries_never_raise(tmp_path_factory, frames, seed):
-    """The long campaign's mutations (tests/fuzz/campaign.py: truncation, and splices of another frame's
-    bytes at link, IP, UDP/TCP and SIP boundaries besides flips), a bounded number of times."""
-    from fuzz.campaign import mutate as campaign_mutate, run_one
-    rnd = random.Random(seed)
-    picked = [rnd.choice(frames)[2] for _ in range(rnd.randint(1, 8))]
-    pool = [f for _, _, f in frames]
-    recs = [(1_700_000_000 + i, 0, campaign_mutate(f, pool, rnd)) for i, f in enumerate(picked)]
-    run_one(str(write_pcap(tmp_path_factory.mktemp("splice") / "s.pcap", 1, recs)))
+    run_one(str(path))   # and every other renderer, and the full parse of stored messages
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

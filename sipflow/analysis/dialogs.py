@@ -623,8 +623,8 @@ class Tracker:
         """One step of the call table; a step the table does not have is recorded, state unchanged."""
         nxt = CALL_TABLE[call.state].get(event)
         if nxt is None:
-            self.anomaly(AnomalyKind.UNEXPECTED_IN_CALL, ev, f"{ev.summary()} ({event}) in a call already "
-                         f"{call.state.value}", call)
+            self.anomaly(AnomalyKind.UNEXPECTED_IN_CALL, ev, f"{ev.summary()} after the call was already "
+                         f"{call.state.value.replace('_', ' ')}", call)
             return
         call.state = nxt
 
@@ -635,8 +635,8 @@ class Tracker:
         if tx.on(event):
             return True
         what = "ACK" if event == "ack" else ev.summary()
-        self.anomaly(AnomalyKind.UNEXPECTED_IN_TRANSACTION, ev, f"{what} in a {tx.method} transaction already "
-                     f"{before.value} (request frame {tx.request.frame})", call)
+        self.anomaly(AnomalyKind.UNEXPECTED_IN_TRANSACTION, ev, f"{what} after the {tx.method} transaction of "
+                     f"frame {tx.request.frame} was already {before.value} (RFC 3261 §17)", call)
         return False
 
     # -- responses ------------------------------------------------------------------------------------
