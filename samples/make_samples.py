@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import math
 import os
+import random
 import re
 import shutil
 import signal
@@ -37,7 +38,8 @@ SCENARIOS = os.path.join(HERE, "scenarios")
 KAMAILIO_CFG = os.path.join(SCENARIOS, "kamailio.cfg")
 
 # Ports: proxy (Kamailio) 5060 UDP/TCP and 8080 (WebSocket), UAS 5070,
-# UAC 5061/5062; RTP 6000 (UAC) and 6100 (UAS).
+# UAC 5061/5062; RTP 6000 (UAC) and 6100 (UAS), video 6002 and 6102 (call-av-dtmf),
+# 6010 for the second caller of port-reuse.
 PROXY, WS_PORT, UAS, UAC, UAC2 = 5060, 8080, 5070, 5061, 5062
 UAC_RTP, UAS_RTP = 6000, 6100
 V4, V6 = "127.0.0.1", "::1"
@@ -90,6 +92,34 @@ def lin2ulaw(s):
     return ~(sign | (exp << 4) | mant) & 0xFF
 
 
+def write_pcap(path, packets):
+    """Write a classic pcap (Ethernet/IPv4/UDP, 127.0.0.1 both ways) holding
+    `packets`, a list of (time in microseconds, UDP source port, UDP
+    destination port, UDP payload) in the order SIPp is to send them."""
+    out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)]
+    for i, (t_us, sport, dport, payload) in enumerate(packets):
+        udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), i & 0xFFFF, 0,
+                         64, 17, 0, socket.inet_aton(V4), socket.inet_aton(V4)) + udp
+        eth = b"\x00" * 12 + b"\x08\x00" + ip
+        out.append(struct.pack("<IIII", t_us // 1000000, t_us % 1000000, len(eth), len(eth)) + eth)
+    with open(path, "wb") as f:
+        f.write(b"".join(out))
+
+
+def rtp_header(pt, seq, ts, ssrc, marker=False):
+    return struct.pack("!BBHII", 0x80, pt | (0x80 if marker else 0), seq & 0xFFFF,
+                       ts & 0xFFFFFFFF, ssrc)
+
+
+def g711_tone(freq, pt, n):
+    """160 samples (20 ms) of a sine tone from sample n on, G.711 encoded
+    (PT 8: A-law, else mu-law)."""
+    enc = lin2alaw if pt == 8 else lin2ulaw
+    return bytes(enc(int(8000 * math.sin(2 * math.pi * freq * k / 8000.0)))
+                 for k in range(n, n + 160))
+
+
 def write_rtp_pcap(path, *, freq, pt, ssrc, seq0, ts0, npkts, sport, dport,
                    first_marker=True, sample0=0):
     """Write a pcap (Ethernet/IPv4/UDP/RTP, 20 ms G.711 frames, a sine tone).
@@ -97,25 +127,89 @@ def write_rtp_pcap(path, *, freq, pt, ssrc, seq0, ts0, npkts, sport, dport,
     SIPp replays the RTP payloads with the original timing, from the UDP
     source port found here, to the media address taken from the peer's SDP.
     """
-    enc = lin2alaw if pt == 8 else lin2ulaw
-    out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)]
-    n = sample0
+    packets = []
     for i in range(npkts):
-        payload = bytearray()
-        for _ in range(160):
-            payload.append(enc(int(8000 * math.sin(2 * math.pi * freq * n / 8000.0))))
-            n += 1
-        marker = 0x80 if (i == 0 and first_marker) else 0
-        rtp = struct.pack("!BBHII", 0x80, pt | marker, (seq0 + i) & 0xFFFF,
-                          (ts0 + 160 * i) & 0xFFFFFFFF, ssrc) + bytes(payload)
-        udp = struct.pack("!HHHH", sport, dport, 8 + len(rtp), 0) + rtp
-        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), i & 0xFFFF, 0,
-                         64, 17, 0, socket.inet_aton(V4), socket.inet_aton(V4)) + udp
-        eth = b"\x00" * 12 + b"\x08\x00" + ip
+        rtp = rtp_header(pt, seq0 + i, ts0 + 160 * i, ssrc, marker=(i == 0 and first_marker))
+        packets.append((i * 20000, sport, dport, rtp + g711_tone(freq, pt, sample0 + 160 * i)))
+    write_pcap(path, packets)
+
+
+def write_av_pcap(path, *, freq, audio, video, sport, aport, vport, dtmf=(), seconds=2.5,
+                  seed=0):
+    """Audio AND video for one direction of call-av-dtmf, in ONE pcap that SIPp
+    replays with play_pcap_audio.
+
+    Why one pcap: SIPp 3.6.1 has one media thread per call, and each
+    play_pcap_audio / play_pcap_video / play_dtmf action cancels the one
+    running (call.cpp), so a play_pcap_video would stop the audio. SIPp sends
+    every packet of the pcap from its own [media_port] + offset to the peer's
+    m=audio port + offset, where offset = the packet's UDP destination port -
+    the lowest destination port in the pcap. The audio goes here to `aport`
+    (offset 0) and the video to `vport` = aport + 2, so SIPp sends the video
+    from [media_port+2] to the peer's audio port + 2: the peer's m=video port,
+    since both SDPs put m=video two above m=audio. `sport` is only written
+    into the file (the audio source port; the video's is sport + 2).
+
+    audio = (ssrc, seq0, ts0): G.711 A-law, PT 8, 20 ms frames, a sine tone.
+    dtmf = ((slot, event), ...): RFC 4733 telephone-events (PT 101, the audio's
+    SSRC and sequence numbers) in place of the audio from 20 ms slot `slot`
+    on: 7 packets while the 160 ms tone lasts (all with the RTP timestamp of
+    the slot the event starts in, duration 160, 320, ... 1120, marker on the
+    first), then the end packet (E bit, duration 1280) three times, 20 ms
+    apart: 10 slots without audio. Audio timestamps follow the clock.
+    video = (ssrc, seq0, ts0): VP8, PT 96, 90 kHz clock, 30 frames/s (RTP
+    timestamp +3000 per frame). A frame is 1 to 3 RTP packets (payloads of 120
+    to 620 bytes) sent back to back (same timestamp, marker on the last). Each packet
+    starts with the 1-byte VP8 payload descriptor (0x10, S bit, on a frame's
+    first packet, else 0x00); a frame's first packet then has the 3-byte VP8
+    frame tag (lowest bit 0 = key frame: frames 0, 30, 60; 1 = inter frame;
+    show_frame set), a key frame also the start code 9d 01 2a and 320x240.
+    The rest is filler from random.Random(seed): the file is the same on
+    every run.
+    """
+    rnd = random.Random(seed)
+    packets = []
+    # audio and RFC 4733 events, one packet per 20 ms slot
+    ssrc, seq, ts0 = audio
+    events = {}
+    for slot, event in dtmf:
+        for j in range(10):
+            events[slot + j] = (event, slot, j)
+    for i in range(int(seconds * 50)):
         t_us = i * 20000
-        out.append(struct.pack("<IIII", t_us // 1000000, t_us % 1000000, len(eth), len(eth)) + eth)
-    with open(path, "wb") as f:
-        f.write(b"".join(out))
+        if i in events:
+            event, start, j = events[i]
+            end = j >= 7
+            duration = 160 * (8 if end else j + 1)
+            payload = struct.pack("!BBH", event, (0x80 if end else 0) | 10, duration)
+            rtp = rtp_header(101, seq, ts0 + 160 * start, ssrc, marker=(j == 0))
+        else:
+            payload = g711_tone(freq, 8, 160 * i)
+            rtp = rtp_header(8, seq, ts0 + 160 * i, ssrc, marker=(i == 0))
+        packets.append((t_us, sport, aport, rtp + payload))
+        seq += 1
+    # video
+    ssrc, seq, ts0 = video
+    for f in range(int(seconds * 30)):
+        t_us = f * 1000000 // 30
+        key = f % 30 == 0
+        n = 3 if key else rnd.choice((1, 1, 2, 2, 3))
+        sizes = [rnd.randint(420, 620) if key else rnd.randint(120, 420) for _ in range(n)]
+        for k, size in enumerate(sizes):
+            if k == 0:
+                first_partition = rnd.randint(60, 110)
+                tag = (first_partition << 5) | 0x10 | (0 if key else 1)   # show_frame, version 0
+                head = b"\x10" + struct.pack("<I", tag)[:3]
+                if key:
+                    head += b"\x9d\x01\x2a" + struct.pack("<HH", 320, 240)
+            else:
+                head = b"\x00"
+            body = bytes(rnd.getrandbits(8) for _ in range(size - len(head)))
+            rtp = rtp_header(96, seq, ts0 + 3000 * f, ssrc, marker=(k == n - 1))
+            packets.append((t_us, sport + 2, vport, rtp + head + body))
+            seq += 1
+    packets.sort(key=lambda p: p[0])            # stable: audio first at equal times
+    write_pcap(path, packets)
 
 
 def make_media_files(d):
@@ -136,6 +230,29 @@ def make_media_files(d):
         write_rtp_pcap(os.path.join(d, f"rtp-hold-{who}-2.pcap"), freq=freq, pt=0, ssrc=ssrc,
                        seq0=seq0 + 50, ts0=ts0 + 17600, npkts=50, sport=sport,
                        dport=dport, first_marker=True, sample0=160 * 50)
+    # call-av-dtmf: audio (PCMA) and video (VP8) each way in one pcap per side;
+    # the caller also presses 1, 5 and # (RFC 4733) at 0.4, 0.9 and 1.4 s
+    write_av_pcap(os.path.join(d, "rtp-av-uac.pcap"), freq=440,
+                  audio=(0x1A0D0001, 3000, 24000), video=(0x71DE0001, 4000, 900000),
+                  sport=UAC_RTP, aport=UAS_RTP, vport=UAS_RTP + 2,
+                  dtmf=((20, 1), (45, 5), (70, 11)), seed=1)
+    write_av_pcap(os.path.join(d, "rtp-av-uas.pcap"), freq=880,
+                  audio=(0x1A0D0002, 8000, 56000), video=(0x71DE0002, 9000, 1800000),
+                  sport=UAS_RTP, aport=UAC_RTP, vport=UAC_RTP + 2, seed=2)
+    # port-reuse: 2 s of PCMA each way for each of the calls A, B and C. The
+    # callee uses media port 6100 in all three; the callers 6000 (A and C) and
+    # 6010 (B). Every stream has its own SSRC.
+    for call, (f_uac, f_uas), uac_port in (("a", (440, 880), UAC_RTP),
+                                           ("b", (523, 1046), UAC_RTP + 10),
+                                           ("c", (659, 1318), UAC_RTP)):
+        tag = {"a": 0xAAAA0000, "b": 0xBBBB0000, "c": 0xCCCC0000}[call]
+        n = "abc".index(call)
+        write_rtp_pcap(os.path.join(d, f"rtp-reuse-{call}-uac.pcap"), freq=f_uac, pt=8,
+                       ssrc=tag | 1, seq0=10000 + 1000 * n, ts0=160000 * (n + 1), npkts=100,
+                       sport=uac_port, dport=UAS_RTP)
+        write_rtp_pcap(os.path.join(d, f"rtp-reuse-{call}-uas.pcap"), freq=f_uas, pt=8,
+                       ssrc=tag | 2, seq0=20000 + 1000 * n, ts0=800000 * (n + 1), npkts=100,
+                       sport=UAS_RTP, dport=uac_port)
 
 
 # --------------------------------------------------------------------------
@@ -739,6 +856,30 @@ def cap_options_message_subscribe():
         finish(s, "options-message-subscribe")
 
 
+def cap_call_av_dtmf():
+    with capture("call-av-dtmf"):
+        s = uas("uas_av_dtmf.xml")
+        c = uac("uac_av_dtmf.xml", R_UAS)
+        finish(c, "call-av-dtmf")
+        finish(s, "call-av-dtmf")
+
+
+def cap_port_reuse():
+    """Three calls to one UAS that answers each with media port 6100: A (UAC
+    :5061, RTP 6000), B (:5062, RTP 6010) while A is still up, then C (:5061,
+    RTP 6000 again) after both ended."""
+    with capture("port-reuse"):
+        s = uas("uas_port_reuse.xml", m=3, limit=20)
+        a = uac("uac_port_reuse.xml", R_UAS, "-set", "call", "A")
+        time.sleep(0.9)         # A's 200 OK comes ~0.4 s after its start (UAS: 180, 300 ms, 200)
+        b = uac("uac_port_reuse.xml", R_UAS, "-set", "call", "B", port=UAC2, mp=UAC_RTP + 10)
+        finish(a, "port-reuse")
+        finish(b, "port-reuse")
+        c = uac("uac_port_reuse.xml", R_UAS, "-set", "call", "C")
+        finish(c, "port-reuse")
+        finish(s, "port-reuse")
+
+
 def cap_websocket():
     with capture("websocket"):
         try:
@@ -765,6 +906,8 @@ CAPTURES = [
     ("reinvite-hold", cap_reinvite_hold),
     ("options-message-subscribe", cap_options_message_subscribe),
     ("websocket", cap_websocket),
+    ("call-av-dtmf", cap_call_av_dtmf),
+    ("port-reuse", cap_port_reuse),
 ]
 
 # Expected (SIP messages as tshark counts them, Call-IDs, RTP streams)
@@ -785,6 +928,8 @@ EXPECTED = {
     "reinvite-hold": (13, 1, 2),
     "options-message-subscribe": (14, 4, 0),
     "websocket": (19, 4, 0),
+    "call-av-dtmf": (11, 1, 4),
+    "port-reuse": (21, 3, 6),
 }
 
 TSHARK_SIP = ["-o", "ip.defragment:TRUE", "-o", "tcp.desegment_tcp_streams:TRUE",

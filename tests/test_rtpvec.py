@@ -34,38 +34,43 @@ def same(a, b):
         assert a[k] == pytest.approx(b[k], rel=1e-9, abs=1e-9), (k, a[k], b[k])
 
 
-def random_stream(rnd, n):
+def random_stream(rnd, n, main=0, step=160, period=0.02):
+    """Audio by default (PCMU, 20 ms); ``main=96, step=3000, period=1 / 30`` is a 90 kHz video-like stream."""
     seq, ts, t = rnd.randrange(65536), rnd.randrange(2 ** 32), 1_700_000_000.0
     out = []
     for _ in range(n):
         r = rnd.random()
         if r < 0.03:  # lost
-            seq, ts, t = (seq + 1) & 0xFFFF, (ts + 160) & 0xFFFFFFFF, t + 0.02
-        pt = 0
+            seq, ts, t = (seq + 1) & 0xFFFF, (ts + step) & 0xFFFFFFFF, t + period
+        pt = main
         if r > 0.99 and out:
             out.append(out[-1])  # duplicate
             continue
         if 0.97 < r <= 0.98:
             pt = 101  # DTMF event
         if 0.96 < r <= 0.97:
-            pt = 0x80  # marker
+            pt = main | 0x80  # marker
         if 0.95 < r <= 0.96 and len(out) > 2:
-            out.append((out[-2][0], out[-2][1], t + 0.001, 0))  # late packet
+            out.append((out[-2][0], out[-2][1], t + 0.001, main))  # late packet
             continue
-        t += 0.02 + rnd.uniform(-0.003, 0.003)
+        t += period + rnd.uniform(-0.003, 0.003)
         out.append((seq, ts, t, pt))
-        seq, ts = (seq + 1) & 0xFFFF, (ts + 160) & 0xFFFFFFFF
+        seq, ts = (seq + 1) & 0xFFFF, (ts + step) & 0xFFFFFFFF
     return out
 
 
 @settings(max_examples=150, deadline=None)
 @given(seed=st.integers(0, 2 ** 32), n_streams=st.integers(1, 5), n=st.integers(1, 400),
-       blocks=st.integers(1, 6))
-def test_fold_equals_flush(seed, n_streams, n, blocks):
+       blocks=st.integers(1, 6), video=st.booleans())
+def test_fold_equals_flush(seed, n_streams, n, blocks, video):
+    """Also for a dynamic payload type no SDP names (video at 90 kHz): both paths wait for the packets
+    that measure the clock and then agree."""
     rnd = random.Random(seed)
-    packets = [random_stream(rnd, rnd.randint(1, n)) for _ in range(n_streams)]
-    ref = [RtpStream("a", 1, "b", 2, 9, 0, 1) for _ in packets]
-    vec = [RtpStream("a", 1, "b", 2, 9, 0, 1) for _ in packets]
+    shape = dict(main=96, step=3000, period=1 / 30) if video else {}
+    pt = shape.get("main", 0)
+    packets = [random_stream(rnd, rnd.randint(1, n), **shape) for _ in range(n_streams)]
+    ref = [RtpStream("a", 1, "b", 2, 9, pt, 1) for _ in packets]
+    vec = [RtpStream("a", 1, "b", 2, 9, pt, 1) for _ in packets]
     for s, pk in zip(ref, packets):
         for p in pk:
             s.add(*p)
@@ -86,9 +91,12 @@ def test_fold_equals_flush(seed, n_streams, n, blocks):
         if groups:
             fold(groups, np.array(starts), np.array(cols[0]), np.array(cols[1], dtype=np.uint32),
                  np.array(cols[2]), np.array(cols[3]))
-    for r, v in zip(ref, vec):
+    for r, v, pk in zip(ref, vec, packets):
         v.flush()
         same(figures(v), figures(r))
+        assert v.rate == r.rate and v.clock_source == r.clock_source
+        if video and pk[-1][2] - pk[0][2] > 1.0:   # enough to measure: the clock is found, not assumed
+            assert r.rate == 90000 and r.clock_source == "measured"
 
 
 @pytest.mark.parametrize("path", sample_files(), ids=lambda p: p.name)

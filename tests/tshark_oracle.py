@@ -520,7 +520,7 @@ _RTP_FIELDS = (
     "frame.protocols",
     "ip.src", "ip.dst", "ipv6.src", "ipv6.dst",
     "udp.srcport", "udp.dstport", "tcp.srcport", "tcp.dstport", "sctp.srcport", "sctp.dstport",
-    "rtp.ssrc", "rtp.p_type",
+    "rtp.ssrc", "rtp.p_type", "rtp.marker", "rtp.setup-frame",
 )
 
 
@@ -530,7 +530,8 @@ def rtp_streams(path, extra_args=()):
     Each is {src, dst, ssrc ('0x%08X'), payload_type (int, of the stream's first packet),
     payload_names (tshark's text, e.g. "g711A, CN"), packets, lost, lost_pct,
     min/mean/max_delta_ms, jitter_min_ms, jitter_mean_ms, jitter_max_ms, problems (bool),
-    start_rel, end_rel (seconds from the first frame)}.
+    start_rel, end_rel (seconds from the first frame), setup_frame (``rtp.setup-frame`` of its first
+    packet: the SDP that announced it, None without one), marker_packets}.
 
     tshark 4.0 prints, after a "=== RTP Streams ===" banner and a header line, one row per
     stream:  start end src sport dst dport SSRC payload-names pkts lost (pct%) min/mean/max
@@ -556,7 +557,7 @@ def _rtp_streams(path, extra_args):
     except StopIteration:
         raise TsharkError("no rtp,streams table in tshark output") from None
 
-    first_pt = {}
+    first_pt, setup, markers = {}, {}, {}
     for line in lines[:banner]:
         cols = line.split("\t")
         if len(cols) < len(_RTP_FIELDS):
@@ -568,6 +569,9 @@ def _rtp_streams(path, extra_args):
         ssrc = _int(_last(_split(row["rtp.ssrc"])))
         pt = _int(_last(_split(row["rtp.p_type"])))
         first_pt.setdefault((src, dst, ssrc), pt)
+        key = (src, dst, ssrc)
+        setup.setdefault(key, _int(_last(_split(row["rtp.setup-frame"]))))
+        markers[key] = markers.get(key, 0) + (_last(_split(row["rtp.marker"])) in ("1", "True"))
 
     streams = []
     for line in lines[banner + 1:]:
@@ -589,6 +593,8 @@ def _rtp_streams(path, extra_args):
             "dst": dst,
             "ssrc": "0x%08X" % ssrc,
             "payload_type": first_pt.get((src, dst, ssrc)),
+            "setup_frame": setup.get((src, dst, ssrc)),        # of the stream's first packet (None: no SDP)
+            "marker_packets": markers.get((src, dst, ssrc), 0),
             "payload_names": g["payload"].strip(),
             "packets": int(g["packets"]),
             "lost": int(g["lost"]),

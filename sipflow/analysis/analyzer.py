@@ -32,10 +32,12 @@ from sipflow.media.rtp import HEADER as RTP_HEADER, RTCP_FIRST, RTCP_LAST, looks
 from sipflow.net import Datagram, Decoder, fmt_endpoint
 from sipflow.net.addr import pack_ip
 from sipflow.net.link import LINK_TYPES, LinkType
+from sipflow.media.events import rtp_payload
 from sipflow.media.stats import RtpStream
 from sipflow.sip.framing import StreamFramer
 from sipflow.sip.message import DAMAGE, looks_like_sip
 from sipflow.sip.scan import scan
+from sipflow.sip.sdp import Codec
 
 __all__ = ["Analyzer", "Analysis", "Filter", "Malformed", "analyze"]
 
@@ -152,6 +154,7 @@ class Analyzer:
         fast = _FAST.get(lt)
         fast_unpack, check_et, delta = (fast[0].unpack_from, fast[1], fast[2]) if fast else (None, False, 0)
         min_len = (fast[0].size + delta) if fast else 1 << 30
+        rtp_at = min_len - RTP_HEADER.size   # where the RTP header starts in a record of the common frame
         rtcp = taken = 0
         for ts, frame, off, caplen in b.records():
             if caplen >= min_len:
@@ -163,10 +166,11 @@ class Analyzer:
                         rtcp += 1
                         rtcp_by_ssrc[rts] = rtcp_by_ssrc.get(rts, 0) + 1
                         continue
-                    # The stream's pending list starts with its SSRC (see RtpStream.pending).
+                    # The stream's pending list starts with its SSRC and payload type (RtpStream.pending):
+                    # another stream, a new one or another payload type (a DTMF event) goes the long way.
                     p = pending.get(flow)
-                    if p is None or p[0] != ssrc:
-                        p = pending_for(flow, ssrc, b1, frame, fi)
+                    if p is None or p[0] != ssrc << 7 | b1 & 0x7F:
+                        p = pending_for(flow, ssrc, b1, frame, fi, rts, ts, buf, off + rtp_at, off + caplen)
                     p += (seq, rts, ts, b1)
                     continue
             slow(ts, fi, frame, lt, bytes(buf[off:off + caplen]))
@@ -240,15 +244,18 @@ class Analyzer:
             for ssrc, c in zip(ssrcs.tolist(), counts.tolist()):
                 self.rtcp[ssrc] = self.rtcp.get(ssrc, 0) + c
             self.rtcp_packets += int(rtcp.sum())
-        for r, rtp, addr_fields in ((r4, fast4 & ~rtcp, ("addrs",)), (r6, fast6 & ~rtcp, ("a1", "a2", "a3", "a4"))):
+        for r, rtp, addr_fields, ip_udp in ((r4, fast4 & ~rtcp, ("addrs",), 28),
+                                            (r6, fast6 & ~rtcp, ("a1", "a2", "a3", "a4"), 48)):
             ri = np.flatnonzero(rtp)
             if len(ri):
-                self._vec_fold(np, rtpvec, r, ri, addr_fields, b1, ts, frame_base, fi, vec_streams)
+                self._vec_fold(np, rtpvec, r, ri, addr_fields, b1, ts, frame_base, fi, vec_streams,
+                               (buf, o + (hdr_len + l2 + ip_udp), o + hdr_len + caplen))
 
-    def _vec_fold(self, np, rtpvec, r, ri, addr_fields, b1, ts, frame_base, fi, vec_streams) -> None:
+    def _vec_fold(self, np, rtpvec, r, ri, addr_fields, b1, ts, frame_base, fi, vec_streams, where) -> None:
         """Group one address family's RTP packets by stream and fold them into the streams' figures.
         (Plain field arrays are gathered, never the structured rows: indexing records with void fields
-        is ten times slower.)"""
+        is ten times slower.) ``where``: the buffer, and each record's RTP start and end in it, for the
+        few packets whose payload is read (another payload type than their stream's: DTMF events)."""
         keys = [r[f][ri].astype(np.uint64) for f in addr_fields]
         keys.append((r["ports"][ri].astype(np.uint64) << np.uint64(32)) | r["ssrc"][ri].astype(np.uint64))
         srt = np.lexsort(keys[::-1])  # by stream; lexsort is stable, so capture order within a stream
@@ -271,12 +278,22 @@ class Analyzer:
                 st = vec_streams[key] = self._stream_for(flow, last & 0xFFFFFFFF, int(b1_s[s_i]),
                                                          frame_base + int(ri_s[s_i]) + 1, fi)
             streams.append(st)
+        main = np.array([-1 if st.events_only else st.pt for st in streams], dtype=np.int64)
+        group = np.repeat(np.arange(len(streams)), np.diff(np.append(starts, len(ri_s))))
+        other = np.flatnonzero((b1_s & 0x7F).astype(np.int64) != main[group])
+        if len(other):
+            buf, rtp_at, rec_end = where
+            rts = r["rts"]
+            for i in other.tolist():
+                k = int(ri_s[i])
+                self._event(streams[int(group[i])], int(b1_s[i]), int(rts[k]), float(ts[k]), frame_base + k + 1,
+                            buf, int(rtp_at[k]), int(rec_end[k]))
         rtpvec.fold(streams, starts, r["seq"][ri_s], r["rts"][ri_s], ts[ri_s], b1_s)
 
     def _flush_all(self) -> None:
         for st in self.by_ssrc.values():
             if len(st.pending) > 1:
-                st.flush()
+                st.flush(wait=True)
 
     def _run_records(self, recs) -> None:
         for ts, fi, frame, lt, buf, off, caplen in recs:
@@ -291,6 +308,9 @@ class Analyzer:
                         self.rtcp[rts] = self.rtcp.get(rts, 0) + 1
                         continue
                     st = self.by_ssrc.get((flow, ssrc)) or self._stream_for(flow, ssrc, b1, frame, fi)
+                    if b1 & 0x7F != st.pt or st.events_only:
+                        self._event(st, b1, rts, ts, frame, buf, off + fast[0].size + fast[2] - RTP_HEADER.size,
+                                    off + caplen)
                     st.add(seq, rts, ts, b1)
                     continue
             self.feed(ts, fi, frame, lt, bytes(buf[off:off + caplen]))
@@ -304,14 +324,42 @@ class Analyzer:
             n = (len(flow) - 4) // 2
             fam = socket.AF_INET6 if n == 16 else socket.AF_INET
             sport, dport = struct.unpack_from("!HH", flow, 2 * n)
-            st = RtpStream(socket.inet_ntop(fam, flow[:n]), sport, socket.inet_ntop(fam, flow[n:2 * n]), dport,
-                           ssrc, b1 & 0x7F, frame, fi)
+            src, dst = socket.inet_ntop(fam, flow[:n]), socket.inet_ntop(fam, flow[n:2 * n])
+            codec = self._sdp_codec(src, sport, dst, dport, b1 & 0x7F)
+            st = RtpStream(src, sport, dst, dport, ssrc, b1 & 0x7F, frame, fi, codec.clock_rate if codec else 0,
+                           codec is not None and codec.name.lower() == "telephone-event")
             self.by_ssrc[(flow, ssrc)] = st
         self.pending[flow] = st.pending
         return st
 
-    def _pending_for(self, flow: bytes, ssrc: int, b1: int, frame: int, fi: int) -> list:
-        return self._stream_for(flow, ssrc, b1, frame, fi).pending
+    def _sdp_codec(self, src: str, sport: int, dst: str, dport: int, pt: int) -> Optional[Codec]:
+        """A new stream's codec (clock rate, telephone-event or not), from the SDP in force at its
+        destination (or, symmetric RTP, at its source); None when no SDP there names its payload type."""
+        for offer in (self.tracker.offer_at(dst, dport), self.tracker.offer_at(src, sport)):
+            if offer is not None:
+                codec = offer.codecs.get(pt)
+                if codec is not None and codec.clock_rate:
+                    return codec
+        return None
+
+    def _pending_for(self, flow: bytes, ssrc: int, b1: int, frame: int, fi: int, rts: int, ts: float, buf,
+                     start: int, end: int) -> list:
+        """The pending list for a packet the hot loop could not place (see ``_python_batch``)."""
+        st = self._stream_for(flow, ssrc, b1, frame, fi)
+        if b1 & 0x7F != st.pt or st.events_only:
+            self._event(st, b1, rts, ts, frame, buf, start, end)
+        return st.pending
+
+    @staticmethod
+    def _event(st: RtpStream, b1: int, rts: int, ts: float, frame: int, buf, start: int, end: int) -> None:
+        """A packet of another payload type than its stream's (or of an events-only stream): its payload
+        may be an RFC 4733 event (``media.events``)."""
+        pt = b1 & 0x7F
+        if pt < 96 and not st.events_only:
+            return
+        loc = rtp_payload(buf, start, end)
+        if loc is not None:
+            st.note_event(pt, rts, ts, frame, bytes(buf[loc[0]:loc[0] + min(loc[1], 64)]))
 
     def feed(self, ts: float, file: int, frame: int, linktype: int, data: bytes) -> None:
         """One frame through the general decoder (everything the fast path does not take)."""
@@ -385,6 +433,8 @@ class Analyzer:
                 return
             flow = pack_ip(src) + pack_ip(dst) + struct.pack("!HH", sport, dport)
             st = self.by_ssrc.get((flow, ssrc)) or self._stream_for(flow, ssrc, b1, frame, file)
+            if b1 & 0x7F != st.pt or st.events_only:
+                self._event(st, b1, rts, ts, frame, payload, 0, len(payload))
             st.add(seq, rts, ts, b1)
             return
         if payload.strip(b"\r\n\x00") == b"":

@@ -11,6 +11,7 @@ capture timestamp of the message; nothing here reads a clock or does I/O.
 """
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -22,6 +23,7 @@ from sipflow.analysis.messages import SipEvent
 from sipflow.analysis.options import LINGER, AnalyzerOptions
 from sipflow.analysis.totals import CallTotals
 from sipflow.net import fmt_endpoint, is_private
+from sipflow.sip.dtmf import dtmf_of
 from sipflow.sip.message import ProblemKind, to_int
 from sipflow.sip.scan import SipHead, contact_host, parse_contact
 from sipflow.sip.sdp import Codec, Session, sdp_of
@@ -33,6 +35,7 @@ STORM = 4                  # retransmissions of one message that make a "retrans
 SWEEP_EVERY = 10.0         # capture seconds between sweeps of finished transactions and calls
 _CSEQ_MEMORY = 1 << 16     # keep_calls: senders whose last CSeq is remembered
 REGISTRATION_EVENTS = 8    # keep_calls: message records kept per registration
+MAX_ENDPOINTS = 1 << 16    # media addresses whose latest SDP is remembered for the clock of new streams
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -147,7 +150,7 @@ class Dialog:
 @dataclass(frozen=True)
 class MediaOffer:
     """Where a party said it wants to receive media (c= and m= of an SDP body)."""
-    __slots__ = ("ip", "port", "ts", "frame", "codecs", "direction", "sender_ip")
+    __slots__ = ("ip", "port", "ts", "frame", "codecs", "direction", "sender_ip", "kind", "proto", "call_id")
     ip: str
     port: int
     ts: float
@@ -155,6 +158,24 @@ class MediaOffer:
     codecs: Mapping[int, Codec]    # payload type -> codec
     direction: str
     sender_ip: str
+    kind: str                      # audio, video, image (T.38) ...
+    proto: str                     # RTP/AVP, RTP/SAVPF, udptl ...
+    call_id: str
+
+
+@dataclass(frozen=True)
+class InfoDtmf:
+    """A DTMF key sent in a SIP INFO (``sip.dtmf``)."""
+    __slots__ = ("key", "duration_ms", "ts", "frame", "file", "src", "dst", "cseq", "from_tag")
+    key: str
+    duration_ms: Optional[int]
+    ts: float
+    frame: int
+    file: int
+    src: str
+    dst: str
+    cseq: Optional[int]
+    from_tag: Optional[str]
 
 
 class Call:
@@ -162,7 +183,7 @@ class Call:
     __slots__ = ("call_id", "events", "invites", "reinvites", "caller", "caller_tag", "from_uri", "to_uri",
                  "from_user", "to_user", "start", "state", "dialogs", "cancel", "bye", "bye_reason", "cancel_reason",
                  "ack_2xx", "media", "holds", "anomalies", "saw_initial", "last", "aged_out", "queued", "hop1",
-                 "unacked")
+                 "unacked", "dtmf")
 
     def __init__(self, call_id: str, first: SipEvent) -> None:
         self.call_id = call_id
@@ -187,6 +208,7 @@ class Call:
         self.ack_2xx: Optional[SipEvent] = None
         self.media: List[MediaOffer] = []
         self.holds: List[Tuple[float, int, str]] = []  # (ts, frame, "hold"/"unhold")
+        self.dtmf: List[InfoDtmf] = []            # keys sent in INFO requests (RFC 4733 keys are on streams)
         self.anomalies: List[Anomaly] = []
         self.saw_initial = False
         self.last = first.ts          # the time of its latest message
@@ -215,6 +237,7 @@ class Call:
         self.unacked.clear()
         self.dialogs.clear()
         self.media.clear()
+        self.dtmf.clear()
         self.cancel = self.bye = self.ack_2xx = None
 
     @property
@@ -380,6 +403,7 @@ class Tracker:
         self.next_sweep = 0.0
         self.finished: Deque[Call] = deque()   # keep_calls: finished calls, oldest first
         self.summarised = CallTotals()
+        self.endpoints: Dict[Tuple[str, int], MediaOffer] = {}   # media address -> the latest SDP there
         self.counters: Dict[str, int] = {"transactions_expired": 0, "transactions_aged_out": 0, "calls_aged_out": 0}
 
     def anomaly(self, kind: AnomalyKind, ev: SipEvent, detail: str, call: Optional[Call] = None) -> None:
@@ -528,6 +552,8 @@ class Tracker:
             self._register(ev, tx)
         elif method in ("UPDATE",) and call is not None:
             self._sdp(ev, call)
+        elif method == "INFO" and call is not None:
+            self._info(ev, call)
 
     def _rejected_invite_for(self, ev: SipEvent, call: Call) -> Optional[Transaction]:
         """An ACK whose branch matches no transaction, for an INVITE rejected with 3xx-6xx on the same
@@ -589,8 +615,10 @@ class Tracker:
             return None
         for m in sess.media:
             if m.address and m.port:
-                call.media.append(MediaOffer(m.address, m.port, ev.ts, ev.frame, _codec_map(m.codecs), m.direction,
-                                             ev.src))
+                offer = MediaOffer(m.address, m.port, ev.ts, ev.frame, _codec_map(m.codecs), m.direction, ev.src,
+                                   m.kind, m.proto, call.call_id)
+                call.media.append(offer)
+                self._announce(offer)
                 if is_private(m.address) and m.address != ev.src and not is_private(ev.src):
                     self.anomaly(AnomalyKind.NAT, ev, f"SDP c={m.address} is private but the packet came from {ev.src}",
                                  call)
@@ -601,6 +629,31 @@ class Tracker:
             if hold != was:
                 call.holds.append((ev.ts, ev.frame, "hold" if hold else "unhold"))
         return sess
+
+    def _info(self, ev: SipEvent, call: Call) -> None:
+        """An INFO that carries a DTMF key. Through a proxy the same request (same CSeq and From-tag)
+        shows once per hop: the key is counted once, at its first hop."""
+        h = ev.head
+        key = dtmf_of(h.content_type, h.body)
+        if key is None or any(d.cseq == ev.cseq and d.from_tag == ev.from_tag for d in call.dtmf):
+            return
+        call.dtmf.append(InfoDtmf(key[0], key[1], ev.ts, ev.frame, ev.file, ev.source, ev.destination, ev.cseq,
+                                  ev.from_tag))
+
+    def _announce(self, offer: MediaOffer) -> None:
+        """The latest SDP at each media address, for the clock of streams as they start. Bounded: past
+        ``MAX_ENDPOINTS`` addresses the oldest half is forgotten (a stream there gets its clock measured)."""
+        eps = self.endpoints
+        key = (offer.ip, offer.port)
+        eps.pop(key, None)
+        eps[key] = offer
+        if len(eps) > MAX_ENDPOINTS:
+            for k in list(itertools.islice(eps, MAX_ENDPOINTS // 2)):
+                del eps[k]
+
+    def offer_at(self, ip: str, port: int) -> Optional[MediaOffer]:
+        """The latest SDP that announced this media address (None: none, or long forgotten)."""
+        return self.endpoints.get((ip, port))
 
     def _nat_check(self, ev: SipEvent, call: Optional[Call]) -> None:
         for c in ev.head.contacts[:1]:

@@ -1,15 +1,25 @@
 """The stream join: which call each RTP stream belongs to, and with which codec.
 
-Owns one rule, written once and run at every snapshot without changing anything it reads: a stream
-belongs to the call whose SDP announced its destination (or, with symmetric RTP, its source) nearest
-before the stream started; when only the port matches (a NAT rewrote the address) it belongs to the call
-that was up at that port then, flagged ``nat``. The codec and its clock come from that SDP. Streams
-nobody announced are kept only when they behave like media. Leaves the statistics to ``media.stats``.
+Owns one rule, written once and run at every snapshot without changing anything it reads. A stream
+(source -> destination, SSRC) belongs to the call whose SDP was in force for it when its first packet
+flowed, judged in this order:
+
+1. the call had not ended (its BYE was not before the stream started);
+2. the call's SDPs name both ends: the destination (where one party said it receives) and the source
+   (symmetric RTP: where the other party said it receives). Two overlapping calls to one callee that
+   reuses its media port differ here, by the caller's address;
+3. the SDP came before the first packet (or at most ``LEAD`` seconds after it: capture order races);
+4. the latest such SDP, so a port reused by consecutive calls goes to the call that set it up last.
+
+When only the port matches (a NAT rewrote the address) the stream belongs to the call that was up at
+that port then, flagged ``nat``. The codec comes from the SDP in force at the stream's start (re-INVITEs
+change it). Streams nobody announced are kept only when they behave like media (``plausible``).
+Leaves the statistics to ``media.stats``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from sipflow.analysis.dialogs import Call, MediaOffer
 from sipflow.media.stats import RtpStream
@@ -21,58 +31,81 @@ LEAD = 1.0                   # seconds a stream may start before the SDP that an
 
 @dataclass(frozen=True)
 class Join:
-    """Where one stream belongs: its call (None: unannounced), codec (None: not in any SDP), NAT flag."""
+    """Where one stream belongs: its call (None: unannounced), the SDP that set it up (None:
+    unannounced), its codec (None: not in that SDP), NAT flag."""
     stream: RtpStream
     call: Optional[Call]
     codec: Optional[Codec]
     nat: bool
+    offer: Optional[MediaOffer] = None
+
+
+def _ended(call: Call) -> Optional[float]:
+    return call.bye.ts if call.bye is not None else None
+
+
+def _rank(offer: MediaOffer, call: Call, t: float, both: bool) -> Tuple:
+    """Larger is a better match for a stream starting at ``t`` (the order of the module docstring)."""
+    end = _ended(call)
+    live = end is None or t <= end
+    before = offer.ts <= t
+    soon = offer.ts <= t + LEAD
+    return (live, both, before, soon, offer.ts if soon else -offer.ts)
 
 
 def join_streams(calls: Sequence[Call], streams: Iterable[RtpStream]) -> List[Join]:
     """The join of every stream worth listing, in order of first packet."""
-    by_endpoint: Dict[tuple, list] = {}
-    by_port: Dict[int, list] = {}
+    by_endpoint: Dict[tuple, List[Tuple[MediaOffer, Call]]] = {}
+    by_port: Dict[int, List[Tuple[MediaOffer, Call]]] = {}
     for call in calls:
         for offer in call.media:
             by_endpoint.setdefault((offer.ip, offer.port), []).append((offer, call))
             by_port.setdefault(offer.port, []).append((offer, call))
 
-    def pick(cands, t):
-        before = [c for c in cands if c[0].ts <= t + LEAD]
-        return max(before, key=lambda c: c[0].ts) if before else min(cands, key=lambda c: c[0].ts)
-
     out = []
     for st in streams:
         if not st.packets:
             continue
-        nat = False
-        match = None
-        cands = by_endpoint.get((st.dst, st.dport))
-        if cands:
-            match = pick(cands, st.first_ts)
-        else:
-            cands = by_endpoint.get((st.src, st.sport))
+        match = _best(by_endpoint, st)
+        if match is None:
+            cands = [c for c in by_port.get(st.dport, ()) if c[1].start - LEAD <= st.first_ts
+                     and (_ended(c[1]) is None or st.first_ts <= _ended(c[1]))]
             if cands:
-                match = pick(cands, st.first_ts)
-                # symmetric RTP: the sender is where its SDP says; is the receiver where its SDP says?
-                nat = not any(o.ip == st.dst and o.port == st.dport for o in match[1].media)
-            else:
-                cands = [c for c in by_port.get(st.dport, []) if c[1].start - LEAD <= st.first_ts
-                         and (c[1].bye is None or st.first_ts <= c[1].bye.ts)]
-                if cands:
-                    match = pick(cands, st.first_ts)
-                    nat = True
+                offer, call = max(cands, key=lambda c: _rank(c[0], c[1], st.first_ts, False))
+                match = (offer, call, True)
         if match is None:
             if plausible(st):
                 out.append(Join(st, None, None, False))
             continue
-        offer, call = match
-        out.append(Join(st, call, _codec(offer, call.media, st.pt), nat))
+        offer, call, nat = match
+        out.append(Join(st, call, codec_for(offer, call.media, st.pt), nat, offer))
     out.sort(key=lambda j: (j.stream.first_ts, j.stream.src, j.stream.sport))
     return out
 
 
-def _codec(offer: MediaOffer, media: Sequence[MediaOffer], pt: int) -> Optional[Codec]:
+def _best(by_endpoint, st: RtpStream) -> Optional[Tuple[MediaOffer, Call, bool]]:
+    """The best (offer, call, nat) for a stream by its destination, then its source (symmetric RTP)."""
+    t = st.first_ts
+    src_calls = {id(c) for _, c in by_endpoint.get((st.src, st.sport), ())}
+    dst_calls = {id(c) for _, c in by_endpoint.get((st.dst, st.dport), ())}
+    best, best_rank = None, None
+    for offer, call in by_endpoint.get((st.dst, st.dport), ()):
+        r = _rank(offer, call, t, id(call) in src_calls)
+        if best_rank is None or r > best_rank:
+            best, best_rank = (offer, call, False), r
+    if best is not None:
+        return best
+    for offer, call in by_endpoint.get((st.src, st.sport), ()):
+        # only the sender is where its SDP says: is the receiver where the call's SDP says?
+        r = _rank(offer, call, t, id(call) in dst_calls)
+        if best_rank is None or r > best_rank:
+            nat = not any(o.ip == st.dst and o.port == st.dport for o in call.media)
+            best, best_rank = (offer, call, nat), r
+    return best
+
+
+def codec_for(offer: MediaOffer, media: Sequence[MediaOffer], pt: int) -> Optional[Codec]:
+    """A payload type's codec in the SDP that set a stream up, or else in any SDP of its call."""
     codec = offer.codecs.get(pt)
     if codec is None:
         for o in media:

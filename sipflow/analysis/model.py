@@ -11,7 +11,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from sipflow.analysis.kinds import Anomaly, Outcome
 from sipflow.analysis.messages import SipEvent
-from sipflow.analysis.records import CallRecord, RegistrationRecord, StreamRecord
+from sipflow.analysis.records import CallRecord, DtmfRecord, RegistrationRecord, StreamRecord
 from sipflow.analysis.totals import SummarisedCalls
 from sipflow.net import fmt_endpoint
 
@@ -228,6 +228,7 @@ def call_dict(c: CallRecord, end_ts: float, stream_index: Dict[int, int]) -> dic
         "hops": c.hops, "dialogs": len(c.dialogs), "messages": len(c.events),
         "holds": [{"ts": ts, "frame": fr, "what": what} for ts, fr, what in c.holds],
         "streams": [stream_index[id(s)] for s in c.streams if id(s) in stream_index],
+        "dtmf": [dtmf_dict(d) for d in c.dtmf],
         "anomalies": [{"kind": a.kind.value, "frame": a.frame, "detail": a.detail} for a in c.anomalies],
     })
     return d
@@ -240,15 +241,23 @@ def registration_dict(r: RegistrationRecord) -> dict:
             "requests": r.requests, "start": r.start, "end": r.end}
 
 
+def dtmf_dict(d: DtmfRecord) -> dict:
+    return {"key": d.key, "source": d.source, "ts": d.ts, "frame": d.frame, "file": d.file, "src": d.src,
+            "dst": d.dst, "duration_ms": d.duration_ms, "end_frame": d.end_frame, "ended": d.ended, "volume": d.volume,
+            "packets": d.packets, "payload_type": d.payload_type, "confirmed": d.confirmed}
+
+
 def stream_dict(s: StreamRecord) -> dict:
     return {
         "src": fmt_endpoint(s.src, s.sport), "dst": fmt_endpoint(s.dst, s.dport), "ssrc": f"0x{s.ssrc:08X}",
-        "payload_type": s.pt, "codec": s.codec, "clock_rate": s.rate,
-        "clock_rate_guessed": s.clock_rate_guessed, "packets": s.packets,
+        "payload_type": s.pt, "codec": s.codec, "media": s.media, "clock_rate": s.rate,
+        "clock_rate_guessed": s.clock_rate_guessed, "clock_source": s.clock_source,
+        "sdp_clock_rate": s.sdp_clock_rate, "packets": s.packets,
         "expected": s.expected, "lost": s.lost, "duplicates": s.duplicates, "out_of_order": s.out_of_order,
         "seq_wraps": s.seq_wraps, "max_delta_ms": s.max_delta * 1000.0, "jitter_mean_ms": s.jitter_mean,
         "jitter_max_ms": s.jitter_max, "start": s.first_ts, "end": s.last_ts, "call_id": s.call_id,
-        "nat": s.nat, "rtcp_packets": s.rtcp_packets, "first_frame": s.first_frame, "file": s.file,
+        "setup_frame": s.setup_frame, "nat": s.nat, "rtcp_packets": s.rtcp_packets, "first_frame": s.first_frame,
+        "file": s.file, "dtmf": [dtmf_dict(d) for d in s.dtmf],
     }
 
 

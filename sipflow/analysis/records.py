@@ -55,6 +55,25 @@ class Timings:
 
 
 @dataclass(frozen=True, slots=True)
+class DtmfRecord:
+    """One DTMF key press: from RFC 4733 events in a stream, or from a SIP INFO."""
+    key: str                  # "0"-"9", "*", "#", "A"-"D", "flash", "event N"
+    source: str               # "rfc4733" | "info"
+    ts: float                 # the first packet (or the INFO)
+    frame: int
+    file: int
+    src: str                  # the sender, ip:port
+    dst: str
+    duration_ms: Optional[float]   # rfc4733: the largest duration field; info: the Duration line (None: absent)
+    end_frame: Optional[int]  # rfc4733: the first packet with the end bit (None: never seen)
+    ended: Optional[bool]     # rfc4733: the end bit was seen (a key press cut short has none); info: None
+    volume: Optional[int]     # rfc4733: dBm0 below zero
+    packets: int              # rfc4733: packets of the key press (end retransmissions included); info: 1
+    payload_type: Optional[int]
+    confirmed: bool           # rfc4733: the SDP says the payload type is telephone-event; info: True
+
+
+@dataclass(frozen=True, slots=True)
 class StreamRecord:
     """One RTP stream (source, destination, SSRC) with its RFC 3550 figures and the call it belongs to."""
     src: str
@@ -64,8 +83,10 @@ class StreamRecord:
     ssrc: int
     pt: int
     codec: Optional[str]
-    rate: int
-    clock_rate_guessed: bool
+    rate: int                 # the clock the jitter figures were computed with, Hz
+    clock_rate_guessed: bool  # measured or assumed, not confirmed by an SDP (or an SDP seen late disagrees)
+    clock_source: str         # "sdp", "payload type", "measured" (from the stream itself) or "assumed" (8 kHz)
+    sdp_clock_rate: Optional[int]   # what the SDP that set the stream up says (None: no SDP names it)
     packets: int
     expected: int
     lost: int
@@ -73,9 +94,9 @@ class StreamRecord:
     out_of_order: int
     seq_wraps: int
     max_delta: float          # seconds
-    jitter: float             # the last estimate, ms
-    jitter_mean: float        # ms
-    jitter_max: float         # ms
+    jitter: Optional[float]   # the last estimate, ms (None: a stream of telephone-events, where RFC 3550
+    jitter_mean: Optional[float]   # jitter means nothing: all packets of a key press share one timestamp)
+    jitter_max: Optional[float]    # ms
     jitter_n: int             # packets that went into the jitter figures
     first_ts: float
     last_ts: float
@@ -86,6 +107,9 @@ class StreamRecord:
     rtcp_packets: int
     call_id: Optional[str]
     nat: bool
+    media: Optional[str]      # the m= line's kind (audio, video) of the SDP that set it up
+    setup_frame: Optional[int]   # the frame of that SDP
+    dtmf: Tuple[DtmfRecord, ...]   # RFC 4733 key presses in this stream
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +141,7 @@ class CallRecord:
     holds: Tuple[Tuple[float, int, str], ...]
     anomalies: Tuple[Anomaly, ...]
     streams: Tuple[StreamRecord, ...]
+    dtmf: Tuple[DtmfRecord, ...]   # every key press of the call, RFC 4733 and INFO, in time order
 
     def first_hop(self) -> Tuple[TransactionRecord, ...]:
         """The initial INVITE transactions the caller sent (all figures are judged there)."""

@@ -11,35 +11,69 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from sipflow.analysis.dialogs import Anomaly, Call, Registration, Transaction
-from sipflow.analysis.join import Join
-from sipflow.analysis.records import (CallRecord, DialogRecord, RegistrationRecord, StreamRecord, Timings,
+from sipflow.analysis.dialogs import Anomaly, Call, InfoDtmf, Registration, Transaction
+from sipflow.analysis.join import Join, codec_for
+from sipflow.analysis.records import (CallRecord, DialogRecord, DtmfRecord, RegistrationRecord, StreamRecord, Timings,
                                       TransactionRecord)
-from sipflow.media.stats import RtpStream
+from sipflow.media.stats import CLOCK_ASSUMED, CLOCK_MEASURED, CLOCK_SDP, RtpStream
+from sipflow.net import fmt_endpoint
+from sipflow.sip.dtmf import event_name
 from sipflow.sip.sdp import STATIC_PT
+
+TELEPHONE_EVENT = "telephone-event"
 
 
 def stream_record(j: Join, rtcp: Dict[int, int]) -> StreamRecord:
-    """A stream's figures, with the clock its SDP gives (the jitter is converted with it)."""
+    """A stream's figures, converted to milliseconds with the clock they were computed with. The clock
+    is guessed when it was measured or assumed and no SDP confirms it, or when the SDP that set the
+    stream up (seen after it started) names another rate than the one the figures used."""
     st = j.stream
-    rate, guessed = st.rate, st.clock_rate_guessed
-    if j.codec is not None:
-        name = j.codec.name
-        if j.codec.clock_rate:
-            guessed = guessed and j.codec.clock_rate != st.rate
-            rate = j.codec.clock_rate
-    else:
-        name = STATIC_PT.get(st.pt, (f"PT{st.pt}",))[0]
+    rate, source = st.rate, st.clock_source
+    sdp_rate = j.codec.clock_rate if j.codec is not None else 0
+    if sdp_rate and sdp_rate == rate and source in (CLOCK_MEASURED, CLOCK_ASSUMED):
+        source = CLOCK_SDP
+    guessed = source in (CLOCK_MEASURED, CLOCK_ASSUMED) or bool(sdp_rate and sdp_rate != rate)
+    name = j.codec.name if j.codec is not None else STATIC_PT.get(st.pt, (f"PT{st.pt}",))[0]
     ms = 1000.0 / rate
+    events_only = st.events_only or name.lower() == TELEPHONE_EVENT
     return StreamRecord(
         src=st.src, sport=st.sport, dst=st.dst, dport=st.dport, ssrc=st.ssrc, pt=st.pt, codec=name, rate=rate,
-        clock_rate_guessed=guessed, packets=st.packets, expected=st.expected, lost=st.lost,
+        clock_rate_guessed=guessed, clock_source=source, sdp_clock_rate=sdp_rate or None, packets=st.packets,
+        expected=st.expected, lost=st.lost,
         duplicates=st.duplicates, out_of_order=st.out_of_order, seq_wraps=st.seq_wraps, max_delta=st.max_delta,
-        jitter=st.jitter_ts * ms, jitter_mean=st.jsum_ts * ms / st.jitter_n if st.jitter_n else 0.0,
-        jitter_max=st.jmax_ts * ms, jitter_n=st.jitter_n, first_ts=st.first_ts, last_ts=st.last_ts,
+        jitter=None if events_only else st.jitter_ts * ms,
+        jitter_mean=None if events_only else (st.jsum_ts * ms / st.jitter_n if st.jitter_n else 0.0),
+        jitter_max=None if events_only else st.jmax_ts * ms, jitter_n=0 if events_only else st.jitter_n,
+        first_ts=st.first_ts, last_ts=st.last_ts,
         first_frame=st.first_frame, file=st.file, marker_packets=st.marker_packets,
         other_pts=MappingProxyType(dict(st.other_pts)),
-        rtcp_packets=rtcp.get(st.ssrc, 0), call_id=j.call.call_id if j.call is not None else None, nat=j.nat)
+        rtcp_packets=rtcp.get(st.ssrc, 0), call_id=j.call.call_id if j.call is not None else None, nat=j.nat,
+        media=j.offer.kind if j.offer is not None else None,
+        setup_frame=j.offer.frame if j.offer is not None else None, dtmf=stream_dtmf(j))
+
+
+def stream_dtmf(j: Join) -> Tuple[DtmfRecord, ...]:
+    """A stream's RFC 4733 key presses. A payload type the SDP gives to another codec is not DTMF; one
+    no SDP names (an unannounced stream) is listed, unconfirmed."""
+    st = j.stream
+    if st.events is None:
+        return ()
+    out = []
+    src, dst = fmt_endpoint(st.src, st.sport), fmt_endpoint(st.dst, st.dport)
+    for p in st.events.presses:
+        codec = codec_for(j.offer, j.call.media, p.pt) if j.call is not None and j.offer is not None else None
+        if codec is not None and codec.name.lower() != TELEPHONE_EVENT:
+            continue
+        rate = codec.clock_rate if codec is not None and codec.clock_rate else 8000
+        out.append(DtmfRecord(event_name(p.code), "rfc4733", p.start, p.frame, p.file, src, dst,
+                              p.duration * 1000.0 / rate, p.end_frame, p.ended, p.volume, p.packets, p.pt,
+                              codec is not None))
+    return tuple(out)
+
+
+def info_dtmf(d: InfoDtmf) -> DtmfRecord:
+    return DtmfRecord(d.key, "info", d.ts, d.frame, d.file, d.src, d.dst,
+                      float(d.duration_ms) if d.duration_ms is not None else None, None, None, None, 1, None, True)
 
 
 def transaction_record(tx: Transaction, memo: Dict[int, TransactionRecord]) -> TransactionRecord:
@@ -65,7 +99,9 @@ def call_record(call: Call, end: float, judged: Sequence[Anomaly], streams: Tupl
         events=tuple(call.events), invites=tuple(transaction_record(t, memo) for t in call.invites),
         reinvites=tuple(transaction_record(t, memo) for t in call.reinvites), cancel=call.cancel, bye=call.bye,
         ack_2xx=call.ack_2xx, media=tuple(call.media), holds=tuple(call.holds),
-        anomalies=tuple(call.anomalies) + tuple(judged), streams=streams)
+        anomalies=tuple(call.anomalies) + tuple(judged), streams=streams,
+        dtmf=tuple(sorted([info_dtmf(d) for d in call.dtmf] + [d for s in streams for d in s.dtmf],
+                          key=lambda d: (d.ts, d.frame))))
 
 
 def registration_record(r: Registration) -> RegistrationRecord:

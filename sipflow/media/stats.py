@@ -6,8 +6,12 @@ accounting (RFC 3550 A.1/A.3: expected, lost, duplicates, out of order, wraps), 
 numbers: nothing keeps packets, so memory grows with streams, never with packets. Time is always passed
 in (the capture timestamp); nothing here reads a clock.
 
-Statistics never depend on having seen the SDP: a static payload type gives its clock rate, a dynamic
-one starts at 8 kHz and ``clock_rate_guessed`` says so until the analyzer learns the rtpmap.
+Jitter needs the right clock before the first packet is folded in (RFC 3550 A.8 mixes arrival time and
+RTP timestamps through it; it cannot be corrected afterwards). The clock comes, in this order, from the
+SDP in force when the stream starts (the analyzer passes it in), from a static payload type, or is
+measured on the stream's first packets (RTP timestamp advance over arrival time, taken to the nearest
+usual rate); ``clock_source`` says which, and only a stream too short to measure is left at 8 kHz
+("assumed").
 Recognising RTP/RTCP packets is the analyzer's hot path (``analysis.analyzer``, with ``media.rtp``'s header
 and RTCP rule); ``media.vec`` computes the same figures on arrays and is tested against ``RtpStream.flush``.
 """
@@ -15,11 +19,51 @@ from __future__ import annotations
 
 from typing import Optional
 
+from sipflow.media.events import EventLog
 from sipflow.sip.sdp import STATIC_PT
 
 MAX_DROPOUT = 3000             # RFC 3550 A.1: a jump ahead larger than this is not loss but a restart
 BATCH = 4 * 64                 # pending values (64 packets) before statistics are brought up to date
 MAX_MISORDER = 100             # a packet this far behind the highest sequence number is late, not a restart
+CLOCK_PROBE = 25               # packets a stream with an unknown clock waits for before its figures start
+MIN_PROBE_SPAN = 0.2           # seconds of arrival time a clock measurement needs
+USUAL_CLOCKS = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, 90000)
+CLOCK_TOLERANCE = 0.2          # a measured rate more than 20 % off every usual one is not trusted
+
+def pending_key(ssrc: int, pt: int) -> int:
+    """The head of a stream's pending list: its SSRC and main payload type in one int."""
+    return ssrc << 7 | pt
+
+
+# Where a stream's clock rate came from (``RtpStream.clock_source``).
+CLOCK_SDP, CLOCK_STATIC, CLOCK_MEASURED, CLOCK_ASSUMED = "sdp", "payload type", "measured", "assumed"
+
+
+def measure_clock(values) -> int:
+    """The clock rate a run of packets shows, as flat (sequence, RTP timestamp, arrival, PT byte)
+    values: the RTP timestamp's advance over the arrival time between the first and the last packet
+    of the most frequent payload type, taken to the nearest usual rate. 0 when it cannot tell (too
+    little time, or a rate far from every usual one)."""
+    counts: dict = {}
+    for b in values[3::4]:
+        counts[b & 0x7F] = counts.get(b & 0x7F, 0) + 1
+    pt = max(counts, key=counts.get)
+    first_ts = first_arr = None
+    last_ts = last_arr = None
+    for i in range(0, len(values) - 3, 4):
+        if values[i + 3] & 0x7F != pt:
+            continue
+        if first_ts is None:
+            first_ts, first_arr = values[i + 1], values[i + 2]
+        last_ts, last_arr = values[i + 1], values[i + 2]
+    if first_arr is None or last_arr - first_arr < MIN_PROBE_SPAN:
+        return 0
+    advance = (last_ts - first_ts) & 0xFFFFFFFF
+    if advance >= 0x80000000:       # went backwards: not a clock
+        return 0
+    rate = advance / (last_arr - first_arr)
+    best = min(USUAL_CLOCKS, key=lambda c: abs(rate / c - 1.0))
+    return best if abs(rate / best - 1.0) <= CLOCK_TOLERANCE else 0
 
 
 class RtpStream:
@@ -34,15 +78,21 @@ class RtpStream:
                  "packets", "base_seq", "expect", "cycles", "duplicates", "out_of_order",
                  "first_ts", "last_ts", "last_arrival", "last_transit", "jitter_ts", "jmax_ts", "jsum_ts",
                  "jitter_n", "max_delta", "first_frame", "other_pts", "marker_packets",
-                 "file", "call_id", "nat", "codec", "rtcp_packets", "pending")
+                 "file", "clock_source", "events_only", "events", "pending")
 
     def __init__(self, src: str, sport: int, dst: str, dport: int, ssrc: int, pt: int, frame: int,
-                 file: int = 0) -> None:
+                 file: int = 0, clock_rate: int = 0, events_only: bool = False) -> None:
+        """``clock_rate``: the rate the SDP in force gives this payload type (0: none known);
+        ``events_only``: that SDP says the payload type is telephone-event (every packet is an event)."""
         self.src, self.sport, self.dst, self.dport, self.ssrc = src, sport, dst, dport, ssrc
         self.pt = pt
         static = STATIC_PT.get(pt)
-        self.rate = static[1] if static else 8000
-        self.clock_rate_guessed = static is None
+        if clock_rate:
+            self.rate, self.clock_source = clock_rate, CLOCK_SDP
+        elif static:
+            self.rate, self.clock_source = static[1], CLOCK_STATIC
+        else:  # measured on the first packets (see flush); 8 kHz if it cannot be
+            self.rate, self.clock_source = 8000, CLOCK_ASSUMED
         self.packets = 0
         self.base_seq = 0
         self.expect = 0            # the sequence number that would come next in order (0..65536)
@@ -61,29 +111,51 @@ class RtpStream:
         self.other_pts = {}        # payload type -> packets, for packets not of the main type (DTMF, CN)
         self.marker_packets = 0
         self.file = file
-        # Packets not yet in the figures: [ssrc, then flat (seq, ts, arrival, pt byte) per packet]. The
-        # SSRC heads the list so the hot path can check a flow's stream with one index, no attribute.
-        self.pending: list = [ssrc]
-        # Filled in when streams are joined to calls at the end of the analysis.
-        self.call_id: Optional[str] = None
-        self.nat = False
-        self.codec: Optional[str] = None
-        self.rtcp_packets = 0
+        self.events_only = events_only
+        self.events: Optional[EventLog] = None   # RFC 4733 key presses, when any packet carried one
+        # Packets not yet in the figures: [key, then flat (seq, ts, arrival, pt byte) per packet]. The key
+        # (SSRC and main payload type) heads the list so the hot path can tell, with one index and no
+        # attribute, that a packet is of this stream and of its usual type; a stream of events has no key,
+        # so each of its packets goes the way that reads payloads.
+        self.pending: list = [-1 if events_only else pending_key(ssrc, pt)]
+
+    def note_event(self, pt: int, rtp_ts: int, arrival: float, frame: int, payload: bytes) -> None:
+        """A packet whose payload may be an RFC 4733 event: a dynamic payload type other than the
+        stream's own (or any packet of an events-only stream). Its figures still go through ``add``."""
+        if pt < 96 and not self.events_only:
+            return
+        if self.events is None:
+            self.events = EventLog()
+        self.events.add(pt, rtp_ts, arrival, frame, self.file, payload)
 
     def add(self, seq: int, rtp_ts: int, arrival: float, pt_byte: int) -> None:
         """Record one packet (the analyzer's hot path appends to ``pending`` itself)."""
         p = self.pending
         p += (seq, rtp_ts, arrival, pt_byte)
         if len(p) > BATCH:
-            self.flush()
+            self.flush(wait=True)
 
-    def flush(self) -> None:
+    @property
+    def waiting(self) -> bool:
+        """Whether the figures have not started yet because the clock is still to be measured."""
+        return self.packets == 0 and self.clock_source == CLOCK_ASSUMED
+
+    def flush(self, wait: bool = False) -> None:
+        """Fold the pending packets into the figures. ``wait``: a stream whose clock is unknown keeps
+        its first ``CLOCK_PROBE`` packets pending to measure it (the hot paths wait; a snapshot does
+        not, and measures what there is)."""
         p = self.pending
         if len(p) < 5:
             return
-        it = iter(p)
-        next(it)  # the SSRC
         before = self.packets
+        if before == 0 and self.clock_source == CLOCK_ASSUMED:
+            if wait and len(p) < 1 + 4 * CLOCK_PROBE:
+                return
+            measured = measure_clock(p[1:])
+            if measured:
+                self.rate, self.clock_source = measured, CLOCK_MEASURED
+        it = iter(p)
+        next(it)  # the key
         rate = float(self.rate)
         if before == 0:  # the first packet starts the figures
             seq, rtp_ts, arrival, pt_byte = next(it), next(it), next(it), next(it)
@@ -187,10 +259,3 @@ class RtpStream:
     @property
     def jitter_mean(self) -> float:
         return self.jsum_ts * 1000.0 / self.rate / self.jitter_n if self.jitter_n else 0.0
-
-    def set_clock_rate(self, rate: int) -> None:
-        """The SDP told the clock rate. If it differs from the guess, the jitter already gathered was
-        computed with the wrong rate: ``clock_rate_guessed`` stays True so reports can say so."""
-        if rate:
-            self.clock_rate_guessed = self.clock_rate_guessed and rate != self.rate
-            self.rate = rate

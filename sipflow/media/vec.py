@@ -5,7 +5,8 @@ with array operations, by exactly the rules of ``RtpStream.flush`` (which stays 
 compare the two on random streams). A stream's packets in a block are folded here only when they are
 "clean": every packet is the next one or a few ahead (loss), and of the stream's payload type (with or
 without the marker bit). Anything else in that block (a duplicate, a late packet, a DTMF event, comfort
-noise) sends that stream's packets through ``RtpStream.flush`` instead, so no rule is written twice.
+noise, a new stream whose clock is still to be measured) sends that stream's packets through
+``RtpStream.flush`` instead, so no rule is written twice.
 
 The jitter estimate J_i = J_(i-1) + (|D_i| - J_(i-1)) / 16 is a first-order filter; with a = 15/16 its
 closed form J_k = a^k (J_0 + 1/16 * sum_(j<=k) a^-j |D_j|) sums positive terms only (no cancellation),
@@ -61,6 +62,8 @@ def fold(streams: List[RtpStream], starts: np.ndarray, seq: np.ndarray, rts: np.
     consumed = []
     # Streams seen for the first time take their first packet as the reference (as flush() does).
     for g, st in enumerate(streams):
+        if st.waiting:  # its clock is still to be measured: its packets queue up (see RtpStream.flush)
+            continue
         if st.packets == 0 and len(st.pending) < 2:
             i = int(first[g])
             a = float(arrival[i])
@@ -101,7 +104,7 @@ def fold(streams: List[RtpStream], starts: np.ndarray, seq: np.ndarray, rts: np.
     prev[gstart] = prev_seq0
     delta = (S - prev) & 0xFFFF
     ok = (delta >= 1) & (delta < MAX_DROPOUT) & ((B == main_pt[g_of]) | (B == (main_pt[g_of] | 0x80)))
-    clean = np.logical_and.reduceat(ok, gstart)
+    clean = np.logical_and.reduceat(ok, gstart) & ~np.array([st.waiting for st in streams], dtype=bool)
     if not clean.all():
         for g in np.nonzero(~clean)[0].tolist():
             st = streams[g]
@@ -109,7 +112,7 @@ def fold(streams: List[RtpStream], starts: np.ndarray, seq: np.ndarray, rts: np.
             p = st.pending
             for values in zip(S[lo:hi].tolist(), rts[idx[lo:hi]].tolist(), R[lo:hi].tolist(), B[lo:hi].tolist()):
                 p += values
-            st.flush()
+            st.flush(wait=True)
         sel = clean[g_of]
         streams = [st for st, c in zip(streams, clean) if c]
         if not streams:

@@ -9,10 +9,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import textwrap
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
 from sipflow.analysis.model import Analysis, call_dict, stream_dict
+from sipflow.net import fmt_endpoint
 from sipflow.render.safe import csv_cell, printable
 
 OUTCOME_LABEL = {
@@ -293,22 +295,59 @@ def streams_text(a: Analysis, width: int = 80) -> str:
         loss = f"{d['lost']} ({d['lost'] / d['expected'] * 100:.1f}%)" if d["expected"] > 0 and d["lost"] > 0 \
             else str(d["lost"])
         rows.append([d["src"], d["dst"], d["ssrc"], d["codec"] + ("?" if d["clock_rate_guessed"] else ""),
-                     d["packets"], loss, f"{d['jitter_mean_ms']:.1f}/{d['jitter_max_ms']:.1f}",
+                     d["packets"], loss, "-" if d["jitter_mean_ms"] is None
+                     else f"{d['jitter_mean_ms']:.1f}/{d['jitter_max_ms']:.1f}",
                      f"{d['max_delta_ms']:.0f}", (d["call_id"] or "-") + (" (NAT)" if d["nat"] else "")])
     # Endpoints and SSRC are what people filter Wireshark with: only the Call-ID column may shrink.
     table = render_table(["Source", "Destination", "SSRC", "Codec", "Pkts", "Lost", "Jit ms", "MaxΔ", "Call-ID"],
                          rows, width, flexible={8: 6}, right=(4, 5, 6, 7), gap=1)
     notes = ["Jit ms: mean/max of the RFC 3550 jitter. MaxΔ: largest gap between packets, ms."]
-    if any(s.clock_rate_guessed for s in a.streams):
-        notes.append("Codec?: no SDP described this payload type; jitter assumes an 8 kHz clock.")
+    notes += _clock_notes(a.streams)
+    if any(s.jitter_mean is None for s in a.streams):
+        notes.append("Jit -: a stream of DTMF events (RFC 4733): its packets share timestamps, jitter means "
+                     "nothing.")
+    dtmf = dtmf_lines(a.streams, width)
+    if dtmf:
+        notes += ["", "DTMF (RFC 4733 events in the streams above):"] + dtmf
     if any(s.nat for s in a.streams):
         notes.append("(NAT): joined to its call although its address differs from the SDP.")
     return table + "\n\n" + "\n".join(notes)
 
 
-STREAM_CSV_FIELDS = ["src", "dst", "ssrc", "payload_type", "codec", "clock_rate", "packets", "expected", "lost",
+def dtmf_lines(streams, width: int = 80) -> List[str]:
+    """One line per stream that carried key presses: its endpoints and the keys, with duration."""
+    lines = []
+    for s in streams:
+        if not s.dtmf:
+            continue
+        keys = " ".join(f"{printable(d.key)}({d.duration_ms:.0f} ms{'' if d.ended else ', no end'})"
+                        for d in s.dtmf)
+        unconfirmed = "" if all(d.confirmed for d in s.dtmf) else " (no SDP names the payload type)"
+        lines += textwrap.wrap(f"{fmt_endpoint(s.src, s.sport)} -> {fmt_endpoint(s.dst, s.dport)}: {keys}{unconfirmed}",
+                               width, initial_indent="  ", subsequent_indent="    ", break_on_hyphens=False)
+    return lines
+
+
+def _clock_notes(streams) -> List[str]:
+    """Why a codec carries a "?": how the clock its jitter used was found, one line per reason."""
+    notes = []
+    late = sorted({(s.sdp_clock_rate, s.rate) for s in streams if s.sdp_clock_rate and s.sdp_clock_rate != s.rate})
+    for sdp, used in late:
+        notes.append(f"Codec?: the SDP seen after the stream started says {sdp} Hz; jitter used {used} Hz.")
+    measured = sorted({s.rate for s in streams if s.clock_rate_guessed and s.clock_source == "measured"
+                       and not s.sdp_clock_rate})
+    if measured:
+        rates = ", ".join(f"{r} Hz" for r in measured)
+        notes.append(f"Codec?: no SDP named the clock; measured from the RTP timestamps ({rates}).")
+    if any(s.clock_source == "assumed" and not s.sdp_clock_rate for s in streams):
+        notes.append("Codec?: no SDP named the clock and the stream is too short to measure it; 8 kHz assumed.")
+    return notes
+
+
+STREAM_CSV_FIELDS = ["src", "dst", "ssrc", "payload_type", "codec", "media", "clock_rate", "clock_source",
+                     "packets", "expected", "lost",
                      "duplicates", "out_of_order", "seq_wraps", "max_delta_ms", "jitter_mean_ms", "jitter_max_ms",
-                     "start", "end", "call_id", "nat", "rtcp_packets", "first_frame"]
+                     "start", "end", "call_id", "setup_frame", "nat", "rtcp_packets", "first_frame"]
 
 
 def streams_csv(a: Analysis) -> str:

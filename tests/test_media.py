@@ -1,0 +1,236 @@
+"""Media measured right: the clock a stream's jitter uses, the call a stream joins, DTMF.
+
+On the samples made by SIPp (call-av-dtmf.pcap: PCMA + VP8 at 90 kHz, RFC 4733 and INFO DTMF;
+port-reuse.pcap: a callee that reuses its media port across overlapping and consecutive calls), checked
+against tshark's own decoding where it decodes the same thing, and on hand-made packets for the rules."""
+import random
+import shutil
+import struct
+import subprocess
+
+import pytest
+
+import sipflow
+from sipflow.analysis.analyzer import Analyzer
+from sipflow.media.events import MAX_EVENTS, EventLog, rtp_payload
+from sipflow.media.stats import CLOCK_PROBE, RtpStream, measure_clock
+from sipflow.sip.dtmf import dtmf_of
+
+from conftest import SAMPLES
+from pcaptools import eth_ip, ipv4, udp
+
+AV = SAMPLES / "call-av-dtmf.pcap"
+REUSE = SAMPLES / "port-reuse.pcap"
+needs_tshark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
+
+
+# -- the clock -------------------------------------------------------------------------------------
+
+def flat(packets):
+    return [v for p in packets for v in p]
+
+
+@pytest.mark.parametrize("rate,step,period", [(8000, 160, 0.02), (16000, 320, 0.02), (48000, 960, 0.02),
+                                              (90000, 3000, 1 / 30)])
+def test_measure_clock_finds_the_usual_rates_through_arrival_noise(rate, step, period):
+    rnd = random.Random(rate)
+    packets = [(i, 1000 + i * step, 100.0 + i * period + rnd.uniform(-0.004, 0.004), 96) for i in range(CLOCK_PROBE)]
+    assert measure_clock(flat(packets)) == rate
+
+
+def test_measure_clock_refuses_too_little_time_and_odd_rates():
+    short = [(i, i * 3000, 100.0 + i * 0.001, 96) for i in range(25)]          # 25 ms of packets
+    odd = [(i, i * 1234, 100.0 + i * 0.02, 96) for i in range(25)]             # 61.7 kHz: no usual clock
+    backwards = [(i, 10 ** 6 - i * 160, 100.0 + i * 0.02, 96) for i in range(25)]
+    assert measure_clock(flat(short)) == 0
+    assert measure_clock(flat(odd)) == 0
+    assert measure_clock(flat(backwards)) == 0
+
+
+def test_a_dynamic_payload_type_no_sdp_names_gets_a_measured_clock_and_its_true_jitter():
+    """90 kHz video without any SDP: measured, and the jitter is the one computed at 90 kHz."""
+    rnd = random.Random(5)
+    packets = [(i, i * 3000, 100.0 + i / 30 + rnd.uniform(0, 0.002), 96) for i in range(200)]
+    known = RtpStream("a", 1, "b", 2, 7, 96, 1, clock_rate=90000)
+    unknown = RtpStream("a", 1, "b", 2, 7, 96, 1)
+    for p in packets:
+        known.add(*p)
+        unknown.add(*p)
+    known.flush()
+    unknown.flush()
+    assert unknown.clock_source == "measured" and unknown.rate == 90000
+    assert unknown.jitter_max == pytest.approx(known.jitter_max) and unknown.jitter_max < 3.0
+
+
+def test_video_jitter_uses_the_sdp_clock_and_agrees_with_a_90_khz_reference():
+    """The issue's case: VP8/90000 in the SDP. Every stream's clock comes from the SDP (not assumed,
+    not guessed), and the video's jitter is what RFC 3550 gives at 90 kHz on the same packets."""
+    a = sipflow.analyze(str(AV))
+    video = [s for s in a.streams if s.codec == "VP8"]
+    assert len(video) == 2 and len(a.streams) == 4
+    for s in a.streams:
+        assert s.clock_source == "sdp" and not s.clock_rate_guessed
+        assert s.rate == (90000 if s.codec == "VP8" else 8000)
+        assert s.media == ("video" if s.codec == "VP8" else "audio")
+    # The reference: the same packets folded by RtpStream with the 90 kHz clock given up front.
+    from sipflow.capture.files import open_captures
+    ref = {}
+    for ts, _, frame, lt, buf, off, caplen in open_captures([str(AV)])[0]:
+        data = bytes(buf[off:off + caplen])
+        if len(data) < 54 or data[23] != 17:
+            continue
+        sport, dport = struct.unpack_from("!HH", data, 34)
+        if dport not in (6002, 6102):
+            continue
+        b0, b1, seq, rts, ssrc = struct.unpack_from("!BBHII", data, 42)
+        st = ref.setdefault(ssrc, RtpStream("x", sport, "y", dport, ssrc, b1 & 0x7F, frame, clock_rate=90000))
+        st.add(seq, rts, ts, b1)
+    for s in video:
+        r = ref[s.ssrc]
+        r.flush()
+        assert s.jitter_max == pytest.approx(r.jitter_max) and s.jitter_mean == pytest.approx(r.jitter_mean)
+        assert s.jitter_max < 5.0   # an 8 kHz clock would make it about 11 times larger
+
+
+# -- the join --------------------------------------------------------------------------------------
+
+def test_a_callee_reusing_its_port_gets_each_stream_joined_to_its_own_call():
+    """port-reuse.pcap: calls A and B overlap on the callee's port 6100, A and C use the same ports one
+    after the other. The SSRCs say which call sent what (0xAAAA.... is A, 0xBBBB.... B, 0xCCCC.... C)."""
+    a = sipflow.analyze(str(REUSE))
+    order = [c.call_id for c in sorted(a.calls, key=lambda c: c.start)]
+    assert len(order) == 3 and len(a.streams) == 6
+    owner = {0xAAAA: order[0], 0xBBBB: order[1], 0xCCCC: order[2]}
+    for s in a.streams:
+        assert s.call_id == owner[s.ssrc >> 16], f"{s.src}:{s.sport} -> {s.dst}:{s.dport} {s.ssrc:#x}"
+        assert not s.nat
+    for c in a.calls:
+        assert len(c.streams) == 2
+
+
+@needs_tshark
+def test_tshark_gives_call_a_stream_to_call_b_after_bs_answer():
+    """Why the join must not follow tshark packet by packet: after B's 200 OK announces 6100 again,
+    tshark's rtp.setup-frame for A's later packets names B's INVITE (the oracle test compares each
+    stream's first packet, where tshark is right)."""
+    out = subprocess.run(["tshark", "-r", str(REUSE), "-o", "rtp.heuristic_rtp:TRUE", "-Y", "rtp.ssrc == 0xAAAA0001",
+                          "-T", "fields", "-e", "rtp.setup-frame"], capture_output=True, text=True, timeout=60).stdout
+    setups = [int(x) for x in out.split()]
+    assert len(setups) == 100 and len(set(setups)) == 2   # two different SDP frames for one stream
+    a = sipflow.analyze(str(REUSE))
+    (st,) = [s for s in a.streams if s.ssrc == 0xAAAA0001]
+    call_a = min(a.calls, key=lambda c: c.start)
+    # tshark names the offer (A's INVITE); sipflow the SDP that announced the stream's destination
+    # (A's 200 OK, 127.0.0.1:6100): both are A's
+    assert st.call_id == call_a.call_id and st.setup_frame in {e.frame for e in call_a.events}
+    assert min(setups) in {e.frame for e in call_a.events}
+
+
+# -- DTMF ------------------------------------------------------------------------------------------
+
+def event(code, end, volume, duration):
+    return struct.pack("!BBH", code, (0x80 if end else 0) | volume, duration)
+
+
+def test_event_log_folds_packets_into_key_presses():
+    log = EventLog()
+    for i, d in enumerate((160, 320, 480)):
+        log.add(101, 1000, 1.0 + i * 0.02, 10 + i, 0, event(5, False, 10, d))
+    for i in range(3):   # the end packet, sent three times
+        log.add(101, 1000, 1.1 + i * 0.02, 20 + i, 0, event(5, True, 10, 640))
+    log.add(101, 5000, 2.0, 40, 0, event(11, False, 7, 160))   # "#", cut short: no end packet
+    log.add(101, 6000, 2.5, 50, 0, b"\x01\x02\x03")             # not a whole event
+    assert [(p.code, p.duration, p.ended, p.end_frame, p.packets, p.frame) for p in log.presses] == [
+        (5, 640, True, 20, 6, 10), (11, 160, False, None, 1, 40)]
+    assert log.malformed == 1
+
+
+def test_event_log_is_bounded():
+    log = EventLog()
+    for i in range(MAX_EVENTS + 10):
+        log.add(101, i * 800, float(i), i, 0, event(1, True, 10, 160))
+    assert len(log.presses) == MAX_EVENTS and log.overflow == 10
+
+
+def test_rtp_payload_skips_csrcs_and_a_header_extension_and_drops_padding():
+    ext = struct.pack("!HH", 0xBEDE, 1) + b"\x10\xff\x00\x00"       # one-word extension (Chrome's shape)
+    pkt = bytes([0x80 | 0x10 | 0x20 | 1, 101]) + b"\0" * 10 + b"CSRC" + ext + event(1, False, 10, 160) + b"\0\0\x03"
+    off, n = rtp_payload(pkt, 0, len(pkt))
+    assert pkt[off:off + n] == event(1, False, 10, 160)
+    assert rtp_payload(pkt[:18], 0, 18) is None        # the extension header runs past the end
+    assert rtp_payload(pkt[:11], 0, 11) is None        # not even a fixed header
+
+
+@needs_tshark
+def test_rfc4733_keys_agree_with_tsharks_rtpevent_decoding():
+    """Each key press: its key, first frame and end frame as tshark's rtpevent dissector reads the
+    packets (event id, end bit), and its duration (the largest duration field, 8 kHz)."""
+    out = subprocess.run(["tshark", "-r", str(AV), "-o", "rtp.heuristic_rtp:TRUE", "-Y", "rtpevent", "-T", "fields",
+                          "-e", "frame.number", "-e", "rtp.timestamp", "-e", "rtpevent.event_id",
+                          "-e", "rtpevent.end_of_event", "-e", "rtpevent.duration"],
+                         capture_output=True, text=True, timeout=60).stdout
+    presses = {}
+    for line in out.splitlines():
+        frame, ts, code, end, dur = line.split("\t")
+        p = presses.setdefault(int(ts), {"frame": int(frame), "code": int(code), "end": None, "dur": 0})
+        if end in ("1", "True") and p["end"] is None:
+            p["end"] = int(frame)
+        p["dur"] = max(p["dur"], int(dur))
+    expected = [("0123456789*#ABCD"[p["code"]], p["frame"], p["end"], p["dur"] / 8.0)
+                for _, p in sorted(presses.items())]
+    a = sipflow.analyze(str(AV))
+    got = [(d.key, d.frame, d.end_frame, d.duration_ms) for d in a.calls[0].dtmf if d.source == "rfc4733"]
+    assert len(expected) == 3 and got == expected
+    assert all(d.confirmed and d.payload_type == 101 for d in a.calls[0].dtmf if d.source == "rfc4733")
+
+
+def test_info_dtmf_is_read_from_both_body_types():
+    a = sipflow.analyze(str(AV))
+    info = [(d.key, d.duration_ms) for d in a.calls[0].dtmf if d.source == "info"]
+    assert info == [("5", 160.0), ("#", None)]
+    keys = [d.key for d in a.calls[0].dtmf]
+    assert keys == ["1", "5", "#", "5", "#"]   # RFC 4733 first (during the call), then the two INFOs
+
+
+@pytest.mark.parametrize("ctype,body,expected", [
+    ("application/dtmf-relay", b"Signal=5\r\nDuration=160\r\n", ("5", 160)),
+    ("application/dtmf-relay", b"Signal= *\r\nDuration= 250\r\n", ("*", 250)),
+    ("Application/DTMF-Relay; charset=x", b"Signal=11\r\n", ("#", None)),
+    ("application/dtmf", b"#", ("#", None)),
+    ("application/dtmf", b"7\r\n", ("7", None)),
+    ("application/dtmf-relay", b"Signal=Z\r\n", None),
+    ("application/dtmf-relay", b"Signal=5\r\nDuration=" + b"9" * 500, ("5", None)),
+    ("text/plain", b"Signal=5", None),
+    ("application/dtmf", b"", None),
+])
+def test_dtmf_of_info_bodies(ctype, body, expected):
+    assert dtmf_of(ctype, body) == expected
+
+
+def test_a_stream_of_only_events_reports_no_jitter():
+    """A separate SSRC that carries only telephone-events (the SDP says PT 101 is telephone-event):
+    its packets share timestamps, so it shows no jitter, and its key presses are decoded."""
+    sdp = ("v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\n"
+           "m=audio 4000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n")
+    invite = ("INVITE sip:b@10.0.0.2 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK1\r\n"
+              "From: <sip:a@10.0.0.1>;tag=1\r\nTo: <sip:b@10.0.0.2>\r\nCall-ID: ev@x\r\nCSeq: 1 INVITE\r\n"
+              "Contact: <sip:a@10.0.0.1>\r\nContent-Type: application/sdp\r\n"
+              f"Content-Length: {len(sdp)}\r\n\r\n{sdp}").encode()
+    an = Analyzer()
+    an.feed(100.0, 0, 1, 1, eth_ip(ipv4("10.0.0.1", "10.0.0.2", 17, udp("10.0.0.1", "10.0.0.2", 5060, 5060, invite))))
+    frame = 2
+    for i, (d, end) in enumerate(((160, False), (320, False), (480, True), (480, True))):
+        rtp = struct.pack("!BBHII", 0x80, 101 | (0x80 if i == 0 else 0), 10 + i, 8000, 0xE0E0) + event(9, end, 12, d)
+        an.feed(100.5 + i * 0.05, 0, frame, 1, eth_ip(ipv4("10.0.0.2", "10.0.0.1", 17,
+                                                           udp("10.0.0.2", "10.0.0.1", 4002, 4000, rtp))))
+        frame += 1
+    a = an.result()
+    (s,) = a.streams
+    assert s.codec == "telephone-event" and s.jitter_mean is None and s.jitter_max is None
+    assert [(d.key, d.duration_ms, d.ended, d.packets) for d in s.dtmf] == [("9", 60.0, True, 4)]
+    assert "DTMF" in sipflow_text(a)
+
+
+def sipflow_text(a):
+    from sipflow.render.tables import streams_text
+    return streams_text(a)
