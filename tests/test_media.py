@@ -234,3 +234,95 @@ def test_a_stream_of_only_events_reports_no_jitter():
 def sipflow_text(a):
     from sipflow.render.tables import streams_text
     return streams_text(a)
+
+
+# -- what is RTP without an SDP ---------------------------------------------------------------------
+
+def flow(an, src, sport, dst, dport, payloads, t0=100.0, step=0.02, frame0=1):
+    for i, p in enumerate(payloads):
+        an.feed(t0 + i * step, 0, frame0 + i, 1, eth_ip(ipv4(src, dst, 17, udp(src, dst, sport, dport, p))))
+
+
+def nbns_query(i):
+    """A NetBIOS name query whose transaction id starts with binary 10: it passes the RTP version test."""
+    return struct.pack("!HHHHHH", 0x8000 + i, 0x0110, 1, 0, 0, 0) + b"\x20" + b"EOEBFDEBEC" * 3 + b"AA\0\0\x20\0\x01"
+
+
+@pytest.mark.parametrize("ports", [(137, 137), (40000, 40002)])
+def test_netbios_is_not_rtp(ports):
+    """The issue's capture: 99 NetBIOS queries reported as 'PT103? 99 packets -98 lost'. On port 137
+    the port rules it out; elsewhere the constant 'sequence number' and 'timestamp' do."""
+    an = Analyzer()
+    flow(an, "10.0.0.5", ports[0], "10.0.0.255", ports[1], [nbns_query(i) for i in range(99)], step=0.75)
+    a = an.result()
+    assert a.streams == () and a.stats["rtp_packets"] == 99   # counted as RTP-looking, listed as no stream
+
+
+def test_a_flow_whose_timestamps_do_not_follow_the_clock_is_not_rtp():
+    an = Analyzer()
+    junk = [struct.pack("!BBHII", 0x80, 0, i, 12345, 0xDEAD) + b"x" * 20 for i in range(50)]
+    flow(an, "10.0.0.1", 40000, "10.0.0.2", 40002, junk)
+    assert an.result().streams == ()
+
+
+def test_an_unannounced_real_stream_is_kept(tmp_path):
+    """basic-call-rtp.pcap without its SIP: both RTP streams are still found, with no call."""
+    from pcaptools import read_pcap, write_pcap
+    lt, recs = read_pcap(SAMPLES / "basic-call-rtp.pcap")
+    rtp_only = [r for r in recs if b"SIP/2.0" not in r[2]]
+    a = sipflow.analyze(str(write_pcap(tmp_path / "rtp.pcap", lt, rtp_only)))
+    assert len(a.streams) == 2 and all(s.call_id is None and s.packets == 125 for s in a.streams)
+
+
+def test_an_unannounced_video_stream_is_kept_with_its_measured_clock(tmp_path):
+    """call-av-dtmf.pcap without its SIP: the VP8 streams (dynamic PT 96, no SDP) are kept, their
+    clock measured at 90 kHz, their jitter the same as with the SDP."""
+    from pcaptools import read_pcap, write_pcap
+    lt, recs = read_pcap(AV)
+    with_sdp = {s.ssrc: s for s in sipflow.analyze(str(AV)).streams}
+    a = sipflow.analyze(str(write_pcap(tmp_path / "rtp.pcap", lt, [r for r in recs if b"SIP/2.0" not in r[2]])))
+    video = [s for s in a.streams if s.pt == 96]
+    assert len(video) == 2
+    for s in video:
+        assert (s.rate, s.clock_source, s.clock_rate_guessed, s.call_id) == (90000, "measured", True, None)
+        assert s.jitter_max == pytest.approx(with_sdp[s.ssrc].jitter_max)
+
+
+def sip_msg(first, call_id, cseq, from_tag, to_tag, via_branch, sdp_port=None, src="10.0.0.1"):
+    sdp = ""
+    if sdp_port:
+        sdp = (f"v=0\r\no=- 1 {cseq} IN IP4 {src}\r\ns=-\r\nc=IN IP4 {src}\r\nt=0 0\r\n"
+               f"m=audio {sdp_port} RTP/AVP 0\r\na=sendrecv\r\n")
+    method = first.split()[0] if not first.startswith("SIP/") else "INVITE"
+    lines = [first, f"Via: SIP/2.0/UDP 10.0.0.1:5060;branch={via_branch}", f"From: <sip:a@x>;tag={from_tag}",
+             "To: <sip:b@y>" + (f";tag={to_tag}" if to_tag else ""), f"Call-ID: {call_id}", f"CSeq: {cseq} {method}",
+             "Contact: <sip:a@10.0.0.1>"]
+    if sdp:
+        lines.append("Content-Type: application/sdp")
+    lines.append(f"Content-Length: {len(sdp)}")
+    return ("\r\n".join(lines) + "\r\n\r\n" + sdp).encode()
+
+
+def test_a_short_stream_after_a_late_reinvite_is_found_and_joined():
+    """The issue's case: 6 packets to the port a late re-INVITE moved the media to. Announced streams
+    are listed however short, and joined to the re-INVITE's call with the codec it names."""
+    an = Analyzer()
+    a_ip, b_ip = "10.0.0.1", "10.0.0.2"
+
+    def sip(t, frame, data, forward=True):
+        s, d = (a_ip, b_ip) if forward else (b_ip, a_ip)
+        an.feed(t, 0, frame, 1, eth_ip(ipv4(s, d, 17, udp(s, d, 5060, 5060, data))))
+
+    sip(0.0, 1, sip_msg("INVITE sip:b@y SIP/2.0", "late@x", 1, "f1", None, "z9hG4bK1", 4000))
+    sip(0.1, 2, sip_msg("SIP/2.0 200 OK", "late@x", 1, "f1", "t1", "z9hG4bK1", 5000, src=b_ip), False)
+    sip(0.2, 3, sip_msg("ACK sip:b@y SIP/2.0", "late@x", 1, "f1", "t1", "z9hG4bK2"))
+    sip(30.0, 4, sip_msg("INVITE sip:b@y SIP/2.0", "late@x", 2, "f1", "t1", "z9hG4bK3", 4100))
+    sip(30.1, 5, sip_msg("SIP/2.0 200 OK", "late@x", 2, "f1", "t1", "z9hG4bK3", 5000, src=b_ip), False)
+    frame = 6
+    for i in range(6):
+        rtp = struct.pack("!BBHII", 0x80, 0, 100 + i, 1000 + 160 * i, 0xABC) + b"\xff" * 160
+        an.feed(30.2 + i * 0.02, 0, frame, 1, eth_ip(ipv4(b_ip, a_ip, 17, udp(b_ip, a_ip, 5000, 4100, rtp))))
+        frame += 1
+    a = an.result()
+    (s,) = a.streams
+    assert (s.packets, s.dport, s.call_id, s.codec, s.setup_frame) == (6, 4100, "late@x", "PCMU", 4)

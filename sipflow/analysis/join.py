@@ -22,11 +22,13 @@ from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from sipflow.analysis.dialogs import Call, MediaOffer
+from sipflow.media.rtp import NOT_RTP_PORTS
 from sipflow.media.stats import RtpStream
 from sipflow.sip.sdp import Codec
 
 MIN_HEURISTIC_PACKETS = 10   # an RTP-looking flow nobody announced must have this many packets to be listed
 LEAD = 1.0                   # seconds a stream may start before the SDP that announced it is seen
+MAX_DRIFT = 0.2              # an unannounced flow's RTP timestamps must keep within 20 % of its arrival clock
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,14 @@ def codec_for(offer: MediaOffer, media: Sequence[MediaOffer], pt: int) -> Option
 
 
 def plausible(st: RtpStream) -> bool:
-    """An RTP-looking flow nobody announced: keep it only if it behaves like media."""
-    if st.packets < MIN_HEURISTIC_PACKETS:
+    """An RTP-looking flow nobody announced: kept only if it behaves like media. Enough packets, off
+    the ports of protocols that pass for RTP, sequence numbers that mostly go up one by one (few
+    duplicates, late packets or gaps), and RTP timestamps that advance with the arrival clock (the
+    payload type's, or the one measured on the stream) within ``MAX_DRIFT``."""
+    if st.packets < MIN_HEURISTIC_PACKETS or st.sport in NOT_RTP_PORTS or st.dport in NOT_RTP_PORTS \
+            or (st.sport < 1024 and st.dport < 1024):
         return False
-    return st.expected <= 2 * st.packets and st.out_of_order * 10 <= st.packets
+    if st.expected > 2 * st.packets or st.lost * 10 < -st.packets or st.out_of_order * 10 > st.packets:
+        return False
+    drift = st.clock_drift
+    return drift is not None and drift <= MAX_DRIFT

@@ -21,6 +21,12 @@ HEADER_LEN = HEADER.size
 RTCP_FIRST, RTCP_LAST = 192, 223
 
 
+# UDP ports of protocols whose packets can pass for RTP (first bits 10, twelve bytes or more): DNS,
+# DHCP, TFTP, NTP, NetBIOS, SNMP, IKE, syslog, RIP, SSDP, IPsec NAT-T, mDNS, LLMNR. A flow on one of
+# them is never taken for RTP unless an SDP announced it.
+NOT_RTP_PORTS = frozenset((53, 67, 68, 69, 123, 137, 138, 161, 162, 500, 514, 520, 1900, 4500, 5353, 5355))
+
+
 def is_rtcp(second_byte: int) -> bool:
     """Whether a packet whose second byte is this is RTCP (RFC 5761 §4)."""
     return RTCP_FIRST <= second_byte <= RTCP_LAST

@@ -76,7 +76,7 @@ class RtpStream:
     transit = arrival x clock rate - RTP timestamp) and is turned into milliseconds when read."""
     __slots__ = ("src", "sport", "dst", "dport", "ssrc", "pt", "rate", "clock_rate_guessed",
                  "packets", "base_seq", "expect", "cycles", "duplicates", "out_of_order",
-                 "first_ts", "last_ts", "last_arrival", "last_transit", "jitter_ts", "jmax_ts", "jsum_ts",
+                 "first_ts", "last_ts", "last_arrival", "first_transit", "last_transit", "jitter_ts", "jmax_ts", "jsum_ts",
                  "jitter_n", "max_delta", "first_frame", "other_pts", "marker_packets",
                  "file", "clock_source", "events_only", "events", "pending")
 
@@ -101,7 +101,7 @@ class RtpStream:
         self.out_of_order = 0
         self.first_ts = self.last_ts = 0.0
         self.last_arrival = 0.0
-        self.last_transit = 0.0
+        self.first_transit = self.last_transit = 0.0
         self.jitter_ts = 0.0       # the running RFC 3550 estimate, in RTP timestamp units
         self.jmax_ts = 0.0
         self.jsum_ts = 0.0
@@ -162,7 +162,7 @@ class RtpStream:
             self.base_seq = seq
             self.expect = seq + 1
             self.first_ts = self.last_arrival = self.last_ts = arrival
-            self.last_transit = arrival * rate - rtp_ts
+            self.first_transit = self.last_transit = arrival * rate - rtp_ts
             self.pt = pt_byte & 0x7F
         expect, cycles, dup, ooo = self.expect, self.cycles, self.duplicates, self.out_of_order
         main_pt = self.pt
@@ -226,6 +226,18 @@ class RtpStream:
         del p[1:]
 
     # -- derived figures --------------------------------------------------------------------------------
+
+    @property
+    def clock_drift(self) -> Optional[float]:
+        """How far the RTP timestamps strayed from the arrival clock over the whole stream, as a
+        fraction of the time it lasted (0: in step; 1: timestamps that do not advance, or a clock
+        twice as fast). None for a stream too short to tell. Real media stays near 0; a UDP flow that
+        only looks like RTP (NetBIOS, DNS) does not."""
+        span = self.last_arrival - self.first_ts
+        if self.packets < 2 or span <= 0.0:
+            return None
+        d = (self.last_transit - self.first_transit + 2147483648.0) % 4294967296.0 - 2147483648.0  # wraps
+        return abs(d) / (self.rate * span)
 
     @property
     def max_seq(self) -> int:

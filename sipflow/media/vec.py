@@ -70,7 +70,7 @@ def fold(streams: List[RtpStream], starts: np.ndarray, seq: np.ndarray, rts: np.
             st.base_seq = int(seq[i])
             st.expect = st.base_seq + 1
             st.first_ts = st.last_arrival = st.last_ts = a
-            st.last_transit = a * st.rate - float(rts[i])
+            st.first_transit = st.last_transit = a * st.rate - float(rts[i])
             st.pt = int(b1[i]) & 0x7F
             st.packets = 1
             first[g] += 1
