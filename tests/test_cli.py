@@ -52,6 +52,11 @@ def test_json_document_has_every_field_docs_json_md_promises():
         part = part[part.index("[{") + 2:]
         part = re.sub(r"\[\{[^\]]*\}\]", "[]", part)  # nested lists of objects are not this object's keys
         part = part[:part.index("}]") if "}]" in part else len(part)]
+        nested = {m.group(1): m.group(2) for m in re.finditer(r'"([a-z_]+)": (\{[^{}]*\})', part)}
+        for name, inner in nested.items():   # a nested object: its keys are in the real one
+            for key in re.findall(r'"([a-z_]+)":', inner):
+                assert key in obj[name], (section, name, key)
+        part = re.sub(r"\{[^{}]*\}", "{}", part)
         for key in re.findall(r'"([a-z_]+)":', part):
             if key != section:
                 assert key in obj, (section, key)

@@ -326,3 +326,66 @@ def test_a_short_stream_after_a_late_reinvite_is_found_and_joined():
     a = an.result()
     (s,) = a.streams
     assert (s.packets, s.dport, s.call_id, s.codec, s.setup_frame) == (6, 4100, "late@x", "PCMU", 4)
+
+
+# -- the E-model ------------------------------------------------------------------------------------
+
+from sipflow.media import emodel  # noqa: E402
+
+
+def test_emodel_defaults_give_the_standards_r_of_93_2():
+    r = emodel.rate(0.0, 25.1, 0.0)
+    assert r.r == pytest.approx(93.2, abs=0.01) and r.ro == pytest.approx(94.77, abs=0.01)
+    assert r.is_ == pytest.approx(1.41, abs=0.01) and r.id_ == pytest.approx(0.15, abs=0.01)
+
+
+@pytest.mark.parametrize("ie,bpl,ppl,r,mos", [
+    (0.0, 25.1, 1.0, 89.6, 4.33),    # G.711 with PLC, 1 % random loss
+    (11.0, 19.0, 1.0, 78.0, 3.95),   # G.729A + VAD, 1 % random loss
+    (0.0, 25.1, 0.0, 93.2, 4.41),
+])
+def test_emodel_vectors(ie, bpl, ppl, r, mos):
+    """Ie,eff = Ie + (95 - Ie) Ppl / (Ppl / BurstR + Bpl), R = 93.2 - Ie,eff at the defaults, and
+    MOS = 1 + 0.035 R + R (R - 60)(100 - R) 7e-6 (G.107 §7.5, Annex B), worked by hand."""
+    got = emodel.rate(ie, bpl, ppl)
+    assert got.r == pytest.approx(r, abs=0.05) and got.mos == pytest.approx(mos, abs=0.005)
+
+
+def test_emodel_bursts_delay_and_bounds():
+    random_loss, bursty = emodel.rate(0.0, 25.1, 2.0), emodel.rate(0.0, 25.1, 2.0, burst_r=2.0)
+    assert bursty.r < random_loss.r and bursty.ie_eff > random_loss.ie_eff
+    assert emodel.rate(0.0, 25.1, 0.0, delay_ms=100).idd == 0.0
+    near, far = emodel.rate(0.0, 25.1, 0.0, delay_ms=200), emodel.rate(0.0, 25.1, 0.0, delay_ms=400)
+    assert 0 < near.idd < far.idd and far.r < near.r < 93.2
+    assert emodel.mos_from_r(-5) == 1.0 and emodel.mos_from_r(120) == 4.5
+    assert emodel.rate(0.0, 25.1, 100.0).mos >= 1.0
+
+
+def test_burst_ratio_is_one_for_random_loss_and_grows_with_bursts():
+    assert emodel.burst_ratio(0, 1000, 0) == 1.0
+    assert emodel.burst_ratio(10, 1000, 10) == 1.0     # single losses: 1 x 0.99, never below 1
+    assert emodel.burst_ratio(40, 1000, 10) == pytest.approx(4 * 0.96)
+
+
+@pytest.mark.parametrize("codec,kind,expected,note", [
+    ("VP8", "video", 500, "video"), ("telephone-event", "audio", 500, "DTMF"), ("opus", "audio", 500, "G.107.1"),
+    ("iLBC", "audio", 500, "no G.113"), ("PCMU", "audio", 50, "too few"),
+])
+def test_streams_that_are_not_rated_say_why(codec, kind, expected, note):
+    rating, why = emodel.judge(codec, kind, expected, 0, 0)
+    assert rating is None and note in why
+
+
+def test_a_stream_with_loss_is_rated_with_its_loss_and_bursts():
+    """200 PCMA packets, 2 lost singly and one burst of 4: Ppl 3 %, BurstR above 1, every term shown."""
+    st = RtpStream("a", 1, "b", 2, 3, 8, 1)
+    missing = {50, 120, 160, 161, 162, 163}
+    for i in range(206):
+        if i not in missing:
+            st.add(i, i * 160, 100.0 + i * 0.02, 8)
+    st.flush()
+    assert (st.lost, st.loss_events) == (6, 3)
+    rating, note = emodel.judge("PCMA", "audio", st.expected, st.lost, st.loss_events)
+    assert rating.ppl == pytest.approx(600 / 206) and rating.burst_r == pytest.approx(2 * (1 - 6 / 206))
+    assert rating.r == pytest.approx(emodel.rate(0.0, 25.1, 600 / 206, 2 * (1 - 6 / 206)).r)
+    assert "delay not counted" in note and 3.0 < rating.mos < 4.41

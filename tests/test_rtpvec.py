@@ -19,7 +19,7 @@ from sipflow.media.vec import fold  # noqa: E402
 from conftest import sample_files  # noqa: E402
 
 INT_FIELDS = ("packets", "expected", "lost", "duplicates", "out_of_order", "seq_wraps", "marker_packets", "jitter_n",
-              "pt")
+              "pt", "loss_events")
 FLOAT_FIELDS = ("jitter", "jitter_max", "jitter_mean", "max_delta", "first_ts", "last_ts")
 
 

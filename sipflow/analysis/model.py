@@ -247,6 +247,16 @@ def dtmf_dict(d: DtmfRecord) -> dict:
             "packets": d.packets, "payload_type": d.payload_type, "confirmed": d.confirmed}
 
 
+def quality_dict(s: StreamRecord) -> Optional[dict]:
+    q = s.quality
+    if q is None:
+        return None
+    return {"model": "ITU-T G.107 E-model (narrowband)", "r": round(q.r, 2), "mos": round(q.mos, 2),
+            "ro": round(q.ro, 2), "is": round(q.is_, 2), "id": round(q.id_, 2), "idd": round(q.idd, 2),
+            "ie": q.ie, "bpl": q.bpl, "ppl": round(q.ppl, 3), "burst_r": round(q.burst_r, 3),
+            "ie_eff": round(q.ie_eff, 2), "delay_ms": q.delay_ms}
+
+
 def stream_dict(s: StreamRecord) -> dict:
     return {
         "src": fmt_endpoint(s.src, s.sport), "dst": fmt_endpoint(s.dst, s.dport), "ssrc": f"0x{s.ssrc:08X}",
@@ -257,7 +267,8 @@ def stream_dict(s: StreamRecord) -> dict:
         "seq_wraps": s.seq_wraps, "max_delta_ms": s.max_delta * 1000.0, "jitter_mean_ms": s.jitter_mean,
         "jitter_max_ms": s.jitter_max, "start": s.first_ts, "end": s.last_ts, "call_id": s.call_id,
         "setup_frame": s.setup_frame, "nat": s.nat, "rtcp_packets": s.rtcp_packets, "first_frame": s.first_frame,
-        "file": s.file, "dtmf": [dtmf_dict(d) for d in s.dtmf],
+        "file": s.file, "dtmf": [dtmf_dict(d) for d in s.dtmf], "loss_events": s.loss_events,
+        "quality": quality_dict(s), "quality_note": s.quality_note,
     }
 
 

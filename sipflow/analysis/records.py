@@ -14,6 +14,7 @@ from sipflow.analysis.dialogs import MediaOffer
 from sipflow.analysis.kinds import Anomaly, CallState, DialogState, Outcome, RegistrationOutcome, \
     TxState
 from sipflow.analysis.messages import SipEvent
+from sipflow.media.emodel import Rating
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +111,9 @@ class StreamRecord:
     media: Optional[str]      # the m= line's kind (audio, video) of the SDP that set it up
     setup_frame: Optional[int]   # the frame of that SDP
     dtmf: Tuple[DtmfRecord, ...]   # RFC 4733 key presses in this stream
+    loss_events: int          # gaps in the sequence (bursts of loss)
+    quality: Optional[Rating]  # the G.107 E-model rating, every term (None: not rated; quality_note says why)
+    quality_note: str
 
 
 @dataclass(frozen=True, slots=True)

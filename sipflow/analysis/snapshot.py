@@ -15,6 +15,7 @@ from sipflow.analysis.dialogs import Anomaly, Call, InfoDtmf, Registration, Tran
 from sipflow.analysis.join import Join, codec_for
 from sipflow.analysis.records import (CallRecord, DialogRecord, DtmfRecord, RegistrationRecord, StreamRecord, Timings,
                                       TransactionRecord)
+from sipflow.media.emodel import judge
 from sipflow.media.stats import CLOCK_ASSUMED, CLOCK_MEASURED, CLOCK_SDP, RtpStream
 from sipflow.net import fmt_endpoint
 from sipflow.sip.dtmf import event_name
@@ -36,6 +37,8 @@ def stream_record(j: Join, rtcp: Dict[int, int]) -> StreamRecord:
     name = j.codec.name if j.codec is not None else STATIC_PT.get(st.pt, (f"PT{st.pt}",))[0]
     ms = 1000.0 / rate
     events_only = st.events_only or name.lower() == TELEPHONE_EVENT
+    kind = j.offer.kind if j.offer is not None else None
+    quality, note = judge(name, kind, st.expected, st.lost, st.loss_events)
     return StreamRecord(
         src=st.src, sport=st.sport, dst=st.dst, dport=st.dport, ssrc=st.ssrc, pt=st.pt, codec=name, rate=rate,
         clock_rate_guessed=guessed, clock_source=source, sdp_clock_rate=sdp_rate or None, packets=st.packets,
@@ -48,7 +51,7 @@ def stream_record(j: Join, rtcp: Dict[int, int]) -> StreamRecord:
         first_frame=st.first_frame, file=st.file, marker_packets=st.marker_packets,
         other_pts=MappingProxyType(dict(st.other_pts)),
         rtcp_packets=rtcp.get(st.ssrc, 0), call_id=j.call.call_id if j.call is not None else None, nat=j.nat,
-        media=j.offer.kind if j.offer is not None else None,
+        media=kind, loss_events=st.loss_events, quality=quality, quality_note=note,
         setup_frame=j.offer.frame if j.offer is not None else None, dtmf=stream_dtmf(j))
 
 

@@ -75,7 +75,7 @@ class RtpStream:
     Jitter runs in RTP timestamp units (RFC 3550 A.8: D is the difference of relative transit times,
     transit = arrival x clock rate - RTP timestamp) and is turned into milliseconds when read."""
     __slots__ = ("src", "sport", "dst", "dport", "ssrc", "pt", "rate", "clock_rate_guessed",
-                 "packets", "base_seq", "expect", "cycles", "duplicates", "out_of_order",
+                 "packets", "base_seq", "expect", "cycles", "duplicates", "out_of_order", "loss_events",
                  "first_ts", "last_ts", "last_arrival", "first_transit", "last_transit", "jitter_ts", "jmax_ts", "jsum_ts",
                  "jitter_n", "max_delta", "first_frame", "other_pts", "marker_packets",
                  "file", "clock_source", "events_only", "events", "pending")
@@ -99,6 +99,7 @@ class RtpStream:
         self.cycles = 0            # 65536 x sequence wraps
         self.duplicates = 0
         self.out_of_order = 0
+        self.loss_events = 0       # gaps in the sequence (a burst of loss each): with ``lost``, the burst ratio
         self.first_ts = self.last_ts = 0.0
         self.last_arrival = 0.0
         self.first_transit = self.last_transit = 0.0
@@ -165,6 +166,7 @@ class RtpStream:
             self.first_transit = self.last_transit = arrival * rate - rtp_ts
             self.pt = pt_byte & 0x7F
         expect, cycles, dup, ooo = self.expect, self.cycles, self.duplicates, self.out_of_order
+        gaps = self.loss_events
         main_pt = self.pt
         marked_pt = main_pt | 0x80
         last_arrival, last_transit = self.last_arrival, self.last_transit
@@ -183,6 +185,8 @@ class RtpStream:
                 elif delta < MAX_DROPOUT:  # ahead, past a wrap or a gap (lost, or late: counted then)
                     if seq < top:
                         cycles += 65536
+                    if delta > 1:
+                        gaps += 1
                     expect = seq + 1
                 elif delta > 65536 - MAX_MISORDER:
                     ooo += 1
@@ -220,6 +224,7 @@ class RtpStream:
             last_transit = transit
         self.packets = before + (len(p) >> 2)  # len is 1 + 4 per packet
         self.expect, self.cycles, self.duplicates, self.out_of_order = expect, cycles, dup, ooo
+        self.loss_events = gaps
         self.last_arrival, self.last_transit, self.last_ts = last_arrival, last_transit, arrival
         self.jitter_ts, self.jmax_ts, self.jsum_ts, self.jitter_n = jitter, jmax, jsum, jn
         self.max_delta, self.marker_packets = max_delta, markers

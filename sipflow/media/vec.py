@@ -137,6 +137,7 @@ def fold(streams: List[RtpStream], starts: np.ndarray, seq: np.ndarray, rts: np.
     prev_a[gstart] = [st.last_arrival for st in streams]
     gap = R - prev_a
     wraps = np.add.reduceat((S < prev).astype(np.int64), gstart)
+    gaps = np.add.reduceat((delta > 1).astype(np.int64), gstart)
     # The jitter filter, in rounds of ROUND packets per group.
     J = np.empty_like(d)
     j0 = np.array([st.jitter_ts for st in streams])
@@ -161,6 +162,7 @@ def fold(streams: List[RtpStream], starts: np.ndarray, seq: np.ndarray, rts: np.
         st.packets += int(lengths[g])
         st.expect = int(S[li]) + 1
         st.cycles += 65536 * int(wraps[g])
+        st.loss_events += int(gaps[g])
         st.last_arrival = st.last_ts = float(R[li])
         st.last_transit = float(transit[li])
         st.jitter_ts = float(J[li])

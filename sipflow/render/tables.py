@@ -14,6 +14,7 @@ import time
 from typing import Any, Dict, List, Optional, Sequence
 
 from sipflow.analysis.model import Analysis, call_dict, stream_dict
+from sipflow.media.emodel import MIN_PACKETS
 from sipflow.net import fmt_endpoint
 from sipflow.render.safe import csv_cell, printable
 
@@ -297,11 +298,16 @@ def streams_text(a: Analysis, width: int = 80) -> str:
         rows.append([d["src"], d["dst"], d["ssrc"], d["codec"] + ("?" if d["clock_rate_guessed"] else ""),
                      d["packets"], loss, "-" if d["jitter_mean_ms"] is None
                      else f"{d['jitter_mean_ms']:.1f}/{d['jitter_max_ms']:.1f}",
-                     f"{d['max_delta_ms']:.0f}", (d["call_id"] or "-") + (" (NAT)" if d["nat"] else "")])
+                     f"{d['max_delta_ms']:.0f}", f"{s.quality.mos:.1f}" if s.quality else "-",
+                     (d["call_id"] or "-") + (" (NAT)" if d["nat"] else "")])
     # Endpoints and SSRC are what people filter Wireshark with: only the Call-ID column may shrink.
-    table = render_table(["Source", "Destination", "SSRC", "Codec", "Pkts", "Lost", "Jit ms", "MaxΔ", "Call-ID"],
-                         rows, width, flexible={8: 6}, right=(4, 5, 6, 7), gap=1)
-    notes = ["Jit ms: mean/max of the RFC 3550 jitter. MaxΔ: largest gap between packets, ms."]
+    table = render_table(["Source", "Destination", "SSRC", "Codec", "Pkts", "Lost", "Jit ms", "MaxΔ", "MOS",
+                          "Call"], rows, width, flexible={9: 5}, right=(4, 5, 6, 7, 8), gap=1)
+    notes = ["Jit ms: mean/max of the RFC 3550 jitter. MaxΔ: largest gap between packets, ms. Call: its "
+             "Call-ID (a wider --width or --format csv shows the whole of it).",
+             "MOS: ITU-T G.107 E-model from the codec and the loss and its bursts; delay not counted "
+             "(--format json shows every term). -: not rated (video, DTMF, wideband or unknown codec, "
+             f"under {MIN_PACKETS} packets)."]
     notes += _clock_notes(a.streams)
     if any(s.jitter_mean is None for s in a.streams):
         notes.append("Jit -: a stream of DTMF events (RFC 4733): its packets share timestamps, jitter means "
@@ -311,7 +317,10 @@ def streams_text(a: Analysis, width: int = 80) -> str:
         notes += ["", "DTMF (RFC 4733 events in the streams above):"] + dtmf
     if any(s.nat for s in a.streams):
         notes.append("(NAT): joined to its call although its address differs from the SDP.")
-    return table + "\n\n" + "\n".join(notes)
+    wrapped = [line for note in notes
+               for line in (textwrap.wrap(note, width, subsequent_indent="  ") if note and not note.startswith(" ")
+                            else [note])]
+    return table + "\n\n" + "\n".join(wrapped)
 
 
 def dtmf_lines(streams, width: int = 80) -> List[str]:
