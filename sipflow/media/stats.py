@@ -74,11 +74,11 @@ class RtpStream:
     times cheaper in Python than attribute updates per packet. Nothing else is kept per packet.
     Jitter runs in RTP timestamp units (RFC 3550 A.8: D is the difference of relative transit times,
     transit = arrival x clock rate - RTP timestamp) and is turned into milliseconds when read."""
-    __slots__ = ("src", "sport", "dst", "dport", "ssrc", "pt", "rate", "clock_rate_guessed",
+    __slots__ = ("src", "sport", "dst", "dport", "ssrc", "pt", "rate", "clock_source",
                  "packets", "base_seq", "expect", "cycles", "duplicates", "out_of_order", "loss_events",
-                 "first_ts", "last_ts", "last_arrival", "first_transit", "last_transit", "jitter_ts", "jmax_ts", "jsum_ts",
-                 "jitter_n", "max_delta", "first_frame", "other_pts", "marker_packets",
-                 "file", "clock_source", "events_only", "events", "pending")
+                 "first_ts", "last_ts", "last_arrival", "first_transit", "last_transit",
+                 "jitter_ts", "jmax_ts", "jsum_ts", "jitter_n", "max_delta", "first_frame", "other_pts",
+                 "marker_packets", "file", "events_only", "events", "pending")
 
     def __init__(self, src: str, sport: int, dst: str, dport: int, ssrc: int, pt: int, frame: int,
                  file: int = 0, clock_rate: int = 0, events_only: bool = False) -> None:
