@@ -389,3 +389,23 @@ def test_a_stream_with_loss_is_rated_with_its_loss_and_bursts():
     assert rating.ppl == pytest.approx(600 / 206) and rating.burst_r == pytest.approx(2 * (1 - 6 / 206))
     assert rating.r == pytest.approx(emodel.rate(0.0, 25.1, 600 / 206, 2 * (1 - 6 / 206)).r)
     assert "delay not counted" in note and 3.0 < rating.mos < 4.41
+
+
+# -- one-way audio ----------------------------------------------------------------------------------
+
+def test_one_way_audio_is_stated_on_the_call(tmp_path):
+    """basic-call-rtp.pcap with the callee's RTP cut out: the call says no RTP reached the caller's
+    address, in words, with the frame of the SDP that announced it; the full capture says nothing."""
+    from pcaptools import read_pcap, write_pcap
+    lt, recs = read_pcap(SAMPLES / "basic-call-rtp.pcap")
+    callee_rtp = struct.pack("!HH", 6100, 6000)
+    cut = [r for r in recs if r[2][34:38] != callee_rtp]
+    assert len(cut) == len(recs) - 125
+    a = sipflow.analyze(str(write_pcap(tmp_path / "one-way.pcap", lt, cut)))
+    (call,) = a.calls
+    (one,) = [x for x in call.anomalies if x.kind.value == "one_way_media"]
+    assert "no RTP reached 127.0.0.1:6000" in one.detail and "127.0.0.1:6100 received 125 packets" in one.detail
+    assert one.frame == 1 and one in a.anomalies
+    for sample in ("basic-call-rtp.pcap", "call-via-proxy.pcap", "reinvite-hold.pcap", "busy-486.pcap",
+                   "call-av-dtmf.pcap", "port-reuse.pcap"):
+        assert not [x for x in sipflow.analyze(str(SAMPLES / sample)).anomalies if x.kind.value == "one_way_media"]

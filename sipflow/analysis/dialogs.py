@@ -150,7 +150,7 @@ class Dialog:
 @dataclass(frozen=True)
 class MediaOffer:
     """Where a party said it wants to receive media (c= and m= of an SDP body)."""
-    __slots__ = ("ip", "port", "ts", "frame", "codecs", "direction", "sender_ip", "kind", "proto", "call_id")
+    __slots__ = ("ip", "port", "ts", "frame", "codecs", "direction", "sender_ip", "kind", "proto", "call_id", "file")
     ip: str
     port: int
     ts: float
@@ -161,6 +161,7 @@ class MediaOffer:
     kind: str                      # audio, video, image (T.38) ...
     proto: str                     # RTP/AVP, RTP/SAVPF, udptl ...
     call_id: str
+    file: int
 
 
 @dataclass(frozen=True)
@@ -616,7 +617,7 @@ class Tracker:
         for m in sess.media:
             if m.address and m.port:
                 offer = MediaOffer(m.address, m.port, ev.ts, ev.frame, _codec_map(m.codecs), m.direction, ev.src,
-                                   m.kind, m.proto, call.call_id)
+                                   m.kind, m.proto, call.call_id, ev.file)
                 call.media.append(offer)
                 self._announce(offer)
                 if is_private(m.address) and m.address != ev.src and not is_private(ev.src):

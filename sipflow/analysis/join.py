@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from sipflow.analysis.dialogs import Call, MediaOffer
+from sipflow.analysis.kinds import Anomaly, AnomalyKind
+from sipflow.net import fmt_endpoint
 from sipflow.media.rtp import NOT_RTP_PORTS
 from sipflow.media.stats import RtpStream
 from sipflow.sip.sdp import Codec
@@ -129,3 +131,40 @@ def plausible(st: RtpStream) -> bool:
         return False
     drift = st.clock_drift
     return drift is not None and drift <= MAX_DRIFT
+
+
+def one_way(calls: Sequence[Call], joins: Sequence[Join]) -> List[Anomaly]:
+    """Calls whose audio flowed one way: RTP reached one of the audio addresses the call's SDPs
+    announced and not another. Judged only where media was captured for the call (a signalling-only
+    capture says nothing) and every audio SDP of the call asks for media both ways (a call on hold is
+    not judged). Streams joined by port only (NAT) are named, since that is where the audio went."""
+    streams: Dict[int, List[RtpStream]] = {}
+    for j in joins:
+        if j.call is not None and j.stream.packets:
+            streams.setdefault(id(j.call), []).append(j.stream)
+    out = []
+    for call in calls:
+        got = streams.get(id(call))
+        if not got:
+            continue
+        audio: Dict[Tuple[str, int], MediaOffer] = {}
+        for offer in call.media:
+            if offer.kind == "audio":
+                audio[(offer.ip, offer.port)] = offer
+        if len(audio) < 2 or any(o.direction != "sendrecv" for o in audio.values()):
+            continue
+        received = {}
+        for st in got:
+            received[(st.dst, st.dport)] = received.get((st.dst, st.dport), 0) + st.packets
+        silent = [o for k, o in audio.items() if not received.get(k)]
+        heard = [(k, received[k]) for k in audio if received.get(k)]
+        if not silent or not heard:
+            continue
+        elsewhere = sorted({(st.dst, st.dport) for st in got} - set(audio))
+        for o in silent:
+            detail = (f"no RTP reached {fmt_endpoint(o.ip, o.port)} (announced in frame {o.frame}) while "
+                      + ", ".join(f"{fmt_endpoint(*k)} received {n} packets" for k, n in heard))
+            if elsewhere:
+                detail += "; RTP went to " + ", ".join(fmt_endpoint(*k) for k in elsewhere) + " instead (NAT?)"
+            out.append(Anomaly(AnomalyKind.ONE_WAY_MEDIA, o.frame, call.call_id, detail, o.file))
+    return out

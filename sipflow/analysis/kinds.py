@@ -24,6 +24,7 @@ class AnomalyKind(str, enum.Enum):
     UNEXPECTED_IN_TRANSACTION = "unexpected_in_transaction"   # the transaction table has no such step
     UNEXPECTED_IN_CALL = "unexpected_in_call"                 # the call table has no such step
     AGED_OUT = "aged_out"        # a call or transaction that never ended, forgotten after idle_timeout
+    ONE_WAY_MEDIA = "one_way_media"   # RTP reached one announced audio address of a call, not another
 
     def __str__(self) -> str:
         return self.value
