@@ -210,19 +210,19 @@ def test_dtmf_of_info_bodies(ctype, body, expected):
 def test_a_stream_of_only_events_reports_no_jitter():
     """A separate SSRC that carries only telephone-events (the SDP says PT 101 is telephone-event):
     its packets share timestamps, so it shows no jitter, and its key presses are decoded."""
-    sdp = ("v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\n"
+    sdp = ("v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n"
            "m=audio 4000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n")
-    invite = ("INVITE sip:b@10.0.0.2 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK1\r\n"
-              "From: <sip:a@10.0.0.1>;tag=1\r\nTo: <sip:b@10.0.0.2>\r\nCall-ID: ev@x\r\nCSeq: 1 INVITE\r\n"
-              "Contact: <sip:a@10.0.0.1>\r\nContent-Type: application/sdp\r\n"
+    invite = ("INVITE sip:b@192.0.2.2 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK1\r\n"
+              "From: <sip:a@192.0.2.1>;tag=1\r\nTo: <sip:b@192.0.2.2>\r\nCall-ID: ev@x\r\nCSeq: 1 INVITE\r\n"
+              "Contact: <sip:a@192.0.2.1>\r\nContent-Type: application/sdp\r\n"
               f"Content-Length: {len(sdp)}\r\n\r\n{sdp}").encode()
     an = Analyzer()
-    an.feed(100.0, 0, 1, 1, eth_ip(ipv4("10.0.0.1", "10.0.0.2", 17, udp("10.0.0.1", "10.0.0.2", 5060, 5060, invite))))
+    an.feed(100.0, 0, 1, 1, eth_ip(ipv4("192.0.2.1", "192.0.2.2", 17, udp("192.0.2.1", "192.0.2.2", 5060, 5060, invite))))
     frame = 2
     for i, (d, end) in enumerate(((160, False), (320, False), (480, True), (480, True))):
         rtp = struct.pack("!BBHII", 0x80, 101 | (0x80 if i == 0 else 0), 10 + i, 8000, 0xE0E0) + event(9, end, 12, d)
-        an.feed(100.5 + i * 0.05, 0, frame, 1, eth_ip(ipv4("10.0.0.2", "10.0.0.1", 17,
-                                                           udp("10.0.0.2", "10.0.0.1", 4002, 4000, rtp))))
+        an.feed(100.5 + i * 0.05, 0, frame, 1, eth_ip(ipv4("192.0.2.2", "192.0.2.1", 17,
+                                                           udp("192.0.2.2", "192.0.2.1", 4002, 4000, rtp))))
         frame += 1
     a = an.result()
     (s,) = a.streams
@@ -253,7 +253,7 @@ def test_netbios_is_not_rtp(ports):
     """The issue's capture: 99 NetBIOS queries reported as 'PT103? 99 packets -98 lost'. On port 137
     the port rules it out; elsewhere the constant 'sequence number' and 'timestamp' do."""
     an = Analyzer()
-    flow(an, "10.0.0.5", ports[0], "10.0.0.255", ports[1], [nbns_query(i) for i in range(99)], step=0.75)
+    flow(an, "192.0.2.5", ports[0], "192.0.2.255", ports[1], [nbns_query(i) for i in range(99)], step=0.75)
     a = an.result()
     assert a.streams == () and a.stats["rtp_packets"] == 99   # counted as RTP-looking, listed as no stream
 
@@ -261,7 +261,7 @@ def test_netbios_is_not_rtp(ports):
 def test_a_flow_whose_timestamps_do_not_follow_the_clock_is_not_rtp():
     an = Analyzer()
     junk = [struct.pack("!BBHII", 0x80, 0, i, 12345, 0xDEAD) + b"x" * 20 for i in range(50)]
-    flow(an, "10.0.0.1", 40000, "10.0.0.2", 40002, junk)
+    flow(an, "192.0.2.1", 40000, "192.0.2.2", 40002, junk)
     assert an.result().streams == ()
 
 
@@ -288,15 +288,15 @@ def test_an_unannounced_video_stream_is_kept_with_its_measured_clock(tmp_path):
         assert s.jitter_max == pytest.approx(with_sdp[s.ssrc].jitter_max)
 
 
-def sip_msg(first, call_id, cseq, from_tag, to_tag, via_branch, sdp_port=None, src="10.0.0.1"):
+def sip_msg(first, call_id, cseq, from_tag, to_tag, via_branch, sdp_port=None, src="192.0.2.1"):
     sdp = ""
     if sdp_port:
         sdp = (f"v=0\r\no=- 1 {cseq} IN IP4 {src}\r\ns=-\r\nc=IN IP4 {src}\r\nt=0 0\r\n"
                f"m=audio {sdp_port} RTP/AVP 0\r\na=sendrecv\r\n")
     method = first.split()[0] if not first.startswith("SIP/") else "INVITE"
-    lines = [first, f"Via: SIP/2.0/UDP 10.0.0.1:5060;branch={via_branch}", f"From: <sip:a@x>;tag={from_tag}",
+    lines = [first, f"Via: SIP/2.0/UDP 192.0.2.1:5060;branch={via_branch}", f"From: <sip:a@x>;tag={from_tag}",
              "To: <sip:b@y>" + (f";tag={to_tag}" if to_tag else ""), f"Call-ID: {call_id}", f"CSeq: {cseq} {method}",
-             "Contact: <sip:a@10.0.0.1>"]
+             "Contact: <sip:a@192.0.2.1>"]
     if sdp:
         lines.append("Content-Type: application/sdp")
     lines.append(f"Content-Length: {len(sdp)}")
@@ -307,7 +307,7 @@ def test_a_short_stream_after_a_late_reinvite_is_found_and_joined():
     """The issue's case: 6 packets to the port a late re-INVITE moved the media to. Announced streams
     are listed however short, and joined to the re-INVITE's call with the codec it names."""
     an = Analyzer()
-    a_ip, b_ip = "10.0.0.1", "10.0.0.2"
+    a_ip, b_ip = "192.0.2.1", "192.0.2.2"
 
     def sip(t, frame, data, forward=True):
         s, d = (a_ip, b_ip) if forward else (b_ip, a_ip)

@@ -335,7 +335,8 @@ class Analyzer:
     def _sdp_codec(self, src: str, sport: int, dst: str, dport: int, pt: int) -> Optional[Codec]:
         """A new stream's codec (clock rate, telephone-event or not), from the SDP in force at its
         destination (or, symmetric RTP, at its source); None when no SDP there names its payload type."""
-        for offer in (self.tracker.offer_at(dst, dport), self.tracker.offer_at(src, sport)):
+        book = self.tracker.media_book
+        for offer in (book.offer_at(dst, dport), book.offer_at(src, sport)):
             if offer is not None:
                 codec = offer.codecs.get(pt)
                 if codec is not None and codec.clock_rate:

@@ -11,22 +11,20 @@ capture timestamp of the message; nothing here reads a clock or does I/O.
 """
 from __future__ import annotations
 
-import itertools
 from collections import deque
-from dataclasses import dataclass
-from types import MappingProxyType
-from typing import Deque, Dict, List, Mapping, Optional, Tuple
+from typing import Deque, Dict, List, Optional, Tuple
 
 from sipflow.analysis.kinds import (Anomaly, AnomalyKind, CallState, DialogState, Outcome, RegistrationOutcome,
                                     TxState)
 from sipflow.analysis.messages import SipEvent
+from sipflow.analysis.offers import InfoDtmf, MediaBook, MediaOffer, codec_map
 from sipflow.analysis.options import LINGER, AnalyzerOptions
 from sipflow.analysis.totals import CallTotals
 from sipflow.net import fmt_endpoint, is_private
 from sipflow.sip.dtmf import dtmf_of
 from sipflow.sip.message import ProblemKind, to_int
 from sipflow.sip.scan import SipHead, contact_host, parse_contact
-from sipflow.sip.sdp import Codec, Session, sdp_of
+from sipflow.sip.sdp import Session, sdp_of
 
 MAGIC_COOKIE = "z9hG4bK"   # RFC 3261 §8.1.1.7: branches starting with it are unique per transaction
 T1 = 0.5                   # RFC 3261 timer T1, seconds
@@ -35,7 +33,6 @@ STORM = 4                  # retransmissions of one message that make a "retrans
 SWEEP_EVERY = 10.0         # capture seconds between sweeps of finished transactions and calls
 _CSEQ_MEMORY = 1 << 16     # keep_calls: senders whose last CSeq is remembered
 REGISTRATION_EVENTS = 8    # keep_calls: message records kept per registration
-MAX_ENDPOINTS = 1 << 16    # media addresses whose latest SDP is remembered for the clock of new streams
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -64,19 +61,6 @@ TRANSACTION_TABLE: Dict[Tuple[bool, TxState], Dict[str, TxState]] = {
 
 # States in which a transaction only waits for stray retransmissions (forgotten LINGER seconds later).
 _FINISHED_TX = frozenset((TxState.COMPLETED, TxState.CONFIRMED, TxState.ACCEPTED))
-
-
-_CODEC_MAPS: Dict[tuple, Mapping[int, Codec]] = {}
-
-
-def _codec_map(codecs: Tuple[Codec, ...]) -> Mapping[int, Codec]:
-    """payload type -> codec for an m= line; one shared read-only map per distinct codec list."""
-    m = _CODEC_MAPS.get(codecs)
-    if m is None:
-        m = MappingProxyType({c.pt: c for c in codecs})
-        if len(_CODEC_MAPS) < 4096:   # bounded: hostile SDP must not grow memory
-            _CODEC_MAPS[codecs] = m
-    return m
 
 
 def response_event(status: int) -> str:
@@ -147,38 +131,6 @@ class Dialog:
         self.on_hold = False
 
 
-@dataclass(frozen=True)
-class MediaOffer:
-    """Where a party said it wants to receive media (c= and m= of an SDP body)."""
-    __slots__ = ("ip", "port", "ts", "frame", "codecs", "direction", "sender_ip", "kind", "proto", "call_id", "file")
-    ip: str
-    port: int
-    ts: float
-    frame: int
-    codecs: Mapping[int, Codec]    # payload type -> codec
-    direction: str
-    sender_ip: str
-    kind: str                      # audio, video, image (T.38) ...
-    proto: str                     # RTP/AVP, RTP/SAVPF, udptl ...
-    call_id: str
-    file: int
-
-
-@dataclass(frozen=True)
-class InfoDtmf:
-    """A DTMF key sent in a SIP INFO (``sip.dtmf``)."""
-    __slots__ = ("key", "duration_ms", "ts", "frame", "file", "src", "dst", "cseq", "from_tag")
-    key: str
-    duration_ms: Optional[int]
-    ts: float
-    frame: int
-    file: int
-    src: str
-    dst: str
-    cseq: Optional[int]
-    from_tag: Optional[str]
-
-
 class Call:
     """Everything sharing one Call-ID that contains an INVITE dialog: hops, dialogs, media, timings."""
     __slots__ = ("call_id", "events", "invites", "reinvites", "caller", "caller_tag", "from_uri", "to_uri",
@@ -209,7 +161,7 @@ class Call:
         self.ack_2xx: Optional[SipEvent] = None
         self.media: List[MediaOffer] = []
         self.holds: List[Tuple[float, int, str]] = []  # (ts, frame, "hold"/"unhold")
-        self.dtmf: List[InfoDtmf] = []            # keys sent in INFO requests (RFC 4733 keys are on streams)
+        self.dtmf: Tuple[InfoDtmf, ...] = ()      # keys sent in INFO requests (RFC 4733 keys are on streams)
         self.anomalies: List[Anomaly] = []
         self.saw_initial = False
         self.last = first.ts          # the time of its latest message
@@ -238,7 +190,7 @@ class Call:
         self.unacked.clear()
         self.dialogs.clear()
         self.media.clear()
-        self.dtmf.clear()
+        self.dtmf = ()
         self.cancel = self.bye = self.ack_2xx = None
 
     @property
@@ -404,7 +356,7 @@ class Tracker:
         self.next_sweep = 0.0
         self.finished: Deque[Call] = deque()   # keep_calls: finished calls, oldest first
         self.summarised = CallTotals()
-        self.endpoints: Dict[Tuple[str, int], MediaOffer] = {}   # media address -> the latest SDP there
+        self.media_book = MediaBook()   # media address -> the latest SDP there (for new streams' clocks)
         self.counters: Dict[str, int] = {"transactions_expired": 0, "transactions_aged_out": 0, "calls_aged_out": 0}
 
     def anomaly(self, kind: AnomalyKind, ev: SipEvent, detail: str, call: Optional[Call] = None) -> None:
@@ -616,10 +568,10 @@ class Tracker:
             return None
         for m in sess.media:
             if m.address and m.port:
-                offer = MediaOffer(m.address, m.port, ev.ts, ev.frame, _codec_map(m.codecs), m.direction, ev.src,
-                                   m.kind, m.proto, call.call_id, ev.file)
+                offer = MediaOffer(m.address, m.port, ev.ts, ev.frame, codec_map(m.codecs), m.direction, ev.src,
+                                   m.kind, m.proto, ev.file)
                 call.media.append(offer)
-                self._announce(offer)
+                self.media_book.announce(offer)
                 if is_private(m.address) and m.address != ev.src and not is_private(ev.src):
                     self.anomaly(AnomalyKind.NAT, ev, f"SDP c={m.address} is private but the packet came from {ev.src}",
                                  call)
@@ -638,23 +590,8 @@ class Tracker:
         key = dtmf_of(h.content_type, h.body)
         if key is None or any(d.cseq == ev.cseq and d.from_tag == ev.from_tag for d in call.dtmf):
             return
-        call.dtmf.append(InfoDtmf(key[0], key[1], ev.ts, ev.frame, ev.file, ev.source, ev.destination, ev.cseq,
-                                  ev.from_tag))
-
-    def _announce(self, offer: MediaOffer) -> None:
-        """The latest SDP at each media address, for the clock of streams as they start. Bounded: past
-        ``MAX_ENDPOINTS`` addresses the oldest half is forgotten (a stream there gets its clock measured)."""
-        eps = self.endpoints
-        key = (offer.ip, offer.port)
-        eps.pop(key, None)
-        eps[key] = offer
-        if len(eps) > MAX_ENDPOINTS:
-            for k in list(itertools.islice(eps, MAX_ENDPOINTS // 2)):
-                del eps[k]
-
-    def offer_at(self, ip: str, port: int) -> Optional[MediaOffer]:
-        """The latest SDP that announced this media address (None: none, or long forgotten)."""
-        return self.endpoints.get((ip, port))
+        call.dtmf += (InfoDtmf(key[0], key[1], ev.ts, ev.frame, ev.file, ev.source, ev.destination, ev.cseq,
+                               ev.from_tag),)
 
     def _nat_check(self, ev: SipEvent, call: Optional[Call]) -> None:
         for c in ev.head.contacts[:1]:

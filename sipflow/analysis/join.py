@@ -21,7 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from sipflow.analysis.dialogs import Call, MediaOffer
+from sipflow.analysis.dialogs import Call
+from sipflow.analysis.offers import MediaOffer
 from sipflow.analysis.kinds import Anomaly, AnomalyKind
 from sipflow.net import fmt_endpoint
 from sipflow.media.rtp import NOT_RTP_PORTS

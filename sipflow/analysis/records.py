@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Mapping, Optional, Tuple
 
-from sipflow.analysis.dialogs import MediaOffer
+from sipflow.analysis.offers import MediaOffer
 from sipflow.analysis.kinds import Anomaly, CallState, DialogState, Outcome, RegistrationOutcome, \
     TxState
 from sipflow.analysis.messages import SipEvent

@@ -11,7 +11,8 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from sipflow.analysis.dialogs import Anomaly, Call, InfoDtmf, Registration, Transaction
+from sipflow.analysis.dialogs import Anomaly, Call, Registration, Transaction
+from sipflow.analysis.offers import InfoDtmf
 from sipflow.analysis.join import Join, codec_for
 from sipflow.analysis.records import (CallRecord, DialogRecord, DtmfRecord, RegistrationRecord, StreamRecord, Timings,
                                       TransactionRecord)

@@ -122,9 +122,8 @@ class RtpStream:
 
     def note_event(self, pt: int, rtp_ts: int, arrival: float, frame: int, payload: bytes) -> None:
         """A packet whose payload may be an RFC 4733 event: a dynamic payload type other than the
-        stream's own (or any packet of an events-only stream). Its figures still go through ``add``."""
-        if pt < 96 and not self.events_only:
-            return
+        stream's own (or any packet of an events-only stream); the analyzer leaves out static payload
+        types (comfort noise), which never carry events. Its figures still go through ``add``."""
         if self.events is None:
             self.events = EventLog()
         self.events.add(pt, rtp_ts, arrival, frame, self.file, payload)
