@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import wave
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCENARIOS = os.path.join(HERE, "scenarios")
@@ -253,6 +254,204 @@ def make_media_files(d):
         write_rtp_pcap(os.path.join(d, f"rtp-reuse-{call}-uas.pcap"), freq=f_uas, pt=8,
                        ssrc=tag | 2, seq0=20000 + 1000 * n, ts0=800000 * (n + 1), npkts=100,
                        sport=UAS_RTP, dport=uac_port)
+    # fax-t38: PCMU before the switch to T.38, the fax tones a G.711 fax call
+    # carries: CNG (1100 Hz) from the caller, CED (2100 Hz) from the callee.
+    # Call F: 1 s each way, then UDPTL. Call R (T.38 refused): 2.5 s each way,
+    # through the re-INVITE / 488 and on.
+    for call, npkts, uac_port, tag in (("f", 50, UAC_RTP, 0x38AC0000),
+                                       ("r", 125, UAC_RTP + 10, 0x38DE0000)):
+        write_rtp_pcap(os.path.join(d, f"rtp-fax-{call}-uac.pcap"), freq=1100, pt=0,
+                       ssrc=tag | 1, seq0=30000 if call == "f" else 31000,
+                       ts0=400000 if call == "f" else 480000, npkts=npkts,
+                       sport=uac_port, dport=UAS_RTP)
+        write_rtp_pcap(os.path.join(d, f"rtp-fax-{call}-uas.pcap"), freq=2100, pt=0,
+                       ssrc=tag | 2, seq0=40000 if call == "f" else 41000,
+                       ts0=720000 if call == "f" else 960000, npkts=npkts,
+                       sport=UAS_RTP, dport=uac_port)
+    write_t38_pcaps(d)
+    # call-rtcp, call-rtcp-mux: what the two baresip instances send (aufile)
+    write_wav(os.path.join(d, "baresip-alice.wav"), 440, 20)
+    write_wav(os.path.join(d, "baresip-bob.wav"), 880, 20)
+
+
+def write_wav(path, freq, seconds):
+    """A sine tone as a WAV file (8 kHz, mono, 16-bit), the sound baresip's
+    aufile module sends."""
+    frames = b"".join(struct.pack("<h", int(8000 * math.sin(2 * math.pi * freq * k / 8000.0)))
+                      for k in range(8000 * seconds))
+    with wave.open(path, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(frames)
+
+
+# --------------------------------------------------------------------------
+# T.38 fax over UDPTL (fax-t38)
+# --------------------------------------------------------------------------
+#
+# ITU-T T.38 (version 0, the pre-corrigendum ASN.1 that T38FaxVersion:0
+# announces), ASN.1 PER aligned, as fax gateways put it on the wire:
+#
+#   UDPTLPacket = seq-number (16 bits)
+#                 primary-ifp-packet (open type: length determinant + octets)
+#                 error-recovery: CHOICE index 0 (secondary-ifp-packets) in one
+#                   octet, the count in a length determinant, then each older
+#                   IFP as an open type (t38UDPRedundancy)
+#   IFPPacket   = 1st octet: data-field present (bit 8), type-of-msg CHOICE
+#                   (bit 7: 0 t30-indicator, 1 t30-data), extension bit (6),
+#                   the enumeration in bits 5..2
+#                 data-field (t30-data only): count of fields (1 octet), then per
+#                   field an octet with field-data present (bit 8) and the 3-bit
+#                   field-type (bits 7..5), then length-1 (16 bits) + the octets
+
+T38_INDICATOR = {"no-signal": 0, "cng": 1, "ced": 2, "v21-preamble": 3,
+                 "v29-9600-training": 7}
+T38_DATA_RATE = {"v21": 0, "v29-9600": 4}
+T38_FIELD = {"hdlc-data": 0, "hdlc-fcs-OK": 2, "hdlc-fcs-OK-sig-end": 4,
+             "t4-non-ecm-data": 6, "t4-non-ecm-sig-end": 7}
+
+# T.30 (V.21 HDLC) frames inside T.38 hdlc-data fields: the first bit on the
+# line is the highest bit of each octet (so control 0xC0 non-final, 0xC8 final
+# frame). Facsimile control fields as T.30 writes them, with the X bit (highest)
+# set by the station that received DIS, i.e. the caller here.
+T30_DIS, T30_CSI, T30_CFR, T30_MCF = 0x01, 0x02, 0x21, 0x31
+T30_DCS, T30_TSI, T30_EOP, T30_DCN = 0xC1, 0xC2, 0xF4, 0xDF
+
+
+def ifp_indicator(name):
+    return bytes([T38_INDICATOR[name] << 1])
+
+
+def ifp_data(rate, field, data=b""):
+    """A t30-data IFP with one data field (field-data `data`, if any)."""
+    ifp = bytes([0x80 | 0x40 | (T38_DATA_RATE[rate] << 1), 1])
+    ifp += bytes([(0x80 if data else 0) | (T38_FIELD[field] << 4)])
+    if data:
+        ifp += struct.pack("!H", len(data) - 1) + data
+    return ifp
+
+
+def per_open_type(octets):
+    n = len(octets)
+    assert n < 0x4000
+    return (bytes([n]) if n < 0x80 else struct.pack("!H", 0x8000 | n)) + octets
+
+
+def udptl_packet(seq, primary, older):
+    """UDPTL datagram: `older` are the previous IFPs, newest first (redundancy)."""
+    return (struct.pack("!H", seq) + per_open_type(primary) + b"\x00" + bytes([len(older)])
+            + b"".join(per_open_type(o) for o in older))
+
+
+def t30_frame(fcf, fif=b"", final=True):
+    """T.30 HDLC frame without flags and FCS: address, control, FCF, FIF."""
+    return bytes([0xFF, 0xC8 if final else 0xC0, fcf]) + fif
+
+
+def t30_fif(nbytes, *bits):
+    """A DIS/DCS information field with T.30's bits `bits` (numbered from 1) set."""
+    out = bytearray(nbytes)
+    for b in bits:
+        out[(b - 1) // 8] |= 0x80 >> ((b - 1) % 8)
+    return bytes(out)
+
+
+def t30_ident(number):
+    """CSI / TSI information field: 20 characters, right-aligned, the last one
+    sent first (each octet first bit first, as everything here)."""
+    return bytes(int(f"{c:08b}"[::-1], 2) for c in number.rjust(20).encode()[::-1])
+
+
+def t4_white_page(lines):
+    """A T.4 (MH) page of all-white 1728-pixel lines: EOL, then each line
+    (make-up 1728 + terminating 0) followed by EOL, then RTC (5 more EOLs),
+    first bit in the highest bit of each octet."""
+    eol, white = "000000000001", "010011011" + "00110101"
+    bits = eol + (white + eol) * lines + eol * 5
+    bits += "0" * (-len(bits) % 8)
+    return bytes(int(bits[i:i + 8], 2) for i in range(0, len(bits), 8))
+
+
+def t38_caller_events():
+    """(ms, IFP) of the calling (sending) fax: CNG; TSI + DCS at V.21; TCF
+    (zeros, transferredTCF) at V.29 9600; after CFR one page; EOP; after MCF,
+    DCN. The T.30 timing is compressed into about 2 s."""
+    ev = [(0, ifp_indicator("cng")),
+          (450, ifp_indicator("v21-preamble")),
+          (520, ifp_data("v21", "hdlc-data", t30_frame(T30_TSI, t30_ident("+1 555 0100"),
+                                                       final=False))),
+          (560, ifp_data("v21", "hdlc-fcs-OK")),
+          (600, ifp_data("v21", "hdlc-data", t30_frame(T30_DCS, t30_fif(3, 10, 11, 15, 21, 22, 23)))),
+          (640, ifp_data("v21", "hdlc-fcs-OK-sig-end")),
+          (680, ifp_indicator("no-signal")),
+          (700, ifp_indicator("v29-9600-training"))]
+    t = 740
+    for i in range(6):                      # TCF
+        last = i == 5
+        ev.append((t, ifp_data("v29-9600", "t4-non-ecm-sig-end" if last else "t4-non-ecm-data",
+                               bytes(72))))
+        t += 30
+    ev += [(t, ifp_indicator("no-signal")),
+           (1220, ifp_indicator("v29-9600-training"))]
+    page = t4_white_page(100)
+    chunks = [page[i:i + 64] for i in range(0, len(page), 64)]
+    t = 1260
+    for i, chunk in enumerate(chunks):
+        last = i == len(chunks) - 1
+        ev.append((t, ifp_data("v29-9600", "t4-non-ecm-sig-end" if last else "t4-non-ecm-data",
+                               chunk)))
+        t += 30
+    ev += [(t, ifp_indicator("no-signal")),
+           (1480, ifp_indicator("v21-preamble")),
+           (1540, ifp_data("v21", "hdlc-data", t30_frame(T30_EOP))),
+           (1580, ifp_data("v21", "hdlc-fcs-OK-sig-end")),
+           (1620, ifp_indicator("no-signal")),
+           (1900, ifp_indicator("v21-preamble")),
+           (1960, ifp_data("v21", "hdlc-data", t30_frame(T30_DCN))),
+           (2000, ifp_data("v21", "hdlc-fcs-OK-sig-end")),
+           (2040, ifp_indicator("no-signal"))]
+    return ev
+
+
+def t38_callee_events():
+    """(ms, IFP) of the called (receiving) fax: CED; CSI + DIS; CFR; MCF."""
+    return [(0, ifp_indicator("ced")),
+            (150, ifp_indicator("v21-preamble")),
+            (220, ifp_data("v21", "hdlc-data", t30_frame(T30_CSI, t30_ident("+1 555 0199"),
+                                                         final=False))),
+            (260, ifp_data("v21", "hdlc-fcs-OK")),
+            (300, ifp_data("v21", "hdlc-data", t30_frame(T30_DIS, t30_fif(3, 10, 11, 12, 15, 20, 21, 22, 23)))),
+            (340, ifp_data("v21", "hdlc-fcs-OK-sig-end")),
+            (380, ifp_indicator("no-signal")),
+            (1000, ifp_indicator("v21-preamble")),
+            (1060, ifp_data("v21", "hdlc-data", t30_frame(T30_CFR))),
+            (1100, ifp_data("v21", "hdlc-fcs-OK-sig-end")),
+            (1140, ifp_indicator("no-signal")),
+            (1700, ifp_indicator("v21-preamble")),
+            (1760, ifp_data("v21", "hdlc-data", t30_frame(T30_MCF))),
+            (1800, ifp_data("v21", "hdlc-fcs-OK-sig-end")),
+            (1840, ifp_indicator("no-signal"))]
+
+
+T38_REDUNDANCY = 2      # older IFPs carried in each UDPTL packet
+
+
+def write_t38_pcap(path, events, sport, dport):
+    packets, sent = [], []
+    for seq, (ms, ifp) in enumerate(events):
+        older = sent[::-1][:T38_REDUNDANCY]
+        packets.append((ms * 1000, sport, dport, udptl_packet(seq, ifp, older)))
+        sent.append(ifp)
+    write_pcap(path, packets)
+    return len(packets)
+
+
+def write_t38_pcaps(d):
+    """udptl-uac.pcap / udptl-uas.pcap, replayed with play_pcap_image after the
+    T.38 re-INVITE of fax-t38 call F (6000 <-> 6100)."""
+    write_t38_pcap(os.path.join(d, "udptl-uac.pcap"), t38_caller_events(), UAC_RTP, UAS_RTP)
+    write_t38_pcap(os.path.join(d, "udptl-uas.pcap"), t38_callee_events(), UAS_RTP, UAC_RTP)
 
 
 # --------------------------------------------------------------------------

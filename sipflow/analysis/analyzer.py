@@ -18,7 +18,7 @@ import socket
 import struct
 import sys
 from collections import deque
-from typing import Callable, Deque, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Callable, Deque, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from sipflow.capture import files as _capture
 from sipflow.analysis.model import Analysis, Filter, Malformed
@@ -33,6 +33,7 @@ from sipflow.net import Datagram, Decoder, fmt_endpoint
 from sipflow.net.addr import pack_ip
 from sipflow.net.link import LINK_TYPES, LinkType
 from sipflow.media.events import rtp_payload
+from sipflow.media.rtcp import RtcpBook
 from sipflow.media.stats import RtpStream
 from sipflow.sip.framing import StreamFramer
 from sipflow.sip.message import DAMAGE, looks_like_sip
@@ -99,7 +100,7 @@ class Analyzer:
         self.pending: Dict[bytes, list] = {}            # flow key -> pending list of its latest stream
         self.by_ssrc: Dict[tuple, RtpStream] = {}       # (flow key, SSRC) -> stream
         self.vec_streams: Dict[tuple, RtpStream] = {}   # NumPy path: (addresses, ports+SSRC) as ints -> stream
-        self.rtcp: Dict[int, int] = {}                  # sender SSRC -> RTCP packets
+        self.rtcp = RtcpBook()                          # what RTCP said (media.rtcp)
         self.framers: Dict[tuple, StreamFramer] = {}
         self.events: List[SipEvent] = []
         self._ports: Dict[int, int] = {}      # one int object per port or CSeq number (records share them)
@@ -148,23 +149,22 @@ class Analyzer:
         folded once per batch; every other frame goes to ``feed``."""
         pending = self.pending
         pending_for = self._pending_for
-        rtcp_by_ssrc = self.rtcp
+        rtcp = self._rtcp_flow
         slow = self.feed
         lt, fi, buf = b.linktype, b.file, b.buf
         fast = _FAST.get(lt)
         fast_unpack, check_et, delta = (fast[0].unpack_from, fast[1], fast[2]) if fast else (None, False, 0)
         min_len = (fast[0].size + delta) if fast else 1 << 30
         rtp_at = min_len - RTP_HEADER.size   # where the RTP header starts in a record of the common frame
-        rtcp = taken = 0
+        taken = 0
         for ts, frame, off, caplen in b.records():
             if caplen >= min_len:
                 et, vihl, frag, proto, flow, ulen, b0, b1, seq, rts, ssrc = fast_unpack(buf, off + delta)
                 if b0 & 0xC0 == 0x80 and vihl == 0x45 and proto == 17 and not frag & 0x3FFF \
                         and ulen >= 20 and (et == 0x0800 or not check_et):
                     taken += 1
-                    if RTCP_FIRST <= b1 <= RTCP_LAST:  # RTCP; the "rts" field is the sender's SSRC
-                        rtcp += 1
-                        rtcp_by_ssrc[rts] = rtcp_by_ssrc.get(rts, 0) + 1
+                    if RTCP_FIRST <= b1 <= RTCP_LAST:  # RTCP: rare, parsed off the hot path
+                        rtcp(flow, ts, frame, fi, bytes(buf[off + rtp_at:off + min(caplen, rtp_at + ulen - 8)]))
                         continue
                     # The stream's pending list starts with its SSRC and payload type (RtpStream.pending):
                     # another stream, a new one or another payload type (a DTMF event) goes the long way.
@@ -175,7 +175,6 @@ class Analyzer:
                     continue
             slow(ts, fi, frame, lt, bytes(buf[off:off + caplen]))
         self.frames += taken
-        self.rtcp_packets += rtcp
         self._flush_all()  # pending lists hold at most one batch's packets: memory stays bounded
 
     def _vec_batch(self, b: _capture.RecordBatch) -> None:
@@ -238,12 +237,15 @@ class Analyzer:
                                                      sel, addrs, ports, iplen, ulen):
                 if not (u and udp(t, fi, frame_base + i + 1, buf, st + l2, ln - l2, a, p, il, ul)):
                     self.feed(t, fi, frame_base + i + 1, lt, bytes(buf[st:st + ln]))
-        if rtcp.any():
-            sender = np.where(fast6, r6["rts"], r4["rts"])[rtcp]  # RTCP: the sender's SSRC
-            ssrcs, counts = np.unique(sender, return_counts=True)
-            for ssrc, c in zip(ssrcs.tolist(), counts.tolist()):
-                self.rtcp[ssrc] = self.rtcp.get(ssrc, 0) + c
-            self.rtcp_packets += int(rtcp.sum())
+        if rtcp.any():  # rare: each is parsed in Python, with its flow key built as the RTP path builds it
+            for i in np.flatnonzero(rtcp).tolist():
+                v6 = bool(fast6[i])
+                r = r6 if v6 else r4
+                addrs = [int(r[f][i]) for f in (("a1", "a2", "a3", "a4") if v6 else ("addrs",))]
+                flow = struct.pack("!%dQI" % len(addrs), *addrs, int(r["ports"][i]))
+                start = int(o[i]) + hdr_len + l2 + (48 if v6 else 28)
+                end = min(int(o[i]) + hdr_len + int(caplen[i]), start + int(r["ulen"][i]) - 8)
+                self._rtcp_flow(flow, float(ts[i]), frame_base + i + 1, fi, bytes(buf[start:end]))
         for r, rtp, addr_fields, ip_udp in ((r4, fast4 & ~rtcp, ("addrs",), 28),
                                             (r6, fast6 & ~rtcp, ("a1", "a2", "a3", "a4"), 48)):
             ri = np.flatnonzero(rtp)
@@ -304,8 +306,8 @@ class Analyzer:
                         and (et == 0x0800 or not fast[1]):
                     self.frames += 1
                     if RTCP_FIRST <= b1 <= RTCP_LAST:
-                        self.rtcp_packets += 1
-                        self.rtcp[rts] = self.rtcp.get(rts, 0) + 1
+                        at = off + fast[0].size + fast[2] - RTP_HEADER.size
+                        self._rtcp_flow(flow, ts, frame, fi, bytes(buf[at:min(off + caplen, at + ulen - 8)]))
                         continue
                     st = self.by_ssrc.get((flow, ssrc)) or self._stream_for(flow, ssrc, b1, frame, fi)
                     if b1 & 0x7F != st.pt or st.events_only:
@@ -321,10 +323,7 @@ class Analyzer:
         dict lookup; ``by_ssrc`` holds every stream, for flows whose SSRC changes."""
         st = self.by_ssrc.get((flow, ssrc))
         if st is None:
-            n = (len(flow) - 4) // 2
-            fam = socket.AF_INET6 if n == 16 else socket.AF_INET
-            sport, dport = struct.unpack_from("!HH", flow, 2 * n)
-            src, dst = socket.inet_ntop(fam, flow[:n]), socket.inet_ntop(fam, flow[n:2 * n])
+            src, sport, dst, dport = _endpoints(flow)
             codec = self._sdp_codec(src, sport, dst, dport, b1 & 0x7F)
             st = RtpStream(src, sport, dst, dport, ssrc, b1 & 0x7F, frame, fi, codec.clock_rate if codec else 0,
                            codec is not None and codec.name.lower() == "telephone-event")
@@ -350,6 +349,30 @@ class Analyzer:
         if b1 & 0x7F != st.pt or st.events_only:
             self._event(st, b1, rts, ts, frame, buf, start, end)
         return st.pending
+
+    def _rtcp_flow(self, flow: bytes, ts: float, frame: int, fi: int, payload: bytes) -> None:
+        """An RTCP datagram from a hot path, which knows its flow key, not its addresses."""
+        src, sport, dst, dport = _endpoints(flow)
+        self._rtcp(ts, fi, frame, src, sport, dst, dport, payload)
+
+    def _rtcp(self, ts: float, fi: int, frame: int, src: str, sport: int, dst: str, dport: int,
+              payload: bytes) -> None:
+        """An RTCP datagram (``media.rtcp``): folded into the book, or a malformed record that says why."""
+        self.rtcp_packets += 1
+        problem = self.rtcp.add(ts, frame, src, sport, payload, self._srtcp(src, sport, dst, dport))
+        if problem is not None:
+            self.malformed.append(Malformed(frame, fi, ts, fmt_endpoint(src, sport), fmt_endpoint(dst, dport),
+                                            f"RTCP: {problem}"))
+
+    def _srtcp(self, src: str, sport: int, dst: str, dport: int) -> bool:
+        """Whether the SDP in force at either end of an RTCP flow (its RTP port is the same, rtcp-mux, or
+        one lower) says SRTP: then everything past the first 8 bytes is encrypted (RFC 3711)."""
+        book = self.tracker.media_book
+        for ip, port in ((dst, dport), (dst, dport - 1), (src, sport), (src, sport - 1)):
+            offer = book.offer_at(ip, port)
+            if offer is not None:
+                return "SAVP" in offer.proto.upper()
+        return False
 
     @staticmethod
     def _event(st: RtpStream, b1: int, rts: int, ts: float, frame: int, buf, start: int, end: int) -> None:
@@ -426,12 +449,11 @@ class Analyzer:
     def _udp_payload(self, ts: float, file: int, frame: int, frames, src: str, sport: int, dst: str, dport: int,
                      payload: bytes, transport: str) -> None:
         """A UDP (or HEP-carried) payload: RTP, RTCP, a keep-alive, SIP, or something else."""
+        if len(payload) >= 8 and payload[0] & 0xC0 == 0x80 and RTCP_FIRST <= payload[1] <= RTCP_LAST:
+            self._rtcp(ts, file, frame, src, sport, dst, dport, payload)   # (a lone RR or BYE has 8 bytes)
+            return
         if looks_like_rtp(payload):
             b0, b1, seq, rts, ssrc = RTP_HEADER.unpack_from(payload, 0)
-            if RTCP_FIRST <= b1 <= RTCP_LAST:
-                self.rtcp_packets += 1
-                self.rtcp[rts] = self.rtcp.get(rts, 0) + 1
-                return
             flow = pack_ip(src) + pack_ip(dst) + struct.pack("!HH", sport, dport)
             st = self.by_ssrc.get((flow, ssrc)) or self._stream_for(flow, ssrc, b1, frame, file)
             if b1 & 0x7F != st.pt or st.events_only:
@@ -569,6 +591,14 @@ class Analyzer:
         """The analysis at the end of the input: ``close()``, then a ``snapshot()``."""
         self.close()
         return self.snapshot()
+
+
+def _endpoints(flow: bytes) -> Tuple[str, int, str, int]:
+    """A flow key (packed source and destination address, then ports) as (src, sport, dst, dport)."""
+    n = (len(flow) - 4) // 2
+    fam = socket.AF_INET6 if n == 16 else socket.AF_INET
+    sport, dport = struct.unpack_from("!HH", flow, 2 * n)
+    return socket.inet_ntop(fam, flow[:n]), sport, socket.inet_ntop(fam, flow[n:2 * n]), dport
 
 
 _VEC_DTYPES: Dict[tuple, object] = {}

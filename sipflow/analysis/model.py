@@ -257,6 +257,29 @@ def quality_dict(s: StreamRecord) -> Optional[dict]:
             "ie_eff": round(q.ie_eff, 2), "delay_ms": q.delay_ms}
 
 
+def rtcp_dict(s: StreamRecord) -> Optional[dict]:
+    r = s.rtcp
+    if r is None:
+        return None
+    xr = None
+    if r.xr is not None:
+        v = r.xr
+        xr = {"loss_rate": round(v.loss_rate, 4), "discard_rate": round(v.discard_rate, 4),
+              "burst_density": round(v.burst_density, 4), "gap_density": round(v.gap_density, 4),
+              "burst_duration_ms": v.burst_duration_ms, "gap_duration_ms": v.gap_duration_ms,
+              "round_trip_ms": v.round_trip_ms, "end_system_delay_ms": v.end_system_delay_ms,
+              "signal_level": v.signal_level, "noise_level": v.noise_level, "rerl": v.rerl, "gmin": v.gmin,
+              "r_factor": v.r_factor, "ext_r_factor": v.ext_r_factor, "mos_lq": v.mos_lq, "mos_cq": v.mos_cq,
+              "jb_nominal_ms": v.jb_nominal_ms, "jb_max_ms": v.jb_max_ms, "jb_abs_max_ms": v.jb_abs_max_ms}
+    return {"packets": r.packets, "first_frame": r.first_frame, "kinds": dict(r.kinds), "cname": r.cname,
+            "sender_packets": r.sender_packets, "sender_octets": r.sender_octets, "bye_frame": r.bye_frame,
+            "bye_reason": r.bye_reason, "encrypted": r.encrypted, "reports": r.reports,
+            "reporter_ssrc": f"0x{r.reporter_ssrc:08X}" if r.reporter_ssrc is not None else None,
+            "fraction_lost_pct": r.fraction_lost, "fraction_lost_max_pct": r.fraction_lost_max,
+            "cumulative_lost": r.cumulative_lost, "jitter_ms": r.jitter, "jitter_max_ms": r.jitter_max,
+            "rtt_ms": r.rtt, "rtt_min_ms": r.rtt_min, "rtt_max_ms": r.rtt_max, "rtt_samples": r.rtt_n, "xr": xr}
+
+
 def stream_dict(s: StreamRecord) -> dict:
     return {
         "src": fmt_endpoint(s.src, s.sport), "dst": fmt_endpoint(s.dst, s.dport), "ssrc": f"0x{s.ssrc:08X}",
@@ -268,7 +291,7 @@ def stream_dict(s: StreamRecord) -> dict:
         "jitter_max_ms": s.jitter_max, "start": s.first_ts, "end": s.last_ts, "call_id": s.call_id,
         "setup_frame": s.setup_frame, "nat": s.nat, "rtcp_packets": s.rtcp_packets, "first_frame": s.first_frame,
         "file": s.file, "dtmf": [dtmf_dict(d) for d in s.dtmf], "loss_events": s.loss_events,
-        "quality": quality_dict(s), "quality_note": s.quality_note,
+        "quality": quality_dict(s), "quality_note": s.quality_note, "rtcp": rtcp_dict(s),
     }
 
 

@@ -15,6 +15,7 @@ from sipflow.analysis.kinds import Anomaly, CallState, DialogState, Outcome, Reg
     TxState
 from sipflow.analysis.messages import SipEvent
 from sipflow.media.emodel import Rating
+from sipflow.media.rtcp import VoipMetrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +76,33 @@ class DtmfRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class RtcpRecord:
+    """What RTCP said about one stream: its sender's own packets, and what its receiver reported.
+    Loss and jitter are the receiver's figures, beside the capture's own in ``StreamRecord``."""
+    packets: int                        # RTCP packets from the stream's sender (its address and SSRC)
+    first_frame: Optional[int]
+    kinds: Mapping[str, int]            # of those: packets by type (SR, RR, SDES, BYE, XR, ...)
+    cname: Optional[str]
+    sender_packets: Optional[int]       # the last SR's packet count: what the sender says it sent
+    sender_octets: Optional[int]
+    bye_frame: Optional[int]            # an RTCP BYE from the sender (None: none seen)
+    bye_reason: Optional[str]
+    encrypted: bool                     # SRTCP (the SDP says SAVP): headers only, no figures
+    reports: int                        # report blocks about this stream from its receiver
+    reporter_ssrc: Optional[int]
+    fraction_lost: Optional[float]      # percent, the last report (loss since the report before)
+    fraction_lost_max: Optional[float]
+    cumulative_lost: Optional[int]      # the last report
+    jitter: Optional[float]             # ms, the last report, with the stream's clock
+    jitter_max: Optional[float]
+    rtt: Optional[float]                # ms, mean round trip from LSR/DLSR, seen from the capture point
+    rtt_min: Optional[float]
+    rtt_max: Optional[float]
+    rtt_n: int
+    xr: Optional[VoipMetrics]           # the last RFC 3611 VoIP metrics block about this stream
+
+
+@dataclass(frozen=True, slots=True)
 class StreamRecord:
     """One RTP stream (source, destination, SSRC) with its RFC 3550 figures and the call it belongs to."""
     src: str
@@ -114,6 +142,7 @@ class StreamRecord:
     loss_events: int          # gaps in the sequence (bursts of loss)
     quality: Optional[Rating]  # the G.107 E-model rating, every term (None: not rated; quality_note says why)
     quality_note: str
+    rtcp: Optional[RtcpRecord] = None   # None: no RTCP from or about this stream
 
 
 @dataclass(frozen=True, slots=True)

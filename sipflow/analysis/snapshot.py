@@ -14,9 +14,10 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 from sipflow.analysis.dialogs import Anomaly, Call, Registration, Transaction
 from sipflow.analysis.offers import InfoDtmf
 from sipflow.analysis.join import Join, codec_for
-from sipflow.analysis.records import (CallRecord, DialogRecord, DtmfRecord, RegistrationRecord, StreamRecord, Timings,
-                                      TransactionRecord)
+from sipflow.analysis.records import (CallRecord, DialogRecord, DtmfRecord, RegistrationRecord, RtcpRecord,
+                                      StreamRecord, Timings, TransactionRecord)
 from sipflow.media.emodel import judge
+from sipflow.media.rtcp import RtcpBook
 from sipflow.media.stats import CLOCK_ASSUMED, CLOCK_MEASURED, CLOCK_SDP, RtpStream
 from sipflow.net import fmt_endpoint
 from sipflow.sip.dtmf import event_name
@@ -25,7 +26,7 @@ from sipflow.sip.sdp import STATIC_PT
 TELEPHONE_EVENT = "telephone-event"
 
 
-def stream_record(j: Join, rtcp: Dict[int, int]) -> StreamRecord:
+def stream_record(j: Join, book: RtcpBook) -> StreamRecord:
     """A stream's figures, converted to milliseconds with the clock they were computed with. The clock
     is guessed when it was measured or assumed and no SDP confirms it, or when the SDP that set the
     stream up (seen after it started) names another rate than the one the figures used."""
@@ -39,7 +40,10 @@ def stream_record(j: Join, rtcp: Dict[int, int]) -> StreamRecord:
     ms = 1000.0 / rate
     events_only = st.events_only or name.lower() == TELEPHONE_EVENT
     kind = j.offer.kind if j.offer is not None else None
-    quality, note = judge(name, kind, st.expected, st.lost, st.loss_events)
+    control = rtcp_record(j, book, ms)
+    rtt = control.rtt if control is not None else None
+    quality, note = judge(name, kind, st.expected, st.lost, st.loss_events,
+                          rtt / 2.0 if rtt is not None else None)
     return StreamRecord(
         src=st.src, sport=st.sport, dst=st.dst, dport=st.dport, ssrc=st.ssrc, pt=st.pt, codec=name, rate=rate,
         clock_rate_guessed=guessed, clock_source=source, sdp_clock_rate=sdp_rate or None, packets=st.packets,
@@ -51,9 +55,44 @@ def stream_record(j: Join, rtcp: Dict[int, int]) -> StreamRecord:
         first_ts=st.first_ts, last_ts=st.last_ts,
         first_frame=st.first_frame, file=st.file, marker_packets=st.marker_packets,
         other_pts=MappingProxyType(dict(st.other_pts)),
-        rtcp_packets=rtcp.get(st.ssrc, 0), call_id=j.call.call_id if j.call is not None else None, nat=j.nat,
+        rtcp_packets=control.packets if control is not None else 0,
+        call_id=j.call.call_id if j.call is not None else None, nat=j.nat,
         media=kind, loss_events=st.loss_events, quality=quality, quality_note=note,
-        setup_frame=j.offer.frame if j.offer is not None else None, dtmf=stream_dtmf(j))
+        setup_frame=j.offer.frame if j.offer is not None else None, dtmf=stream_dtmf(j), rtcp=control)
+
+
+def rtcp_record(j: Join, book: RtcpBook, ms: float) -> Optional[RtcpRecord]:
+    """What RTCP said about a stream: its sender's log (source address and SSRC) and its receiver's
+    reports (destination address, about that SSRC); ``ms``: milliseconds per RTP timestamp unit. Over
+    SRTP (the SDP says SAVP, or the sender's RTCP could not be read) only the packets are counted."""
+    st = j.stream
+    sent = book.sender_for(st.src, st.sport, st.ssrc)
+    heard = book.reports_for(st.dst, st.dport, st.ssrc)
+    if sent is None and heard is None:
+        return None
+    encrypted = (sent is not None and sent.encrypted) or (j.offer is not None and "SAVP" in j.offer.proto.upper())
+    packets, first, kinds, cname, bye_frame, reason, info = 0, None, {}, None, None, None, None
+    if sent is not None:
+        packets, first, kinds, cname = sent.packets, sent.first_frame, dict(sent.kinds), sent.cname
+        bye_frame, reason = sent.bye_frame, sent.bye_reason
+        info = None if encrypted else sent.last_sender
+    reports, reporter, last, rtt_n, frac_max, jit_max, xr = 0, None, None, 0, None, None, None
+    if heard is not None:
+        reports, reporter = heard.reports, heard.reporter
+        if not encrypted:
+            last, rtt_n, xr = heard.last, heard.rtt_n, heard.voip
+            frac_max, jit_max = heard.max_fraction * 100.0 / 256.0, heard.max_jitter * ms
+    return RtcpRecord(
+        packets=packets, first_frame=first, kinds=MappingProxyType(kinds), cname=cname,
+        sender_packets=info.packets if info is not None else None,
+        sender_octets=info.octets if info is not None else None,
+        bye_frame=bye_frame, bye_reason=reason, encrypted=encrypted, reports=reports, reporter_ssrc=reporter,
+        fraction_lost=last.fraction_lost * 100.0 / 256.0 if last is not None else None,
+        fraction_lost_max=frac_max if last is not None else None,
+        cumulative_lost=last.cumulative_lost if last is not None else None,
+        jitter=last.jitter * ms if last is not None else None, jitter_max=jit_max if last is not None else None,
+        rtt=heard.rtt_sum / rtt_n * 1000.0 if rtt_n else None, rtt_min=heard.rtt_min * 1000.0 if rtt_n else None,
+        rtt_max=heard.rtt_max * 1000.0 if rtt_n else None, rtt_n=rtt_n, xr=xr)
 
 
 def stream_dtmf(j: Join) -> Tuple[DtmfRecord, ...]:
@@ -117,10 +156,10 @@ def registration_record(r: Registration) -> RegistrationRecord:
 
 
 def freeze(calls: Sequence[Call], registrations: Iterable[Registration], joins: Sequence[Join],
-           judged: Sequence[Anomaly], rtcp: Dict[int, int], end: float
+           judged: Sequence[Anomaly], book: RtcpBook, end: float
            ) -> Tuple[List[CallRecord], List[RegistrationRecord], List[StreamRecord]]:
     """Calls, registrations and streams as records (streams in the order of ``joins``)."""
-    streams = [stream_record(j, rtcp) for j in joins]
+    streams = [stream_record(j, book) for j in joins]
     by_call: Dict[int, List[StreamRecord]] = {}
     for j, rec in zip(joins, streams):
         if j.call is not None:

@@ -109,11 +109,11 @@ def burst_ratio(lost: int, expected: int, loss_events: int) -> float:
     return max(1.0, (lost / loss_events) * (1.0 - p))
 
 
-def judge(codec: Optional[str], kind: Optional[str], expected: int, lost: int, loss_events: int
-          ) -> Tuple[Optional[Rating], str]:
+def judge(codec: Optional[str], kind: Optional[str], expected: int, lost: int, loss_events: int,
+          delay_ms: Optional[float] = None) -> Tuple[Optional[Rating], str]:
     """A stream's rating from what a capture shows (loss, its bursts, the codec), or None, and a note
-    that says what was left out or why there is no rating. Delay is not counted: a capture shows it
-    only through RTCP round trips."""
+    that says what was left out or why there is no rating. ``delay_ms``: the one-way network delay,
+    which a capture shows only through RTCP round trips (half of one); None: delay not counted."""
     name = (codec or "").upper()
     if kind == "video":
         return None, "video: the E-model rates speech only"
@@ -128,5 +128,7 @@ def judge(codec: Optional[str], kind: Optional[str], expected: int, lost: int, l
         return None, f"{expected} packets: too few to judge (fewer than {MIN_PACKETS})"
     ie, bpl, source = values
     ppl = 100.0 * max(lost, 0) / expected
-    return (rate(ie, bpl, ppl, burst_ratio(lost, expected, loss_events)),
-            f"Ie {ie:g}, Bpl {bpl:g} ({source}); network loss only, no jitter buffer simulated; delay not counted")
+    delay = (f"delay {delay_ms:.1f} ms (half the RTCP round trip; network only)" if delay_ms is not None
+             else "delay not counted (no RTCP round trip)")
+    return (rate(ie, bpl, ppl, burst_ratio(lost, expected, loss_events), delay_ms),
+            f"Ie {ie:g}, Bpl {bpl:g} ({source}); network loss only, no jitter buffer simulated; {delay}")

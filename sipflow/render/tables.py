@@ -305,9 +305,9 @@ def streams_text(a: Analysis, width: int = 80) -> str:
                           "Call"], rows, width, flexible={9: 5}, right=(4, 5, 6, 7, 8), gap=1)
     notes = ["Jit ms: mean/max of the RFC 3550 jitter. MaxΔ: largest gap between packets, ms. Call: its "
              "Call-ID (a wider --width or --format csv shows the whole of it).",
-             "MOS: ITU-T G.107 E-model from the codec and the loss and its bursts; delay not counted "
-             "(--format json shows every term). -: not rated (video, DTMF, wideband or unknown codec, "
-             f"under {MIN_PACKETS} packets)."]
+             "MOS: ITU-T G.107 E-model from the codec and the loss and its bursts, with half the RTCP round "
+             "trip as delay where RTCP measured one (--format json shows every term). -: not rated (video, "
+             f"DTMF, wideband or unknown codec, under {MIN_PACKETS} packets)."]
     notes += _clock_notes(a.streams)
     if any(s.jitter_mean is None for s in a.streams):
         notes.append("Jit -: a stream of DTMF events (RFC 4733): its packets share timestamps, jitter means "
@@ -315,6 +315,10 @@ def streams_text(a: Analysis, width: int = 80) -> str:
     dtmf = dtmf_lines(a.streams, width)
     if dtmf:
         notes += ["", "DTMF (RFC 4733 events in the streams above):"] + dtmf
+    control = rtcp_lines(a.streams, width)
+    if control:
+        notes += ["", "RTCP (what each stream's receiver reported; RTT from LSR/DLSR, seen from the capture "
+                  "point):"] + control
     if any(s.nat for s in a.streams):
         notes.append("(NAT): joined to its call although its address differs from the SDP.")
     wrapped = [line for note in notes
@@ -337,6 +341,42 @@ def dtmf_lines(streams, width: int = 80) -> List[str]:
     return lines
 
 
+def rtcp_lines(streams, width: int = 80) -> List[str]:
+    """One entry per stream with RTCP: the receiver's view of loss and jitter, the round trip, and what
+    the sender said of itself."""
+    lines = []
+    for s in streams:
+        r = s.rtcp
+        if r is None:
+            continue
+        parts = []
+        if r.encrypted:
+            parts.append(f"{r.packets} SRTCP packets (encrypted: no figures)")
+        elif r.reports:
+            parts.append(f"{r.reports} report{'s' if r.reports != 1 else ''}: lost {r.fraction_lost:.1f}% "
+                         f"(max {r.fraction_lost_max:.1f}%, cumulative {r.cumulative_lost}), jitter "
+                         f"{r.jitter:.1f} ms (max {r.jitter_max:.1f})")
+            if r.rtt is not None:
+                parts.append(f"RTT {r.rtt:.1f} ms (min {r.rtt_min:.1f}, max {r.rtt_max:.1f}, {r.rtt_n} samples)")
+        else:
+            parts.append("no receiver report")
+        if r.xr is not None:
+            x = r.xr
+            parts.append(f"XR: loss {x.loss_rate * 100:.1f}%, discarded {x.discard_rate * 100:.1f}%"
+                         + (f", MOS-CQ {x.mos_cq:.1f}" if x.mos_cq is not None else "")
+                         + (f", R {x.r_factor}" if x.r_factor is not None else ""))
+        if r.sender_packets is not None:
+            parts.append(f"sender says {r.sender_packets} packets sent")
+        if r.cname:
+            parts.append(f"CNAME {printable(r.cname)}")
+        if r.bye_frame is not None:
+            parts.append(f"BYE in frame {r.bye_frame}" + (f" ({printable(r.bye_reason)})" if r.bye_reason else ""))
+        lines += textwrap.wrap(f"{fmt_endpoint(s.src, s.sport)} -> {fmt_endpoint(s.dst, s.dport)}: "
+                               + "; ".join(parts), width, initial_indent="  ", subsequent_indent="    ",
+                               break_on_hyphens=False)
+    return lines
+
+
 def _clock_notes(streams) -> List[str]:
     """Why a codec carries a "?": how the clock its jitter used was found, one line per reason."""
     notes = []
@@ -356,7 +396,8 @@ def _clock_notes(streams) -> List[str]:
 STREAM_CSV_FIELDS = ["src", "dst", "ssrc", "payload_type", "codec", "media", "clock_rate", "clock_source",
                      "packets", "expected", "lost",
                      "duplicates", "out_of_order", "seq_wraps", "max_delta_ms", "jitter_mean_ms", "jitter_max_ms",
-                     "start", "end", "call_id", "setup_frame", "nat", "rtcp_packets", "first_frame"]
+                     "start", "end", "call_id", "setup_frame", "nat", "rtcp_packets", "first_frame",
+                     "rtcp_fraction_lost_pct", "rtcp_cumulative_lost", "rtcp_jitter_ms", "rtcp_rtt_ms", "mos"]
 
 
 def streams_csv(a: Analysis) -> str:
@@ -364,7 +405,12 @@ def streams_csv(a: Analysis) -> str:
     w = csv.DictWriter(out, fieldnames=STREAM_CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for s in a.streams:
-        w.writerow(_csv_row(stream_dict(s)))
+        d = stream_dict(s)
+        r = d["rtcp"] or {}
+        d.update(rtcp_fraction_lost_pct=r.get("fraction_lost_pct"), rtcp_cumulative_lost=r.get("cumulative_lost"),
+                 rtcp_jitter_ms=r.get("jitter_ms"), rtcp_rtt_ms=r.get("rtt_ms"),
+                 mos=round(s.quality.mos, 2) if s.quality is not None else None)
+        w.writerow(_csv_row(d))
     return out.getvalue()
 
 
