@@ -288,11 +288,12 @@ def test_an_unannounced_video_stream_is_kept_with_its_measured_clock(tmp_path):
         assert s.jitter_max == pytest.approx(with_sdp[s.ssrc].jitter_max)
 
 
-def sip_msg(first, call_id, cseq, from_tag, to_tag, via_branch, sdp_port=None, src="192.0.2.1"):
+def sip_msg(first, call_id, cseq, from_tag, to_tag, via_branch, sdp_port=None, src="192.0.2.1",
+            direction="sendrecv"):
     sdp = ""
     if sdp_port:
         sdp = (f"v=0\r\no=- 1 {cseq} IN IP4 {src}\r\ns=-\r\nc=IN IP4 {src}\r\nt=0 0\r\n"
-               f"m=audio {sdp_port} RTP/AVP 0\r\na=sendrecv\r\n")
+               f"m=audio {sdp_port} RTP/AVP 0\r\na={direction}\r\n")
     method = first.split()[0] if not first.startswith("SIP/") else "INVITE"
     lines = [first, f"Via: SIP/2.0/UDP 192.0.2.1:5060;branch={via_branch}", f"From: <sip:a@x>;tag={from_tag}",
              "To: <sip:b@y>" + (f";tag={to_tag}" if to_tag else ""), f"Call-ID: {call_id}", f"CSeq: {cseq} {method}",
@@ -326,6 +327,55 @@ def test_a_short_stream_after_a_late_reinvite_is_found_and_joined():
     a = an.result()
     (s,) = a.streams
     assert (s.packets, s.dport, s.call_id, s.codec, s.setup_frame) == (6, 4100, "late@x", "PCMU", 4)
+
+
+def test_a_pause_is_an_outage_unless_a_hold_explains_it():
+    """Two calls, each with a 2 s pause in the caller's audio that ends without a marker bit: in one
+    the call is up (a MEDIA_GAP), in the other a re-INVITE put it on hold first (no judgment). A
+    pause that ends with a talkspurt (marker) is silence suppression, not an outage."""
+    an = Analyzer()
+    a_ip, b_ip = "192.0.2.1", "192.0.2.2"
+    frame = [0]
+
+    def send(t, s, d, sport, dport, data):
+        frame[0] += 1
+        an.feed(t, 0, frame[0], 1, eth_ip(ipv4(s, d, 17, udp(s, d, sport, dport, data))))
+
+    def call(call_id, t0, port, hold):
+        def sip(t, data, forward=True):
+            send(t, *((a_ip, b_ip) if forward else (b_ip, a_ip)), 5060, 5060, data)
+        sip(t0, sip_msg("INVITE sip:b@y SIP/2.0", call_id, 1, "f", None, "z9hG4bK1" + call_id, port))
+        sip(t0 + 0.1, sip_msg("SIP/2.0 200 OK", call_id, 1, "f", "t", "z9hG4bK1" + call_id, port + 1000, src=b_ip),
+            False)
+        sip(t0 + 0.2, sip_msg("ACK sip:b@y SIP/2.0", call_id, 1, "f", "t", "z9hG4bK2" + call_id))
+        t, seq = t0 + 0.3, 0
+        for i in range(200):
+            if i == 60:
+                if hold:
+                    sip(t, sip_msg("INVITE sip:b@y SIP/2.0", call_id, 2, "f", "t", "z9hG4bK3" + call_id, port,
+                                   direction="sendonly"))
+                    sip(t + 0.05, sip_msg("SIP/2.0 200 OK", call_id, 2, "f", "t", "z9hG4bK3" + call_id, port + 1000,
+                                          src=b_ip, direction="recvonly"), False)
+                    sip(t + 1.9, sip_msg("INVITE sip:b@y SIP/2.0", call_id, 3, "f", "t", "z9hG4bK4" + call_id, port))
+                    sip(t + 1.95, sip_msg("SIP/2.0 200 OK", call_id, 3, "f", "t", "z9hG4bK4" + call_id, port + 1000,
+                                          src=b_ip), False)
+                t += 2.0
+            marker = 0x80 if i == 150 else 0
+            if i == 150:
+                t += 3.0    # silence suppression: the talkspurt after it starts with the marker bit
+            send(t, a_ip, b_ip, port, port + 1000,
+                 struct.pack("!BBHII", 0x80, marker, seq, 160 * seq, 0x600D + port) + b"\xff" * 160)
+            t, seq = t + 0.02, seq + 1
+
+    call("up@x", 0.0, 4000, hold=False)
+    call("held@x", 100.0, 4100, hold=True)
+    a = an.result()
+    streams = {s.call_id: s for s in a.streams}
+    (gap,) = streams["up@x"].media_gaps
+    assert gap[1] - gap[0] == pytest.approx(2.02, abs=0.001)
+    assert streams["held@x"].media_gaps == ()
+    found = [x for x in a.anomalies if x.kind.value == "media_gap"]
+    assert [x.call_id for x in found] == ["up@x"] and "for 2.0 s while the call was up" in found[0].detail
 
 
 # -- the E-model ------------------------------------------------------------------------------------

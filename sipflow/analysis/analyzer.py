@@ -24,7 +24,7 @@ from sipflow.capture import files as _capture
 from sipflow.analysis.model import Analysis, Filter, Malformed
 from sipflow.analysis.dialogs import Tracker
 from sipflow.analysis.options import AnalyzerOptions
-from sipflow.analysis.join import join_streams, one_way
+from sipflow.analysis.join import gap_anomalies, join_streams, media_gaps, one_way
 from sipflow.analysis.messages import RawStore, SipEvent
 from sipflow.analysis.snapshot import freeze, streams_end
 from sipflow.errors import ParseError
@@ -550,9 +550,10 @@ class Analyzer:
         calls = sorted(self.tracker.calls.values(), key=lambda c: c.start)
         judged = self.tracker.end_judgments(end)
         joins = join_streams(calls, self.by_ssrc.values())
-        judged = judged + one_way(calls, joins)
+        gaps = media_gaps(joins)
+        judged = judged + one_way(calls, joins) + gap_anomalies(joins, gaps)
         call_records, registrations, streams = freeze(calls, self.tracker.registrations.values(), joins, judged,
-                                                      self.rtcp, end)
+                                                      self.rtcp, end, gaps)
         files = [{"path": f.name, "format": f.format, "frames": f.frames, "truncated": f.truncated,
                   "linktypes": list(f.linktypes)} for f in self.files]
         warnings = [f.warning for f in self.files if f.warning]

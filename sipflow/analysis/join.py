@@ -26,12 +26,13 @@ from sipflow.analysis.offers import MediaOffer
 from sipflow.analysis.kinds import Anomaly, AnomalyKind
 from sipflow.net import fmt_endpoint
 from sipflow.media.rtp import NOT_RTP_PORTS
-from sipflow.media.stats import RtpStream
+from sipflow.media.stats import OUTAGE, RtpStream
 from sipflow.sip.sdp import Codec
 
 MIN_HEURISTIC_PACKETS = 10   # an RTP-looking flow nobody announced must have this many packets to be listed
 LEAD = 1.0                   # seconds a stream may start before the SDP that announced it is seen
 MAX_DRIFT = 0.2              # an unannounced flow's RTP timestamps must keep within 20 % of its arrival clock
+HOLD_SLACK = 1.0             # seconds around a hold during which a pause is taken as the hold's
 
 
 @dataclass(frozen=True)
@@ -168,4 +169,51 @@ def one_way(calls: Sequence[Call], joins: Sequence[Join]) -> List[Anomaly]:
             if elsewhere:
                 detail += "; RTP went to " + ", ".join(fmt_endpoint(*k) for k in elsewhere) + " instead (NAT?)"
             out.append(Anomaly(AnomalyKind.ONE_WAY_MEDIA, o.frame, call.call_id, detail, o.file))
+    return out
+
+
+def hold_spans(call: Call) -> List[Tuple[float, float]]:
+    """When the call was on hold (every audio SDP sendonly, recvonly, inactive or c=0.0.0.0): from the
+    SDP that put it on hold to the one that took it off (or the end of the capture), widened by
+    ``HOLD_SLACK`` on each side (media stops and resumes around the signalling, not at its instant)."""
+    spans, start = [], None
+    for ts, _frame, what in call.holds:
+        if what == "hold" and start is None:
+            start = ts
+        elif what == "unhold" and start is not None:
+            spans.append((start - HOLD_SLACK, ts + HOLD_SLACK))
+            start = None
+    if start is not None:
+        spans.append((start - HOLD_SLACK, float("inf")))
+    return spans
+
+
+def media_gaps(joins: Sequence[Join]) -> Dict[int, List[Tuple[float, float]]]:
+    """Per joined audio stream (by ``id`` of its RtpStream), its pauses of ``OUTAGE`` seconds or more
+    that no hold explains and that did not end with a talkspurt (marker bit, silence suppression)."""
+    out: Dict[int, List[Tuple[float, float]]] = {}
+    for j in joins:
+        st = j.stream
+        if j.call is None or not st.outages or (j.offer is not None and j.offer.kind != "audio"):
+            continue
+        spans = hold_spans(j.call)
+        gaps = [(a, b) for a, b in st.outages if not any(lo <= b and a <= hi for lo, hi in spans)]
+        if gaps:
+            out[id(st)] = gaps
+    return out
+
+
+def gap_anomalies(joins: Sequence[Join], gaps: Dict[int, List[Tuple[float, float]]]) -> List[Anomaly]:
+    """One ``MEDIA_GAP`` per stream that paused while its call was up and not on hold."""
+    out = []
+    for j in joins:
+        found = gaps.get(id(j.stream))
+        if not found:
+            continue
+        st = j.stream
+        longest = max(b - a for a, b in found)
+        detail = (f"no RTP from {fmt_endpoint(st.src, st.sport)} to {fmt_endpoint(st.dst, st.dport)} for "
+                  f"{longest:.1f} s" + (f" ({len(found)} pauses of {OUTAGE:g} s or more)" if len(found) > 1 else "")
+                  + " while the call was up and not on hold")
+        out.append(Anomaly(AnomalyKind.MEDIA_GAP, st.first_frame, j.call.call_id, detail, st.file))
     return out

@@ -25,6 +25,7 @@ class AnomalyKind(str, enum.Enum):
     UNEXPECTED_IN_CALL = "unexpected_in_call"                 # the call table has no such step
     AGED_OUT = "aged_out"        # a call or transaction that never ended, forgotten after idle_timeout
     ONE_WAY_MEDIA = "one_way_media"   # RTP reached one announced audio address of a call, not another
+    MEDIA_GAP = "media_gap"           # an audio stream stopped for a while, the call up and not on hold
 
     def __str__(self) -> str:
         return self.value

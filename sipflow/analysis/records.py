@@ -143,6 +143,8 @@ class StreamRecord:
     quality: Optional[Rating]  # the G.107 E-model rating, every term (None: not rated; quality_note says why)
     quality_note: str
     rtcp: Optional[RtcpRecord] = None   # None: no RTCP from or about this stream
+    media_gaps: Tuple[Tuple[float, float], ...] = ()   # (start, end) of pauses of 1 s or more that no hold
+    #                                                    explains (audio streams of a call only)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ from sipflow.sip.sdp import STATIC_PT
 TELEPHONE_EVENT = "telephone-event"
 
 
-def stream_record(j: Join, book: RtcpBook) -> StreamRecord:
+def stream_record(j: Join, book: RtcpBook, gaps: Sequence[Tuple[float, float]] = ()) -> StreamRecord:
     """A stream's figures, converted to milliseconds with the clock they were computed with. The clock
     is guessed when it was measured or assumed and no SDP confirms it, or when the SDP that set the
     stream up (seen after it started) names another rate than the one the figures used."""
@@ -58,7 +58,8 @@ def stream_record(j: Join, book: RtcpBook) -> StreamRecord:
         rtcp_packets=control.packets if control is not None else 0,
         call_id=j.call.call_id if j.call is not None else None, nat=j.nat,
         media=kind, loss_events=st.loss_events, quality=quality, quality_note=note,
-        setup_frame=j.offer.frame if j.offer is not None else None, dtmf=stream_dtmf(j), rtcp=control)
+        setup_frame=j.offer.frame if j.offer is not None else None, dtmf=stream_dtmf(j), rtcp=control,
+        media_gaps=tuple(gaps))
 
 
 def rtcp_record(j: Join, book: RtcpBook, ms: float) -> Optional[RtcpRecord]:
@@ -156,10 +157,11 @@ def registration_record(r: Registration) -> RegistrationRecord:
 
 
 def freeze(calls: Sequence[Call], registrations: Iterable[Registration], joins: Sequence[Join],
-           judged: Sequence[Anomaly], book: RtcpBook, end: float
+           judged: Sequence[Anomaly], book: RtcpBook, end: float,
+           gaps: Optional[Dict[int, List[Tuple[float, float]]]] = None
            ) -> Tuple[List[CallRecord], List[RegistrationRecord], List[StreamRecord]]:
     """Calls, registrations and streams as records (streams in the order of ``joins``)."""
-    streams = [stream_record(j, book) for j in joins]
+    streams = [stream_record(j, book, (gaps or {}).get(id(j.stream), ())) for j in joins]
     by_call: Dict[int, List[StreamRecord]] = {}
     for j, rec in zip(joins, streams):
         if j.call is not None:

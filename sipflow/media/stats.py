@@ -27,8 +27,11 @@ BATCH = 4 * 64                 # pending values (64 packets) before statistics a
 MAX_MISORDER = 100             # a packet this far behind the highest sequence number is late, not a restart
 CLOCK_PROBE = 25               # packets a stream with an unknown clock waits for before its figures start
 MIN_PROBE_SPAN = 0.2           # seconds of arrival time a clock measurement needs
+PROBE_PAUSE = 0.25             # a longer gap between two packets is a pause, left out of the measurement
 USUAL_CLOCKS = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, 90000)
 CLOCK_TOLERANCE = 0.2          # a measured rate more than 20 % off every usual one is not trusted
+OUTAGE = 1.0                   # seconds without any packet of a stream, not ended by a talkspurt: kept
+MAX_OUTAGES = 16               # outages kept per stream (the rest are counted)
 
 def pending_key(ssrc: int, pt: int) -> int:
     """The head of a stream's pending list: its SSRC and main payload type in one int."""
@@ -41,27 +44,30 @@ CLOCK_SDP, CLOCK_STATIC, CLOCK_MEASURED, CLOCK_ASSUMED = "sdp", "payload type", 
 
 def measure_clock(values) -> int:
     """The clock rate a run of packets shows, as flat (sequence, RTP timestamp, arrival, PT byte)
-    values: the RTP timestamp's advance over the arrival time between the first and the last packet
-    of the most frequent payload type, taken to the nearest usual rate. 0 when it cannot tell (too
-    little time, or a rate far from every usual one)."""
+    values: the RTP timestamp's advance over the arrival time, summed over consecutive packets of the
+    most frequent payload type, taken to the nearest usual rate. Pairs more than ``PROBE_PAUSE`` apart
+    (a pause, across which some senders advance the timestamp and some do not) and pairs whose
+    timestamp goes back are left out. 0 when it cannot tell (too little time, or a rate far from every
+    usual one)."""
     counts: dict = {}
     for b in values[3::4]:
         counts[b & 0x7F] = counts.get(b & 0x7F, 0) + 1
     pt = max(counts, key=counts.get)
-    first_ts = first_arr = None
-    last_ts = last_arr = None
+    advance = span = 0.0
+    prev_ts = prev_arr = None
     for i in range(0, len(values) - 3, 4):
         if values[i + 3] & 0x7F != pt:
             continue
-        if first_ts is None:
-            first_ts, first_arr = values[i + 1], values[i + 2]
-        last_ts, last_arr = values[i + 1], values[i + 2]
-    if first_arr is None or last_arr - first_arr < MIN_PROBE_SPAN:
+        ts, arr = values[i + 1], values[i + 2]
+        if prev_ts is not None:
+            step, dt = (ts - prev_ts) & 0xFFFFFFFF, arr - prev_arr
+            if step < 0x80000000 and 0.0 <= dt <= PROBE_PAUSE:
+                advance += step
+                span += dt
+        prev_ts, prev_arr = ts, arr
+    if span < MIN_PROBE_SPAN:
         return 0
-    advance = (last_ts - first_ts) & 0xFFFFFFFF
-    if advance >= 0x80000000:       # went backwards: not a clock
-        return 0
-    rate = advance / (last_arr - first_arr)
+    rate = advance / span
     best = min(USUAL_CLOCKS, key=lambda c: abs(rate / c - 1.0))
     return best if abs(rate / best - 1.0) <= CLOCK_TOLERANCE else 0
 
@@ -78,7 +84,8 @@ class RtpStream:
                  "packets", "base_seq", "expect", "cycles", "duplicates", "out_of_order", "loss_events",
                  "first_ts", "last_ts", "last_arrival", "first_transit", "last_transit",
                  "jitter_ts", "jmax_ts", "jsum_ts", "jitter_n", "max_delta", "first_frame", "other_pts",
-                 "marker_packets", "file", "events_only", "events", "pending")
+                 "marker_packets", "file", "events_only", "events", "pending", "last_any", "outages",
+                 "outages_more")
 
     def __init__(self, src: str, sport: int, dst: str, dport: int, ssrc: int, pt: int, frame: int,
                  file: int = 0, clock_rate: int = 0, events_only: bool = False) -> None:
@@ -108,6 +115,9 @@ class RtpStream:
         self.jsum_ts = 0.0
         self.jitter_n = 0
         self.max_delta = 0.0       # largest arrival gap between consecutive packets, seconds
+        self.last_any = 0.0        # arrival of the last packet of any payload type
+        self.outages: list = []    # (start, end) arrival of gaps of OUTAGE or more not ended by a marker
+        self.outages_more = 0      # outages beyond MAX_OUTAGES
         self.first_frame = frame
         self.other_pts = {}        # payload type -> packets, for packets not of the main type (DTMF, CN)
         self.marker_packets = 0
@@ -151,7 +161,7 @@ class RtpStream:
         if before == 0 and self.clock_source == CLOCK_ASSUMED:
             if wait and len(p) < 1 + 4 * CLOCK_PROBE:
                 return
-            measured = measure_clock(p[1:])
+            measured = measure_clock(p[1:1 + 4 * CLOCK_PROBE])   # the same packets however they were batched
             if measured:
                 self.rate, self.clock_source = measured, CLOCK_MEASURED
         it = iter(p)
@@ -161,7 +171,7 @@ class RtpStream:
             seq, rtp_ts, arrival, pt_byte = next(it), next(it), next(it), next(it)
             self.base_seq = seq
             self.expect = seq + 1
-            self.first_ts = self.last_arrival = self.last_ts = arrival
+            self.first_ts = self.last_arrival = self.last_ts = self.last_any = arrival
             self.first_transit = self.last_transit = arrival * rate - rtp_ts
             self.pt = pt_byte & 0x7F
         expect, cycles, dup, ooo = self.expect, self.cycles, self.duplicates, self.out_of_order
@@ -171,6 +181,7 @@ class RtpStream:
         last_arrival, last_transit = self.last_arrival, self.last_transit
         jitter, jmax, jsum, jn = self.jitter_ts, self.jmax_ts, self.jsum_ts, self.jitter_n
         max_delta, markers = self.max_delta, self.marker_packets
+        last_any = self.last_any
         arrival = self.last_ts
         for seq, rtp_ts, arrival, pt_byte in zip(it, it, it, it):
             # Sequence accounting (RFC 3550 A.1, as an observer: never resets, counts instead).
@@ -205,6 +216,8 @@ class RtpStream:
                     jmax = jitter
                 if arrival - last_arrival > max_delta:
                     max_delta = arrival - last_arrival
+                if arrival - last_any >= OUTAGE:
+                    self.outage(last_any, arrival)
             elif pt_byte == marked_pt:
                 # A talkspurt starts: as Wireshark does, the estimate runs on but the figures skip it.
                 markers += 1
@@ -218,8 +231,9 @@ class RtpStream:
                 # DTMF events and comfort noise keep their own timestamps: leave them out of jitter.
                 pt = pt_byte & 0x7F
                 self.other_pts[pt] = self.other_pts.get(pt, 0) + 1
+                last_any = arrival
                 continue
-            last_arrival = arrival
+            last_arrival = last_any = arrival
             last_transit = transit
         self.packets = before + (len(p) >> 2)  # len is 1 + 4 per packet
         self.expect, self.cycles, self.duplicates, self.out_of_order = expect, cycles, dup, ooo
@@ -227,7 +241,15 @@ class RtpStream:
         self.last_arrival, self.last_transit, self.last_ts = last_arrival, last_transit, arrival
         self.jitter_ts, self.jmax_ts, self.jsum_ts, self.jitter_n = jitter, jmax, jsum, jn
         self.max_delta, self.marker_packets = max_delta, markers
+        self.last_any = last_any
         del p[1:]
+
+    def outage(self, start: float, end: float) -> None:
+        """A gap of ``OUTAGE`` or more between two packets, the second not starting a talkspurt."""
+        if len(self.outages) < MAX_OUTAGES:
+            self.outages.append((start, end))
+        else:
+            self.outages_more += 1
 
     # -- derived figures --------------------------------------------------------------------------------
 

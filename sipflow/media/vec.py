@@ -18,7 +18,7 @@ from typing import List
 
 import numpy as np
 
-from sipflow.media.stats import MAX_DROPOUT, RtpStream
+from sipflow.media.stats import MAX_DROPOUT, OUTAGE, RtpStream
 
 ROUND = 2048
 _A = 15.0 / 16.0
@@ -69,7 +69,7 @@ def fold(streams: List[RtpStream], starts: np.ndarray, seq: np.ndarray, rts: np.
             a = float(arrival[i])
             st.base_seq = int(seq[i])
             st.expect = st.base_seq + 1
-            st.first_ts = st.last_arrival = st.last_ts = a
+            st.first_ts = st.last_arrival = st.last_ts = st.last_any = a
             st.first_transit = st.last_transit = a * st.rate - float(rts[i])
             st.pt = int(b1[i]) & 0x7F
             st.packets = 1
@@ -136,6 +136,11 @@ def fold(streams: List[RtpStream], starts: np.ndarray, seq: np.ndarray, rts: np.
     prev_a[1:] = R[:-1]
     prev_a[gstart] = [st.last_arrival for st in streams]
     gap = R - prev_a
+    # Outages: measured from the last packet of any type (clean groups hold only the main type, so
+    # that is the previous packet, or the stream's ``last_any`` for the first one).
+    prev_a[gstart] = [st.last_any for st in streams]
+    for i in np.flatnonzero((R - prev_a >= OUTAGE) & ~marker).tolist():
+        streams[int(g_of[i])].outage(float(prev_a[i]), float(R[i]))
     wraps = np.add.reduceat((S < prev).astype(np.int64), gstart)
     gaps = np.add.reduceat((delta > 1).astype(np.int64), gstart)
     # The jitter filter, in rounds of ROUND packets per group.
@@ -163,7 +168,7 @@ def fold(streams: List[RtpStream], starts: np.ndarray, seq: np.ndarray, rts: np.
         st.expect = int(S[li]) + 1
         st.cycles += 65536 * int(wraps[g])
         st.loss_events += int(gaps[g])
-        st.last_arrival = st.last_ts = float(R[li])
+        st.last_arrival = st.last_ts = st.last_any = float(R[li])
         st.last_transit = float(transit[li])
         st.jitter_ts = float(J[li])
         st.jsum_ts += float(jsum[g])

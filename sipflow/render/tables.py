@@ -315,6 +315,12 @@ def streams_text(a: Analysis, width: int = 80) -> str:
     dtmf = dtmf_lines(a.streams, width)
     if dtmf:
         notes += ["", "DTMF (RFC 4733 events in the streams above):"] + dtmf
+    paused = [line for s in a.streams if s.media_gaps
+              for line in textwrap.wrap(f"{fmt_endpoint(s.src, s.sport)} -> {fmt_endpoint(s.dst, s.dport)}: "
+                                        + ", ".join(f"{b - t:.1f} s from {fmt_time(t)}" for t, b in s.media_gaps),
+                                        width, initial_indent="  ", subsequent_indent="    ")]
+    if paused:
+        notes += ["", "Pauses (audio stopped 1 s or more while its call was up and not on hold):"] + paused
     control = rtcp_lines(a.streams, width)
     if control:
         notes += ["", "RTCP (what each stream's receiver reported; RTT from LSR/DLSR, seen from the capture "
