@@ -613,6 +613,35 @@ def _rtp_streams(path, extra_args):
     return streams
 
 
+def rtp_taken_as_t38(path, extra_args=()):
+    """{(src, dst): packets} of UDP packets tshark decodes as T.38 whose payload has an RTP version 2
+    header (first byte 0x80) with a payload type below 64: RTP that tshark took for T.38 because a
+    re-INVITE *offered* T.38 on its port, although the offer was refused (tshark sets the T.38
+    conversation up from the offer and does not undo it on a 488). UDPTL's first byte is the high
+    byte of its sequence number, 0x80 only after 32 768 packets."""
+    extra_args = tuple(extra_args)
+    return _cached("t38rtp", path, extra_args, lambda: _rtp_taken_as_t38(path, extra_args))
+
+
+def _rtp_taken_as_t38(path, extra_args):
+    args = ["-r", str(path), *BASE_OPTIONS, *extra_args, "-Y", "t38", "-T", "fields", "-E", "separator=/t",
+            "-e", "ip.src", "-e", "ipv6.src", "-e", "udp.srcport", "-e", "ip.dst", "-e", "ipv6.dst", "-e", "udp.dstport",
+            "-e", "udp.payload"]
+    counts = {}
+    for line in _run(args).splitlines():
+        cols = line.split("\t")
+        if len(cols) < 7 or len(cols[6]) < 4:
+            continue
+        payload = bytes.fromhex(cols[6].replace(":", ""))
+        if payload[0] != 0x80 or payload[1] & 0x7F >= 64:
+            continue
+        family = "ipv6" if cols[1] else "ip"
+        src = _fmt_addr(cols[0] or cols[1], int(cols[2]), family)
+        dst = _fmt_addr(cols[3] or cols[4], int(cols[5]), family)
+        counts[(src, dst)] = counts.get((src, dst), 0) + 1
+    return counts
+
+
 # --------------------------------------------------------------------------- SOURCES.md
 
 def parse_sources_md(path):

@@ -24,7 +24,7 @@ from sipflow.capture import files as _capture
 from sipflow.analysis.model import Analysis, Filter, Malformed
 from sipflow.analysis.dialogs import Tracker
 from sipflow.analysis.options import AnalyzerOptions
-from sipflow.analysis.join import gap_anomalies, join_streams, media_gaps, one_way
+from sipflow.analysis.join import gap_anomalies, join_faxes, join_streams, media_gaps, one_way
 from sipflow.analysis.messages import RawStore, SipEvent
 from sipflow.analysis.snapshot import freeze, streams_end
 from sipflow.errors import ParseError
@@ -34,6 +34,7 @@ from sipflow.net.addr import pack_ip
 from sipflow.net.link import LINK_TYPES, LinkType
 from sipflow.media.events import rtp_payload
 from sipflow.media.rtcp import RtcpBook
+from sipflow.media.udptl import FaxFlow
 from sipflow.media.stats import RtpStream
 from sipflow.sip.framing import StreamFramer
 from sipflow.sip.message import DAMAGE, looks_like_sip
@@ -69,6 +70,7 @@ _SHARED_FIELDS = ("method", "call_id", "cseq_method", "branch", "from_tag", "to_
 # UDP ports the general decoder reads as encapsulation (VXLAN, HEP), never on the hot path.
 _ENCAPSULATION_PORTS = frozenset((4789, 9060))
 OTHERS_PER_CALL = 8   # keep_calls: records of messages outside calls kept per call kept
+MAX_FAX_FLOWS = 4096  # T.38 flows kept (beyond: their packets count as undecoded)
 
 
 @contextlib.contextmanager
@@ -101,6 +103,8 @@ class Analyzer:
         self.by_ssrc: Dict[tuple, RtpStream] = {}       # (flow key, SSRC) -> stream
         self.vec_streams: Dict[tuple, RtpStream] = {}   # NumPy path: (addresses, ports+SSRC) as ints -> stream
         self.rtcp = RtcpBook()                          # what RTCP said (media.rtcp)
+        self.faxes: Dict[tuple, FaxFlow] = {}           # (src, sport, dst, dport) -> T.38 over UDPTL
+        self.udptl_packets = 0
         self.framers: Dict[tuple, StreamFramer] = {}
         self.events: List[SipEvent] = []
         self._ports: Dict[int, int] = {}      # one int object per port or CSeq number (records share them)
@@ -465,8 +469,24 @@ class Analyzer:
             return
         if looks_like_sip(payload):
             self.sip_message(ts, file, frame, frames, src, sport, dst, dport, transport, payload, True)
+            return
+        offer = self.tracker.media_book.offer_at(dst, dport)
+        if offer is not None and offer.proto.lower() == "udptl":   # T.38 fax: the SDP says so, not the bytes
+            self._fax(ts, file, frame, src, sport, dst, dport, payload)
         else:
             self.undecoded += 1
+
+    def _fax(self, ts: float, file: int, frame: int, src: str, sport: int, dst: str, dport: int,
+             payload: bytes) -> None:
+        key = (src, sport, dst, dport)
+        flow = self.faxes.get(key)
+        if flow is None:
+            if len(self.faxes) >= MAX_FAX_FLOWS:
+                self.undecoded += 1
+                return
+            flow = self.faxes[key] = FaxFlow(src, sport, dst, dport, frame, ts, file)
+        flow.add(ts, payload)
+        self.udptl_packets += 1
 
     def _sip(self, dg: Datagram, raw: bytes, frames, datagram: bool) -> None:
         self.sip_message(dg.ts, dg.file, dg.frame, frames, dg.src, dg.sport, dg.dst, dg.dport, dg.transport, raw,
@@ -553,7 +573,7 @@ class Analyzer:
         gaps = media_gaps(joins)
         judged = judged + one_way(calls, joins) + gap_anomalies(joins, gaps)
         call_records, registrations, streams = freeze(calls, self.tracker.registrations.values(), joins, judged,
-                                                      self.rtcp, end, gaps)
+                                                      self.rtcp, end, gaps, join_faxes(calls, self.faxes.values()))
         files = [{"path": f.name, "format": f.format, "frames": f.frames, "truncated": f.truncated,
                   "linktypes": list(f.linktypes)} for f in self.files]
         warnings = [f.warning for f in self.files if f.warning]
@@ -565,6 +585,7 @@ class Analyzer:
             "retransmissions": self.tracker.retransmissions,
             "rtp_packets": sum(st.packets for st in self.by_ssrc.values()),
             "rtcp_packets": self.rtcp_packets,
+            "udptl_packets": self.udptl_packets,
             "malformed": len(malformed),
             "anomalies": len(anomalies),
             "keepalives": self.keepalives,

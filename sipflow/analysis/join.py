@@ -19,7 +19,7 @@ Leaves the statistics to ``media.stats``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from sipflow.analysis.dialogs import Call
 from sipflow.analysis.offers import MediaOffer
@@ -27,6 +27,7 @@ from sipflow.analysis.kinds import Anomaly, AnomalyKind
 from sipflow.net import fmt_endpoint
 from sipflow.media.rtp import NOT_RTP_PORTS
 from sipflow.media.stats import OUTAGE, RtpStream
+from sipflow.media.udptl import FaxFlow
 from sipflow.sip.sdp import Codec
 
 MIN_HEURISTIC_PACKETS = 10   # an RTP-looking flow nobody announced must have this many packets to be listed
@@ -89,7 +90,24 @@ def join_streams(calls: Sequence[Call], streams: Iterable[RtpStream]) -> List[Jo
     return out
 
 
-def _best(by_endpoint, st: RtpStream) -> Optional[Tuple[MediaOffer, Call, bool]]:
+def join_faxes(calls: Sequence[Call], flows: Iterable[FaxFlow]) -> List[Tuple[FaxFlow, Call, MediaOffer]]:
+    """Each T.38 flow with its call and the ``m=image`` SDP that set it up, by the streams' rule (the
+    analyzer takes a packet for UDPTL only where such an SDP is in force, so every flow has one)."""
+    by_endpoint: Dict[tuple, List[Tuple[MediaOffer, Call]]] = {}
+    for call in calls:
+        for offer in call.media:
+            if offer.proto.lower() == "udptl":
+                by_endpoint.setdefault((offer.ip, offer.port), []).append((offer, call))
+    out = []
+    for flow in flows:
+        match = _best(by_endpoint, flow)
+        if match is not None:
+            out.append((flow, match[1], match[0]))
+    out.sort(key=lambda m: (m[0].first_ts, m[0].src, m[0].sport))
+    return out
+
+
+def _best(by_endpoint, st: Union[RtpStream, FaxFlow]) -> Optional[Tuple[MediaOffer, Call, bool]]:
     """The best (offer, call, nat) for a stream by its destination, then its source (symmetric RTP)."""
     t = st.first_ts
     src_calls = {id(c) for _, c in by_endpoint.get((st.src, st.sport), ())}

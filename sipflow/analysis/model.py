@@ -11,7 +11,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from sipflow.analysis.kinds import Anomaly, Outcome
 from sipflow.analysis.messages import SipEvent
-from sipflow.analysis.records import CallRecord, DtmfRecord, RegistrationRecord, StreamRecord
+from sipflow.analysis.records import CallRecord, DtmfRecord, FaxRecord, RegistrationRecord, StreamRecord
 from sipflow.analysis.totals import SummarisedCalls
 from sipflow.net import fmt_endpoint
 
@@ -229,6 +229,8 @@ def call_dict(c: CallRecord, end_ts: float, stream_index: Dict[int, int]) -> dic
         "holds": [{"ts": ts, "frame": fr, "what": what} for ts, fr, what in c.holds],
         "streams": [stream_index[id(s)] for s in c.streams if id(s) in stream_index],
         "dtmf": [dtmf_dict(d) for d in c.dtmf],
+        "t38": [{"frame": t.frame, "ts": t.ts, "status": t.status, "accepted": t.accepted} for t in c.t38],
+        "fax": [fax_dict(f) for f in c.faxes],
         "anomalies": [{"kind": a.kind.value, "frame": a.frame, "detail": a.detail} for a in c.anomalies],
     })
     return d
@@ -239,6 +241,13 @@ def registration_dict(r: RegistrationRecord) -> dict:
             "final_status": r.final_status, "expires_requested": r.expires_requested,
             "expires_granted": r.expires_granted, "challenges": r.challenges, "refreshes": r.refreshes,
             "requests": r.requests, "start": r.start, "end": r.end}
+
+
+def fax_dict(f: FaxRecord) -> dict:
+    return {"src": fmt_endpoint(f.src, f.sport), "dst": fmt_endpoint(f.dst, f.dport), "packets": f.packets,
+            "expected": f.expected, "lost": f.lost, "duplicates": f.duplicates, "late": f.late,
+            "malformed": f.malformed, "start": f.first_ts, "end": f.last_ts, "first_frame": f.first_frame,
+            "file": f.file, "signals": list(f.signals), "setup_frame": f.setup_frame}
 
 
 def dtmf_dict(d: DtmfRecord) -> dict:

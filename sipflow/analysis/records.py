@@ -148,6 +148,36 @@ class StreamRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class FaxRecord:
+    """One direction of a T.38 fax (UDPTL packets to an address an ``m=image ... udptl`` SDP set up)."""
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    packets: int
+    expected: int             # by the UDPTL sequence numbers
+    lost: int
+    duplicates: int
+    late: int
+    malformed: int            # packets too short for a UDPTL header
+    first_ts: float
+    last_ts: float
+    first_frame: int
+    file: int
+    signals: Tuple[str, ...]  # T.30 indicators and data modulations, in order of first sight
+    setup_frame: int          # the SDP that announced the destination
+
+
+@dataclass(frozen=True, slots=True)
+class T38Offer:
+    """A switch to fax offered in an INVITE or re-INVITE (``m=image ... udptl t38``), and its answer."""
+    frame: int
+    ts: float
+    status: Optional[int]     # the final response (None: none seen)
+    accepted: bool            # a 2xx: the media moved to UDPTL; otherwise it stayed as it was
+
+
+@dataclass(frozen=True, slots=True)
 class CallRecord:
     """Everything sharing one Call-ID that contains an INVITE dialog, as of the snapshot."""
     call_id: str
@@ -177,6 +207,8 @@ class CallRecord:
     anomalies: Tuple[Anomaly, ...]
     streams: Tuple[StreamRecord, ...]
     dtmf: Tuple[DtmfRecord, ...]   # every key press of the call, RFC 4733 and INFO, in time order
+    t38: Tuple[T38Offer, ...] = ()     # switches to T.38 fax offered, with their answers
+    faxes: Tuple[FaxRecord, ...] = ()  # T.38 fax flows (UDPTL), not RTP
 
     def first_hop(self) -> Tuple[TransactionRecord, ...]:
         """The initial INVITE transactions the caller sent (all figures are judged there)."""

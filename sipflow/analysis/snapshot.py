@@ -12,12 +12,13 @@ from types import MappingProxyType
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from sipflow.analysis.dialogs import Anomaly, Call, Registration, Transaction
-from sipflow.analysis.offers import InfoDtmf
+from sipflow.analysis.offers import InfoDtmf, MediaOffer
 from sipflow.analysis.join import Join, codec_for
-from sipflow.analysis.records import (CallRecord, DialogRecord, DtmfRecord, RegistrationRecord, RtcpRecord,
-                                      StreamRecord, Timings, TransactionRecord)
+from sipflow.analysis.records import (CallRecord, DialogRecord, DtmfRecord, FaxRecord, RegistrationRecord,
+                                      RtcpRecord, StreamRecord, T38Offer, Timings, TransactionRecord)
 from sipflow.media.emodel import judge
 from sipflow.media.rtcp import RtcpBook
+from sipflow.media.udptl import FaxFlow
 from sipflow.media.stats import CLOCK_ASSUMED, CLOCK_MEASURED, CLOCK_SDP, RtpStream
 from sipflow.net import fmt_endpoint
 from sipflow.sip.dtmf import event_name
@@ -131,8 +132,28 @@ def transaction_record(tx: Transaction, memo: Dict[int, TransactionRecord]) -> T
     return done
 
 
+def fax_record(flow: FaxFlow, offer: MediaOffer) -> FaxRecord:
+    return FaxRecord(flow.src, flow.sport, flow.dst, flow.dport, flow.packets, flow.expected, flow.lost,
+                     flow.duplicates, flow.late, flow.malformed, flow.first_ts, flow.last_ts, flow.first_frame,
+                     flow.file, tuple(flow.signals), offer.frame)
+
+
+def t38_offers(call: Call) -> Tuple[T38Offer, ...]:
+    """The INVITEs and re-INVITEs whose SDP offered T.38 (``m=image ... udptl``), with their final
+    answer: a 2xx moves the media to UDPTL; a rejection (488, typically) leaves it where it was."""
+    requests = {t.request.frame: t for t in call.invites + call.reinvites}
+    out: Dict[int, T38Offer] = {}
+    for o in call.media:
+        tx = requests.get(o.frame)
+        if o.proto.lower() != "udptl" or tx is None or o.frame in out:   # (an SDP in a response is an answer)
+            continue
+        status = tx.final.status if tx.final is not None else None
+        out[o.frame] = T38Offer(o.frame, o.ts, status, status is not None and 200 <= status < 300)
+    return tuple(out.values())
+
+
 def call_record(call: Call, end: float, judged: Sequence[Anomaly], streams: Tuple[StreamRecord, ...],
-                memo: Dict[int, TransactionRecord]) -> CallRecord:
+                memo: Dict[int, TransactionRecord], faxes: Tuple[FaxRecord, ...] = ()) -> CallRecord:
     return CallRecord(
         call_id=call.call_id, from_uri=call.from_uri, to_uri=call.to_uri, from_user=call.from_user,
         to_user=call.to_user, start=call.start, saw_initial=call.saw_initial, caller=call.caller,
@@ -145,7 +166,8 @@ def call_record(call: Call, end: float, judged: Sequence[Anomaly], streams: Tupl
         ack_2xx=call.ack_2xx, media=tuple(call.media), holds=tuple(call.holds),
         anomalies=tuple(call.anomalies) + tuple(judged), streams=streams,
         dtmf=tuple(sorted([info_dtmf(d) for d in call.dtmf] + [d for s in streams for d in s.dtmf],
-                          key=lambda d: (d.ts, d.frame))))
+                          key=lambda d: (d.ts, d.frame))),
+        t38=t38_offers(call), faxes=faxes)
 
 
 def registration_record(r: Registration) -> RegistrationRecord:
@@ -158,7 +180,8 @@ def registration_record(r: Registration) -> RegistrationRecord:
 
 def freeze(calls: Sequence[Call], registrations: Iterable[Registration], joins: Sequence[Join],
            judged: Sequence[Anomaly], book: RtcpBook, end: float,
-           gaps: Optional[Dict[int, List[Tuple[float, float]]]] = None
+           gaps: Optional[Dict[int, List[Tuple[float, float]]]] = None,
+           faxes: Sequence[Tuple[FaxFlow, Call, MediaOffer]] = ()
            ) -> Tuple[List[CallRecord], List[RegistrationRecord], List[StreamRecord]]:
     """Calls, registrations and streams as records (streams in the order of ``joins``)."""
     streams = [stream_record(j, book, (gaps or {}).get(id(j.stream), ())) for j in joins]
@@ -170,8 +193,11 @@ def freeze(calls: Sequence[Call], registrations: Iterable[Registration], joins: 
     for a in judged:
         judged_by_call.setdefault(a.call_id, []).append(a)
     memo: Dict[int, TransactionRecord] = {}
-    call_records = [call_record(c, end, judged_by_call.get(c.call_id, ()), tuple(by_call.get(id(c), ())), memo)
-                    for c in calls]
+    fax_by_call: Dict[int, List[FaxRecord]] = {}
+    for flow, call, offer in faxes:
+        fax_by_call.setdefault(id(call), []).append(fax_record(flow, offer))
+    call_records = [call_record(c, end, judged_by_call.get(c.call_id, ()), tuple(by_call.get(id(c), ())), memo,
+                                tuple(fax_by_call.get(id(c), ()))) for c in calls]
     return call_records, [registration_record(r) for r in registrations], streams
 
 

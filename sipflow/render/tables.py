@@ -287,9 +287,28 @@ def analysis_json(a: Analysis) -> str:
     return out.getvalue()
 
 
+def fax_lines(a: Analysis, width: int = 80) -> List[str]:
+    """T.38: each switch to fax offered and its answer, then each UDPTL flow with its figures."""
+    lines = []
+    for c in a.calls:
+        for t in c.t38:
+            answer = f"{t.status}" if t.status is not None else "no final answer"
+            what = "accepted: the media moved to UDPTL" if t.accepted else "refused: the media stayed as it was"
+            lines += textwrap.wrap(f"Call {printable(c.call_id)}: T.38 offered in frame {t.frame}, {answer}, {what}",
+                                   width, initial_indent="  ", subsequent_indent="    ", break_on_hyphens=False)
+        for f in c.faxes:
+            loss = f", {f.lost} lost" if f.lost else ""
+            lines += textwrap.wrap(f"{fmt_endpoint(f.src, f.sport)} -> {fmt_endpoint(f.dst, f.dport)}: {f.packets} "
+                                   f"UDPTL packets{loss}, {f.last_ts - f.first_ts:.1f} s; "
+                                   + ", ".join(f.signals), width, initial_indent="  ", subsequent_indent="    ",
+                                   break_on_hyphens=False)
+    return lines
+
+
 def streams_text(a: Analysis, width: int = 80) -> str:
+    fax = fax_lines(a, width)
     if not a.streams:
-        return "No RTP streams."
+        return "No RTP streams." + ("\n\nT.38 fax (UDPTL, not RTP):\n" + "\n".join(fax) if fax else "")
     rows = []
     for s in a.streams:
         d = stream_dict(s)
@@ -321,6 +340,8 @@ def streams_text(a: Analysis, width: int = 80) -> str:
                                         width, initial_indent="  ", subsequent_indent="    ")]
     if paused:
         notes += ["", "Pauses (audio stopped 1 s or more while its call was up and not on hold):"] + paused
+    if fax:
+        notes += ["", "T.38 fax (UDPTL, not RTP):"] + fax
     control = rtcp_lines(a.streams, width)
     if control:
         notes += ["", "RTCP (what each stream's receiver reported; RTT from LSR/DLSR, seen from the capture "
