@@ -459,3 +459,60 @@ def test_one_way_audio_is_stated_on_the_call(tmp_path):
     for sample in ("basic-call-rtp.pcap", "call-via-proxy.pcap", "reinvite-hold.pcap", "busy-486.pcap",
                    "call-av-dtmf.pcap", "port-reuse.pcap"):
         assert not [x for x in sipflow.analyze(str(SAMPLES / sample)).anomalies if x.kind.value == "one_way_media"]
+
+
+# -- video pictures ---------------------------------------------------------------------------------
+
+from sipflow.media.video import VideoLog, key_frame  # noqa: E402
+
+
+@needs_tshark
+def test_video_frames_and_key_frames_agree_with_tshark():
+    """Pictures are distinct RTP timestamps; key frames are where tshark's VP8 dissector finds the key
+    frame start code (frame type 0)."""
+    out = subprocess.run(["tshark", "-r", str(AV), "-Y", "vp8", "-T", "fields", "-e", "frame.number", "-e",
+                          "rtp.ssrc", "-e", "rtp.timestamp", "-e", "vp8.keyframe.start_code"],
+                         capture_output=True, text=True, timeout=120).stdout
+    stamps, keys = {}, {}
+    for line in out.splitlines():
+        frame, ssrc, ts, start = line.split("\t")
+        stamps.setdefault(int(ssrc, 16), set()).add(int(ts))
+        if start:
+            keys.setdefault(int(ssrc, 16), []).append(int(frame))
+    videos = [s for s in sipflow.analyze(str(AV)).streams if s.video is not None]
+    assert len(videos) == 2 and set(stamps) == {s.ssrc for s in videos}
+    for s in videos:
+        v = s.video
+        assert (v.codec, v.frames, v.key_frames, v.first_key_frame) == \
+            ("VP8", len(stamps[s.ssrc]), len(keys[s.ssrc]), keys[s.ssrc][0])
+        assert v.frame_rate == pytest.approx(30.0, rel=0.05) and v.damaged_frames == 0
+
+
+@pytest.mark.parametrize("codec,payload,want", [
+    ("VP8", bytes([0x10, 0x00]), True),                 # S=1, PartID 0, P=0: a key frame
+    ("VP8", bytes([0x10, 0x01]), False),                # P=1: an inter frame
+    ("VP8", bytes([0x00, 0x00]), None),                 # not the start of a partition
+    ("VP8", bytes([0x90, 0x80, 0x81, 0x23, 0x00]), True),   # X, I with a 15-bit PictureID, then the header
+    ("VP8", bytes([0x90, 0xC0, 0x05, 0x07, 0x01]), False),  # X, I (7 bits) and L (TL0PICIDX)
+    ("VP9", bytes([0x08]), True), ("VP9", bytes([0x48]), False), ("VP9", bytes([0x40]), None),
+    ("H264", bytes([0x65]), True),                      # IDR slice
+    ("H264", bytes([0x41]), False),                     # non-IDR slice
+    ("H264", bytes([0x78, 0x00, 0x10, 0x67]), True),    # STAP-A starting with an SPS
+    ("H264", bytes([0x7C, 0x85]), True),                # FU-A start of an IDR
+    ("H264", bytes([0x7C, 0x05]), None),                # FU-A middle fragment
+    ("H264", bytes([0x7C, 0x81]), False),               # FU-A start of a non-IDR slice
+    ("opus", bytes([0x10]), None),
+])
+def test_key_frames_from_payload_headers(codec, payload, want):
+    assert key_frame(codec, payload) is want
+
+
+def test_pictures_count_once_and_a_lost_packet_damages_its_picture():
+    log = VideoLog("H264")
+    packets = [(1, 3000, b"\x67"), (2, 3000, b"\x68"), (3, 3000, b"\x65"),   # SPS, PPS, IDR: one key frame
+               (4, 6000, b"\x41"), (6, 6000, b"\x41"),                        # 5 lost: picture 2 damaged
+               (7, 9000, b"\x41"), (9, 12000, b"\x41")]                       # 8 lost: picture 4 damaged
+    for i, (seq, ts, p) in enumerate(packets):
+        log.add(seq, ts, 10.0 + i / 30, i + 1, p)
+    assert (log.frames, log.key_frames, log.first_key_frame, log.damaged_frames) == (4, 1, 1, 2)
+    assert log.frame_rate == pytest.approx(3 / (6 / 30))

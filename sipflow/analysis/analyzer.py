@@ -35,6 +35,7 @@ from sipflow.net.link import LINK_TYPES, LinkType
 from sipflow.media.events import rtp_payload
 from sipflow.media.rtcp import RtcpBook
 from sipflow.media.udptl import FaxFlow
+from sipflow.media.video import CODECS as VIDEO_CODECS, HEAD as VIDEO_HEAD
 from sipflow.media.stats import RtpStream
 from sipflow.sip.framing import StreamFramer
 from sipflow.sip.message import DAMAGE, looks_like_sip
@@ -174,7 +175,7 @@ class Analyzer:
                     # another stream, a new one or another payload type (a DTMF event) goes the long way.
                     p = pending.get(flow)
                     if p is None or p[0] != ssrc << 7 | b1 & 0x7F:
-                        p = pending_for(flow, ssrc, b1, frame, fi, rts, ts, buf, off + rtp_at, off + caplen)
+                        p = pending_for(flow, ssrc, b1, seq, frame, fi, rts, ts, buf, off + rtp_at, off + caplen)
                     p += (seq, rts, ts, b1)
                     continue
             slow(ts, fi, frame, lt, bytes(buf[off:off + caplen]))
@@ -284,16 +285,16 @@ class Analyzer:
                 st = vec_streams[key] = self._stream_for(flow, last & 0xFFFFFFFF, int(b1_s[s_i]),
                                                          frame_base + int(ri_s[s_i]) + 1, fi)
             streams.append(st)
-        main = np.array([-1 if st.events_only else st.pt for st in streams], dtype=np.int64)
+        main = np.array([-1 if st.events_only or st.video is not None else st.pt for st in streams], dtype=np.int64)
         group = np.repeat(np.arange(len(streams)), np.diff(np.append(starts, len(ri_s))))
         other = np.flatnonzero((b1_s & 0x7F).astype(np.int64) != main[group])
         if len(other):
             buf, rtp_at, rec_end = where
-            rts = r["rts"]
+            rts, seqs = r["rts"], r["seq"]
             for i in other.tolist():
                 k = int(ri_s[i])
-                self._event(streams[int(group[i])], int(b1_s[i]), int(rts[k]), float(ts[k]), frame_base + k + 1,
-                            buf, int(rtp_at[k]), int(rec_end[k]))
+                self._payload(streams[int(group[i])], int(b1_s[i]), int(seqs[k]), int(rts[k]), float(ts[k]),
+                              frame_base + k + 1, buf, int(rtp_at[k]), int(rec_end[k]))
         rtpvec.fold(streams, starts, r["seq"][ri_s], r["rts"][ri_s], ts[ri_s], b1_s)
 
     def _flush_all(self) -> None:
@@ -314,9 +315,9 @@ class Analyzer:
                         self._rtcp_flow(flow, ts, frame, fi, bytes(buf[at:min(off + caplen, at + ulen - 8)]))
                         continue
                     st = self.by_ssrc.get((flow, ssrc)) or self._stream_for(flow, ssrc, b1, frame, fi)
-                    if b1 & 0x7F != st.pt or st.events_only:
-                        self._event(st, b1, rts, ts, frame, buf, off + fast[0].size + fast[2] - RTP_HEADER.size,
-                                    off + caplen)
+                    if b1 & 0x7F != st.pt or st.events_only or st.video is not None:
+                        self._payload(st, b1, seq, rts, ts, frame, buf,
+                                      off + fast[0].size + fast[2] - RTP_HEADER.size, off + caplen)
                     st.add(seq, rts, ts, b1)
                     continue
             self.feed(ts, fi, frame, lt, bytes(buf[off:off + caplen]))
@@ -329,8 +330,9 @@ class Analyzer:
         if st is None:
             src, sport, dst, dport = _endpoints(flow)
             codec = self._sdp_codec(src, sport, dst, dport, b1 & 0x7F)
+            name = codec.name.upper() if codec is not None else ""
             st = RtpStream(src, sport, dst, dport, ssrc, b1 & 0x7F, frame, fi, codec.clock_rate if codec else 0,
-                           codec is not None and codec.name.lower() == "telephone-event")
+                           name == "TELEPHONE-EVENT", name if name in VIDEO_CODECS else None)
             self.by_ssrc[(flow, ssrc)] = st
         self.pending[flow] = st.pending
         return st
@@ -346,12 +348,12 @@ class Analyzer:
                     return codec
         return None
 
-    def _pending_for(self, flow: bytes, ssrc: int, b1: int, frame: int, fi: int, rts: int, ts: float, buf,
-                     start: int, end: int) -> list:
+    def _pending_for(self, flow: bytes, ssrc: int, b1: int, seq: int, frame: int, fi: int, rts: int, ts: float,
+                     buf, start: int, end: int) -> list:
         """The pending list for a packet the hot loop could not place (see ``_python_batch``)."""
         st = self._stream_for(flow, ssrc, b1, frame, fi)
-        if b1 & 0x7F != st.pt or st.events_only:
-            self._event(st, b1, rts, ts, frame, buf, start, end)
+        if b1 & 0x7F != st.pt or st.events_only or st.video is not None:
+            self._payload(st, b1, seq, rts, ts, frame, buf, start, end)
         return st.pending
 
     def _rtcp_flow(self, flow: bytes, ts: float, frame: int, fi: int, payload: bytes) -> None:
@@ -379,10 +381,16 @@ class Analyzer:
         return False
 
     @staticmethod
-    def _event(st: RtpStream, b1: int, rts: int, ts: float, frame: int, buf, start: int, end: int) -> None:
-        """A packet of another payload type than its stream's (or of an events-only stream): its payload
-        may be an RFC 4733 event (``media.events``)."""
+    def _payload(st: RtpStream, b1: int, seq: int, rts: int, ts: float, frame: int, buf, start: int,
+                 end: int) -> None:
+        """A packet whose payload is read: of another payload type than its stream's, or of an
+        events-only stream (an RFC 4733 event, ``media.events``), or a video picture's (``media.video``)."""
         pt = b1 & 0x7F
+        if st.video is not None and pt == st.pt:
+            loc = rtp_payload(buf, start, end)
+            if loc is not None:
+                st.video.add(seq, rts, ts, frame, bytes(buf[loc[0]:loc[0] + min(loc[1], VIDEO_HEAD)]))
+            return
         if pt < 96 and not st.events_only:
             return
         loc = rtp_payload(buf, start, end)
@@ -460,8 +468,8 @@ class Analyzer:
             b0, b1, seq, rts, ssrc = RTP_HEADER.unpack_from(payload, 0)
             flow = pack_ip(src) + pack_ip(dst) + struct.pack("!HH", sport, dport)
             st = self.by_ssrc.get((flow, ssrc)) or self._stream_for(flow, ssrc, b1, frame, file)
-            if b1 & 0x7F != st.pt or st.events_only:
-                self._event(st, b1, rts, ts, frame, payload, 0, len(payload))
+            if b1 & 0x7F != st.pt or st.events_only or st.video is not None:
+                self._payload(st, b1, seq, rts, ts, frame, payload, 0, len(payload))
             st.add(seq, rts, ts, b1)
             return
         if payload.strip(b"\r\n\x00") == b"":

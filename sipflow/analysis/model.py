@@ -302,6 +302,10 @@ def stream_dict(s: StreamRecord) -> dict:
         "file": s.file, "dtmf": [dtmf_dict(d) for d in s.dtmf], "loss_events": s.loss_events,
         "quality": quality_dict(s), "quality_note": s.quality_note, "rtcp": rtcp_dict(s),
         "media_gaps": [{"start": a, "end": b, "seconds": round(b - a, 3)} for a, b in s.media_gaps],
+        "video": None if s.video is None else {
+            "codec": s.video.codec, "frames": s.video.frames, "frame_rate": s.video.frame_rate,
+            "key_frames": s.video.key_frames, "first_key_frame": s.video.first_key_frame,
+            "damaged_frames": s.video.damaged_frames},
     }
 
 

@@ -103,6 +103,18 @@ class RtcpRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class VideoRecord:
+    """A video stream's pictures (``media.video``): VP8, VP9 or H.264 named by its SDP."""
+    codec: str
+    frames: int                    # pictures (distinct RTP timestamps)
+    frame_rate: Optional[float]    # pictures per second (None: under two)
+    key_frames: int
+    first_key_frame: Optional[int]  # the capture frame of the first key frame (None: none seen)
+    first_key_ts: Optional[float]
+    damaged_frames: int            # pictures with a packet missing
+
+
+@dataclass(frozen=True, slots=True)
 class StreamRecord:
     """One RTP stream (source, destination, SSRC) with its RFC 3550 figures and the call it belongs to."""
     src: str
@@ -143,6 +155,7 @@ class StreamRecord:
     quality: Optional[Rating]  # the G.107 E-model rating, every term (None: not rated; quality_note says why)
     quality_note: str
     rtcp: Optional[RtcpRecord] = None   # None: no RTCP from or about this stream
+    video: Optional[VideoRecord] = None     # pictures of a VP8/VP9/H.264 stream
     media_gaps: Tuple[Tuple[float, float], ...] = ()   # (start, end) of pauses of 1 s or more that no hold
     #                                                    explains (audio streams of a call only)
 

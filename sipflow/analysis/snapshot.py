@@ -15,7 +15,7 @@ from sipflow.analysis.dialogs import Anomaly, Call, Registration, Transaction
 from sipflow.analysis.offers import InfoDtmf, MediaOffer
 from sipflow.analysis.join import Join, codec_for
 from sipflow.analysis.records import (CallRecord, DialogRecord, DtmfRecord, FaxRecord, RegistrationRecord,
-                                      RtcpRecord, StreamRecord, T38Offer, Timings, TransactionRecord)
+                                      RtcpRecord, StreamRecord, T38Offer, Timings, TransactionRecord, VideoRecord)
 from sipflow.media.emodel import judge
 from sipflow.media.rtcp import RtcpBook
 from sipflow.media.udptl import FaxFlow
@@ -60,7 +60,15 @@ def stream_record(j: Join, book: RtcpBook, gaps: Sequence[Tuple[float, float]] =
         call_id=j.call.call_id if j.call is not None else None, nat=j.nat,
         media=kind, loss_events=st.loss_events, quality=quality, quality_note=note,
         setup_frame=j.offer.frame if j.offer is not None else None, dtmf=stream_dtmf(j), rtcp=control,
-        media_gaps=tuple(gaps))
+        media_gaps=tuple(gaps), video=video_record(st))
+
+
+def video_record(st: RtpStream) -> Optional[VideoRecord]:
+    v = st.video
+    if v is None or not v.frames:
+        return None
+    return VideoRecord(v.codec, v.frames, v.frame_rate, v.key_frames, v.first_key_frame, v.first_key_ts,
+                       v.damaged_frames)
 
 
 def rtcp_record(j: Join, book: RtcpBook, ms: float) -> Optional[RtcpRecord]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Optional
 
 from sipflow.media.events import EventLog
+from sipflow.media.video import VideoLog
 from sipflow.sip.sdp import STATIC_PT
 
 MAX_DROPOUT = 3000             # RFC 3550 A.1: a jump ahead larger than this is not loss but a restart
@@ -85,12 +86,13 @@ class RtpStream:
                  "first_ts", "last_ts", "last_arrival", "first_transit", "last_transit",
                  "jitter_ts", "jmax_ts", "jsum_ts", "jitter_n", "max_delta", "first_frame", "other_pts",
                  "marker_packets", "file", "events_only", "events", "pending", "last_any", "outages",
-                 "outages_more")
+                 "outages_more", "video")
 
     def __init__(self, src: str, sport: int, dst: str, dport: int, ssrc: int, pt: int, frame: int,
-                 file: int = 0, clock_rate: int = 0, events_only: bool = False) -> None:
+                 file: int = 0, clock_rate: int = 0, events_only: bool = False, video: Optional[str] = None) -> None:
         """``clock_rate``: the rate the SDP in force gives this payload type (0: none known);
-        ``events_only``: that SDP says the payload type is telephone-event (every packet is an event)."""
+        ``events_only``: that SDP says the payload type is telephone-event (every packet is an event);
+        ``video``: that SDP names a video codec whose pictures ``media.video`` reads (VP8, VP9, H264)."""
         self.src, self.sport, self.dst, self.dport, self.ssrc = src, sport, dst, dport, ssrc
         self.pt = pt
         static = STATIC_PT.get(pt)
@@ -128,7 +130,9 @@ class RtpStream:
         # (SSRC and main payload type) heads the list so the hot path can tell, with one index and no
         # attribute, that a packet is of this stream and of its usual type; a stream of events has no key,
         # so each of its packets goes the way that reads payloads.
-        self.pending: list = [-1 if events_only else pending_key(ssrc, pt)]
+        self.video: Optional[VideoLog] = VideoLog(video) if video else None
+        # A stream whose payloads are read (events, pictures) has no key either.
+        self.pending: list = [-1 if events_only or video else pending_key(ssrc, pt)]
 
     def note_event(self, pt: int, rtp_ts: int, arrival: float, frame: int, payload: bytes) -> None:
         """A packet whose payload may be an RFC 4733 event: a dynamic payload type other than the

@@ -340,6 +340,18 @@ def streams_text(a: Analysis, width: int = 80) -> str:
                                         width, initial_indent="  ", subsequent_indent="    ")]
     if paused:
         notes += ["", "Pauses (audio stopped 1 s or more while its call was up and not on hold):"] + paused
+    pictures = [line for s in a.streams if s.video is not None
+                for line in textwrap.wrap(
+                    f"{fmt_endpoint(s.src, s.sport)} -> {fmt_endpoint(s.dst, s.dport)}: {s.video.codec} "
+                    f"{s.video.frames} frames"
+                    + (f", {s.video.frame_rate:.1f} fps" if s.video.frame_rate is not None else "")
+                    + f", {s.video.key_frames} key frame{'s' if s.video.key_frames != 1 else ''}"
+                    + (f" (first in frame {s.video.first_key_frame})" if s.video.first_key_frame is not None
+                       else " (none: the picture cannot start)")
+                    + f", {s.video.damaged_frames} with a packet lost", width, initial_indent="  ",
+                    subsequent_indent="    ")]
+    if pictures:
+        notes += ["", "Video (pictures by RTP timestamp; key frames from the payload headers):"] + pictures
     if fax:
         notes += ["", "T.38 fax (UDPTL, not RTP):"] + fax
     control = rtcp_lines(a.streams, width)
