@@ -1,15 +1,17 @@
-"""Analysis commands: ``calls``, ``summary``, ``analyze``, ``rtp``, ``ladder``.
+"""Analysis commands: ``calls``, ``summary``, ``analyze``, ``rtp``, ``ladder``, ``audio``.
 
 Each opens the captures, runs the analyzer once and hands the filtered ``Analysis`` to a renderer.
 """
 from __future__ import annotations
 
-
-
 import functools
+import os
 
-from sipflow.cli.app import (analysis_options, emit_stream, emit_text, handle_errors, main, run_analysis,
+import click
+
+from sipflow.cli.app import (analysis_options, emit_stream, emit_text, handle_errors, main, run_analysis, say,
                              terminal_width)
+from sipflow.errors import SipflowError
 
 
 @main.command()
@@ -113,3 +115,50 @@ def ladder(files, fmt, output, width, no_progress, **filters):
     from sipflow.render.ladder import layout, render_text
     a = run_analysis(files, no_progress, **filters)
     emit_text(render_text(layout(a.messages), terminal_width(width)), output)
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(allow_dash=False))
+@click.option("--call-id", required=True, help="The call: its Call-ID, or a part of it that only one call has.")
+@click.option("-o", "--output-dir", type=click.Path(file_okay=False), default=None,
+              help="Write the WAV files here (default: reports/audio/CALL-ID/).")
+@click.option("--no-progress", is_flag=True, help="No progress bar on standard error.")
+@handle_errors
+def audio(files, call_id, output_dir, no_progress):
+    """Write a call's audio as WAV: each G.711 direction, and both mixed.
+
+    Lost packets are silence where they were (samples are placed by RTP timestamp). Streams in other
+    codecs are listed as not decodable. Files are 8000 Hz mono 16-bit PCM.
+
+    \b
+    Examples:
+      sipflow audio samples/basic-call-rtp.pcap --call-id 1-2345@127.0.0.1
+      sipflow audio capture.pcap --call-id 9f3a -o /tmp/call-audio
+    """
+    import re
+
+    from sipflow.render.audio import MAX_SECONDS, export_call
+    a = run_analysis(files, no_progress)
+    matches = [c for c in a.calls if c.call_id == call_id] or [c for c in a.calls if call_id in c.call_id]
+    if not matches:
+        raise click.BadParameter(f"no call in the capture has a Call-ID containing {call_id!r} "
+                                 f"({len(a.calls)} calls; `sipflow calls` lists them)", param_hint="--call-id")
+    if len(matches) > 1:
+        names = ", ".join(c.call_id for c in matches[:5]) + (", ..." if len(matches) > 5 else "")
+        raise click.BadParameter(f"{len(matches)} calls match {call_id!r}: {names}; give more of it",
+                                 param_hint="--call-id")
+    call = matches[0]
+    if not call.streams:
+        raise SipflowError(f"call {call.call_id} has no RTP stream in the capture: no audio to write")
+    out = output_dir or os.path.join("reports", "audio", re.sub(r"[^A-Za-z0-9._-]", "_", call.call_id))
+    tracks, mixed, skipped = export_call(files, call, out)
+    for t in tracks:
+        say(f"{t.path}: {t.seconds:.1f} s, {t.packets} packets"
+            + (f", {t.silent_packets} silent (lost or not audio)" if t.silent_packets else "")
+            + (f", {t.beyond} past {MAX_SECONDS // 3600} h dropped" if t.beyond else ""))
+    if mixed:
+        say(f"{mixed}: both directions mixed")
+    for line in skipped:
+        say(f"not written: {line}", fg="yellow")
+    if not tracks:
+        raise SipflowError(f"call {call.call_id}: no G.711 stream, so no WAV was written")

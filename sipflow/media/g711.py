@@ -1,7 +1,7 @@
-"""G.711 μ-law and A-law encoding (ITU-T G.711), and the probe's test tone.
+"""G.711 μ-law and A-law (ITU-T G.711) both ways, and the probe's test tone.
 
-Owns turning 16-bit linear PCM samples into G.711 bytes, the way the reference C code (Sun's g711.c)
-does, and the 1 kHz tone ``probe call`` sends. No I/O, no clock. At 8000 samples/s a 1 kHz tone is 8
+Owns turning 16-bit linear PCM samples into G.711 bytes and back, the way the reference C code (Sun's
+g711.c) does, and the 1 kHz tone ``probe call`` sends. No I/O, no clock. At 8000 samples/s a 1 kHz tone is 8
 samples a period, so one 20 ms packet (160 samples) holds 20 whole periods and every packet's payload
 is the same bytes.
 """
@@ -47,6 +47,29 @@ def alaw_byte(sample: int) -> int:
     aval = seg << 4
     aval |= (pcm >> 1) & 0x0F if seg < 2 else (pcm >> seg) & 0x0F
     return aval ^ mask
+
+
+def ulaw_sample(byte: int) -> int:
+    """A μ-law byte as a 16-bit sample (Sun's g711.c ``ulaw2linear``): invert, then the segment's
+    step size times the mantissa plus half a step, less the bias."""
+    u = ~byte & 0xFF
+    t = (((u & 0x0F) << 3) + 0x84) << ((u & 0x70) >> 4)
+    return 0x84 - t if u & 0x80 else t - 0x84
+
+
+def alaw_sample(byte: int) -> int:
+    """An A-law byte as a 16-bit sample (``alaw2linear``): XOR 0x55, then mantissa and segment."""
+    a = byte ^ 0x55
+    t = (a & 0x0F) << 4
+    seg = (a & 0x70) >> 4
+    if seg == 0:
+        t += 8
+    else:
+        t = (t + 0x108) << (seg - 1)
+    return t if a & 0x80 else -t
+
+
+DECODE = {"PCMU": tuple(ulaw_sample(b) for b in range(256)), "PCMA": tuple(alaw_sample(b) for b in range(256))}
 
 
 def encode(samples: Iterable[int], codec: str) -> bytes:
