@@ -8,8 +8,9 @@ packet stays on lo (127.0.0.1 / ::1); every process is started under
 
 Real SIP stacks make the traffic: SIPp (UAC/UAS scenarios in scenarios/),
 Kamailio (scenarios/kamailio.cfg: registrar, record-routing proxy, WebSocket
-server) and two small socket clients written here (two SIP requests in one
-TCP segment; SIP over WebSocket).  tcpdump records each capture on lo.
+server), baresip (two user agents that send RTCP: call-rtcp, call-rtcp-mux)
+and two small socket clients written here (two SIP requests in one TCP
+segment; SIP over WebSocket).  tcpdump records each capture on lo.
 
 Usage: make_samples.py [--keep-work] [--out DIR] [NAME ...]   (NAME without .pcap)
 
@@ -1079,6 +1080,110 @@ def cap_port_reuse():
         finish(s, "port-reuse")
 
 
+def cap_fax_t38():
+    """Two calls to one UAS (-m 2), each switched to T.38 by a re-INVITE from
+    the caller: F (UAC :5061, RTP 6000) is accepted and carries UDPTL on the
+    same ports; R (UAC :5062, RTP 6010) is refused with 488 and keeps its RTP."""
+    with capture("fax-t38"):
+        s = uas("uas_fax_t38.xml", m=2, limit=20)
+        f = uac("uac_fax_t38.xml", R_UAS, "-set", "call", "F")
+        finish(f, "fax-t38")
+        r = uac("uac_fax_t38.xml", R_UAS, "-set", "call", "R", port=UAC2, mp=UAC_RTP + 10)
+        finish(r, "fax-t38")
+        finish(s, "fax-t38")
+
+
+# --------------------------------------------------------------------------
+# baresip (call-rtcp, call-rtcp-mux)
+# --------------------------------------------------------------------------
+#
+# Two baresip 1.0 instances, each with its own configuration directory (-f):
+# no audio device (no player module at all; the source is aufile reading a
+# WAV tone), PCMU only, no registration (regint=0), the callee answers by
+# itself (answermode=auto). RTP ports are pinned with rtp_ports (the range
+# 6000-6001 gives 6000, RTCP 6001). baresip's RTCP (libre) sends a compound
+# SR + SDES (CNAME) every 5 s from the start of the stream and BYE + SDES
+# when the stream is closed; SRs carry a report block once RTP has been
+# received. The caller hangs up when baresip quits (-t, 12 s after start).
+
+BARESIP_CALL_SECONDS = 12
+
+
+def baresip_config(name, sip_port, rtp_port, wav, rtcp_mux):
+    d = os.path.join(WORK, f"baresip-{name}")
+    os.makedirs(d, exist_ok=True)
+    user = name                         # alice (caller) or bob (callee)
+    with open(os.path.join(d, "config"), "w") as f:
+        f.write(f"""# baresip 1.0 configuration written by sipflow's make_samples.py
+poll_method		epoll
+sip_listen		{V4}:{sip_port}
+call_local_timeout	30
+call_max_calls		1
+audio_source		aufile,{wav}
+ausrc_format		s16
+auplay_format		s16
+auenc_format		s16
+audec_format		s16
+audio_buffer		20-160
+rtp_ports		{rtp_port}-{rtp_port + 1}
+rtcp_mux		{'yes' if rtcp_mux else 'no'}
+jitter_buffer_delay	5-10
+rtp_stats		yes
+net_interface		{V4}
+statmode_default	off
+module_path		/usr/lib/baresip/modules
+module			g711.so
+module			aufile.so
+module_tmp		account.so
+module_app		menu.so
+""")
+    answer = ";answermode=auto" if user == "bob" else ""
+    with open(os.path.join(d, "accounts"), "w") as f:
+        f.write(f"<sip:{user}@{V4}:{sip_port}>;regint=0;audio_codecs=PCMU{answer}\n")
+    return d
+
+
+def wait_log(name, text, limit):
+    """Wait until WORK/<capture>-<name>.log contains text (True) or limit s pass."""
+    path = os.path.join(WORK, f"{CURRENT}-{name}.log" if CURRENT else f"{name}.log")
+    end = time.time() + limit
+    while time.time() < end:
+        with contextlib.suppress(OSError), open(path, "rb") as f:
+            if text.encode() in f.read():
+                return True
+        time.sleep(0.1)
+    return False
+
+
+def baresip_call(name, rtcp_mux):
+    if shutil.which("baresip") is None:
+        FAILURES.append(f"{name}: baresip not found (Debian: apt-get install baresip-core)")
+        log(f"   !! {name}: baresip not found")
+        return
+    bob = baresip_config("bob", UAS, UAS_RTP, os.path.join(WORK, "baresip-bob.wav"), rtcp_mux)
+    alice = baresip_config("alice", UAC, UAC_RTP, os.path.join(WORK, "baresip-alice.wav"),
+                           rtcp_mux)
+    with capture(name):
+        b = start(["baresip", "-4", "-f", bob], "baresip-bob", BARESIP_CALL_SECONDS + 15)
+        wait_port(UAS, "udp")
+        a = start(["baresip", "-4", "-f", alice, "-t", BARESIP_CALL_SECONDS,
+                   "-e", f"/dial sip:bob@{V4}:{UAS}"], "baresip-alice", BARESIP_CALL_SECONDS + 10)
+        finish(a, name, limit=BARESIP_CALL_SECONDS + 10)
+        if not wait_log("baresip-bob", "terminated", 5):
+            FAILURES.append(f"{name}: the callee's call did not end (see {WORK}/{name}-baresip-bob.log)")
+        rc = stop(b)                    # SIGTERM: baresip stops its UA and exits
+        if rc != 0:
+            FAILURES.append(f"{name}: baresip-bob exited with {rc}")
+
+
+def cap_call_rtcp():
+    baresip_call("call-rtcp", rtcp_mux=False)
+
+
+def cap_call_rtcp_mux():
+    baresip_call("call-rtcp-mux", rtcp_mux=True)
+
+
 def cap_websocket():
     with capture("websocket"):
         try:
@@ -1107,6 +1212,9 @@ CAPTURES = [
     ("websocket", cap_websocket),
     ("call-av-dtmf", cap_call_av_dtmf),
     ("port-reuse", cap_port_reuse),
+    ("fax-t38", cap_fax_t38),
+    ("call-rtcp", cap_call_rtcp),
+    ("call-rtcp-mux", cap_call_rtcp_mux),
 ]
 
 # Expected (SIP messages as tshark counts them, Call-IDs, RTP streams)
@@ -1129,6 +1237,9 @@ EXPECTED = {
     "websocket": (19, 4, 0),
     "call-av-dtmf": (11, 1, 4),
     "port-reuse": (21, 3, 6),
+    "fax-t38": (20, 2, 4),
+    "call-rtcp": (6, 1, 2),
+    "call-rtcp-mux": (6, 1, 2),
 }
 
 TSHARK_SIP = ["-o", "ip.defragment:TRUE", "-o", "tcp.desegment_tcp_streams:TRUE",
@@ -1150,6 +1261,59 @@ def tshark_summary(path):
                           "-z", "rtp,streams"], capture_output=True, text=True, timeout=60).stdout
     nrtp = len([ln for ln in rtp.splitlines() if re.search(r"0x[0-9A-Fa-f]{8}", ln)])
     return nmsg, len(callids), nrtp
+
+
+def tshark_fields(path, display_filter, *fields, prefs=()):
+    out = subprocess.run(["tshark", "-r", path, *prefs, "-Y", display_filter, "-T", "fields",
+                          "-E", "occurrence=a", *[a for f in fields for a in ("-e", f)]],
+                         capture_output=True, text=True, timeout=60, check=False).stdout
+    return [(line.split("\t") + [""] * len(fields))[:len(fields)] for line in out.splitlines()]
+
+
+def check_rtcp(path, mux):
+    """call-rtcp(-mux): RTCP both ways between the RTCP ports (RTP + 1, or the
+    RTP ports with rtcp-mux); per direction at least two SRs, each with an
+    SDES CNAME, at least one report block whose LSR names the other side's SR,
+    and one BYE."""
+    problems = []
+    rows = tshark_fields(path, "rtcp && !icmp", "udp.srcport", "udp.dstport", "rtcp.pt",
+                         "rtcp.ssrc.lsr", "rtcp.sdes.text")
+    off = 0 if mux else 1
+    for src, dst in ((UAC_RTP + off, UAS_RTP + off), (UAS_RTP + off, UAC_RTP + off)):
+        mine = [r for r in rows if r[0] == str(src) and r[1] == str(dst)]
+        srs = [r for r in mine if r[2].split(",")[0] == "200"]
+        where = f"RTCP {src} -> {dst}"
+        if len(srs) < 2:
+            problems.append(f"{where}: {len(srs)} sender reports, expected 2 or more")
+        if not all(r[4].startswith("sip:") for r in srs):
+            problems.append(f"{where}: a sender report without SDES CNAME")
+        if not any(r[3] not in ("", "0") for r in srs):
+            problems.append(f"{where}: no report block with LSR")
+        if len([r for r in mine if r[2].split(",")[0] == "203"]) != 1:
+            problems.append(f"{where}: expected one RTCP BYE")
+    if len({(r[0], r[1]) for r in rows}) != 2:
+        problems.append(f"RTCP on other ports: {sorted({(r[0], r[1]) for r in rows})}")
+    return problems
+
+
+def check_fax_t38(path):
+    """fax-t38: the UDPTL packets of call F, as tshark (following the SDP) decodes them."""
+    problems = []
+    rows = tshark_fields(path, "t38 && !_ws.malformed", "udp.srcport", "udp.dstport")
+    for (src, dst), want in (((UAC_RTP, UAS_RTP), len(t38_caller_events())),
+                             ((UAS_RTP, UAC_RTP), len(t38_callee_events()))):
+        got = len([r for r in rows if r == [str(src), str(dst)]])
+        if got != want:
+            problems.append(f"T.38 {src} -> {dst}: {got} packets, expected {want}")
+    return problems
+
+
+# Further checks of some captures: name -> function(path) giving a list of problems
+CHECKS = {
+    "fax-t38": check_fax_t38,
+    "call-rtcp": lambda p: check_rtcp(p, mux=False),
+    "call-rtcp-mux": lambda p: check_rtcp(p, mux=True),
+}
 
 
 def setup_loopback():
@@ -1239,6 +1403,9 @@ def main():
             if flag:
                 FAILURES.append(f"{name}: got {got}, expected {exp}")
             log(f"{name + '.pcap':34} {got[0]:8} {got[1]:8} {got[2]:4}  {os.path.getsize(path)}{flag}")
+            for problem in CHECKS[name](path) if name in CHECKS else ():
+                FAILURES.append(f"{name}: {problem}")
+                log(f"   !! {name}: {problem}")
 
     if args.keep_work or FAILURES:
         log(f"work dir kept: {WORK}")

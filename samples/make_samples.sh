@@ -8,8 +8,10 @@
 # Needs root (network namespace, tcpdump) and, on Debian 12:
 #   apt-get install sip-tester kamailio kamailio-websocket-modules tcpdump \
 #                   tshark ethtool iproute2 python3
+# and for call-rtcp / call-rtcp-mux (only those fail without it):
+#   apt-get install --no-install-recommends baresip-core
 # All traffic stays on the loopback interface of a private network namespace
-# (unshare -n): nothing is sent anywhere else. Takes about a minute.
+# (unshare -n): nothing is sent anywhere else. Takes about a minute and a half.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

@@ -516,3 +516,34 @@ def test_pictures_count_once_and_a_lost_packet_damages_its_picture():
         log.add(seq, ts, 10.0 + i / 30, i + 1, p)
     assert (log.frames, log.key_frames, log.first_key_frame, log.damaged_frames) == (4, 1, 1, 2)
     assert log.frame_rate == pytest.approx(3 / (6 / 30))
+
+
+# -- the calls table's media column -------------------------------------------------------------------
+
+def media_column(path):
+    from click.testing import CliRunner
+    from sipflow.cli.app import main
+    out = CliRunner().invoke(main, ["calls", "--format", "csv", str(path)]).output
+    import csv
+    import io
+    return [row["media"] for row in csv.DictReader(io.StringIO(out))]
+
+
+def test_media_column_reads_one_entry_per_direction(tmp_path):
+    """Caller to callee first (→), then back (←): codecs, video after +, the worst loss, "none" for a
+    silent direction."""
+    from pcaptools import read_pcap, write_pcap
+    assert media_column(AV) == ["→PCMA+VP8 ←PCMA+VP8"]
+    basic = SAMPLES / "basic-call-rtp.pcap"
+    lt, recs = read_pcap(basic)
+    port = struct.Struct("!HH")
+
+    def ports(r):
+        return port.unpack_from(r[2], 14 + 20)     # Ethernet + IPv4 without options (the sample's shape)
+
+    one_way = [r for r in recs if ports(r) != (6100, 6000)]
+    assert media_column(write_pcap(tmp_path / "oneway.pcap", lt, one_way)) == ["→PCMA ←none"]
+    caller = [i for i, r in enumerate(recs) if ports(r) == (6000, 6100)]
+    lossy = [r for i, r in enumerate(recs) if i not in caller[10:15]]       # 5 of 125 lost: 4 %
+    assert media_column(write_pcap(tmp_path / "lossy.pcap", lt, lossy)) == ["→PCMA 4% ←PCMA"]
+    assert media_column(SAMPLES / "busy-486.pcap") == ["-"]

@@ -4,6 +4,7 @@ and every RTCP figure joined to the stream it is about, on every read path.
 The packets here are written field by field from RFC 3550 §6.4-6.6 and RFC 3611 §4.7 (not with
 sipflow's own code); the capture made by a real stack is checked in test_oracle.py against tshark."""
 import csv
+import shutil
 import io
 import struct
 import sys
@@ -215,3 +216,52 @@ def test_rtp_shows_what_rtcp_said(tmp_path):
     csv_out = CliRunner().invoke(main, ["rtp", "--format", "csv", str(capture(tmp_path))]).output
     rtts = sorted(r["rtcp_rtt_ms"] for r in csv.DictReader(io.StringIO(csv_out)))
     assert rtts[0] == "" and float(rtts[1]) == pytest.approx(80.0, abs=0.01)
+
+
+# -- on captures made by a real stack (baresip), against tshark ------------------------------------------
+
+from conftest import SAMPLES  # noqa: E402
+
+RTCP_SAMPLES = [SAMPLES / "call-rtcp.pcap", SAMPLES / "call-rtcp-mux.pcap"]
+
+
+def tshark_rtcp(path):
+    """Per source SSRC: its report blocks' (fraction, cumulative, jitter) in order; per sender SSRC:
+    the last SR packet count and the CNAME, as tshark reads them."""
+    import subprocess
+    out = subprocess.run(["tshark", "-r", str(path), "-Y", "rtcp and not icmp", "-T", "fields", "-E", "occurrence=a",
+                          "-e", "rtcp.senderssrc", "-e", "rtcp.ssrc.identifier", "-e", "rtcp.ssrc.fraction",
+                          "-e", "rtcp.ssrc.cum_nr", "-e", "rtcp.ssrc.jitter", "-e", "rtcp.sender.packetcount",
+                          "-e", "rtcp.sdes.text"], capture_output=True, text=True, timeout=120).stdout
+    blocks, senders = {}, {}
+    for line in out.splitlines():
+        sender, ids, frac, cum, jit, count, text = (line.split("\t") + [""] * 7)[:7]
+        fracs = frac.split(",") if frac else []
+        for ident, f, c, j in zip(ids.split(","), fracs, cum.split(","), jit.split(",")):   # blocks come first
+            blocks.setdefault(int(ident, 16), []).append((int(f), int(c), int(j)))
+        if sender and count:
+            senders[int(sender, 16)] = (int(count), [t for t in text.split(",") if t.startswith("sip:")][0])
+    return blocks, senders
+
+
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
+@pytest.mark.parametrize("path", RTCP_SAMPLES, ids=lambda p: p.name)
+def test_a_real_stacks_rtcp_reads_as_tshark_reads_it(path):
+    if not path.exists():
+        pytest.skip(f"{path.name} not built")
+    blocks, senders = tshark_rtcp(path)
+    a = sipflow.analyze(str(path))
+    assert a.stats["malformed"] == 0
+    streams = [s for s in a.streams if s.rtcp is not None]
+    assert len(streams) == 2
+    for s in streams:
+        r = s.rtcp
+        reports = blocks[s.ssrc]
+        frac, cum, jit = reports[-1]
+        assert r.reports == len(reports) and r.cumulative_lost == cum
+        assert r.fraction_lost == pytest.approx(frac * 100 / 256)
+        assert r.jitter == pytest.approx(jit * 1000 / s.rate)
+        assert (r.sender_packets, r.cname) == senders[s.ssrc]
+        assert r.kinds.get("SR") == 2 and r.kinds.get("BYE") == 1 and r.bye_frame is not None
+    # at least one round trip is answered on each capture (LSR naming an SR in the capture)
+    assert any(s.rtcp.rtt is not None and 0 <= s.rtcp.rtt < 50 for s in streams)

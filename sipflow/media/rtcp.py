@@ -209,6 +209,7 @@ def parse(data: bytes) -> List[RtcpPacket]:
 
 MAX_LOGS = 65536          # sender and report logs kept (beyond: counted in ``RtcpBook.overflow``)
 SR_MEMORY = 16            # sender reports remembered per sender, to answer LSRs
+RTT_SLACK = 0.001         # a round trip this far below zero is rounding (of DLSR), taken as 0
 
 
 class SenderLog:
@@ -257,8 +258,9 @@ class ReportLog:
         if sent is None:
             return
         rtt = ts - sent - b.dlsr / 65536.0
-        if rtt < 0.0:      # the SR was captured after the report left: a capture point far from the sender
+        if rtt < -RTT_SLACK:   # the SR was captured after the report left: a capture point far from the sender
             return
+        rtt = max(rtt, 0.0)    # within the slack: a DLSR rounded to the reporter's clock (many count in ms)
         if self.rtt_n == 0 or rtt < self.rtt_min:
             self.rtt_min = rtt
         if rtt > self.rtt_max:

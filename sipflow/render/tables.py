@@ -119,13 +119,32 @@ def _party(uri: str) -> str:
 
 
 def _media_summary(a: Analysis, call) -> str:
-    """``PCMA 125/125p`` (codec, packets per stream), plus the worst loss when there is any."""
-    if not call.streams:
+    """One entry per direction, caller to callee first: ``→PCMA ←PCMA``; video after a ``+``
+    (``→PCMA+VP8``), the worst loss when there is any (``→PCMA 3%``), ``←none`` for a direction with no
+    packets while the other has some, ``T.38`` for a fax. ``-`` when the capture holds no media."""
+    if not call.streams and not call.faxes:
         return "-"
-    codecs = "/".join(dict.fromkeys(str(s.codec or s.pt) for s in call.streams))
-    text = f"{codecs} {'/'.join(str(s.packets) for s in call.streams)}p"
-    worst = max((s.lost / s.expected for s in call.streams if s.expected > 0), default=0.0)
-    return text + (f" {worst * 100:.1f}%loss" if worst > 0 else "")
+    # where the caller said it receives: the SDPs of the messages it sent (its own hop)
+    sent = {e.frame for e in call.events if (e.src, e.sport) == call.caller}
+    caller_side = {(o.ip, o.port) for o in call.media if o.frame in sent}
+    sides: Dict[str, Dict[str, float]] = {"→": {}, "←": {}}
+    for s in call.streams:
+        side = sides["←" if (s.dst, s.dport) in caller_side else "→"]
+        name = str(s.codec or f"PT{s.pt}")
+        loss = s.lost / s.expected if s.expected > 0 and s.lost > 0 else 0.0
+        side[name] = max(side.get(name, 0.0), loss)
+    for f in call.faxes:
+        side = sides["←" if (f.dst, f.dport) in caller_side else "→"]
+        side["T.38"] = max(side.get("T.38", 0.0), f.lost / f.expected if f.expected and f.lost else 0.0)
+    parts = []
+    for arrow, side in sides.items():
+        if not side:
+            parts.append(arrow + "none")
+            continue
+        worst = max(side.values())
+        parts.append(arrow + "+".join(side) + (f" {worst * 100:.0f}%" if worst >= 0.005 else
+                                               " <1%" if worst > 0 else ""))
+    return " ".join(parts)
 
 
 def call_rows(a: Analysis) -> List[Dict[str, Any]]:
@@ -396,7 +415,8 @@ def rtcp_lines(streams, width: int = 80) -> List[str]:
                          f"(max {r.fraction_lost_max:.1f}%, cumulative {r.cumulative_lost}), jitter "
                          f"{r.jitter:.1f} ms (max {r.jitter_max:.1f})")
             if r.rtt is not None:
-                parts.append(f"RTT {r.rtt:.1f} ms (min {r.rtt_min:.1f}, max {r.rtt_max:.1f}, {r.rtt_n} samples)")
+                parts.append(f"RTT {r.rtt:.1f} ms (min {r.rtt_min:.1f}, max {r.rtt_max:.1f}, {r.rtt_n} "
+                             f"sample{'s' if r.rtt_n != 1 else ''})")
         else:
             parts.append("no receiver report")
         if r.xr is not None:
