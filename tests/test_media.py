@@ -547,3 +547,43 @@ def test_media_column_reads_one_entry_per_direction(tmp_path):
     lossy = [r for i, r in enumerate(recs) if i not in caller[10:15]]       # 5 of 125 lost: 4 %
     assert media_column(write_pcap(tmp_path / "lossy.pcap", lt, lossy)) == ["→PCMA 4% ←PCMA"]
     assert media_column(SAMPLES / "busy-486.pcap") == ["-"]
+
+
+# -- simulated jitter buffers ---------------------------------------------------------------------------
+
+def buffered(delay, n=1000, seed=1):
+    """A 20 ms PCMU stream whose packet i arrives ``delay(i, rnd)`` seconds after its due time."""
+    rnd = random.Random(seed)
+    s = RtpStream("a", 1, "b", 2, 1, 0, 1)
+    for i in range(n):
+        s.add(i, i * 160, 100.0 + 0.02 * i + delay(i, rnd), 0)
+    s.flush()
+    return s
+
+
+def test_jitter_buffers_discard_what_comes_too_late():
+    """A fixed 60 ms buffer loses every packet held up longer; the adaptive one loses a packet much
+    later than the ones before it, then holds that depth (decaying over seconds)."""
+    spikes = buffered(lambda i, r: 0.1 if i % 100 == 50 else 0.0)       # 100 ms, every 2 s
+    assert (spikes.late_fixed, spikes.late_adaptive) == (10, 10)       # 2 s decays 100 ms under 100 / 1.2
+    burst = buffered(lambda i, r: 0.1 if 500 <= i < 510 else 0.0)      # ten in a row: the first one only
+    assert (burst.late_fixed, burst.late_adaptive) == (10, 1)
+    step = buffered(lambda i, r: 0.04 if i >= 500 else 0.0)            # the route changes: 40 ms more
+    assert (step.late_fixed, step.late_adaptive) == (0, 1)
+    steady = buffered(lambda i, r: r.uniform(0, 0.004))
+    assert (steady.late_fixed, steady.late_adaptive) == (0, 0)
+    heavy = buffered(lambda i, r: r.uniform(0, 0.08), n=5000)          # a quarter is over 60 ms
+    assert 0.2 < heavy.late_fixed / 5000 < 0.3 and heavy.late_adaptive < 50
+
+
+def test_clock_drift_is_not_lateness():
+    """A sender whose clock is 1000 ppm slow: its packets come 1 ms later every second, for 10
+    minutes. The playout base follows (up to 2 ms per second), so nothing is late."""
+    drift = buffered(lambda i, r: i * 0.02 * 0.001, n=30000)
+    assert (drift.late_fixed, drift.late_adaptive) == (0, 0)
+
+
+def test_late_packets_count_as_lost_in_the_mos():
+    rating, note = emodel.judge("PCMU", "audio", 1000, 0, 0, None, 10)
+    assert rating.ppl == pytest.approx(1.0) and rating.mos == pytest.approx(emodel.rate(0.0, 25.1, 1.0).mos)
+    assert "10 late for an adaptive jitter buffer" in note

@@ -19,7 +19,7 @@ from sipflow.media.vec import fold  # noqa: E402
 from conftest import sample_files  # noqa: E402
 
 INT_FIELDS = ("packets", "expected", "lost", "duplicates", "out_of_order", "seq_wraps", "marker_packets", "jitter_n",
-              "pt", "loss_events")
+              "pt", "loss_events", "late_fixed", "late_adaptive")
 FLOAT_FIELDS = ("jitter", "jitter_max", "jitter_mean", "max_delta", "first_ts", "last_ts")
 
 
@@ -56,7 +56,8 @@ def random_stream(rnd, n, main=0, step=160, period=0.02):
         if 0.94 < r <= 0.945:   # a pause of over a second (an outage unless a talkspurt ends it)
             t += 1.0 + rnd.random()
         t += period + rnd.uniform(-0.003, 0.003)
-        out.append((seq, ts, t, pt))
+        spike = rnd.choice((0.03, 0.07, 0.2)) if 0.93 < r <= 0.94 and len(out) > 30 else 0.0   # held up
+        out.append((seq, ts, t + spike, pt))
         seq, ts = (seq + 1) & 0xFFFF, (ts + step) & 0xFFFFFFFF
     return out
 

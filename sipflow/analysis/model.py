@@ -300,6 +300,7 @@ def stream_dict(s: StreamRecord) -> dict:
         "jitter_max_ms": s.jitter_max, "start": s.first_ts, "end": s.last_ts, "call_id": s.call_id,
         "setup_frame": s.setup_frame, "nat": s.nat, "rtcp_packets": s.rtcp_packets, "first_frame": s.first_frame,
         "file": s.file, "dtmf": [dtmf_dict(d) for d in s.dtmf], "loss_events": s.loss_events,
+        "late_fixed_jb": s.late_fixed, "late_adaptive_jb": s.late_adaptive,
         "quality": quality_dict(s), "quality_note": s.quality_note, "rtcp": rtcp_dict(s),
         "media_gaps": [{"start": a, "end": b, "seconds": round(b - a, 3)} for a, b in s.media_gaps],
         "video": None if s.video is None else {

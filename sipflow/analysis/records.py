@@ -152,6 +152,8 @@ class StreamRecord:
     setup_frame: Optional[int]   # the frame of that SDP
     dtmf: Tuple[DtmfRecord, ...]   # RFC 4733 key presses in this stream
     loss_events: int          # gaps in the sequence (bursts of loss)
+    late_fixed: int           # packets too late for a 60 ms fixed jitter buffer (media.stats)
+    late_adaptive: int        # ... for an adaptive one (4 x jitter, 20 ms at least): counted as lost by the MOS
     quality: Optional[Rating]  # the G.107 E-model rating, every term (None: not rated; quality_note says why)
     quality_note: str
     rtcp: Optional[RtcpRecord] = None   # None: no RTCP from or about this stream

@@ -44,7 +44,7 @@ def stream_record(j: Join, book: RtcpBook, gaps: Sequence[Tuple[float, float]] =
     control = rtcp_record(j, book, ms)
     rtt = control.rtt if control is not None else None
     quality, note = judge(name, kind, st.expected, st.lost, st.loss_events,
-                          rtt / 2.0 if rtt is not None else None)
+                          rtt / 2.0 if rtt is not None else None, st.late_adaptive)
     return StreamRecord(
         src=st.src, sport=st.sport, dst=st.dst, dport=st.dport, ssrc=st.ssrc, pt=st.pt, codec=name, rate=rate,
         clock_rate_guessed=guessed, clock_source=source, sdp_clock_rate=sdp_rate or None, packets=st.packets,
@@ -58,7 +58,8 @@ def stream_record(j: Join, book: RtcpBook, gaps: Sequence[Tuple[float, float]] =
         other_pts=MappingProxyType(dict(st.other_pts)),
         rtcp_packets=control.packets if control is not None else 0,
         call_id=j.call.call_id if j.call is not None else None, nat=j.nat,
-        media=kind, loss_events=st.loss_events, quality=quality, quality_note=note,
+        media=kind, loss_events=st.loss_events, late_fixed=st.late_fixed, late_adaptive=st.late_adaptive,
+        quality=quality, quality_note=note,
         setup_frame=j.offer.frame if j.offer is not None else None, dtmf=stream_dtmf(j), rtcp=control,
         media_gaps=tuple(gaps), video=video_record(st))
 

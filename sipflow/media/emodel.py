@@ -110,10 +110,12 @@ def burst_ratio(lost: int, expected: int, loss_events: int) -> float:
 
 
 def judge(codec: Optional[str], kind: Optional[str], expected: int, lost: int, loss_events: int,
-          delay_ms: Optional[float] = None) -> Tuple[Optional[Rating], str]:
+          delay_ms: Optional[float] = None, late: int = 0) -> Tuple[Optional[Rating], str]:
     """A stream's rating from what a capture shows (loss, its bursts, the codec), or None, and a note
     that says what was left out or why there is no rating. ``delay_ms``: the one-way network delay,
-    which a capture shows only through RTCP round trips (half of one); None: delay not counted."""
+    which a capture shows only through RTCP round trips (half of one); None: delay not counted.
+    ``late``: packets a simulated jitter buffer would discard, counted as lost (G.107's Ppl is the loss
+    the decoder sees, network and jitter buffer together)."""
     name = (codec or "").upper()
     if kind == "video":
         return None, "video: the E-model rates speech only"
@@ -127,8 +129,10 @@ def judge(codec: Optional[str], kind: Optional[str], expected: int, lost: int, l
     if expected < MIN_PACKETS:
         return None, f"{expected} packets: too few to judge (fewer than {MIN_PACKETS})"
     ie, bpl, source = values
-    ppl = 100.0 * max(lost, 0) / expected
+    ppl = 100.0 * (max(lost, 0) + late) / expected
     delay = (f"delay {delay_ms:.1f} ms (half the RTCP round trip; network only)" if delay_ms is not None
              else "delay not counted (no RTCP round trip)")
+    buffer = (f"loss {max(lost, 0)} in the network + {late} late for an adaptive jitter buffer" if late
+              else "no packet late for an adaptive jitter buffer")
     return (rate(ie, bpl, ppl, burst_ratio(lost, expected, loss_events), delay_ms),
-            f"Ie {ie:g}, Bpl {bpl:g} ({source}); network loss only, no jitter buffer simulated; {delay}")
+            f"Ie {ie:g}, Bpl {bpl:g} ({source}); {buffer}; {delay}")

@@ -17,6 +17,7 @@ and RTCP rule); ``media.vec`` computes the same figures on arrays and is tested 
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 from sipflow.media.events import EventLog
@@ -33,6 +34,17 @@ USUAL_CLOCKS = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, 90000)
 CLOCK_TOLERANCE = 0.2          # a measured rate more than 20 % off every usual one is not trusted
 OUTAGE = 1.0                   # seconds without any packet of a stream, not ended by a talkspurt: kept
 MAX_OUTAGES = 16               # outages kept per stream (the rest are counted)
+# The jitter buffers simulated (see RtpStream.flush): a fixed one, FIXED_JB seconds deep, and an
+# adaptive one as deep as the largest delay it has seen, that depth decaying by e every JB_DECAY seconds,
+# plus 20 % headroom, ADAPTIVE_JB_MIN at least (it discards a packet much later than the ones before,
+# then holds that depth a while).
+# Their playout base is the earliest transit seen, allowed to move later by JB_DRIFT seconds per second
+# (clocks that drift, a route that changes).
+FIXED_JB = 0.060
+ADAPTIVE_JB_MIN = 0.020
+JB_DECAY = 5.0
+JB_HEADROOM = math.log(1.2)    # the adaptive buffer holds 20 % more than its decayed depth
+JB_DRIFT = 0.002
 
 def pending_key(ssrc: int, pt: int) -> int:
     """The head of a stream's pending list: its SSRC and main payload type in one int."""
@@ -86,7 +98,7 @@ class RtpStream:
                  "first_ts", "last_ts", "last_arrival", "first_transit", "last_transit",
                  "jitter_ts", "jmax_ts", "jsum_ts", "jitter_n", "max_delta", "first_frame", "other_pts",
                  "marker_packets", "file", "events_only", "events", "pending", "last_any", "outages",
-                 "outages_more", "video")
+                 "outages_more", "video", "jb_umin", "jb_peak", "late_fixed", "late_adaptive")
 
     def __init__(self, src: str, sport: int, dst: str, dport: int, ssrc: int, pt: int, frame: int,
                  file: int = 0, clock_rate: int = 0, events_only: bool = False, video: Optional[str] = None) -> None:
@@ -118,6 +130,10 @@ class RtpStream:
         self.jitter_n = 0
         self.max_delta = 0.0       # largest arrival gap between consecutive packets, seconds
         self.last_any = 0.0        # arrival of the last packet of any payload type
+        self.jb_umin = 0.0         # the jitter buffers' playout base (see flush), relative to the first packet
+        self.jb_peak = -math.inf   # the adaptive buffer's depth, as log(delay) + time / JB_DECAY
+        self.late_fixed = 0        # packets that would come too late for a FIXED_JB buffer
+        self.late_adaptive = 0     # ... and for the adaptive one
         self.outages: list = []    # (start, end) arrival of gaps of OUTAGE or more not ended by a marker
         self.outages_more = 0      # outages beyond MAX_OUTAGES
         self.first_frame = frame
@@ -186,6 +202,16 @@ class RtpStream:
         jitter, jmax, jsum, jn = self.jitter_ts, self.jmax_ts, self.jsum_ts, self.jitter_n
         max_delta, markers = self.max_delta, self.marker_packets
         last_any = self.last_any
+        # Jitter buffers: a packet's delay over the playout base is u - min(u) (the minimum of the packets
+        # before it), with u its transit relative to the first packet's (wraps folded) less JB_DRIFT x
+        # the time since: the base is the earliest transit seen, allowed to move later by JB_DRIFT per
+        # second. Late for the fixed buffer: a delay over FIXED_JB. The adaptive buffer's depth is the
+        # largest delay before, decayed: max(delay_j x exp(-(t - t_j) / JB_DECAY)), kept in log form as
+        # the running maximum of log(delay_j) + t_j / JB_DECAY; a packet is late when it exceeds it by
+        # more than the headroom.
+        t0, a0, slope = self.first_transit, self.first_ts, JB_DRIFT * rate
+        umin, peak, late_f, late_a = self.jb_umin, self.jb_peak, self.late_fixed, self.late_adaptive
+        fixed, floor, decay = FIXED_JB * rate, ADAPTIVE_JB_MIN * rate, 1.0 / JB_DECAY
         arrival = self.last_ts
         for seq, rtp_ts, arrival, pt_byte in zip(it, it, it, it):
             # Sequence accounting (RFC 3550 A.1, as an observer: never resets, counts instead).
@@ -208,6 +234,17 @@ class RtpStream:
                     expect = seq + 1
             transit = arrival * rate - rtp_ts
             if pt_byte == main_pt:
+                u = (transit - t0 + 2147483648.0) % 4294967296.0 - 2147483648.0 - slope * (arrival - a0)
+                if u < umin:
+                    umin = u
+                elif u - umin > floor:
+                    if u - umin > fixed:
+                        late_f += 1
+                    v = math.log(u - umin) + (arrival - a0) * decay
+                    if v > peak:
+                        if v > peak + JB_HEADROOM:
+                            late_a += 1
+                        peak = v
                 d = transit - last_transit
                 if d < 0:
                     d = -d
@@ -225,6 +262,17 @@ class RtpStream:
             elif pt_byte == marked_pt:
                 # A talkspurt starts: as Wireshark does, the estimate runs on but the figures skip it.
                 markers += 1
+                u = (transit - t0 + 2147483648.0) % 4294967296.0 - 2147483648.0 - slope * (arrival - a0)
+                if u < umin:
+                    umin = u
+                elif u - umin > floor:
+                    if u - umin > fixed:
+                        late_f += 1
+                    v = math.log(u - umin) + (arrival - a0) * decay
+                    if v > peak:
+                        if v > peak + JB_HEADROOM:
+                            late_a += 1
+                        peak = v
                 d = transit - last_transit
                 if d < 0:
                     d = -d
@@ -246,6 +294,7 @@ class RtpStream:
         self.jitter_ts, self.jmax_ts, self.jsum_ts, self.jitter_n = jitter, jmax, jsum, jn
         self.max_delta, self.marker_packets = max_delta, markers
         self.last_any = last_any
+        self.jb_umin, self.jb_peak, self.late_fixed, self.late_adaptive = umin, peak, late_f, late_a
         del p[1:]
 
     def outage(self, start: float, end: float) -> None:

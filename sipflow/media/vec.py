@@ -18,7 +18,8 @@ from typing import List
 
 import numpy as np
 
-from sipflow.media.stats import MAX_DROPOUT, OUTAGE, RtpStream
+from sipflow.media.stats import (ADAPTIVE_JB_MIN, FIXED_JB, JB_DECAY, JB_DRIFT, JB_HEADROOM, MAX_DROPOUT, OUTAGE,
+                                 RtpStream)
 
 ROUND = 2048
 _A = 15.0 / 16.0
@@ -156,6 +157,35 @@ def fold(streams: List[RtpStream], starts: np.ndarray, seq: np.ndarray, rts: np.
         J[m] = jr
         lasts = np.flatnonzero(np.r_[gm[1:] != gm[:-1], True])
         j0[gm[lasts]] = jr[lasts]
+    # Jitter buffers (RtpStream.flush has the rule): the delay over a playout base that is the running
+    # minimum of u, per stream (its own slice), carried from the blocks before.
+    t0 = np.array([st.first_transit for st in streams])[g_of]
+    a0 = np.array([st.first_ts for st in streams])[g_of]
+    u = np.mod(transit - t0 + 2147483648.0, 4294967296.0) - 2147483648.0 - (JB_DRIFT * rate)[g_of] * (R - a0)
+    umin = np.empty_like(u)
+    for g, st in enumerate(streams):
+        lo, hi = int(gstart[g]), int(gend[g])
+        np.minimum.accumulate(u[lo:hi], out=umin[lo:hi])
+        np.minimum(umin[lo:hi], st.jb_umin, out=umin[lo:hi])
+    # (a packet that lowers the base is never late: its delay is 0 against its own minimum)
+    prev_min = np.empty_like(u)
+    prev_min[1:] = umin[:-1]
+    prev_min[gstart] = [st.jb_umin for st in streams]
+    delay = u - prev_min
+    over = delay > (ADAPTIVE_JB_MIN * rate)[g_of]
+    late_f = np.add.reduceat((over & (delay > (FIXED_JB * rate)[g_of])).astype(np.int64), gstart)
+    late_a = np.zeros(ng, dtype=np.int64)
+    peaks = [st.jb_peak for st in streams]
+    oi = np.flatnonzero(over)
+    if len(oi):   # rare packets: the adaptive buffer's running maximum, group by group
+        v = np.log(delay[oi]) + (R[oi] - a0[oi]) * (1.0 / JB_DECAY)
+        og = g_of[oi]
+        cuts = np.flatnonzero(np.r_[True, og[1:] != og[:-1]])
+        for lo, hi in zip(cuts.tolist(), np.r_[cuts[1:], len(oi)].tolist()):
+            g = int(og[lo])
+            run = np.maximum.accumulate(np.r_[peaks[g], v[lo:hi]])
+            late_a[g] = int(np.count_nonzero(v[lo:hi] > run[:-1] + JB_HEADROOM))
+            peaks[g] = float(run[-1])
     live = ~marker
     jsum = np.add.reduceat(np.where(live, J, 0.0), gstart)
     jmax = np.maximum.reduceat(np.where(live, J, -1.0), gstart)
@@ -171,6 +201,10 @@ def fold(streams: List[RtpStream], starts: np.ndarray, seq: np.ndarray, rts: np.
         st.last_arrival = st.last_ts = st.last_any = float(R[li])
         st.last_transit = float(transit[li])
         st.jitter_ts = float(J[li])
+        st.jb_umin = float(umin[li])
+        st.jb_peak = peaks[g]
+        st.late_fixed += int(late_f[g])
+        st.late_adaptive += int(late_a[g])
         st.jsum_ts += float(jsum[g])
         st.jitter_n += int(jn[g])
         st.marker_packets += int(lengths[g] - jn[g])

@@ -343,9 +343,15 @@ def streams_text(a: Analysis, width: int = 80) -> str:
                           "Call"], rows, width, flexible={9: 5}, right=(4, 5, 6, 7, 8), gap=1)
     notes = ["Jit ms: mean/max of the RFC 3550 jitter. MaxΔ: largest gap between packets, ms. Call: its "
              "Call-ID (a wider --width or --format csv shows the whole of it).",
-             "MOS: ITU-T G.107 E-model from the codec and the loss and its bursts, with half the RTCP round "
-             "trip as delay where RTCP measured one (--format json shows every term). -: not rated (video, "
-             f"DTMF, wideband or unknown codec, under {MIN_PACKETS} packets)."]
+             "MOS: ITU-T G.107 E-model from the codec, the loss and its bursts (packets an adaptive jitter "
+             "buffer would discard as late count as lost), with half the RTCP round trip as delay where RTCP "
+             "measured one (--format json shows every term). -: not rated (video, DTMF, wideband or unknown "
+             f"codec, under {MIN_PACKETS} packets)."]
+    late = [s for s in a.streams if s.late_fixed or s.late_adaptive]
+    if late:
+        notes.append("Late (jitter buffers simulated: fixed 60 ms / adaptive): " + ", ".join(
+            f"{fmt_endpoint(s.src, s.sport)} -> {fmt_endpoint(s.dst, s.dport)} {s.late_fixed}/{s.late_adaptive}"
+            for s in late) + ".")
     notes += _clock_notes(a.streams)
     if any(s.jitter_mean is None for s in a.streams):
         notes.append("Jit -: a stream of DTMF events (RFC 4733): its packets share timestamps, jitter means "
