@@ -587,3 +587,31 @@ def test_late_packets_count_as_lost_in_the_mos():
     rating, note = emodel.judge("PCMU", "audio", 1000, 0, 0, None, 10)
     assert rating.ppl == pytest.approx(1.0) and rating.mos == pytest.approx(emodel.rate(0.0, 25.1, 1.0).mos)
     assert "10 late for an adaptive jitter buffer" in note
+
+
+def test_a_stream_that_starts_with_a_key_press_is_still_the_audio_stream():
+    """The caller presses a key as the media starts: the SSRC's first packets are telephone-events.
+    The stream is the SDP's audio codec (not an events-only stream), the key is decoded, and the
+    audio's figures are computed on the audio."""
+    an = Analyzer()
+    a_ip, b_ip = "192.0.2.1", "192.0.2.2"
+    sdp = (f"v=0\r\no=- 1 1 IN IP4 {a_ip}\r\ns=-\r\nc=IN IP4 {a_ip}\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0 101\r\n"
+           "a=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\n")
+    invite = ("INVITE sip:b@y SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKk\r\nFrom: <sip:a@x>;tag=1\r\n"
+              "To: <sip:b@y>\r\nCall-ID: key@x\r\nCSeq: 1 INVITE\r\nContent-Type: application/sdp\r\n"
+              f"Content-Length: {len(sdp)}\r\n\r\n{sdp}").encode()
+    an.feed(0.0, 0, 1, 1, eth_ip(ipv4(b_ip, a_ip, 17, udp(b_ip, a_ip, 5060, 5060, invite))))
+    frame, seq = 2, 0
+    for i in range(8):   # key "7": 8 packets, one timestamp, the last three with the end bit
+        ev = struct.pack("!BBH", 7, 0x80 | 10 if i >= 5 else 10, 160 * (i + 1))
+        rtp = struct.pack("!BBHII", 0x80, 101 | (0x80 if i == 0 else 0), seq, 8000, 0x5EED) + ev
+        an.feed(1.0 + 0.02 * i, 0, frame, 1, eth_ip(ipv4(b_ip, a_ip, 17, udp(b_ip, a_ip, 5000, 4000, rtp))))
+        frame, seq = frame + 1, seq + 1
+    for i in range(120):
+        rtp = struct.pack("!BBHII", 0x80, 0, seq, 8000 + 160 * (8 + i), 0x5EED) + b"\xff" * 160
+        an.feed(1.16 + 0.02 * i, 0, frame, 1, eth_ip(ipv4(b_ip, a_ip, 17, udp(b_ip, a_ip, 5000, 4000, rtp))))
+        frame, seq = frame + 1, seq + 1
+    (s,) = an.result().streams
+    assert (s.pt, s.codec, s.packets, s.lost) == (0, "PCMU", 128, 0)
+    assert [d.key for d in s.dtmf] == ["7"] and s.dtmf[0].ended
+    assert s.jitter_mean is not None and s.jitter_max < 1.0 and s.quality is not None

@@ -329,13 +329,31 @@ class Analyzer:
         st = self.by_ssrc.get((flow, ssrc))
         if st is None:
             src, sport, dst, dport = _endpoints(flow)
-            codec = self._sdp_codec(src, sport, dst, dport, b1 & 0x7F)
+            pt = b1 & 0x7F
+            codec = self._sdp_codec(src, sport, dst, dport, pt)
             name = codec.name.upper() if codec is not None else ""
-            st = RtpStream(src, sport, dst, dport, ssrc, b1 & 0x7F, frame, fi, codec.clock_rate if codec else 0,
+            if name == "TELEPHONE-EVENT":
+                # A key pressed as the stream starts: its main payload type is the m= line's first codec
+                # that is not an event or comfort noise (events only if there is none).
+                audio = self._sdp_audio(src, sport, dst, dport)
+                if audio is not None:
+                    pt, codec, name = audio.pt, audio, audio.name.upper()
+            st = RtpStream(src, sport, dst, dport, ssrc, pt, frame, fi, codec.clock_rate if codec else 0,
                            name == "TELEPHONE-EVENT", name if name in VIDEO_CODECS else None)
             self.by_ssrc[(flow, ssrc)] = st
         self.pending[flow] = st.pending
         return st
+
+    def _sdp_audio(self, src: str, sport: int, dst: str, dport: int) -> Optional[Codec]:
+        """The first codec of the SDP in force at a new stream's ends that carries sound (not
+        telephone-event, not comfort noise), or None."""
+        book = self.tracker.media_book
+        for offer in (book.offer_at(dst, dport), book.offer_at(src, sport)):
+            if offer is not None:
+                for codec in offer.codecs.values():
+                    if codec.name.upper() not in ("TELEPHONE-EVENT", "CN") and codec.clock_rate:
+                        return codec
+        return None
 
     def _sdp_codec(self, src: str, sport: int, dst: str, dport: int, pt: int) -> Optional[Codec]:
         """A new stream's codec (clock rate, telephone-event or not), from the SDP in force at its

@@ -85,7 +85,7 @@ def join_streams(calls: Sequence[Call], streams: Iterable[RtpStream]) -> List[Jo
                 out.append(Join(st, None, None, False))
             continue
         offer, call, nat = match
-        out.append(Join(st, call, codec_for(offer, call.media, st.pt), nat, offer))
+        out.append(Join(st, call, codec_for(offer, call.media, st.carried_pt), nat, offer))
     out.sort(key=lambda j: (j.stream.first_ts, j.stream.src, j.stream.sport))
     return out
 

@@ -37,7 +37,8 @@ def stream_record(j: Join, book: RtcpBook, gaps: Sequence[Tuple[float, float]] =
     if sdp_rate and sdp_rate == rate and source in (CLOCK_MEASURED, CLOCK_ASSUMED):
         source = CLOCK_SDP
     guessed = source in (CLOCK_MEASURED, CLOCK_ASSUMED) or bool(sdp_rate and sdp_rate != rate)
-    name = j.codec.name if j.codec is not None else STATIC_PT.get(st.pt, (f"PT{st.pt}",))[0]
+    pt = st.carried_pt
+    name = j.codec.name if j.codec is not None else STATIC_PT.get(pt, (f"PT{pt}",))[0]
     ms = 1000.0 / rate
     events_only = st.events_only or name.lower() == TELEPHONE_EVENT
     kind = j.offer.kind if j.offer is not None else None
@@ -46,7 +47,7 @@ def stream_record(j: Join, book: RtcpBook, gaps: Sequence[Tuple[float, float]] =
     quality, note = judge(name, kind, st.expected, st.lost, st.loss_events,
                           rtt / 2.0 if rtt is not None else None, st.late_adaptive)
     return StreamRecord(
-        src=st.src, sport=st.sport, dst=st.dst, dport=st.dport, ssrc=st.ssrc, pt=st.pt, codec=name, rate=rate,
+        src=st.src, sport=st.sport, dst=st.dst, dport=st.dport, ssrc=st.ssrc, pt=pt, codec=name, rate=rate,
         clock_rate_guessed=guessed, clock_source=source, sdp_clock_rate=sdp_rate or None, packets=st.packets,
         expected=st.expected, lost=st.lost,
         duplicates=st.duplicates, out_of_order=st.out_of_order, seq_wraps=st.seq_wraps, max_delta=st.max_delta,

@@ -187,13 +187,13 @@ class RtpStream:
         it = iter(p)
         next(it)  # the key
         rate = float(self.rate)
-        if before == 0:  # the first packet starts the figures
+        if before == 0:  # the first packet starts the figures (a key press may come first: its timestamp
+            #              is the audio's clock at that instant, RFC 4733 §2.3.4, so it is a fair reference)
             seq, rtp_ts, arrival, pt_byte = next(it), next(it), next(it), next(it)
             self.base_seq = seq
             self.expect = seq + 1
             self.first_ts = self.last_arrival = self.last_ts = self.last_any = arrival
             self.first_transit = self.last_transit = arrival * rate - rtp_ts
-            self.pt = pt_byte & 0x7F
         expect, cycles, dup, ooo = self.expect, self.cycles, self.duplicates, self.out_of_order
         gaps = self.loss_events
         main_pt = self.pt
@@ -317,6 +317,15 @@ class RtpStream:
             return None
         d = (self.last_transit - self.first_transit + 2147483648.0) % 4294967296.0 - 2147483648.0  # wraps
         return abs(d) / (self.rate * span)
+
+    @property
+    def carried_pt(self) -> int:
+        """The payload type the stream carried: its main one, unless no packet after the first had it and
+        key presses came instead (a separate SSRC of events, whose main type was taken from the SDP's
+        audio codec because it could have been audio starting with a key press)."""
+        if self.jitter_n == 0 and self.marker_packets == 0 and self.events is not None and self.events.presses:
+            return self.events.presses[0].pt
+        return self.pt
 
     @property
     def max_seq(self) -> int:

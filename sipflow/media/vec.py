@@ -72,7 +72,6 @@ def fold(streams: List[RtpStream], starts: np.ndarray, seq: np.ndarray, rts: np.
             st.expect = st.base_seq + 1
             st.first_ts = st.last_arrival = st.last_ts = st.last_any = a
             st.first_transit = st.last_transit = a * st.rate - float(rts[i])
-            st.pt = int(b1[i]) & 0x7F
             st.packets = 1
             first[g] += 1
             consumed.append(i)
