@@ -79,7 +79,7 @@ def test_calls_text_fits_80_columns_and_lists_every_call():
             "--width", "80")
     lines = r.output.splitlines()
     assert all(len(line) <= 80 for line in lines), max(lines, key=len)
-    assert sum(1 for line in lines if re.match(r"\d\d:\d\d:\d\d\.\d{3} ", line)) == 3
+    assert sum(1 for line in lines if re.match(r"\d+ \d\d:\d\d:\d\d\.\d{3} ", line)) == 3
     assert "busy 486" in r.output and "cancelled 487" in r.output and "answered" in r.output
 
 
@@ -96,7 +96,9 @@ def test_filters_status_user_call_id_method_and_time():
     full = json.loads(run("analyze", *files, "--format", "json").output)
     busy = json.loads(run("analyze", *files, "--format", "json", "--status", "4xx").output)
     assert [c["final_status"] for c in busy["calls"]] == [486]
-    assert all(m["status"] and 400 <= m["status"] < 500 for m in busy["messages"])
+    # the whole busy call, not only its 486: INVITE, 100, 180, 486, ACK
+    assert {m["call_id"] for m in busy["messages"]} == {busy["calls"][0]["call_id"]}
+    assert [m["method"] or m["status"] for m in busy["messages"]] == ["INVITE", 100, 180, 486, "ACK"]
     cid = full["calls"][0]["call_id"]
     one = json.loads(run("analyze", *files, "--format", "json", "--call-id", cid).output)
     assert {m["call_id"] for m in one["messages"]} == {cid} and len(one["calls"]) == 1
@@ -104,7 +106,11 @@ def test_filters_status_user_call_id_method_and_time():
     assert regs["messages"] and {m["cseq_method"] for m in regs["messages"]} == {"REGISTER"} and not regs["calls"]
     start = min(m["ts"] for m in full["messages"])
     late = json.loads(run("analyze", *files, "--format", "json", "--since", str(start + 1e-3)).output)
-    assert len(late["messages"]) == sum(1 for m in full["messages"] if m["ts"] >= start + 1e-3)
+    # the calls and registrations that started since then, whole
+    kept = {c["call_id"] for c in full["calls"] if c["start"] >= start + 1e-3} \
+        | {r["call_id"] for r in full["registrations"] if r["start"] >= start + 1e-3}
+    assert {c["call_id"] for c in late["calls"]} | {r["call_id"] for r in late["registrations"]} == kept
+    assert len(late["messages"]) == sum(1 for m in full["messages"] if m["call_id"] in kept)
     assert 0 < len(late["messages"]) < len(full["messages"])
     nobody = json.loads(run("analyze", *files, "--format", "json", "--user", "no-such-user").output)
     assert not nobody["messages"] and not nobody["calls"]
@@ -203,3 +209,67 @@ def test_a_bug_is_its_own_exit_code_with_one_line_that_asks_for_a_report(monkeyp
     assert isinstance(r.exception, ZeroDivisionError)
     bad = run("calls", SAMPLES / "no-such-file.pcap", ok=False)
     assert bad.exit_code == 1, "a bad input stays exit 1"
+
+
+# -- filters you can trust (issue: text views) ---------------------------------------------------------
+
+THREE = [SAMPLES / "call-via-proxy.pcap", SAMPLES / "busy-486.pcap", SAMPLES / "cancel-487.pcap"]
+
+
+@pytest.mark.parametrize("args,option", [(["--status", "abc"], "--status"), (["--status", "7xx"], "--status"),
+                                         (["--method", "FOO"], "--method"), (["--since", "25:61"], "--since"),
+                                         (["--call", "0"], "--call")])
+def test_a_bad_filter_value_is_a_usage_error_naming_its_option(args, option):
+    r = run("calls", *THREE, *args, ok=False)
+    assert r.exit_code == 2 and option in r.output
+
+
+def test_since_after_until_is_refused_before_any_file_is_read(tmp_path):
+    r = run("calls", tmp_path / "no-such.pcap", "--since", "2024-05-01T10:00:00", "--until", "2024-05-01T09:00:00",
+            ok=False)
+    assert r.exit_code == 2 and "--since" in r.output and "later than --until" in r.output
+
+
+def test_a_valid_filter_that_matches_nothing_says_so():
+    r = run("calls", *THREE, "--method", "REFER")
+    assert "0 of 3 calls match --method REFER." in r.output and "No calls" not in r.output
+
+
+def test_method_selects_the_calls_that_have_one_and_the_header_says_so():
+    calls = json.loads(run("calls", *THREE, "--format", "json").output)
+    answered = [c["call_id"] for c in calls if c["outcome"] == "answered"]
+    r = json.loads(run("calls", *THREE, "--method", "bye", "--format", "json").output)
+    assert [c["call_id"] for c in r] == answered
+    text = run("summary", *THREE, "--status", "486").output
+    assert text.startswith("Filter --status 486: 1 of 3 calls")
+    table = text[text.index("Responses by method"):text.index("Calls:")]
+    assert "486" in table and "200" not in table and "487" not in table
+
+
+def test_a_call_is_picked_by_its_number_or_any_unique_part_of_its_call_id():
+    calls = json.loads(run("calls", *THREE, "--format", "json").output)
+    second = calls[1]["call_id"]
+    by_number = json.loads(run("calls", *THREE, "--call", "2", "--format", "json").output)
+    assert [c["call_id"] for c in by_number] == [second]
+    part = second.split("@")[0][-4:]            # a few characters only this Call-ID has
+    assert sum(part in c["call_id"] for c in calls) == 1
+    by_part = json.loads(run("calls", *THREE, "--call-id", part, "--format", "json").output)
+    assert [c["call_id"] for c in by_part] == [second]
+    text = run("calls", *THREE, "--call", "2").output
+    assert re.search(r"^2 \d\d:\d\d:\d\d\.\d{3} ", text, re.M) and "1 of 3 calls" in text
+    too_far = run("calls", *THREE, "--call", "9", ok=False)
+    assert too_far.exit_code == 2 and "no call 9" in too_far.output and "3 call(s)" in too_far.output
+    several = run("calls", *THREE, "--call-id", "@127.0.0.1", ok=False)
+    assert several.exit_code == 2 and "3 calls have" in several.output
+
+
+def test_a_time_of_day_takes_the_captures_date():
+    calls = json.loads(run("calls", *THREE, "--format", "json").output)
+    starts = sorted(c["start"] for c in calls)
+    cut = starts[1] - 0.0005                       # between the first call and the second
+    day = min(starts) // 86400 * 86400
+    assert day == cut // 86400 * 86400, "the samples were made on one day"
+    tod = cut - day
+    hms = f"{int(tod // 3600):02d}:{int(tod % 3600 // 60):02d}:{tod % 60:06.3f}"
+    later = json.loads(run("calls", *THREE, "--since", hms, "--format", "json").output)
+    assert sorted(c["start"] for c in later) == starts[1:]

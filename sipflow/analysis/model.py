@@ -15,7 +15,7 @@ from sipflow.analysis.records import CallRecord, DtmfRecord, FaxRecord, Registra
 from sipflow.analysis.totals import SummarisedCalls
 from sipflow.net import fmt_endpoint
 
-__all__ = ["Analysis", "Filter", "Malformed", "message_dict", "call_dict", "registration_dict", "stream_dict"]
+__all__ = ["Analysis", "Filter", "Malformed", "Scope", "message_dict", "call_dict", "registration_dict", "stream_dict"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,47 @@ class Filter:
     def time_ok(self, ts: float) -> bool:
         return (self.since is None or ts >= self.since) and (self.until is None or ts <= self.until)
 
+    def describe(self) -> str:
+        """The filter as the command line gives it (times in ISO 8601, UTC)."""
+        import datetime as dt
+
+        def iso(ts: float) -> str:
+            return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + "Z"
+        parts = [f"--{name.replace('_', '-')} {value}" for name, value in
+                 (("call_id", self.call_id), ("user", self.user), ("method", self.method), ("status", self.status))
+                 if value is not None]
+        parts += [f"--{name} {iso(value)}" for name, value in (("since", self.since), ("until", self.until))
+                  if value is not None]
+        return " ".join(parts)
+
+    def call_ok(self, c: CallRecord) -> bool:
+        """A call matches: its Call-ID, a party, its start time, its final status, and (``method``) a
+        message of that method in it (``--method BYE``: the calls that have a BYE)."""
+        if self.call_id is not None and c.call_id != self.call_id:
+            return False
+        if self.user is not None and not any(u and self.user.lower() in u.lower() for u in (c.from_user, c.to_user)):
+            return False
+        if self.method is not None:
+            want = self.method.upper()
+            if not any((e.method or e.cseq_method or "").upper() == want for e in c.events):
+                return False
+        return self.time_ok(c.start) and self.status_ok(c.final_status)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a filtered view kept of the whole: the filter as given, and counts to say so."""
+    description: str       # "--method BYE --status 4xx"
+    calls: int
+    calls_total: int
+    messages: int
+    messages_total: int
+    summarised: bool       # some calls were summarised (--keep-calls): a filter cannot see them
+
+    def line(self) -> str:
+        return (f"Filter {self.description}: {self.calls} of {self.calls_total} calls, {self.messages} of "
+                f"{self.messages_total} SIP messages" + (" (summarised calls left out)" if self.summarised else ""))
+
 
 @dataclass(frozen=True)
 class Analysis:
@@ -73,6 +114,16 @@ class Analysis:
     warnings: Tuple[str, ...] = ()
     # Calls summarised out of memory (AnalyzerOptions.keep_calls): not in ``calls``, in every total.
     summarised: SummarisedCalls = field(default_factory=SummarisedCalls.empty)
+    # A filtered view: the filter as given and how much of the whole it kept (None: not filtered).
+    scope: Optional["Scope"] = None
+    # Call-ID -> the call's number in the whole analysis (calls by start, from 1), kept by filtered views
+    numbers: Optional[Dict[str, int]] = None
+
+    def number(self, call: CallRecord) -> int:
+        """The call's number in the calls table of the whole capture (what ``--call N`` takes)."""
+        if self.numbers is None:
+            return self.calls.index(call) + 1
+        return self.numbers[call.call_id]
 
     def call_rows(self) -> Iterator[Tuple[Outcome, Optional[int], bool, Dict[str, Optional[float]]]]:
         """(outcome, final status, INVITE seen, timings) of every call, held or summarised."""
@@ -116,10 +167,7 @@ class Analysis:
                 return False
             return user_ok(e.from_user, e.to_user) and f.time_ok(e.ts)
 
-        calls = tuple(c for c in self.calls
-                 if (f.call_id is None or c.call_id == f.call_id) and user_ok(c.from_user, c.to_user)
-                 and f.time_ok(c.start) and (f.method is None or f.method.upper() == "INVITE")
-                 and f.status_ok(c.final_status))
+        calls = tuple(c for c in self.calls if f.call_ok(c))
         regs = tuple(r for r in self.registrations
                 if (f.call_id is None or r.call_id == f.call_id)
                 and user_ok(r.aor.split(":", 1)[-1].split("@")[0], None) and f.time_ok(r.start)
@@ -127,10 +175,29 @@ class Analysis:
         keep_ids = {c.call_id for c in calls}
         streams = tuple(s for s in self.streams if s.call_id in keep_ids
                         or (s.call_id is None and f.call_id is None and f.user is None and f.time_ok(s.first_ts)))
-        return Analysis(self.files, tuple(e for e in self.messages if msg_ok(e)), calls, regs, self.bindings,
+        # Messages: the whole of every call and registration kept (a busy call is its INVITE, 100, 180, 486
+        # and ACK, not only its 486), and, outside calls and registrations, the messages that match.
+        kept = {c.call_id for c in calls} | {r.call_id for r in regs}
+        grouped = {c.call_id for c in self.calls} | {r.call_id for r in self.registrations}
+        messages = tuple(e for e in self.messages
+                         if (e.call_id in kept if e.call_id in grouped else msg_ok(e)))
+        methods: Dict[str, Dict[str, int]] = {}
+        for e in messages:   # the response table of what is shown, counted as the tracker counts
+            if e.retransmission:
+                continue
+            row = methods.setdefault(e.method or e.cseq_method or "?", {})
+            what = "requests" if e.method else str(e.status)
+            row[what] = row.get(what, 0) + 1
+        stats = dict(self.stats, sip_messages=len(messages), retransmissions=sum(e.retransmission for e in messages),
+                     rtp_packets=sum(s.packets for s in streams), streams=len(streams), calls=len(calls),
+                     registrations=len(regs))
+        scope = Scope(f.describe(), len(calls), len(self.calls) + len(self.summarised), len(messages),
+                      self.stats.get("sip_messages", len(self.messages)), bool(len(self.summarised)))
+        return Analysis(self.files, messages, calls, regs, self.bindings,
                         streams, tuple(m for m in self.malformed if f.time_ok(m.ts)),
                         tuple(a for a in self.anomalies if f.call_id is None or a.call_id == f.call_id),
-                        self.methods, self.stats, self.end_ts, self.warnings)
+                        methods, stats, self.end_ts, self.warnings, scope=scope,
+                        numbers=self.numbers or {c.call_id: i + 1 for i, c in enumerate(self.calls)})
 
     # -- KPIs -----------------------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ def calls(files, fmt, output, width, no_progress, **filters):
       sipflow calls capture.pcap
       sipflow calls a.pcap b.pcapng --status 4xx --format csv -o failed.csv
       sipflow calls capture.pcap --user alice --since 2024-05-01T10:00:00
+      sipflow calls capture.pcap --method BYE --since 20:49:20     # calls with a BYE, from 20:49:20 UTC
     """
     from sipflow.render import tables as report
     a = run_analysis(files, no_progress, **filters)
@@ -62,7 +63,7 @@ def analyze(files, fmt, output, width, no_progress, **filters):
     Examples:
       sipflow analyze capture.pcap --format json -o result.json
       sipflow analyze capture.pcap --format ndjson | jq -c 'select(.type == "call")'
-      sipflow analyze capture.pcap --call-id 1-2345@127.0.0.1 --format text
+      sipflow analyze capture.pcap --call 3 --format text          # call 3 of `sipflow calls`
       sipflow analyze capture.pcap --format csv      # one row per SIP message
     """
     from sipflow.render import jsonout

@@ -12,8 +12,9 @@ import enum
 import functools
 import gc
 import os
+import re
 import sys
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple, Union
 
 import click
 
@@ -37,21 +38,51 @@ def internal_error(e: BaseException) -> str:
             f"(and the capture, if you can share it)")
 
 
-def _parse_time(value: Optional[str]) -> Optional[float]:
-    """Epoch seconds, or an ISO 8601 date-time (UTC unless it carries an offset)."""
+# The methods --method takes (RFC 3261, 3262, 3265, 3311, 3428, 3515, 3903, 6086, 6665).
+METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY", "PUBLISH",
+           "INFO", "REFER", "MESSAGE", "UPDATE")
+_TIME_OF_DAY = re.compile(r"(\d{1,2}):(\d{2})(?::(\d{2}(?:\.\d+)?))?")
+
+
+def _parse_time(value: Optional[str]) -> Union[None, float, Tuple[str, float]]:
+    """Epoch seconds, an ISO 8601 date-time (UTC unless it carries an offset), or a time of day
+    (``20:49:20``, UTC) returned as ("time", seconds since midnight): the capture's date is added once
+    it is known."""
     if value is None:
         return None
     try:
         return float(value)
     except ValueError:
         pass
+    m = _TIME_OF_DAY.fullmatch(value.strip())
+    if m:
+        h, mi, sec = int(m.group(1)), int(m.group(2)), float(m.group(3) or 0)
+        if h < 24 and mi < 60 and sec < 60:
+            return ("time", h * 3600 + mi * 60 + sec)
     try:
         t = _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise click.BadParameter(f"{value!r} is neither epoch seconds nor an ISO time like 2024-05-01T10:00:00")
+        raise click.BadParameter(f"{value!r} is not a time: give epoch seconds, an ISO time like "
+                                 f"2024-05-01T10:00:00, or a time of day like 20:49:20 (UTC)") from None
     if t.tzinfo is None:
         t = t.replace(tzinfo=_dt.timezone.utc)
     return t.timestamp()
+
+
+def _time_option(ctx, param, value):
+    return _parse_time(value)
+
+
+def _status_option(ctx, param, value):
+    if value is None or re.fullmatch(r"[1-6](\d\d|xx)", value.lower()):
+        return value.lower() if value else value
+    raise click.BadParameter(f"{value!r} is not a SIP status: give a code (486) or a class (4xx)")
+
+
+def _method_option(ctx, param, value):
+    if value is None or value.upper() in METHODS:
+        return value.upper() if value else value
+    raise click.BadParameter(f"{value!r} is not a SIP method sipflow knows ({', '.join(METHODS)})")
 
 
 def analysis_options(formats: List[str]) -> Callable:
@@ -62,12 +93,18 @@ def analysis_options(formats: List[str]) -> Callable:
                          help="Output format.")(f)
         f = click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default="-",
                          help="Write here instead of standard output.")(f)
-        f = click.option("--call-id", help="Only this Call-ID.")(f)
+        f = click.option("--call-id", help="Only this Call-ID (or the one call whose Call-ID contains this).")(f)
+        f = click.option("--call", "call_index", type=click.IntRange(min=1), metavar="N",
+                         help="Only call number N of the calls table (# column).")(f)
         f = click.option("--user", help="Only calls/messages whose From or To user contains this text.")(f)
-        f = click.option("--method", help="Only this SIP method (INVITE, REGISTER, OPTIONS...).")(f)
-        f = click.option("--status", help="Only this final status: a code (486) or a class (4xx).")(f)
-        f = click.option("--since", help="Only from this time (epoch seconds or ISO 8601, UTC by default).")(f)
-        f = click.option("--until", help="Only up to this time.")(f)
+        f = click.option("--method", callback=_method_option,
+                         help="Only this SIP method: its messages, and the calls that have one (BYE, REFER...).")(f)
+        f = click.option("--status", callback=_status_option,
+                         help="Only this final status: a code (486) or a class (4xx).")(f)
+        f = click.option("--since", callback=_time_option,
+                         help="Only from this time: epoch seconds, ISO 8601, or a time of day (UTC; the capture's "
+                              "date).")(f)
+        f = click.option("--until", callback=_time_option, help="Only up to this time.")(f)
         f = click.option("--width", type=int, default=None, help="Table width (default: terminal width, max 160).")(f)
         f = click.option("--no-progress", is_flag=True, help="No progress bar on standard error.")(f)
         f = click.option("--keep-calls", type=click.IntRange(min=0), metavar="N",
@@ -82,7 +119,8 @@ def analysis_options(formats: List[str]) -> Callable:
 
 def run_analysis(files, no_progress: bool, keep_calls: Optional[int] = None, idle_timeout: Optional[float] = None,
                  **filters):
-    """Open and analyse the captures with a progress bar on a terminal; return the filtered Analysis."""
+    """Open and analyse the captures with a progress bar on a terminal; return the filtered Analysis.
+    The filters' values were checked by their options (usage errors before any work)."""
     from sipflow.analysis.analyzer import Analyzer, Filter
     from sipflow.analysis.options import AnalyzerOptions
     from sipflow.capture.files import open_captures
@@ -91,6 +129,7 @@ def run_analysis(files, no_progress: bool, keep_calls: Optional[int] = None, idl
     # would walk them all again and again for nothing (measured: a third of the run on big captures).
     if keep_calls is None:
         gc.disable()
+    _check_times(filters)
     sizes = 0
     for p in files:
         if p != "-" and os.path.isfile(p):
@@ -110,10 +149,57 @@ def run_analysis(files, no_progress: bool, keep_calls: Optional[int] = None, idl
             bar.__exit__(None, None, None)
     for w in result.warnings:
         say(f"warning: {w}", err=True, fg="yellow")
-    f = Filter(call_id=filters.get("call_id"), user=filters.get("user"), method=filters.get("method"),
-                   status=filters.get("status"), since=_parse_time(filters.get("since")),
-                   until=_parse_time(filters.get("until")))
+    since, until = (_on_capture_day(filters.get(k), result, "--" + k) for k in ("since", "until"))
+    if since is not None and until is not None and since > until:
+        raise click.BadParameter("it is later than --until: nothing can match", param_hint="--since")
+    f = Filter(call_id=_resolve_call(result, filters.get("call_id"), filters.get("call_index")),
+               user=filters.get("user"), method=filters.get("method"), status=filters.get("status"),
+               since=since, until=until)
     return result.filtered(f)
+
+
+def _check_times(filters: dict) -> None:
+    """Before any work: --since later than --until (both absolute) is a usage error."""
+    since, until = filters.get("since"), filters.get("until")
+    if isinstance(since, float) and isinstance(until, float) and since > until:
+        raise click.BadParameter("it is later than --until: nothing can match", param_hint="--since")
+
+
+def _on_capture_day(value, result, option: str) -> Optional[float]:
+    """A time of day on the date (UTC) of the capture's first SIP message (or RTP packet)."""
+    if not isinstance(value, tuple):
+        return value
+    firsts = [e.ts for e in result.messages[:1]] + [s.first_ts for s in result.streams]
+    if not firsts:
+        raise click.BadParameter("a time of day needs a date, and the capture has no SIP or RTP to take it from; "
+                                 "give an ISO date-time", param_hint=option)
+    day = min(firsts) // 86400 * 86400
+    return day + value[1]
+
+
+def _resolve_call(result, call_id: Optional[str], index: Optional[int]) -> Optional[str]:
+    """--call N (the calls table's numbering), or --call-id: a whole Call-ID, or a part of exactly one
+    call's. A part that several calls have is a usage error that lists them; one no call has is kept
+    as given (the view then says that nothing matches)."""
+    calls = result.calls
+    if index is not None:
+        if call_id is not None:
+            raise click.BadParameter("give --call or --call-id, not both", param_hint="--call")
+        if index > len(calls):
+            raise click.BadParameter(f"there is no call {index}: the capture has {len(calls)} call(s)",
+                                     param_hint="--call")
+        return calls[index - 1].call_id
+    if call_id is None:
+        return None
+    known = {c.call_id for c in calls} | {r.call_id for r in result.registrations}
+    if call_id in known or any(e.call_id == call_id for e in result.messages):
+        return call_id
+    matches = sorted({c.call_id for c in calls if call_id in c.call_id})
+    if len(matches) > 1:
+        shown = ", ".join(matches[:5]) + (", ..." if len(matches) > 5 else "")
+        raise click.BadParameter(f"{len(matches)} calls have {call_id!r} in their Call-ID ({shown}); give more of it "
+                                 f"or use --call N", param_hint="--call-id")
+    return matches[0] if matches else call_id
 
 
 def say(text: str, err: bool = False, nl: bool = True, fg: Optional[str] = None) -> None:

@@ -159,25 +159,33 @@ def call_rows(a: Analysis) -> List[Dict[str, Any]]:
 
 def calls_text(a: Analysis, width: int = 80) -> str:
     if not a.calls:
+        if a.scope is not None:
+            return f"0 of {a.scope.calls_total} calls match {a.scope.description}."
         return "No calls (no INVITE) in the capture."
     data = call_rows(a)
+    numbers = [a.number(c) for c in a.calls]
 
     def table(party) -> str:
         rows = []
-        for d in data:
+        for n, d in zip(numbers, data):
             outcome = OUTCOME_LABEL.get(d["outcome"], d["outcome"])
             if d["final_status"] is not None and d["outcome"] != "answered":
                 outcome += f" {d['final_status']}"
-            rows.append([fmt_time(d["start"]), party(d["from"]), party(d["to"]), outcome, fmt_secs(d["pdd"]),
-                         fmt_secs(d["duration"]), d["media"], d["messages"]])
-        return render_table(["Start", "From", "To", "Outcome", "PDD", "Dur", "Media", "Msgs"], rows, width,
-                            flexible={1: 11, 2: 11, 6: 8}, right=(4, 5, 7))
+            rows.append([n, fmt_time(d["start"]), d["call_id"], party(d["from"]), party(d["to"]), outcome,
+                         fmt_secs(d["pdd"]), fmt_secs(d["duration"]), d["media"], d["messages"]])
+        return render_table(["#", "Start", "Call-ID", "From", "To", "Outcome", "PDD", "Dur", "Media", "Msg"], rows,
+                            width, flexible={2: 6, 3: 5, 4: 5, 8: media_floor}, right=(0, 6, 7, 9), gap=1)
+
+    media_floor = min(max(len(d["media"]) for d in data), 23)   # the media column is read whole when it can be
 
     text = table(_party)
     if max(len(line) for line in text.splitlines()) > width or "…" in text:
         # Not enough room for user@host: the user part is what people scan for.
         text = table(lambda uri: _party(uri).split("@")[0] or _party(uri))
-    return text + f"\n\n{len(data)} call(s). Details: sipflow analyze FILE --call-id ID --format json"
+    tail = (a.scope.line() if a.scope is not None else f"{len(data)} call(s)")
+    return text + "\n\n" + "\n".join(textwrap.wrap(
+        f"{tail}. One call: --call N (the # column) or --call-id with any part of its Call-ID; "
+        f"sipflow analyze FILE --call N --format text shows all of it.", width))
 
 
 CALL_CSV_FIELDS = ["call_id", "start", "from", "to", "outcome", "final_status", "reason", "ended_by",
@@ -246,7 +254,7 @@ def _codes_table(methods: Dict[str, Dict[str, int]], width: int) -> str:
 
 def summary_text(a: Analysis, width: int = 80) -> str:
     s = summary_dict(a)
-    out = []
+    out = [a.scope.line(), ""] if a.scope is not None else []
     for f in a.files:
         out.append(f"{f['path']}: {f['format']}, {f['frames']} frames" + (" (TRUNCATED)" if f["truncated"] else ""))
     st = a.stats
