@@ -273,3 +273,19 @@ def test_a_time_of_day_takes_the_captures_date():
     hms = f"{int(tod // 3600):02d}:{int(tod % 3600 // 60):02d}:{tod % 60:06.3f}"
     later = json.loads(run("calls", *THREE, "--since", hms, "--format", "json").output)
     assert sorted(c["start"] for c in later) == starts[1:]
+
+
+def test_dialogs_lists_every_call_id_as_sngrep_does_golden():
+    """Golden: `sipflow dialogs` on the OPTIONS/MESSAGE/SUBSCRIBE sample (where `calls` has nothing
+    to list). Regenerating the sample changes its times: then rewrite the golden file with
+    `sipflow dialogs samples/options-message-subscribe.pcap --width 80 > tests/golden/...`."""
+    golden = (ROOT / "tests" / "golden" / "dialogs-options-message-subscribe.txt").read_text()
+    out = run("dialogs", SAMPLES / "options-message-subscribe.pcap", "--width", "80").output
+    assert out == golden
+    assert "0 of" not in run("calls", SAMPLES / "options-message-subscribe.pcap").output
+    rows = list(csv.DictReader(io.StringIO(run("dialogs", SAMPLES / "options-message-subscribe.pcap",
+                                               "--format", "csv").output)))
+    assert [r["method"] for r in rows] == ["OPTIONS", "OPTIONS", "MESSAGE", "SUBSCRIBE"]
+    assert rows[3]["methods"] == "SUBSCRIBE NOTIFY" and rows[3]["messages"] == "8"
+    only = run("dialogs", SAMPLES / "options-message-subscribe.pcap", "--method", "MESSAGE").output
+    assert only.count("MESSAGE") >= 2 and "SUBSCRIBE" not in only.split("\n\n")[0]

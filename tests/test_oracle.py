@@ -487,3 +487,41 @@ def test_no_extra_rtp_streams(capture):
     if extra:
         pytest.fail(f"{capture.name}: {len(extra)} sipflow streams tshark does not have:\n  "
                     + "\n  ".join(_describe_stream(s) for s in extra[:DIFF_LIMIT]), pytrace=False)
+
+
+_DIALOGS = {}
+
+
+def sipflow_dialogs(path: Path):
+    """`sipflow dialogs --format json` on one capture (cached like sipflow_doc)."""
+    key = (str(path), _stat(path))
+    if key not in _DIALOGS:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        proc = subprocess.run([sys.executable, "-m", "sipflow", "dialogs", str(path), "--format", "json"], cwd=REPO,
+                              env=env, capture_output=True, text=True, timeout=SIPFLOW_TIMEOUT)
+        if proc.returncode != 0:
+            pytest.fail(f"sipflow dialogs exited {proc.returncode}: {proc.stderr[-2000:]}", pytrace=False)
+        _DIALOGS[key] = json.loads(proc.stdout)
+    return _DIALOGS[key]
+
+
+@pytest.mark.parametrize("capture", CAPTURES)
+def test_dialogs_are_tsharks_call_ids_with_their_messages(capture):
+    """`sipflow dialogs` has one row per Call-ID tshark finds, with as many SIP messages (sngrep's
+    call list, checked against the reference dissector), and the first request's method."""
+    expected, rows = consistent(capture, tshark_messages, sipflow_dialogs)
+    if not expected:
+        pytest.skip("no SIP in this capture")
+    counts, first = Counter(), {}
+    for m in expected:
+        counts[m["call_id"]] += 1
+        if m["method"] and m["method"] != "ACK":
+            first.setdefault(m["call_id"], m["method"])
+    got = {r["call_id"]: r for r in rows}
+    assert set(got) == set(counts), f"{capture.name}: Call-IDs differ"
+    wrong = [f"{cid}: sipflow {got[cid]['messages']} messages, tshark {n}" for cid, n in counts.items()
+             if got[cid]["messages"] != n]
+    wrong += [f"{cid}: first request {got[cid]['method']}, tshark {m}" for cid, m in first.items()
+              if got[cid]["method"] != m]
+    assert not wrong, f"{capture.name}:\n  " + "\n  ".join(wrong[:DIFF_LIMIT])

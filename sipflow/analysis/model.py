@@ -15,7 +15,7 @@ from sipflow.analysis.records import CallRecord, DtmfRecord, FaxRecord, Registra
 from sipflow.analysis.totals import SummarisedCalls
 from sipflow.net import fmt_endpoint
 
-__all__ = ["Analysis", "Filter", "Malformed", "Scope", "message_dict", "call_dict", "registration_dict", "stream_dict"]
+__all__ = ["Analysis", "DialogRow", "Filter", "Malformed", "Scope", "message_dict", "call_dict", "registration_dict", "stream_dict"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,22 @@ class Filter:
             if not any((e.method or e.cseq_method or "").upper() == want for e in c.events):
                 return False
         return self.time_ok(c.start) and self.status_ok(c.final_status)
+
+
+@dataclass(frozen=True)
+class DialogRow:
+    """One Call-ID's messages in a line (``Analysis.dialogs``)."""
+    call_id: Optional[str]
+    method: str                 # the first request's
+    start: float
+    from_user: Optional[str]
+    to_user: Optional[str]
+    src: str                    # where the first request came from, ip:port
+    dst: str
+    outcome: str
+    messages: int
+    retransmissions: int
+    methods: Tuple[str, ...]    # every request method in it, in order of first sight
 
 
 @dataclass(frozen=True)
@@ -147,6 +163,39 @@ class Analysis:
             if c.call_id == call_id:
                 return c
         return None
+
+    # -- every dialog ---------------------------------------------------------------------------------
+
+    def dialogs(self) -> List["DialogRow"]:
+        """Every Call-ID's messages as one row, as sngrep's call list shows them: INVITE calls, REGISTER
+        flows, OPTIONS pings, MESSAGEs, SUBSCRIBE/NOTIFY dialogs. The method is the first request's;
+        the outcome is the call's or the registration's, or else the first request's final answer."""
+        groups: Dict[Optional[str], List[SipEvent]] = {}
+        for e in self.messages:
+            groups.setdefault(e.call_id, []).append(e)
+        calls = {c.call_id: c for c in self.calls}
+        regs = {r.call_id: r for r in self.registrations}
+        rows = []
+        for call_id, events in groups.items():
+            first = next((e for e in events if e.method and e.method != "ACK"), events[0])
+            method = first.method or first.cseq_method or "?"
+            if call_id in calls:
+                outcome = calls[call_id].outcome.value.replace("_", " ")
+                status = calls[call_id].final_status
+                if status is not None and outcome != "answered":
+                    outcome += f" {status}"
+            elif call_id in regs:
+                outcome = regs[call_id].outcome.value.replace("_", " ")
+            else:
+                final = next((e for e in events if e.status is not None and e.status >= 200
+                              and e.cseq == first.cseq and e.cseq_method == first.cseq_method), None)
+                outcome = f"{final.status} {final.reason or ''}".strip() if final is not None else "no final response"
+            methods = list(dict.fromkeys((e.method or e.cseq_method or "?") for e in events if e.method))
+            rows.append(DialogRow(call_id, method, first.ts, first.from_user, first.to_user, first.source,
+                                  first.destination, outcome, len(events),
+                                  sum(1 for e in events if e.retransmission), tuple(methods)))
+        rows.sort(key=lambda r: r.start)
+        return rows
 
     # -- filtering ------------------------------------------------------------------------------------
 

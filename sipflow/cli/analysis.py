@@ -1,4 +1,4 @@
-"""Analysis commands: ``calls``, ``summary``, ``analyze``, ``rtp``, ``ladder``, ``audio``.
+"""Analysis commands: ``calls``, ``dialogs``, ``summary``, ``analyze``, ``rtp``, ``ladder``, ``audio``.
 
 Each opens the captures, runs the analyzer once and hands the filtered ``Analysis`` to a renderer.
 """
@@ -31,6 +31,25 @@ def calls(files, fmt, output, width, no_progress, **filters):
     a = run_analysis(files, no_progress, **filters)
     text = {"text": lambda: report.calls_text(a, terminal_width(width)), "json": lambda: report.calls_json(a),
             "csv": lambda: report.calls_csv(a)}[fmt]()
+    emit_text(text, output)
+
+
+@main.command()
+@analysis_options(["text", "json", "csv"])
+@handle_errors
+def dialogs(files, fmt, output, width, no_progress, **filters):
+    """Every dialog, as sngrep lists them: one line per Call-ID with its first method (INVITE, REGISTER,
+    OPTIONS, MESSAGE, SUBSCRIBE...), parties, outcome and message count.
+
+    \b
+    Examples:
+      sipflow dialogs samples/options-message-subscribe.pcap
+      sipflow dialogs capture.pcap --method OPTIONS --format csv -o pings.csv
+    """
+    from sipflow.render import tables as report
+    a = run_analysis(files, no_progress, **filters)
+    text = {"text": lambda: report.dialogs_text(a, terminal_width(width)), "json": lambda: report.dialogs_json(a),
+            "csv": lambda: report.dialogs_csv(a)}[fmt]()
     emit_text(text, output)
 
 

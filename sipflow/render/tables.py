@@ -161,7 +161,10 @@ def calls_text(a: Analysis, width: int = 80) -> str:
     if not a.calls:
         if a.scope is not None:
             return f"0 of {a.scope.calls_total} calls match {a.scope.description}."
-        return "No calls (no INVITE) in the capture."
+        others = len({e.call_id for e in a.messages})
+        return "\n".join(textwrap.wrap("No calls (no INVITE) in the capture." + (
+            f" `sipflow dialogs` lists its {others} other dialog(s) (REGISTER, OPTIONS, MESSAGE, SUBSCRIBE...)."
+            if others else ""), width))
     data = call_rows(a)
     numbers = [a.number(c) for c in a.calls]
 
@@ -204,6 +207,52 @@ def calls_csv(a: Analysis) -> str:
 
 def calls_json(a: Analysis) -> str:
     return json.dumps(call_rows(a), indent=2)
+
+
+# ---------------------------------------------------------------------------------------------------
+# dialogs
+
+
+def dialog_rows(a: Analysis) -> List[Dict[str, Any]]:
+    return [{"call_id": d.call_id, "method": d.method, "start": d.start, "from": d.from_user, "to": d.to_user,
+             "src": d.src, "dst": d.dst, "outcome": d.outcome, "messages": d.messages,
+             "retransmissions": d.retransmissions, "methods": " ".join(d.methods)} for d in a.dialogs()]
+
+
+def dialogs_text(a: Analysis, width: int = 80) -> str:
+    data = dialog_rows(a)
+    if not data:
+        if a.scope is not None:
+            return f"No SIP message matches {a.scope.description}."
+        return "No SIP messages in the capture."
+    rows = [[n, fmt_time(d["start"]), d["method"], d["call_id"] or "-", d["from"] or "-", d["to"] or "-",
+             d["outcome"], d["messages"]] for n, d in enumerate(data, 1)]
+    table = render_table(["#", "Start", "Method", "Call-ID", "From", "To", "Outcome", "Msg"], rows, width,
+                         flexible={3: 8, 4: 6, 5: 6, 6: 12}, right=(0, 7), gap=1)
+    kinds: Dict[str, int] = {}
+    for d in data:
+        kinds[d["method"]] = kinds.get(d["method"], 0) + 1
+    tail = f"{len(data)} dialog(s): " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]))
+    if a.scope is not None:
+        tail = a.scope.line() + ". " + tail
+    return table + "\n\n" + "\n".join(textwrap.wrap(tail + ". Calls in detail: sipflow calls.", width))
+
+
+DIALOG_CSV_FIELDS = ["call_id", "method", "start", "from", "to", "src", "dst", "outcome", "messages",
+                     "retransmissions", "methods"]
+
+
+def dialogs_csv(a: Analysis) -> str:
+    out = io.StringIO()
+    w = csv.DictWriter(out, fieldnames=DIALOG_CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for d in dialog_rows(a):
+        w.writerow(_csv_row(d))
+    return out.getvalue()
+
+
+def dialogs_json(a: Analysis) -> str:
+    return json.dumps(dialog_rows(a), indent=2)
 
 
 # ---------------------------------------------------------------------------------------------------
