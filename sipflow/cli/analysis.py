@@ -1,4 +1,4 @@
-"""Analysis commands: ``calls``, ``dialogs``, ``summary``, ``analyze``, ``rtp``, ``ladder``, ``audio``.
+"""Analysis commands: ``calls``, ``dialogs``, ``show``, ``summary``, ``analyze``, ``rtp``, ``ladder``, ``audio``.
 
 Each opens the captures, runs the analyzer once and hands the filtered ``Analysis`` to a renderer.
 """
@@ -32,6 +32,34 @@ def calls(files, fmt, output, width, no_progress, **filters):
     text = {"text": lambda: report.calls_text(a, terminal_width(width)), "json": lambda: report.calls_json(a),
             "csv": lambda: report.calls_csv(a)}[fmt]()
     emit_text(text, output)
+
+
+@main.command()
+@analysis_options(["text"])
+@click.option("--frame", "frames", type=click.IntRange(min=1), multiple=True, metavar="N",
+              help="The SIP message in frame N (repeat for several).")
+@handle_errors
+def show(files, fmt, output, width, no_progress, frames, **filters):
+    """SIP messages as they were received: frame, time, endpoints, transport, headers and body (SDP,
+    sipfrag, text). Give --frame N for one message, or a filter (--call N, --call-id ID, --method...)
+    for a whole dialog.
+
+    \b
+    Examples:
+      sipflow show samples/call-via-proxy.pcap --frame 1
+      sipflow show capture.pcap --call 3                  # every message of call 3 of `sipflow calls`
+      sipflow show capture.pcap --call-id a84b4c76 --method BYE
+    """
+    from sipflow.render.messages import show_text
+    if not frames and not any(v is not None for v in filters.values()):
+        raise click.UsageError("say which messages: --frame N, or a filter such as --call N or --call-id ID")
+    a = run_analysis(files, no_progress, **filters)
+    picked = [e for e in a.messages if not frames or set(e.frames) & set(frames)]
+    if not picked:
+        what = " and ".join(filter(None, [f"frame {', '.join(map(str, frames))}" if frames else "",
+                                          a.scope.description if a.scope else ""]))
+        raise SipflowError(f"no SIP message in {what} (sipflow dialogs lists what the capture holds)")
+    emit_text(show_text(picked), output)
 
 
 @main.command()
