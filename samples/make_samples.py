@@ -44,6 +44,10 @@ KAMAILIO_CFG = os.path.join(SCENARIOS, "kamailio.cfg")
 # 6010 for the second caller of port-reuse.
 PROXY, WS_PORT, UAS, UAC, UAC2 = 5060, 8080, 5070, 5061, 5062
 UAC_RTP, UAS_RTP = 6000, 6100
+# transfer-hold: the transferee's (bob's) second user agent, which calls the
+# transfer target, and carol, the target (SDP media ports only: no RTP there)
+XFER_UA, CAROL = 5071, 5080
+XFER_UA_RTP, CAROL_RTP = 6110, 6200
 V4, V6 = "127.0.0.1", "::1"
 
 WORK = None          # temporary working directory (set in main)
@@ -270,9 +274,36 @@ def make_media_files(d):
                        ts0=720000 if call == "f" else 960000, npkts=npkts,
                        sport=UAS_RTP, dport=uac_port)
     write_t38_pcaps(d)
+    write_transfer_hold_pcaps(d)
     # call-rtcp, call-rtcp-mux: what the two baresip instances send (aufile)
     write_wav(os.path.join(d, "baresip-alice.wav"), 440, 20)
     write_wav(os.path.join(d, "baresip-bob.wav"), 880, 20)
+
+
+# transfer-hold: one SSRC per side for the whole call, sequence numbers
+# carrying on from one part to the next and RTP timestamps following the wall
+# clock of uac_transfer_hold.xml / uas_transfer_hold.xml (the gaps are the
+# scenarios' pauses; the SIP exchanges between them take a few ms).
+XFER_SSRC_UAC, XFER_SSRC_UAS = 0xA11CE001, 0x0B0B0002
+# (file, tone Hz, packets, ms after the side's first packet)
+XFER_UAC_PARTS = (("rtp-xfer-uac-talk.pcap", 440, 50, 0),      # after the ACK
+                  ("rtp-xfer-uac-moh.pcap", 660, 50, 1100),    # on hold: music on hold
+                  ("rtp-xfer-uac-resume.pcap", 440, 25, 2200))  # after the resume
+XFER_UAS_PARTS = (("rtp-xfer-uas-early.pcap", 425, 25, 0),     # early media (after the 183)
+                  ("rtp-xfer-uas-talk.pcap", 880, 50, 600),    # after the ACK
+                  ("rtp-xfer-uas-resume.pcap", 880, 25, 2800))  # after the resume
+
+
+def write_transfer_hold_pcaps(d):
+    for parts, ssrc, seq0, ts0, sport, dport in (
+            (XFER_UAC_PARTS, XFER_SSRC_UAC, 12000, 96000, UAC_RTP, UAS_RTP),
+            (XFER_UAS_PARTS, XFER_SSRC_UAS, 22000, 640000, UAS_RTP, UAC_RTP)):
+        seq = seq0
+        for fname, freq, npkts, at_ms in parts:
+            write_rtp_pcap(os.path.join(d, fname), freq=freq, pt=0, ssrc=ssrc, seq0=seq,
+                           ts0=ts0 + 8 * at_ms, npkts=npkts, sport=sport, dport=dport,
+                           first_marker=True, sample0=8 * at_ms)
+            seq += npkts
 
 
 def write_wav(path, freq, seconds):
@@ -1093,6 +1124,31 @@ def cap_fax_t38():
         finish(s, "fax-t38")
 
 
+def cap_transfer_hold():
+    """alice (UAC :5061) -> Kamailio -> bob (UAS :5070), every message on both
+    hops: early media, hold, resume, MESSAGE, INFO, then alice transfers bob to
+    carol (REFER). Once bob has accepted the REFER (its <log> line, after the
+    200 to its first NOTIFY), bob's second user agent (:5071) calls carol
+    (:5080) through Kamailio on a new Call-ID; bob's final NOTIFY follows
+    0.8 s after the first one, then alice hangs up."""
+    name = "transfer-hold"
+    with capture(name):
+        target = uas("uas_transfer_target.xml", port=CAROL, mp=CAROL_RTP, limit=20)
+        s = uas("uas_transfer_hold.xml", "-trace_logs", "-log_file",
+                os.path.join(WORK, f"{name}-refer.log"), limit=20)
+        c = uac("uac_transfer_hold.xml", R_UAS, *RSA_PROXY, limit=20)
+        if wait_log("refer", "REFER accepted", 15):
+            t = uac("uac_transfer_target.xml", f"{V4}:{CAROL}", *RSA_PROXY, service="carol",
+                    port=XFER_UA, mp=XFER_UA_RTP)
+            finish(t, name)
+        else:
+            FAILURES.append(f"{name}: bob never accepted the REFER (see {WORK})")
+            log(f"   !! {name}: no REFER accepted")
+        finish(c, name)
+        finish(s, name)
+        finish(target, name)
+
+
 # --------------------------------------------------------------------------
 # baresip (call-rtcp, call-rtcp-mux)
 # --------------------------------------------------------------------------
@@ -1213,6 +1269,7 @@ CAPTURES = [
     ("call-av-dtmf", cap_call_av_dtmf),
     ("port-reuse", cap_port_reuse),
     ("fax-t38", cap_fax_t38),
+    ("transfer-hold", cap_transfer_hold),
     ("call-rtcp", cap_call_rtcp),
     ("call-rtcp-mux", cap_call_rtcp_mux),
 ]
@@ -1238,6 +1295,7 @@ EXPECTED = {
     "call-av-dtmf": (11, 1, 4),
     "port-reuse": (21, 3, 6),
     "fax-t38": (20, 2, 4),
+    "transfer-hold": (61, 2, 2),
     "call-rtcp": (6, 1, 2),
     "call-rtcp-mux": (6, 1, 2),
 }
@@ -1308,9 +1366,58 @@ def check_fax_t38(path):
     return problems
 
 
+def check_transfer_hold(path):
+    """transfer-hold: each SIP message of both calls on both hops (once from the
+    sender to Kamailio, once from Kamailio on), except the 100s, which are
+    hop-by-hop; the RTP of each period; carol's 200 before bob's final NOTIFY."""
+    problems = []
+    rows = tshark_fields(path, "sip || rtp", "frame.number", "udp.srcport", "udp.dstport",
+                         "sip.Call-ID", "sip.CSeq.seq", "sip.CSeq.method", "sip.Method",
+                         "sip.Status-Code", "sip.Subscription-State", "rtp.ssrc",
+                         prefs=TSHARK_SIP + ["-o", "rtp.heuristic_rtp:TRUE"])
+    sip = [r for r in rows if r[3]]
+    rtp = [r for r in rows if r[9] and not r[3]]
+    hops = {}
+    for r in sip:
+        if r[7] != "100":
+            hops.setdefault((r[3], r[4], r[5], r[6], r[7]), []).append(r[0])
+    for key, frames in hops.items():
+        if len(frames) != 2:
+            problems.append(f"{key}: in frames {frames}, expected on two hops")
+    main = sip[0][3] if sip else ""
+
+    def frame_of(pred):
+        return next((int(r[0]) for r in sip if pred(r)), None)
+
+    answer = frame_of(lambda r: r[3] == main and r[7] == "200" and r[4] == "1" and r[5] == "INVITE")
+    held = frame_of(lambda r: r[3] == main and r[6] == "ACK" and r[4] == "2")
+    resume = frame_of(lambda r: r[3] == main and r[6] == "INVITE" and r[4] == "3")
+    carol_ok = frame_of(lambda r: r[3] != main and r[7] == "200" and r[5] == "INVITE")
+    final_notify = frame_of(lambda r: r[6] == "NOTIFY" and r[8].startswith("terminated"))
+    if None in (answer, held, resume, carol_ok, final_notify):
+        return problems + ["missing the 200 to the INVITE, the hold ACK, the resume re-INVITE, "
+                           "carol's 200 or the final NOTIFY"]
+    if carol_ok > final_notify:
+        problems.append(f"carol's 200 OK (frame {carol_ok}) after the final NOTIFY ({final_notify})")
+    want = {(UAC_RTP, UAS_RTP): (XFER_SSRC_UAC, sum(p[2] for p in XFER_UAC_PARTS), 0, 50),
+            (UAS_RTP, UAC_RTP): (XFER_SSRC_UAS, sum(p[2] for p in XFER_UAS_PARTS), 25, 0)}
+    for (src, dst), (ssrc, total, early, on_hold) in want.items():
+        mine = [r for r in rtp if r[1] == str(src) and r[2] == str(dst)]
+        where = f"RTP {src} -> {dst}"
+        if {int(r[9], 16) for r in mine} != {ssrc}:
+            problems.append(f"{where}: SSRCs {sorted({r[9] for r in mine})}, expected {ssrc:#010x}")
+        got = (len(mine), len([r for r in mine if int(r[0]) < answer]),
+               len([r for r in mine if held < int(r[0]) < resume]))
+        if got != (total, early, on_hold):
+            problems.append(f"{where}: (packets, before the 200 OK, on hold) = {got}, expected "
+                            f"{(total, early, on_hold)}")
+    return problems
+
+
 # Further checks of some captures: name -> function(path) giving a list of problems
 CHECKS = {
     "fax-t38": check_fax_t38,
+    "transfer-hold": check_transfer_hold,
     "call-rtcp": lambda p: check_rtcp(p, mux=False),
     "call-rtcp-mux": lambda p: check_rtcp(p, mux=True),
 }

@@ -12,10 +12,12 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 from sipflow.analysis.kinds import Anomaly, Outcome
 from sipflow.analysis.messages import SipEvent
 from sipflow.analysis.records import CallRecord, DtmfRecord, FaxRecord, RegistrationRecord, StreamRecord
+from sipflow.analysis.timeline import timeline
 from sipflow.analysis.totals import SummarisedCalls
 from sipflow.net import fmt_endpoint
 
-__all__ = ["Analysis", "DialogRow", "Filter", "Malformed", "Scope", "message_dict", "call_dict", "registration_dict", "stream_dict"]
+__all__ = ["Analysis", "DialogRow", "Filter", "Malformed", "Scope", "message_dict", "call_dict", "registration_dict",
+           "stream_dict"]
 
 
 @dataclass(frozen=True)
@@ -346,6 +348,8 @@ def call_dict(c: CallRecord, end_ts: float, stream_index: Dict[int, int]) -> dic
         "streams": [stream_index[id(s)] for s in c.streams if id(s) in stream_index],
         "dtmf": [dtmf_dict(d) for d in c.dtmf],
         "t38": [{"frame": t.frame, "ts": t.ts, "status": t.status, "accepted": t.accepted} for t in c.t38],
+        "timeline": [{"ts": ev.ts, "frame": ev.frame, "kind": ev.kind, "by": ev.by, "text": ev.text}
+                     for ev in timeline(c)],
         "fax": [fax_dict(f) for f in c.faxes],
         "anomalies": [{"kind": a.kind.value, "frame": a.frame, "detail": a.detail} for a in c.anomalies],
     })

@@ -16,8 +16,10 @@ from sipflow.errors import SipflowError
 
 @main.command()
 @analysis_options(["text", "json", "csv"])
+@click.option("--events", is_flag=True, help="Under the table, what happened in each call: ringing, early media, "
+              "answer, hold/resume, codec changes, DTMF, MESSAGE, transfer, T.38, hang-up.")
 @handle_errors
-def calls(files, fmt, output, width, no_progress, **filters):
+def calls(files, fmt, output, width, no_progress, events, **filters):
     """List the calls: start, parties, outcome, post-dial delay, duration, media.
 
     \b
@@ -26,11 +28,12 @@ def calls(files, fmt, output, width, no_progress, **filters):
       sipflow calls a.pcap b.pcapng --status 4xx --format csv -o failed.csv
       sipflow calls capture.pcap --user alice --since 2024-05-01T10:00:00
       sipflow calls capture.pcap --method BYE --since 20:49:20     # calls with a BYE, from 20:49:20 UTC
+      sipflow calls capture.pcap --call 2 --events                 # what happened in call 2
     """
     from sipflow.render import tables as report
     a = run_analysis(files, no_progress, **filters)
-    text = {"text": lambda: report.calls_text(a, terminal_width(width)), "json": lambda: report.calls_json(a),
-            "csv": lambda: report.calls_csv(a)}[fmt]()
+    text = {"text": lambda: report.calls_text(a, terminal_width(width), events),
+            "json": lambda: report.calls_json(a), "csv": lambda: report.calls_csv(a)}[fmt]()
     emit_text(text, output)
 
 

@@ -14,6 +14,7 @@ import time
 from typing import Any, Dict, List, Optional, Sequence
 
 from sipflow.analysis.model import Analysis, call_dict, stream_dict
+from sipflow.analysis.timeline import timeline
 from sipflow.media.emodel import MIN_PACKETS
 from sipflow.net import fmt_endpoint
 from sipflow.render.safe import csv_cell, printable
@@ -157,7 +158,22 @@ def call_rows(a: Analysis) -> List[Dict[str, Any]]:
     return rows
 
 
-def calls_text(a: Analysis, width: int = 80) -> str:
+def timeline_lines(a: Analysis, width: int = 80) -> List[str]:
+    """Each call's events in plain words (``analysis.timeline``), under a line naming the call."""
+    lines: List[str] = []
+    for c in a.calls:
+        events = timeline(c)
+        lines.append(f"Call {a.number(c)} ({printable(c.call_id)}), {printable(_party(c.from_uri))} -> "
+                     f"{printable(_party(c.to_uri))}:")
+        if not events:
+            lines.append("  (nothing but its messages)")
+        for ev in events:
+            lines += textwrap.wrap(f"{fmt_time(ev.ts)} #{ev.frame:<5} {printable(ev.text)}", width,
+                                   initial_indent="  ", subsequent_indent=" " * 22, break_on_hyphens=False)
+    return lines
+
+
+def calls_text(a: Analysis, width: int = 80, events: bool = False) -> str:
     if not a.calls:
         if a.scope is not None:
             return f"0 of {a.scope.calls_total} calls match {a.scope.description}."
@@ -186,6 +202,9 @@ def calls_text(a: Analysis, width: int = 80) -> str:
         # Not enough room for user@host: the user part is what people scan for.
         text = table(lambda uri: _party(uri).split("@")[0] or _party(uri))
     tail = (a.scope.line() if a.scope is not None else f"{len(data)} call(s)")
+    if events:
+        text += "\n\nWhat happened (frame numbers for Wireshark's frame.number == N):\n" + "\n".join(
+            timeline_lines(a, width))
     return text + "\n\n" + "\n".join(textwrap.wrap(
         f"{tail}. One call: --call N (the # column) or --call-id with any part of its Call-ID; "
         f"sipflow analyze FILE --call N --format text shows all of it.", width))
@@ -541,7 +560,8 @@ def streams_json(a: Analysis) -> str:
 
 
 def analysis_text(a: Analysis, width: int = 80) -> str:
-    parts = [summary_text(a, width), "", "Calls", calls_text(a, width), "", "RTP streams", streams_text(a, width)]
+    parts = [summary_text(a, width), "", "Calls", calls_text(a, width, events=True), "", "RTP streams",
+             streams_text(a, width)]
     if a.registrations:
         rows = [[r.aor, r.outcome.value, r.final_status or "-",
                  r.expires_granted if r.expires_granted is not None else "-", r.challenges, r.refreshes]
