@@ -55,7 +55,7 @@ class Dialog:
 
 def sdp(ip, port, direction="sendrecv", pts=(0,), version=1):
     names = {0: "PCMU", 8: "PCMA", 101: "telephone-event"}
-    lines = [f"v=0", f"o=- 1 {version} IN IP4 {ip}", "s=-", f"c=IN IP4 {ip}", "t=0 0",
+    lines = ["v=0", f"o=- 1 {version} IN IP4 {ip}", "s=-", f"c=IN IP4 {ip}", "t=0 0",
              f"m=audio {port} RTP/AVP {' '.join(map(str, pts))}"]
     lines += [f"a=rtpmap:{pt} {names[pt]}/8000" for pt in pts] + [f"a={direction}"]
     return "\r\n".join(lines) + "\r\n"

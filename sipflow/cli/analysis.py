@@ -148,24 +148,56 @@ def rtp(files, fmt, output, width, no_progress, **filters):
     emit_text(text, output)
 
 
+def _aliases(pairs, path) -> dict:
+    """--alias ADDR=NAME (repeatable) and --aliases FILE (one "ADDR NAME" or "ADDR=NAME" a line, # comments)."""
+    out = {}
+    lines = [(p, "--alias") for p in pairs]
+    if path:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                lines += [(line.split("#", 1)[0].strip(), "--aliases") for line in fh]
+        except OSError as e:
+            raise click.BadParameter(f"cannot read {path}: {e.strerror}", param_hint="--aliases") from None
+    for text, option in lines:
+        if not text:
+            continue
+        addr, sep, name = text.partition("=") if "=" in text else text.partition(" ")
+        if not sep or not addr.strip() or not name.strip():
+            raise click.BadParameter(f"{text!r}: give ADDRESS=NAME, e.g. 10.0.0.1=PBX or 10.0.0.1:5060=PBX",
+                                     param_hint=option)
+        out[addr.strip()] = name.strip()
+    return out
+
+
 @main.command()
 @analysis_options(["text"])
+@click.option("--time", "time_mode", type=click.Choice(["rel", "abs", "delta"]), default="rel", show_default=True,
+              help="Time column: since the first message, wall clock (UTC, the date once), or since the one before.")
+@click.option("--group", type=click.Choice(["endpoint", "host"]), default="endpoint", show_default=True,
+              help="One lane per ip:port, or per host (its ports merged).")
+@click.option("--alias", "alias_pairs", multiple=True, metavar="ADDR=NAME",
+              help="Name a lane: 10.0.0.1=PBX (a host) or 10.0.0.1:5060=PBX (an endpoint). Repeatable.")
+@click.option("--aliases", "aliases_file", type=click.Path(dir_okay=False), default=None,
+              help="A file of ADDR=NAME lines (or ADDR NAME), # comments.")
+@click.option("--verbose", "-v", is_flag=True, help="Key headers and the SDP under each arrow.")
 @handle_errors
-def ladder(files, fmt, output, width, no_progress, **filters):
-    """Ladder (sequence) diagram of the SIP messages: one lane per address, one arrow per message.
+def ladder(files, fmt, output, width, no_progress, time_mode, group, alias_pairs, aliases_file, verbose, **filters):
+    """Ladder (sequence) diagram: one lane per address, one arrow per message, one diagram per Call-ID.
 
-    Each line shows the time since the first message and the frame number, so any arrow can be found
-    in Wireshark with frame.number == N. Use the filters to draw one call.
+    Each line shows the time and the frame number, so any arrow can be found in Wireshark with
+    frame.number == N. A call's events (hold, resume, transfer, DTMF, MESSAGE) are noted where they
+    happen. Use the filters to draw one call (--call N from `sipflow calls`).
 
     \b
     Examples:
-      sipflow ladder samples/call-via-proxy.pcap
-      sipflow ladder capture.pcap --call-id 1-2345@127.0.0.1
-      sipflow ladder capture.pcap --method REGISTER --width 120
+      sipflow ladder samples/transfer-hold.pcap --call 1
+      sipflow ladder capture.pcap --call-id 1-2345 --alias 10.0.0.1=PBX --group host --time abs
+      sipflow ladder capture.pcap --status 486 --verbose      # every busy call, headers and SDP
     """
-    from sipflow.render.ladder import layout, render_text
+    from sipflow.render.ladder import layouts, render_all
+    names = _aliases(alias_pairs, aliases_file)
     a = run_analysis(files, no_progress, **filters)
-    emit_text(render_text(layout(a.messages), terminal_width(width)), output)
+    emit_text(render_all(layouts(a, names, group == "host", verbose), terminal_width(width), time_mode), output)
 
 
 @main.command()
