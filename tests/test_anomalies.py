@@ -61,14 +61,21 @@ def test_cseq_going_backwards(tmp_path):
     assert ("cseq_backwards", 2) in kinds(a)
 
 
-def test_retransmission_storm_is_flagged_and_not_double_counted(tmp_path):
+def test_timer_a_is_not_a_storm_but_more_copies_than_the_timers_send_is(tmp_path):
     inv = req("INVITE", 1, "z9hG4bK1")
-    a = capture(tmp_path, [(t, "ab", inv) for t in (0, 0.5, 1.5, 3.5, 7.5, 15.5)])
-    assert ("retransmission_storm", 5) in kinds(a)
-    assert a.methods["INVITE"]["requests"] == 1 and a.stats["retransmissions"] == 5
-    assert [m.retransmission for m in a.messages] == [False] + [True] * 5
-    # nobody answered within Timer B (32 s) of the last INVITE... the capture ends at 15.5 s: in progress
+    # RFC 3261 Timer A: the INVITE again at 0.5, 1.5, 3.5, 7.5, 15.5 and 31.5 s: the protocol at work
+    a = capture(tmp_path, [(t, "ab", inv) for t in (0, 0.5, 1.5, 3.5, 7.5, 15.5, 31.5)])
+    assert not [k for k in kinds(a) if k[0] == "retransmission_storm"]
+    assert a.methods["INVITE"]["requests"] == 1 and a.stats["retransmissions"] == 6
+    assert [m.retransmission for m in a.messages] == [False] + [True] * 6
+    # nobody answered within Timer B (32 s) of the INVITE... the capture ends at 31.5 s: in progress
     assert a.calls[0].outcome.value == "in_progress"
+    # a broken stack that sends it every 100 ms: the 8th copy (7 retransmissions) is one too many
+    b = capture(tmp_path, [(t / 10, "ab", inv) for t in range(12)])
+    assert ("retransmission_storm", 8) in kinds(b) and sum(k[0] == "retransmission_storm" for k in kinds(b)) == 1
+    opts = req("OPTIONS", 1, "z9hG4bK7", call_id="ping")
+    c = capture(tmp_path, [(t / 10, "ab", opts) for t in range(11)])     # 10 retransmissions: Timer E's most
+    assert not [k for k in kinds(c) if k[0] == "retransmission_storm"]
 
 
 def test_no_response_after_timer_b(tmp_path):

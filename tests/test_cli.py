@@ -289,3 +289,32 @@ def test_dialogs_lists_every_call_id_as_sngrep_does_golden():
     assert rows[3]["methods"] == "SUBSCRIBE NOTIFY" and rows[3]["messages"] == "8"
     only = run("dialogs", SAMPLES / "options-message-subscribe.pcap", "--method", "MESSAGE").output
     assert only.count("MESSAGE") >= 2 and "SUBSCRIBE" not in only.split("\n\n")[0]
+
+
+def test_a_bad_output_path_is_refused_before_the_capture_is_read(tmp_path):
+    missing = tmp_path / "no-such-folder" / "calls.csv"
+    r = run("calls", tmp_path / "no-such.pcap", "-o", missing, ok=False)   # the capture is missing too:
+    assert r.exit_code == 2 and "--output" in r.output and "mkdir -p" in r.output   # the output is named first
+    r = run("calls", SAMPLES / "busy-486.pcap", "-o", tmp_path, ok=False)
+    assert r.exit_code == 2 and "is a folder" in r.output
+
+
+def test_tables_say_their_times_are_utc_and_on_which_date():
+    import datetime as dt
+    calls = json.loads(run("calls", SAMPLES / "busy-486.pcap", "--format", "json").output)
+    day = dt.datetime.fromtimestamp(calls[0]["start"], dt.timezone.utc).strftime("%Y-%m-%d")
+    for command in ("calls", "dialogs"):
+        assert run(command, SAMPLES / "busy-486.pcap").output.startswith(f"Times UTC, {day}\n")
+
+
+def test_rtp_fits_80_columns_keeping_ports():
+    cap = SAMPLES.parent.parent / "shared" / "captures" / "heplify__sip_ipv4_tcp.pcap"
+    if not cap.exists():
+        pytest.skip("shared captures absent")
+    out = run("rtp", cap, "--width", "80").output
+    table = out.split("\n\n")[0].splitlines()
+    assert all(len(line) <= 80 for line in table)
+    assert all(re.match(r"\S*:\d+ \S*:\d+ 0x[0-9A-F]{8} ", line) for line in table[2:])   # ports whole
+    import sipflow
+    s = sipflow.analyze(str(cap)).streams[0]
+    assert s.source == f"{s.src}:{s.sport}" and s.destination == f"{s.dst}:{s.dport}"

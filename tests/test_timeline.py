@@ -151,3 +151,24 @@ def test_the_proxied_transfer_sample_tells_its_whole_story():
     texts = [e.text for e in timeline(main)]
     assert "transfer to <sip:carol@127.0.0.1:5080> (REFER from the caller)" in texts
     assert "MESSAGE: 'Transferring you to carol now'" in texts
+
+
+def test_pdd_runs_from_the_invite_the_ringing_answers_and_the_challenge_is_its_own_figure():
+    """The issue's case: an INVITE challenged with 407, the phone asks for the password, the
+    authenticated INVITE gets its 183 in 0.43 s. PDD is 0.43 s, not 17.8; the challenge is 17.8 s."""
+    d = Dialog()
+
+    def at(t, fn, *args, **kw):
+        d.t = 100.0 + t - 0.1
+        return fn(*args, **kw)
+    at(0.0, d.request, A, "INVITE", sdp(A, 4000), to_tag=False)
+    at(0.01, d.response, B, 407, "Proxy Authentication Required", "INVITE")
+    at(0.02, d.request, A, "ACK")
+    d.cseq[A] = 1                                          # the ACK reused the INVITE's CSeq
+    at(17.8, d.request, A, "INVITE", sdp(A, 4000), to_tag=False)
+    at(18.23, d.response, B, 183, "Session Progress", "INVITE", sdp(B, 5000))
+    at(20.0, d.response, B, 200, "OK", "INVITE", sdp(B, 5000))
+    (call,) = d.an.result().calls
+    t = call.timings()
+    assert t["pdd"] == pytest.approx(0.43, abs=1e-6) and t["challenge"] == pytest.approx(17.8, abs=1e-6)
+    assert t["time_to_answer"] == pytest.approx(20.0, abs=1e-6)    # still from the first INVITE: what the user waited

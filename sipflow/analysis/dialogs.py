@@ -29,7 +29,12 @@ from sipflow.sip.sdp import Session, sdp_of
 MAGIC_COOKIE = "z9hG4bK"   # RFC 3261 §8.1.1.7: branches starting with it are unique per transaction
 T1 = 0.5                   # RFC 3261 timer T1, seconds
 TIMER_B = 64 * T1          # INVITE transaction timeout: after this without an answer nobody is answering
-STORM = 4                  # retransmissions of one message that make a "retransmission storm"
+# A "retransmission storm" is more copies than RFC 3261's timers send before giving up: an INVITE is
+# retransmitted at 0.5, 1, 2, 4, 8 and 16 s (Timer A, then Timer B at 32 s); a non-INVITE request or a
+# response at most ten times (Timers E and G, capped at T2 = 4 s, within 32 s). Fewer is the protocol
+# working as designed, however slow it looks.
+STORM_INVITE = 6
+STORM_OTHER = 10
 SWEEP_EVERY = 10.0         # capture seconds between sweeps of finished transactions and calls
 _CSEQ_MEMORY = 1 << 16     # keep_calls: senders whose last CSeq is remembered
 REGISTRATION_EVENTS = 8    # keep_calls: message records kept per registration
@@ -232,22 +237,29 @@ class Call:
         and from the 2xx to the BYE, all on the first hop (one pass over its responses)."""
         hop = self.first_hop()
         if not hop:
-            return dict(time_to_first_response=None, pdd=None, time_to_answer=None, setup_time=None,
-                        duration=None)
+            return dict(time_to_first_response=None, pdd=None, challenge=None, time_to_answer=None,
+                        setup_time=None, duration=None)
         t0 = hop[0].request.ts
         first = ring = answer = None
+        ring_sent = through = None    # the INVITE the first 18x answered; the one that got past a challenge
         for t in hop:
             for r in t.responses:
                 ts, status = r.ts, r.status
                 if first is None or ts < first:
                     first = ts
                 if 180 <= status < 190 and (ring is None or ts < ring):
-                    ring = ts
+                    ring, ring_sent = ts, t.request.ts
                 elif 200 <= status < 300 and (answer is None or ts < answer):
                     answer = ts
+                if status < 300 and t is not hop[0] and through is None:
+                    through = t.request.ts
+        challenged = any(t.final is not None and t.final.status in (401, 407) for t in hop)
         return dict(
             time_to_first_response=first - t0 if first is not None else None,
-            pdd=ring - t0 if ring is not None else None,
+            # PDD from the INVITE the 18x answers: a 401/407 round trip (and the phone's wait for the
+            # password) is its own figure, "challenge", not dial delay
+            pdd=ring - ring_sent if ring is not None else None,
+            challenge=through - t0 if challenged and through is not None else None,
             time_to_answer=answer - t0 if answer is not None else None,
             setup_time=self.ack_2xx.ts - t0 if self.ack_2xx is not None else None,
             duration=self.bye.ts - answer if answer is not None and self.bye is not None else None,
@@ -524,9 +536,10 @@ class Tracker:
         tx.last = ev.ts
         tx.retransmissions += 1
         self.retransmissions += 1
-        if tx.retransmissions == STORM:
-            self.anomaly(AnomalyKind.RETRANSMISSION_STORM, ev, f"{ev.summary()} sent {STORM + 1} times or more",
-                         ev.call)
+        limit = STORM_INVITE if ev.method == "INVITE" else STORM_OTHER
+        if tx.retransmissions == limit + 1:
+            self.anomaly(AnomalyKind.RETRANSMISSION_STORM, ev, f"{ev.summary()} sent {limit + 2} times: more than "
+                         f"RFC 3261's timers send ({limit} retransmissions)", ev.call)
 
     def _call_for(self, ev: SipEvent) -> Optional[Call]:
         cid = ev.call_id

@@ -16,6 +16,7 @@ from sipflow.analysis.kinds import Anomaly, CallState, DialogState, Outcome, Reg
 from sipflow.analysis.messages import SipEvent
 from sipflow.media.emodel import Rating
 from sipflow.media.rtcp import VoipMetrics
+from sipflow.net import fmt_endpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,13 +47,14 @@ class DialogRecord:
 class Timings:
     """A call's timings from its first hop, seconds (None: it did not happen)."""
     time_to_first_response: Optional[float] = None
-    pdd: Optional[float] = None               # INVITE to the first 18x
+    pdd: Optional[float] = None               # the INVITE the first 18x answered, to that 18x
     time_to_answer: Optional[float] = None    # INVITE to the first 2xx
     setup_time: Optional[float] = None        # INVITE to the ACK of the 2xx
     duration: Optional[float] = None          # 2xx to BYE
+    challenge: Optional[float] = None         # first INVITE to the one that passed a 401/407 (None: none)
 
     def as_dict(self) -> Dict[str, Optional[float]]:
-        return {"time_to_first_response": self.time_to_first_response, "pdd": self.pdd,
+        return {"time_to_first_response": self.time_to_first_response, "pdd": self.pdd, "challenge": self.challenge,
                 "time_to_answer": self.time_to_answer, "setup_time": self.setup_time, "duration": self.duration}
 
 
@@ -160,6 +162,15 @@ class StreamRecord:
     video: Optional[VideoRecord] = None     # pictures of a VP8/VP9/H.264 stream
     media_gaps: Tuple[Tuple[float, float], ...] = ()   # (start, end) of pauses of 1 s or more that no hold
     #                                                    explains (audio streams of a call only)
+
+    @property
+    def source(self) -> str:
+        """Where it came from, ip:port (``src`` is the address alone, ``sport`` the port)."""
+        return fmt_endpoint(self.src, self.sport)
+
+    @property
+    def destination(self) -> str:
+        return fmt_endpoint(self.dst, self.dport)
 
 
 @dataclass(frozen=True, slots=True)

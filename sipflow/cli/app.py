@@ -79,6 +79,21 @@ def _status_option(ctx, param, value):
     raise click.BadParameter(f"{value!r} is not a SIP status: give a code (486) or a class (4xx)")
 
 
+def _output_option(ctx, param, value):
+    """-o: a file that can be written, checked before any work (a long analysis must not end in an error
+    about the output)."""
+    if value is None or value == "-":
+        return value
+    folder = os.path.dirname(os.path.abspath(value))
+    if not os.path.isdir(folder):
+        raise click.BadParameter(f"the folder {folder} does not exist: create it first (mkdir -p {folder})")
+    if os.path.isdir(value):
+        raise click.BadParameter(f"{value} is a folder: give a file name")
+    if not os.access(folder, os.W_OK) or (os.path.exists(value) and not os.access(value, os.W_OK)):
+        raise click.BadParameter(f"cannot write {value}: permission denied")
+    return value
+
+
 def _method_option(ctx, param, value):
     if value is None or value.upper() in METHODS:
         return value.upper() if value else value
@@ -91,7 +106,7 @@ def analysis_options(formats: List[str]) -> Callable:
         f = click.argument("files", nargs=-1, required=True, type=click.Path(allow_dash=True))(f)
         f = click.option("--format", "fmt", type=click.Choice(formats), default=formats[0], show_default=True,
                          help="Output format.")(f)
-        f = click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default="-",
+        f = click.option("-o", "--output", default="-", callback=_output_option, metavar="FILE",
                          help="Write here instead of standard output.")(f)
         f = click.option("--call-id", help="Only this Call-ID (or the one call whose Call-ID contains this).")(f)
         f = click.option("--call", "call_index", type=click.IntRange(min=1), metavar="N",

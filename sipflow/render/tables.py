@@ -54,6 +54,14 @@ def fmt_datetime(ts: Optional[float]) -> str:
     return f"{ts:.0f}?" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", t) + f".{int((ts % 1) * 1000):03d} UTC"
 
 
+def dates_line(stamps: Sequence[float]) -> str:
+    """The date (UTC) the times of a table are on, said once: ``Times UTC, 2026-11-24`` (or a range)."""
+    days = sorted({time.strftime("%Y-%m-%d", t) for t in map(_gmtime, stamps) if t is not None})
+    if not days:
+        return "Times UTC"
+    return f"Times UTC, {days[0]}" + (f" to {days[-1]}" if len(days) > 1 else "")
+
+
 def fmt_secs(v: Optional[float]) -> str:
     if v is None:
         return "-"
@@ -77,9 +85,11 @@ def _clip(text: str, width: int) -> str:
 
 
 def render_table(headers: Sequence[str], rows: List[Sequence[Any]], max_width: int = 80,
-                 flexible: Dict[int, int] = None, right: Sequence[int] = (), gap: int = 2) -> str:
+                 flexible: Dict[int, int] = None, right: Sequence[int] = (), gap: int = 2,
+                 keep_end: Sequence[int] = (), first: Sequence[int] = ()) -> str:
     """A plain aligned table. Columns in ``flexible`` (index -> narrowest width) shrink, widest first,
-    clipped with …, until the table fits ``max_width``."""
+    clipped with …, until the table fits ``max_width``; columns in ``keep_end`` lose their start, not
+    their end (an address keeps its port); columns in ``first`` shrink to their floor before any other."""
     cells = [[str(h) for h in headers]] + [["" if c is None else printable(str(c)) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     total = sum(widths) + gap * (len(widths) - 1)
@@ -88,6 +98,7 @@ def render_table(headers: Sequence[str], rows: List[Sequence[Any]], max_width: i
         shrinkable = [i for i, floor in floors.items() if widths[i] > max(floor, len(headers[i]))]
         if not shrinkable:
             break
+        shrinkable = [i for i in shrinkable if i in first] or shrinkable
         i = max(shrinkable, key=lambda k: widths[k] - floors[k])
         widths[i] -= 1
         total -= 1
@@ -95,7 +106,7 @@ def render_table(headers: Sequence[str], rows: List[Sequence[Any]], max_width: i
     for n, r in enumerate(cells):
         parts = []
         for i, c in enumerate(r):
-            c = _clip(c, widths[i])
+            c = _clip(c, widths[i]) if i not in keep_end or len(c) <= widths[i] else "…" + c[len(c) - widths[i] + 1:]
             parts.append(c.rjust(widths[i]) if i in right and n else c.ljust(widths[i]))
         lines.append((" " * gap).join(parts).rstrip())
         if n == 0:
@@ -201,6 +212,7 @@ def calls_text(a: Analysis, width: int = 80, events: bool = False) -> str:
     if max(len(line) for line in text.splitlines()) > width or "…" in text:
         # Not enough room for user@host: the user part is what people scan for.
         text = table(lambda uri: _party(uri).split("@")[0] or _party(uri))
+    text = dates_line([d["start"] for d in data]) + "\n" + text
     tail = (a.scope.line() if a.scope is not None else f"{len(data)} call(s)")
     if events:
         text += "\n\nWhat happened (frame numbers for Wireshark's frame.number == N):\n" + "\n".join(
@@ -211,7 +223,7 @@ def calls_text(a: Analysis, width: int = 80, events: bool = False) -> str:
 
 
 CALL_CSV_FIELDS = ["call_id", "start", "from", "to", "outcome", "final_status", "reason", "ended_by",
-                   "time_to_first_response", "pdd", "time_to_answer", "setup_time", "duration", "hops",
+                   "time_to_first_response", "pdd", "challenge", "time_to_answer", "setup_time", "duration", "hops",
                    "dialogs", "messages", "media"]
 
 
@@ -246,8 +258,9 @@ def dialogs_text(a: Analysis, width: int = 80) -> str:
         return "No SIP messages in the capture."
     rows = [[n, fmt_time(d["start"]), d["method"], d["call_id"] or "-", d["from"] or "-", d["to"] or "-",
              d["outcome"], d["messages"]] for n, d in enumerate(data, 1)]
-    table = render_table(["#", "Start", "Method", "Call-ID", "From", "To", "Outcome", "Msg"], rows, width,
-                         flexible={3: 8, 4: 6, 5: 6, 6: 12}, right=(0, 7), gap=1)
+    table = dates_line([d["start"] for d in data]) + "\n" + render_table(
+        ["#", "Start", "Method", "Call-ID", "From", "To", "Outcome", "Msg"], rows, width,
+        flexible={3: 8, 4: 6, 5: 6, 6: 12}, right=(0, 7), gap=1)
     kinds: Dict[str, int] = {}
     for d in data:
         kinds[d["method"]] = kinds.get(d["method"], 0) + 1
@@ -414,9 +427,11 @@ def streams_text(a: Analysis, width: int = 80) -> str:
                      else f"{d['jitter_mean_ms']:.1f}/{d['jitter_max_ms']:.1f}",
                      f"{d['max_delta_ms']:.0f}", f"{s.quality.mos:.1f}" if s.quality else "-",
                      (d["call_id"] or "-") + (" (NAT)" if d["nat"] else "")])
-    # Endpoints and SSRC are what people filter Wireshark with: only the Call-ID column may shrink.
+    # Endpoints and SSRC are what people filter Wireshark with: the Call-ID column shrinks first, then the
+    # endpoints lose the start of their address, never their port.
     table = render_table(["Source", "Destination", "SSRC", "Codec", "Pkts", "Lost", "Jit ms", "MaxΔ", "MOS",
-                          "Call"], rows, width, flexible={9: 5}, right=(4, 5, 6, 7, 8), gap=1)
+                          "Call"], rows, width, flexible={0: 12, 1: 12, 9: 5}, right=(4, 5, 6, 7, 8), gap=1,
+                         keep_end=(0, 1), first=(9,))
     notes = ["Jit ms: mean/max of the RFC 3550 jitter. MaxΔ: largest gap between packets, ms. Call: its "
              "Call-ID (a wider --width or --format csv shows the whole of it).",
              "MOS: ITU-T G.107 E-model from the codec, the loss and its bursts (packets an adaptive jitter "
