@@ -172,3 +172,25 @@ def test_pdd_runs_from_the_invite_the_ringing_answers_and_the_challenge_is_its_o
     t = call.timings()
     assert t["pdd"] == pytest.approx(0.43, abs=1e-6) and t["challenge"] == pytest.approx(17.8, abs=1e-6)
     assert t["time_to_answer"] == pytest.approx(20.0, abs=1e-6)    # still from the first INVITE: what the user waited
+
+
+def test_each_sides_software_and_media_address_are_on_the_call():
+    """User-Agent of each side (a proxy's 100 Trying, with its Server header but no To-tag, does not
+    name the callee), each side's SDP address, in JSON, CSV and calls --wide."""
+    import csv
+    import io
+    import json
+    from click.testing import CliRunner
+    from sipflow.cli.app import main
+    path = SAMPLES / "call-via-proxy.pcap"       # UAC :5061 -> Kamailio :5060 -> UAS :5070
+    doc = json.loads(CliRunner().invoke(main, ["analyze", str(path), "--format", "json"]).output)
+    c = doc["calls"][0]
+    assert c["caller_agent"].startswith("SIPp uac") and c["callee_agent"].startswith("SIPp uas")
+    assert (c["caller_media"], c["callee_media"]) == ("127.0.0.1:6000", "127.0.0.1:6100")
+    row = next(csv.DictReader(io.StringIO(CliRunner().invoke(main, ["calls", str(path), "--format", "csv"]).output)))
+    assert row["callee_agent"].startswith("SIPp uas") and row["holds"] == "0"
+    hold = next(csv.DictReader(io.StringIO(CliRunner().invoke(main, ["calls", str(SAMPLES / "reinvite-hold.pcap"),
+                                                                     "--format", "csv"]).output)))
+    assert hold["holds"] == "1"
+    wide = CliRunner().invoke(main, ["calls", str(path), "--wide"]).output
+    assert "Caller agent" in wide and "SIPp uas" in wide and "127.0.0.1:6100" in wide

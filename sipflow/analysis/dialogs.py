@@ -11,6 +11,8 @@ capture timestamp of the message; nothing here reads a clock or does I/O.
 """
 from __future__ import annotations
 
+import sys
+
 from collections import deque
 from typing import Deque, Dict, List, Optional, Tuple
 
@@ -141,7 +143,7 @@ class Call:
     __slots__ = ("call_id", "events", "invites", "reinvites", "caller", "caller_tag", "from_uri", "to_uri",
                  "from_user", "to_user", "start", "state", "dialogs", "cancel", "bye", "bye_reason", "cancel_reason",
                  "ack_2xx", "media", "holds", "anomalies", "saw_initial", "last", "aged_out", "queued", "hop1",
-                 "unacked", "dtmf")
+                 "unacked", "dtmf", "caller_agent", "callee_agent")
 
     def __init__(self, call_id: str, first: SipEvent) -> None:
         self.call_id = call_id
@@ -167,6 +169,8 @@ class Call:
         self.media: List[MediaOffer] = []
         self.holds: List[Tuple[float, int, str]] = []  # (ts, frame, "hold"/"unhold")
         self.dtmf: Tuple[InfoDtmf, ...] = ()      # keys sent in INFO requests (RFC 4733 keys are on streams)
+        self.caller_agent: Optional[str] = None    # User-Agent (or Server) of each side
+        self.callee_agent: Optional[str] = None
         self.anomalies: List[Anomaly] = []
         self.saw_initial = False
         self.last = first.ts          # the time of its latest message
@@ -390,9 +394,31 @@ class Tracker:
             self._request(ev)
         else:
             self._response(ev)
+        h = ev.head
+        if (h.user_agent or h.server) and ev.call is not None:
+            self._agent(ev.call, ev, h.user_agent or h.server)
         if ev.ts >= self.next_sweep:
             return self.sweep(ev.ts)
         return []
+
+    @staticmethod
+    def _agent(call: Call, ev: SipEvent, agent: str) -> None:
+        """The software of each side, from its User-Agent (or Server) header: a request's sender by its
+        From-tag; a response's only when it carries a To-tag (a UAS answering: a proxy's 100 Trying has
+        none, so it does not name the callee). The first one seen counts."""
+        tag = call.caller_tag
+        if tag is None:
+            return
+        if ev.method:
+            caller = ev.from_tag == tag
+        elif ev.to_tag:
+            caller = ev.from_tag != tag
+        else:
+            return
+        if caller and call.caller_agent is None:
+            call.caller_agent = sys.intern(agent)
+        elif not caller and call.callee_agent is None:
+            call.callee_agent = sys.intern(agent)
 
     # -- forgetting, by RFC 3261's timers and the options -------------------------------------------------
 

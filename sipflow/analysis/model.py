@@ -344,6 +344,8 @@ def call_dict(c: CallRecord, end_ts: float, stream_index: Dict[int, int]) -> dic
     d.update(c.timings())
     d.update({
         "hops": c.hops, "dialogs": len(c.dialogs), "messages": len(c.events),
+        "caller_agent": c.caller_agent, "callee_agent": c.callee_agent,
+        "caller_media": media_address(c, True), "callee_media": media_address(c, False),
         "holds": [{"ts": ts, "frame": fr, "what": what} for ts, fr, what in c.holds],
         "streams": [stream_index[id(s)] for s in c.streams if id(s) in stream_index],
         "dtmf": [dtmf_dict(d) for d in c.dtmf],
@@ -354,6 +356,19 @@ def call_dict(c: CallRecord, end_ts: float, stream_index: Dict[int, int]) -> dic
         "anomalies": [{"kind": a.kind.value, "frame": a.frame, "detail": a.detail} for a in c.anomalies],
     })
     return d
+
+
+def media_address(c: CallRecord, caller: bool) -> Optional[str]:
+    """Where a side said it receives audio (ip:port): the first audio SDP of the messages it sent (a
+    request with the caller's From-tag, or a response to the other side's request), on any hop."""
+    if not c.invites:
+        return None
+    tag = c.invites[0].request.from_tag
+    sent = {e.frame for e in c.events if ((e.from_tag == tag) == bool(e.method)) == caller}
+    for o in c.media:
+        if o.frame in sent and o.kind == "audio":
+            return fmt_endpoint(o.ip, o.port)
+    return None
 
 
 def registration_dict(r: RegistrationRecord) -> dict:

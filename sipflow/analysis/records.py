@@ -234,6 +234,8 @@ class CallRecord:
     streams: Tuple[StreamRecord, ...]
     dtmf: Tuple[DtmfRecord, ...]   # every key press of the call, RFC 4733 and INFO, in time order
     t38: Tuple[T38Offer, ...] = ()     # switches to T.38 fax offered, with their answers
+    caller_agent: Optional[str] = None    # the caller's User-Agent (or Server) header
+    callee_agent: Optional[str] = None
     faxes: Tuple[FaxRecord, ...] = ()  # T.38 fax flows (UDPTL), not RTP
 
     def first_hop(self) -> Tuple[TransactionRecord, ...]:

@@ -177,7 +177,7 @@ def call_record(call: Call, end: float, judged: Sequence[Anomaly], streams: Tupl
         anomalies=tuple(call.anomalies) + tuple(judged), streams=streams,
         dtmf=tuple(sorted([info_dtmf(d) for d in call.dtmf] + [d for s in streams for d in s.dtmf],
                           key=lambda d: (d.ts, d.frame))),
-        t38=t38_offers(call), faxes=faxes)
+        t38=t38_offers(call), faxes=faxes, caller_agent=call.caller_agent, callee_agent=call.callee_agent)
 
 
 def registration_record(r: Registration) -> RegistrationRecord:

@@ -18,8 +18,10 @@ from sipflow.errors import SipflowError
 @analysis_options(["text", "json", "csv"])
 @click.option("--events", is_flag=True, help="Under the table, what happened in each call: ringing, early media, "
               "answer, hold/resume, codec changes, DTMF, MESSAGE, transfer, T.38, hang-up.")
+@click.option("--wide", is_flag=True, help="Also each side's User-Agent (or Server) and SDP media address; "
+              "whole Call-IDs and parties (wider than the terminal unless --width).")
 @handle_errors
-def calls(files, fmt, output, width, no_progress, events, **filters):
+def calls(files, fmt, output, width, no_progress, events, wide, **filters):
     """List the calls: start, parties, outcome, post-dial delay, duration, media.
 
     \b
@@ -32,7 +34,7 @@ def calls(files, fmt, output, width, no_progress, events, **filters):
     """
     from sipflow.render import tables as report
     a = run_analysis(files, no_progress, **filters)
-    text = {"text": lambda: report.calls_text(a, terminal_width(width), events),
+    text = {"text": lambda: report.calls_text(a, width or (10_000 if wide else terminal_width(None)), events, wide),
             "json": lambda: report.calls_json(a), "csv": lambda: report.calls_csv(a)}[fmt]()
     emit_text(text, output)
 

@@ -184,7 +184,7 @@ def timeline_lines(a: Analysis, width: int = 80) -> List[str]:
     return lines
 
 
-def calls_text(a: Analysis, width: int = 80, events: bool = False) -> str:
+def calls_text(a: Analysis, width: int = 80, events: bool = False, wide: bool = False) -> str:
     if not a.calls:
         if a.scope is not None:
             return f"0 of {a.scope.calls_total} calls match {a.scope.description}."
@@ -202,14 +202,19 @@ def calls_text(a: Analysis, width: int = 80, events: bool = False) -> str:
             if d["final_status"] is not None and d["outcome"] != "answered":
                 outcome += f" {d['final_status']}"
             rows.append([n, fmt_time(d["start"]), d["call_id"], party(d["from"]), party(d["to"]), outcome,
-                         fmt_secs(d["pdd"]), fmt_secs(d["duration"]), d["media"], d["messages"]])
-        return render_table(["#", "Start", "Call-ID", "From", "To", "Outcome", "PDD", "Dur", "Media", "Msg"], rows,
-                            width, flexible={2: 6, 3: 5, 4: 5, 8: media_floor}, right=(0, 6, 7, 9), gap=1)
+                         fmt_secs(d["pdd"]), fmt_secs(d["duration"]), d["media"], d["messages"]]
+                        + ([d["caller_agent"] or "-", d["callee_agent"] or "-", d["caller_media"] or "-",
+                            d["callee_media"] or "-"] if wide else []))
+        headers = ["#", "Start", "Call-ID", "From", "To", "Outcome", "PDD", "Dur", "Media", "Msg"]
+        if wide:
+            headers += ["Caller agent", "Callee agent", "Caller SDP", "Callee SDP"]
+        return render_table(headers, rows, width, flexible={2: 6, 3: 5, 4: 5, 8: media_floor}, right=(0, 6, 7, 9),
+                            gap=1)
 
     media_floor = min(max(len(d["media"]) for d in data), 23)   # the media column is read whole when it can be
 
     text = table(_party)
-    if max(len(line) for line in text.splitlines()) > width or "…" in text:
+    if not wide and (max(len(line) for line in text.splitlines()) > width or "…" in text):
         # Not enough room for user@host: the user part is what people scan for.
         text = table(lambda uri: _party(uri).split("@")[0] or _party(uri))
     text = dates_line([d["start"] for d in data]) + "\n" + text
@@ -224,7 +229,8 @@ def calls_text(a: Analysis, width: int = 80, events: bool = False) -> str:
 
 CALL_CSV_FIELDS = ["call_id", "start", "from", "to", "outcome", "final_status", "reason", "ended_by",
                    "time_to_first_response", "pdd", "challenge", "time_to_answer", "setup_time", "duration", "hops",
-                   "dialogs", "messages", "media"]
+                   "dialogs", "messages", "media", "holds", "caller_agent", "callee_agent", "caller_media",
+                   "callee_media"]
 
 
 def calls_csv(a: Analysis) -> str:
@@ -232,6 +238,7 @@ def calls_csv(a: Analysis) -> str:
     w = csv.DictWriter(out, fieldnames=CALL_CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for d in call_rows(a):
+        d["holds"] = sum(1 for h in d["holds"] if h["what"] == "hold")   # times the call was put on hold
         w.writerow(_csv_row(d))
     return out.getvalue()
 

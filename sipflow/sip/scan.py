@@ -30,7 +30,7 @@ class SipHead:
     """What the analyzer needs from one SIP message. ``body`` is the message body (empty when none)."""
     __slots__ = ("method", "uri", "status", "reason", "call_id", "cseq", "cseq_method", "branch", "sent_by",
                  "via", "from_uri", "from_user", "from_tag", "to_uri", "to_user", "to_tag", "contacts",
-                 "expires", "content_type", "reason_header", "body", "problems")
+                 "expires", "content_type", "reason_header", "user_agent", "server", "body", "problems")
 
     method: Optional[str]
     uri: Optional[str]
@@ -52,6 +52,8 @@ class SipHead:
     expires: Optional[str]       # the Expires header as written
     content_type: str            # the Content-Type header as written ("" when none)
     reason_header: Optional[str]  # the Reason header (RFC 3326), as written
+    user_agent: Optional[str]    # the User-Agent header (the software that sent a request, or a UAS's response)
+    server: Optional[str]        # the Server header
     body: bytes
     problems: Tuple[str, ...]
 
@@ -65,7 +67,7 @@ class SipHead:
 # The headers the scan looks at, by canonical (lower-case) name; compact forms map to the same slot.
 _WANT = {"call-id": "call_id", "cseq": "cseq", "via": "via", "from": "from", "to": "to", "contact": "contact",
          "expires": "expires", "content-type": "content_type", "content-length": "content_length",
-         "reason": "reason_header"}
+         "reason": "reason_header", "user-agent": "user_agent", "server": "server"}
 _SLOT: Dict[str, Optional[str]] = {}   # header name as written -> wanted slot, or None (bounded below)
 _METHODS = frozenset(KNOWN_METHODS)
 _NEW = "?"   # a header name not seen before
@@ -228,6 +230,9 @@ def _scan(data: bytes, datagram: bool) -> SipHead:
     h.content_type = found.get("content_type", "").strip()
     reason = found.get("reason_header")
     h.reason_header = reason.strip() if reason is not None else None
+    agent, server = found.get("user_agent"), found.get("server")
+    h.user_agent = agent.strip() if agent is not None else None
+    h.server = server.strip() if server is not None else None
     problems: List[str] = []
     cl = found.get("content_length")
     h.body = body_of(data[head_end + 4:], cl.strip() if cl is not None else None, datagram, problems)
@@ -250,6 +255,9 @@ def head_of(msg: SipMessage) -> SipHead:
     h.expires = msg.header("Expires")
     h.content_type = msg.header("Content-Type") or ""
     h.reason_header = msg.header("Reason")
+    agent, server = msg.header("User-Agent"), msg.header("Server")
+    h.user_agent = agent.strip() if agent is not None else None
+    h.server = server.strip() if server is not None else None
     h.body = msg.body
     h.problems = msg.problems
     return h
