@@ -297,6 +297,8 @@ def main(ctx, traceback):
       sipflow summary capture.pcap.gz other.pcapng
       sipflow analyze capture.pcap --format json -o result.json
       sipflow rtp capture.pcap
+      sipflow calls capture.pcap --events --call 2; sipflow ladder capture.pcap --call 2
+      sipflow dialogs capture.pcap; sipflow show capture.pcap --frame 17
       tcpdump -i any -c 2000 -w - port 5060 | sipflow calls -
       sipflow probe options sip:127.0.0.1:5060
     """
