@@ -7,6 +7,7 @@ builds an ``Analysis``; this module only describes, filters and serialises one.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from sipflow.analysis.kinds import Anomaly, Outcome
@@ -139,9 +140,11 @@ class Analysis:
 
     def number(self, call: CallRecord) -> int:
         """The call's number in the calls table of the whole capture (what ``--call N`` takes)."""
-        if self.numbers is None:
-            return self.calls.index(call) + 1
-        return self.numbers[call.call_id]
+        return (self.numbers or self._numbering)[call.call_id]
+
+    @cached_property
+    def _numbering(self) -> Dict[str, int]:
+        return {c.call_id: i + 1 for i, c in enumerate(self.calls)}
 
     def call_rows(self) -> Iterator[Tuple[Outcome, Optional[int], bool, Dict[str, Optional[float]]]]:
         """(outcome, final status, INVITE seen, timings) of every call, held or summarised."""
@@ -335,7 +338,9 @@ def message_dict(e: SipEvent) -> dict:
     }
 
 
-def call_dict(c: CallRecord, end_ts: float, stream_index: Dict[int, int]) -> dict:
+def call_dict(c: CallRecord, end_ts: float, stream_index: Dict[int, int], with_timeline: bool = True) -> dict:
+    """A call as the JSON document has it; ``with_timeline=False`` leaves out the one member that reads
+    messages again (tables that do not show it)."""
     d = {
         "call_id": c.call_id, "from": c.from_uri, "to": c.to_uri, "start": c.start,
         "outcome": c.outcome.value, "final_status": c.final_status,
@@ -351,7 +356,7 @@ def call_dict(c: CallRecord, end_ts: float, stream_index: Dict[int, int]) -> dic
         "dtmf": [dtmf_dict(d) for d in c.dtmf],
         "t38": [{"frame": t.frame, "ts": t.ts, "status": t.status, "accepted": t.accepted} for t in c.t38],
         "timeline": [{"ts": ev.ts, "frame": ev.frame, "kind": ev.kind, "by": ev.by, "text": ev.text}
-                     for ev in timeline(c)],
+                     for ev in timeline(c)] if with_timeline else None,
         "fax": [fax_dict(f) for f in c.faxes],
         "anomalies": [{"kind": a.kind.value, "frame": a.frame, "detail": a.detail} for a in c.anomalies],
     })

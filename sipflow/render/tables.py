@@ -159,11 +159,11 @@ def _media_summary(a: Analysis, call) -> str:
     return " ".join(parts)
 
 
-def call_rows(a: Analysis) -> List[Dict[str, Any]]:
+def call_rows(a: Analysis, with_timeline: bool = False) -> List[Dict[str, Any]]:
     index = {id(s): i for i, s in enumerate(a.streams)}
     rows = []
     for c in a.calls:
-        d = call_dict(c, a.end_ts, index)
+        d = call_dict(c, a.end_ts, index, with_timeline)
         d["media"] = _media_summary(a, c)
         rows.append(d)
     return rows
@@ -244,7 +244,7 @@ def calls_csv(a: Analysis) -> str:
 
 
 def calls_json(a: Analysis) -> str:
-    return json.dumps(call_rows(a), indent=2)
+    return json.dumps(call_rows(a, with_timeline=True), indent=2)
 
 
 # ---------------------------------------------------------------------------------------------------
