@@ -97,6 +97,7 @@ def test_a_blind_transfer_reads_as_refer_accept_progress_and_result():
     d.response(B, 200, "OK", "INVITE", sdp(B, 5000))
     d.request(A, "ACK")
     refer = d.request(B, "REFER", extra="Refer-To: <sip:carol@192.0.2.3>\nReferred-By: <sip:b@y>")
+    d.response(A, 100, "Trying", "REFER")                  # provisional: not an answer to the transfer
     accepted = d.response(A, 202, "Accepted", "REFER")
     trying = d.request(A, "NOTIFY", "SIP/2.0 100 Trying\r\n", "message/sipfrag;version=2.0",
                        extra="Event: refer\nSubscription-State: active;expires=60")
@@ -109,6 +110,7 @@ def test_a_blind_transfer_reads_as_refer_accept_progress_and_result():
     assert got[(accepted, "transfer_accepted")][1] == "transfer accepted (202 Accepted)"
     assert got[(trying, "transfer_progress")][1] == "transfer progress: SIP/2.0 100 Trying"
     assert got[(done, "transfer_result")] == ("caller", "transfer result: SIP/2.0 200 OK")
+    assert sum(k == "transfer_accepted" for _, k in got) == 1
 
 
 def test_samples_tell_their_story():

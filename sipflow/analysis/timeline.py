@@ -126,7 +126,7 @@ def timeline(call: CallRecord) -> Tuple[CallEvent, ...]:
             target = (m.header("Refer-To") or "?") if m is not None else "?"
             out.append(CallEvent(e.ts, e.frame, "transfer", side, f"transfer to {_short(target.strip())} "
                                  f"(REFER from the {side or 'unknown side'})"))
-        elif e.status is not None and e.cseq_method == "REFER":
+        elif e.status is not None and e.status >= 200 and e.cseq_method == "REFER":
             ok = e.status < 300
             out.append(CallEvent(e.ts, e.frame, "transfer_accepted" if ok else "transfer_refused", side,
                                  f"transfer {'accepted' if ok else 'refused'} ({e.status} {e.reason or ''}".strip()
