@@ -1,9 +1,10 @@
-"""Transactions, dialogs, calls and registrations rebuilt from observed SIP messages.
+"""Transactions, dialogs and calls rebuilt from observed SIP messages (REGISTER flows: ``analysis.registrations``).
 
 Owns every rule that turns a sequence of ``SipEvent``s into SIP state: transaction matching (RFC 3261
 §17.1.3/§17.2.3, with the RFC 2543 fallback for branches without the magic cookie), retransmission
 detection, ACK and CANCEL matching, dialogs (Call-ID + tags, §12) with forking and hold, calls (all
-dialogs and hops of a Call-ID), registrations and the binding table, and anomalies. It is an observer:
+dialogs and hops of a Call-ID), and anomalies; REGISTER transactions are handed to
+``analysis.registrations``, which keeps the flows and the binding table. It is an observer:
 a message that breaks the protocol is recorded as an ``Anomaly`` and processing goes on.
 
 The state machines are tables (``TRANSACTION_TABLE``, ``CALL_TABLE``) that a test can walk. Time is the
@@ -16,16 +17,16 @@ import sys
 from collections import deque
 from typing import Deque, Dict, List, Optional, Tuple
 
-from sipflow.analysis.kinds import (Anomaly, AnomalyKind, CallState, DialogState, Outcome, RegistrationOutcome,
-                                    TxState)
+from sipflow.analysis.kinds import (Anomaly, AnomalyKind, CallState, DialogState, Outcome, TxState)
 from sipflow.analysis.messages import SipEvent
 from sipflow.analysis.offers import InfoDtmf, MediaBook, MediaOffer, codec_map
 from sipflow.analysis.options import LINGER, AnalyzerOptions
+from sipflow.analysis.registrations import RegistrationBook
 from sipflow.analysis.totals import CallTotals
 from sipflow.net import fmt_endpoint, is_private
 from sipflow.sip.dtmf import dtmf_of
-from sipflow.sip.message import ProblemKind, to_int
-from sipflow.sip.scan import SipHead, contact_host, parse_contact
+from sipflow.sip.message import ProblemKind
+from sipflow.sip.scan import SipHead, contact_host
 from sipflow.sip.sdp import Session, sdp_of
 
 MAGIC_COOKIE = "z9hG4bK"   # RFC 3261 §8.1.1.7: branches starting with it are unique per transaction
@@ -39,7 +40,6 @@ STORM_INVITE = 6
 STORM_OTHER = 10
 SWEEP_EVERY = 10.0         # capture seconds between sweeps of finished transactions and calls
 _CSEQ_MEMORY = 1 << 16     # keep_calls: senders whose last CSeq is remembered
-REGISTRATION_EVENTS = 8    # keep_calls: message records kept per registration
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -289,44 +289,6 @@ class Call:
         return max(by_cseq.values()) if by_cseq else 0
 
 
-class Registration:
-    """One client's REGISTER history for one address-of-record (one Call-ID, RFC 3261 §10.2)."""
-    __slots__ = ("aor", "call_id", "contact", "start", "end", "requests", "challenges", "consecutive_challenges",
-                 "final_status", "expires_requested", "expires_granted", "successes", "unregister", "pending",
-                 "events")
-
-    def __init__(self, aor: str, call_id: str, first: SipEvent) -> None:
-        self.aor, self.call_id = aor, call_id
-        self.contact: Optional[str] = None
-        self.start = self.end = first.ts
-        self.requests = 0
-        self.challenges = 0
-        self.consecutive_challenges = 0
-        self.final_status: Optional[int] = None
-        self.expires_requested: Optional[int] = None
-        self.expires_granted: Optional[int] = None
-        self.successes = 0
-        self.unregister = False
-        self.pending = False
-        self.events: List[SipEvent] = []
-
-    @property
-    def refreshes(self) -> int:
-        return max(0, self.successes - 1)
-
-    def outcome(self) -> "RegistrationOutcome":
-        s = self.final_status
-        if s is None:
-            return RegistrationOutcome.NO_RESPONSE
-        if 200 <= s < 300:
-            return RegistrationOutcome.UNREGISTERED if self.unregister else RegistrationOutcome.REGISTERED
-        if s in (401, 407):
-            # a second challenge in a row: the credentials were refused (RFC 7616 §3.3: a stale nonce
-            # is answered once more, a wrong password again and again)
-            return RegistrationOutcome.FAILED if self.consecutive_challenges >= 2 else RegistrationOutcome.CHALLENGED
-        return RegistrationOutcome.FAILED
-
-
 # ---------------------------------------------------------------------------------------------------
 # The tracker
 
@@ -362,8 +324,9 @@ class Tracker:
         self.options = options
         self.transactions: Dict[tuple, Transaction] = {}
         self.calls: Dict[str, Call] = {}
-        self.registrations: Dict[Tuple[str, str], Registration] = {}
-        self.bindings: Dict[str, Dict[str, float]] = {}   # aor -> contact -> expires at
+        self.registrar = RegistrationBook()
+        self.registrations = self.registrar.registrations   # (Call-ID, AOR) -> its REGISTER flow
+        self.bindings = self.registrar.bindings             # aor -> contact -> expires at
         self.methods: Dict[str, Dict[str, int]] = {}       # method -> {"requests": n, status: n}
         self.anomalies: List[Anomaly] = []
         self.retransmissions = 0
@@ -540,7 +503,7 @@ class Tracker:
                     self.anomaly(AnomalyKind.BYE_BEFORE_ANSWER, ev, "BYE before any 2xx to the INVITE", call)
             self._call_event(call, "bye", ev)
         elif method == "REGISTER":
-            self._register(ev, tx)
+            self.registrar.request(ev, tx, self.options.bounded)
         elif method in ("UPDATE",) and call is not None:
             self._sdp(ev, call)
         elif method == "INFO" and call is not None:
@@ -711,7 +674,7 @@ class Tracker:
         if tx.method == "INVITE" and call is not None:
             self._invite_response(ev, tx, call, totag)
         elif tx.method == "REGISTER":
-            self._register_response(ev, tx)
+            self.registrar.response(ev, tx)
 
     def _invite_response(self, ev: SipEvent, tx: Transaction, call: Call, totag: Optional[str]) -> None:
         status = ev.status
@@ -728,75 +691,6 @@ class Tracker:
             call.unacked[(tx.request.cseq, tx.request.src, tx.request.sport)] = tx
         if tx.first_hop:
             self._call_event(call, "18x" if 180 <= status < 190 else response_event(status), ev)
-
-    # -- registrations --------------------------------------------------------------------------------
-
-    def _register(self, ev: SipEvent, tx: Transaction) -> None:
-        h = ev.head
-        aor = h.to_uri or "?"
-        key = (ev.call_id or "", aor)
-        reg = self.registrations.get(key)
-        if reg is None:
-            reg = self.registrations[key] = Registration(aor, ev.call_id or "", ev)
-        reg.events.append(ev)
-        if self.options.bounded and len(reg.events) > REGISTRATION_EVENTS:
-            del reg.events[0]
-        reg.requests += 1
-        reg.end = ev.ts
-        reg.pending = True
-        contacts = [parse_contact(c) for c in h.contacts]
-        tx.registration = (reg, contacts)   # what the response needs of its request
-        if contacts:
-            reg.contact = contacts[0].raw
-        expires = None
-        if contacts:
-            expires = to_int(contacts[0].param("expires"))
-        if expires is None:
-            expires = to_int(h.expires)
-        reg.expires_requested = expires
-        reg.unregister = expires == 0 or any(c.raw == "*" for c in contacts)
-
-    def _register_response(self, ev: SipEvent, tx: Transaction) -> None:
-        status = ev.status
-        if status < 200 or tx.registration is None:
-            return
-        reg, req_contacts = tx.registration
-        aor = reg.aor
-        reg.end = ev.ts
-        reg.final_status = status
-        reg.pending = False
-        if status in (401, 407):
-            reg.challenges += 1
-            reg.consecutive_challenges += 1
-            return
-        reg.consecutive_challenges = 0
-        if not 200 <= status < 300:
-            return
-        if not reg.unregister:
-            reg.successes += 1
-        table = self.bindings.setdefault(aor, {})
-        if reg.unregister:
-            if any(c.raw == "*" for c in req_contacts):
-                table.clear()
-            for c in req_contacts:
-                table.pop(str(c.uri), None)
-            reg.expires_granted = 0
-            return
-        # The 200 lists every binding the registrar now holds, each with its expires (§10.3 step 8).
-        granted = None
-        header_exp = to_int(ev.head.expires)
-        mine = {str(c.uri) for c in req_contacts}
-        for c in [parse_contact(v) for v in ev.head.contacts] or req_contacts:
-            exp = c.param("expires")
-            e = to_int(exp) if exp is not None else header_exp
-            if e is None:
-                e = header_exp
-            if e is None:
-                e = reg.expires_requested if reg.expires_requested is not None else 3600
-            table[str(c.uri)] = ev.ts + e
-            if str(c.uri) in mine and granted is None:
-                granted = e
-        reg.expires_granted = granted if granted is not None else header_exp
 
     # -- end of capture -------------------------------------------------------------------------------
 

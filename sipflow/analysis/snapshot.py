@@ -11,7 +11,8 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from sipflow.analysis.dialogs import Anomaly, Call, Registration, Transaction
+from sipflow.analysis.dialogs import Anomaly, Call, Transaction
+from sipflow.analysis.registrations import Registration
 from sipflow.analysis.offers import InfoDtmf, MediaOffer
 from sipflow.analysis.join import Join, codec_for
 from sipflow.analysis.records import (CallRecord, DialogRecord, DtmfRecord, FaxRecord, RegistrationRecord,

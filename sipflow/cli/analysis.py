@@ -165,7 +165,7 @@ def _aliases(pairs, path) -> dict:
             continue
         addr, sep, name = text.partition("=") if "=" in text else text.partition(" ")
         if not sep or not addr.strip() or not name.strip():
-            raise click.BadParameter(f"{text!r}: give ADDRESS=NAME, e.g. 10.0.0.1=PBX or 10.0.0.1:5060=PBX",
+            raise click.BadParameter(f"{text!r}: give ADDRESS=NAME, e.g. 192.0.2.10=PBX or 192.0.2.10:5060=PBX",
                                      param_hint=option)
         out[addr.strip()] = name.strip()
     return out
@@ -178,7 +178,7 @@ def _aliases(pairs, path) -> dict:
 @click.option("--group", type=click.Choice(["endpoint", "host"]), default="endpoint", show_default=True,
               help="One lane per ip:port, or per host (its ports merged).")
 @click.option("--alias", "alias_pairs", multiple=True, metavar="ADDR=NAME",
-              help="Name a lane: 10.0.0.1=PBX (a host) or 10.0.0.1:5060=PBX (an endpoint). Repeatable.")
+              help="Name a lane: 192.0.2.10=PBX (a host) or 192.0.2.10:5060=PBX (an endpoint). Repeatable.")
 @click.option("--aliases", "aliases_file", type=click.Path(dir_okay=False), default=None,
               help="A file of ADDR=NAME lines (or ADDR NAME), # comments.")
 @click.option("--verbose", "-v", is_flag=True, help="Key headers and the SDP under each arrow.")
@@ -193,7 +193,7 @@ def ladder(files, fmt, output, width, no_progress, time_mode, group, alias_pairs
     \b
     Examples:
       sipflow ladder samples/transfer-hold.pcap --call 1
-      sipflow ladder capture.pcap --call-id 1-2345 --alias 10.0.0.1=PBX --group host --time abs
+      sipflow ladder capture.pcap --call-id 1-2345 --alias 192.0.2.10=PBX --group host --time abs
       sipflow ladder capture.pcap --status 486 --verbose      # every busy call, headers and SDP
     """
     from sipflow.render.ladder import layouts, render_all
