@@ -232,25 +232,31 @@ class RtpStream:
                     ooo += 1
                 else:  # a big jump: the sender restarted its sequence; follow it
                     expect = seq + 1
+            if pt_byte != main_pt and pt_byte != marked_pt:
+                # DTMF events and comfort noise keep their own timestamps: leave them out of jitter.
+                pt = pt_byte & 0x7F
+                self.other_pts[pt] = self.other_pts.get(pt, 0) + 1
+                last_any = arrival
+                continue
             transit = arrival * rate - rtp_ts
+            u = (transit - t0 + 2147483648.0) % 4294967296.0 - 2147483648.0 - slope * (arrival - a0)
+            if u < umin:
+                umin = u
+            elif u - umin > floor:
+                if u - umin > fixed:
+                    late_f += 1
+                v = math.log(u - umin) + (arrival - a0) * decay
+                if v > peak:
+                    if v > peak + JB_HEADROOM:
+                        late_a += 1
+                    peak = v
+            d = transit - last_transit
+            if d < 0:
+                d = -d
+            if d > 2147483648.0:  # the RTP timestamp wrapped
+                d = 4294967296.0 - d
+            jitter += (d - jitter) * 0.0625
             if pt_byte == main_pt:
-                u = (transit - t0 + 2147483648.0) % 4294967296.0 - 2147483648.0 - slope * (arrival - a0)
-                if u < umin:
-                    umin = u
-                elif u - umin > floor:
-                    if u - umin > fixed:
-                        late_f += 1
-                    v = math.log(u - umin) + (arrival - a0) * decay
-                    if v > peak:
-                        if v > peak + JB_HEADROOM:
-                            late_a += 1
-                        peak = v
-                d = transit - last_transit
-                if d < 0:
-                    d = -d
-                if d > 2147483648.0:  # the RTP timestamp wrapped
-                    d = 4294967296.0 - d
-                jitter += (d - jitter) * 0.0625
                 jsum += jitter
                 jn += 1
                 if jitter > jmax:
@@ -259,32 +265,9 @@ class RtpStream:
                     max_delta = arrival - last_arrival
                 if arrival - last_any >= OUTAGE:
                     self.outage(last_any, arrival)
-            elif pt_byte == marked_pt:
+            else:
                 # A talkspurt starts: as Wireshark does, the estimate runs on but the figures skip it.
                 markers += 1
-                u = (transit - t0 + 2147483648.0) % 4294967296.0 - 2147483648.0 - slope * (arrival - a0)
-                if u < umin:
-                    umin = u
-                elif u - umin > floor:
-                    if u - umin > fixed:
-                        late_f += 1
-                    v = math.log(u - umin) + (arrival - a0) * decay
-                    if v > peak:
-                        if v > peak + JB_HEADROOM:
-                            late_a += 1
-                        peak = v
-                d = transit - last_transit
-                if d < 0:
-                    d = -d
-                if d > 2147483648.0:
-                    d = 4294967296.0 - d
-                jitter += (d - jitter) * 0.0625
-            else:
-                # DTMF events and comfort noise keep their own timestamps: leave them out of jitter.
-                pt = pt_byte & 0x7F
-                self.other_pts[pt] = self.other_pts.get(pt, 0) + 1
-                last_any = arrival
-                continue
             last_arrival = last_any = arrival
             last_transit = transit
         self.packets = before + (len(p) >> 2)  # len is 1 + 4 per packet
