@@ -42,7 +42,7 @@ def capture(tmp_path_factory):
 
 COMMANDS = [("calls", "text"), ("calls", "csv"), ("calls", "json"), ("summary", "text"), ("summary", "json"),
             ("analyze", "text"), ("analyze", "csv"), ("analyze", "json"), ("analyze", "ndjson"), ("rtp", "text"),
-            ("rtp", "csv"), ("rtp", "json"), ("ladder", "text")]
+            ("rtp", "csv"), ("rtp", "json"), ("ladder", "text"), ("ladder", "mermaid"), ("ladder", "plantuml")]
 _BAD_TEXT = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 

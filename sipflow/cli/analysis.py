@@ -171,8 +171,11 @@ def _aliases(pairs, path) -> dict:
     return out
 
 
+MAX_PICTURE_LADDERS = 40     # Call-IDs in one SVG/PNG/PDF (beyond: choose with a filter, or --combine)
+
+
 @main.command()
-@analysis_options(["text"])
+@analysis_options(["text", "mermaid", "plantuml"])
 @click.option("--time", "time_mode", type=click.Choice(["rel", "abs", "delta"]), default="rel", show_default=True,
               help="Time column: since the first message, wall clock (UTC, the date once), or since the one before.")
 @click.option("--group", type=click.Choice(["endpoint", "host"]), default="endpoint", show_default=True,
@@ -182,24 +185,63 @@ def _aliases(pairs, path) -> dict:
 @click.option("--aliases", "aliases_file", type=click.Path(dir_okay=False), default=None,
               help="A file of ADDR=NAME lines (or ADDR NAME), # comments.")
 @click.option("--verbose", "-v", is_flag=True, help="Key headers and the SDP under each arrow.")
+@click.option("--combine", is_flag=True, help="Draw every chosen Call-ID in one diagram (the legs of a call "
+              "through a B2BUA), each leg marked by colour in a picture.")
 @handle_errors
-def ladder(files, fmt, output, width, no_progress, time_mode, group, alias_pairs, aliases_file, verbose, **filters):
+def ladder(files, fmt, output, width, no_progress, time_mode, group, alias_pairs, aliases_file, verbose, combine,
+           **filters):
     """Ladder (sequence) diagram: one lane per address, one arrow per message, one diagram per Call-ID.
 
     Each line shows the time and the frame number, so any arrow can be found in Wireshark with
     frame.number == N. A call's events (hold, resume, transfer, DTMF, MESSAGE) are noted where they
     happen. Use the filters to draw one call (--call N from `sipflow calls`).
 
+    -o FILE.svg, FILE.png or FILE.pdf paints a picture instead: arrows coloured by class,
+    retransmissions dashed, SDP under its arrow, RTP streams with loss, jitter and MOS, the call's
+    figures in the title (a PDF puts a long call on several pages). --format mermaid or plantuml
+    writes a sequence diagram for a wiki or a ticket.
+
     \b
     Examples:
       sipflow ladder samples/transfer-hold.pcap --call 1
+      sipflow ladder samples/transfer-hold.pcap --call 1 -o reports/call1.svg
       sipflow ladder capture.pcap --call-id 1-2345 --alias 192.0.2.10=PBX --group host --time abs
       sipflow ladder capture.pcap --status 486 --verbose      # every busy call, headers and SDP
+      sipflow ladder capture.pcap --user alice --combine -o legs.pdf
+      sipflow ladder capture.pcap --call 2 --format mermaid -o call2.mmd
     """
-    from sipflow.render.ladder import layouts, render_all
+    from sipflow.render.ladder import layouts, merge, render_all
     names = _aliases(alias_pairs, aliases_file)
+    picture = os.path.splitext(output)[1].lower().lstrip(".") if output != "-" else ""
+    if picture not in ("svg", "png", "pdf"):
+        picture = ""
+    if picture and fmt != "text":
+        raise click.UsageError(f"-o {output} writes a picture; --format {fmt} writes text: give one of them")
     a = run_analysis(files, no_progress, **filters)
-    emit_text(render_all(layouts(a, names, group == "host", verbose), terminal_width(width), time_mode), output)
+    drawn = layouts(a, names, group == "host", verbose, media=bool(picture) or fmt != "text")
+    if combine and len(drawn) > 1:
+        drawn = [merge(drawn)]
+    if picture:
+        if not any(lad.arrows for lad in drawn):
+            raise SipflowError("no SIP message to draw" + (" matches the filters" if any(
+                v is not None for v in filters.values()) else " in the capture"))
+        if len(drawn) > MAX_PICTURE_LADDERS:
+            raise click.UsageError(f"{len(drawn)} Call-IDs would make one huge picture (at most "
+                                   f"{MAX_PICTURE_LADDERS}): choose calls with --call, --call-id, --user, --status "
+                                   "or --since/--until, or use the HTML report (sipflow report)")
+        from sipflow.render.picture import save
+        save(drawn, output, picture, time_mode)
+        say(f"{output}: {len(drawn)} ladder{'s' if len(drawn) != 1 else ''}, "
+            f"{sum(len(lad.arrows) for lad in drawn)} messages")
+        return
+    if fmt == "mermaid":
+        from sipflow.render.diagram import mermaid
+        emit_text(mermaid(drawn), output)
+    elif fmt == "plantuml":
+        from sipflow.render.diagram import plantuml
+        emit_text(plantuml(drawn), output)
+    else:
+        emit_text(render_all(drawn, terminal_width(width), time_mode), output)
 
 
 @main.command()

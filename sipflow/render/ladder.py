@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import textwrap
-from dataclasses import dataclass
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from dataclasses import dataclass, replace
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from sipflow.analysis.messages import SipEvent
 from sipflow.errors import ParseError
+from sipflow.net.addr import fmt_endpoint
 from sipflow.render.safe import printable
 from sipflow.sip.sdp import sdp_of
 
@@ -39,6 +40,32 @@ class Arrow:
     transport: str = "udp"
     notes: Tuple[str, ...] = ()      # what this message did (timeline events): "hold by the caller ..."
     details: Tuple[str, ...] = ()    # verbose: key headers and an SDP summary
+    sdp: Tuple[str, ...] = ()        # one line per SDP media (layout(sdp=True)): "audio PCMA 192.0.2.1:4000 sendonly"
+
+    @property
+    def kind(self) -> str:
+        """What the arrow is, for its colour: request, 1xx, 2xx or error (3xx-6xx)."""
+        head = self.label.split(" ", 1)[0]
+        if not head.isdigit():
+            return "request"
+        return {"1": "1xx", "2": "2xx"}.get(head[0], "error")
+
+
+@dataclass(frozen=True)
+class MediaSpan:
+    """An RTP (or T.38) stream drawn between two lanes, from its first packet to its last."""
+    src: int                  # lane index
+    dst: int
+    first: float
+    last: float
+    label: str                # "PCMA 1502 pkts, lost 0.1 %, jitter 1.2 ms, MOS 4.3"
+    kind: str                 # audio | video | fax | rtp (the SDP did not say)
+    frame: int                # its first packet
+
+    @property
+    def ts(self) -> float:
+        """When it is drawn: its first packet."""
+        return self.first
 
 
 @dataclass(frozen=True)
@@ -47,6 +74,9 @@ class Ladder:
     arrows: Tuple[Arrow, ...]
     start: float              # time of the first arrow (the ladder's zero)
     title: Optional[str] = None
+    facts: Tuple[str, ...] = ()       # a call's figures under the title: "PDD 1.20 s", "duration 31.4 s"
+    spans: Tuple[MediaSpan, ...] = ()  # the call's media streams (``layouts(media=True)``)
+    legs: Tuple[str, ...] = ()        # Call-IDs of a merged ladder (``merge``), in order; empty: one
 
 
 def _label(e: SipEvent) -> Tuple[str, Optional[str]]:
@@ -65,6 +95,17 @@ def _label(e: SipEvent) -> Tuple[str, Optional[str]]:
     return label, m.call_id
 
 
+def _sdp_lines(m) -> List[str]:
+    """One line per SDP media of a message: kind, address, transport, first codecs, direction."""
+    sess = sdp_of(m.content_type, m.body) if m.body else None
+    out = []
+    if sess is not None:
+        for media in sess.media:
+            codecs = ",".join(c.name for c in media.codecs[:4]) + (",…" if len(media.codecs) > 4 else "")
+            out.append(f"{media.kind} {media.address}:{media.port} {media.proto} {codecs} {media.direction}")
+    return out
+
+
 def _details(e: SipEvent) -> Tuple[str, ...]:
     """Key headers, then one line per SDP media: what a reader needs under an arrow."""
     try:
@@ -72,12 +113,26 @@ def _details(e: SipEvent) -> Tuple[str, ...]:
     except (ParseError, ValueError):
         return ()
     out = [f"{name}: {' '.join(value.split())}" for name in KEY_HEADERS for value in m.header_values(name)[:1]]
-    sess = sdp_of(m.content_type, m.body) if m.body else None
-    if sess is not None:
-        for media in sess.media:
-            codecs = ",".join(c.name for c in media.codecs[:4]) + (",…" if len(media.codecs) > 4 else "")
-            out.append(f"SDP {media.kind} {media.address}:{media.port} {media.proto} {codecs} {media.direction}")
-    return tuple(out)
+    return tuple(out + ["SDP " + line for line in _sdp_lines(m)])
+
+
+def _sdp(e: SipEvent) -> Tuple[str, ...]:
+    try:
+        return tuple(_sdp_lines(e.msg))
+    except (ParseError, ValueError):
+        return ()
+
+
+def span_label(s) -> str:
+    """A stream in a few words: codec, packets, loss, jitter, MOS."""
+    parts = [s.codec or f"PT {s.pt}", f"{s.packets} pkts"]
+    if s.expected:
+        parts.append(f"lost {100.0 * max(s.lost, 0) / s.expected:.1f} %")
+    if s.jitter_mean is not None:
+        parts.append(f"jitter {s.jitter_mean:.1f} ms")
+    if s.quality is not None:
+        parts.append(f"MOS {s.quality.mos:.2f}")
+    return ", ".join(parts)
 
 
 def _lane_of(ep: str, group_host: bool, aliases: Mapping[str, str]) -> str:
@@ -91,23 +146,34 @@ def _lane_of(ep: str, group_host: bool, aliases: Mapping[str, str]) -> str:
 
 def layout(messages: Sequence[SipEvent], aliases: Optional[Mapping[str, str]] = None, group_host: bool = False,
            notes: Optional[Mapping[int, Sequence[str]]] = None, verbose: bool = False,
-           title: Optional[str] = None) -> Ladder:
+           title: Optional[str] = None, sdp: bool = False, streams: Sequence = (),
+           facts: Sequence[str] = (), announced: Optional[Mapping[Tuple[str, int], int]] = None) -> Ladder:
     """Lanes in the order endpoints first appear (the caller usually first), one arrow per message.
     ``aliases``: endpoint or host -> name; ``group_host``: one lane per host, its ports merged;
-    ``notes``: frame -> what happened there (timeline events); ``verbose``: key headers and SDP."""
+    ``notes``: frame -> what happened there (timeline events); ``verbose``: key headers and SDP;
+    ``sdp``: each arrow's SDP media in one line each; ``streams``: RTP/T.38 streams (records with
+    src, sport, dst, dport, first_ts, last_ts) drawn as spans between two lanes: the lane that sent
+    the SDP announcing each end (``announced``: (ip, port) -> frame of that SDP), else the first lane
+    of the same host."""
     aliases = aliases or {}
     lanes: List[str] = []
     index: Dict[str, int] = {}
+    host_lane: Dict[str, int] = {}        # host -> its first lane (where a media stream is drawn)
+    frame_lane: Dict[int, int] = {}       # frame -> the lane that sent it
     arrows = []
     seen_parties = set()
+
+    def lane_index(ep: str) -> int:
+        lane = _lane_of(ep, group_host, aliases)
+        if lane not in index:
+            index[lane] = len(lanes)
+            lanes.append(lane)
+        host_lane.setdefault(ep.rsplit(":", 1)[0].strip("[]"), index[lane])
+        return index[lane]
+
     for e in messages:
-        ends = []
-        for ep in (e.source, e.destination):
-            lane = _lane_of(ep, group_host, aliases)
-            if lane not in index:
-                index[lane] = len(lanes)
-                lanes.append(lane)
-            ends.append(index[lane])
+        ends = [lane_index(e.source), lane_index(e.destination)]
+        frame_lane.setdefault(e.frame, ends[0])
         label, call_id = _label(e)
         details: Tuple[str, ...] = ()
         if verbose:   # From and To once per pair of tags (they repeat on every message of a dialog)
@@ -116,14 +182,26 @@ def layout(messages: Sequence[SipEvent], aliases: Optional[Mapping[str, str]] = 
                             or not d.startswith(("From:", "To:")))
             seen_parties.add(parties)
         arrows.append(Arrow(ends[0], ends[1], label, e.ts, e.frame, e.file, e.retransmission, call_id, e.transport,
-                            tuple((notes or {}).get(e.frame, ())), details))
-    return Ladder(tuple(lanes), tuple(arrows), arrows[0].ts if arrows else 0.0, title)
+                            tuple((notes or {}).get(e.frame, ())), details, _sdp(e) if sdp else ()))
+    spans = []
+    announced = announced or {}
+    for st in streams:
+        ends = []
+        for h, p in ((st.src, st.sport), (st.dst, st.dport)):
+            owner = frame_lane.get(announced.get((h, p), -1))
+            ends.append(owner if owner is not None else host_lane[h] if h in host_lane
+                        else lane_index(fmt_endpoint(h, p)))
+        kind = getattr(st, "media", None) or ("fax" if not hasattr(st, "ssrc") else "rtp")
+        label = span_label(st) if hasattr(st, "ssrc") else f"T.38 {st.packets} pkts, lost {st.lost}"
+        spans.append(MediaSpan(ends[0], ends[1], st.first_ts, st.last_ts, label, kind, st.first_frame))
+    return Ladder(tuple(lanes), tuple(arrows), arrows[0].ts if arrows else 0.0, title, tuple(facts), tuple(spans))
 
 
-def layouts(a, aliases: Optional[Mapping[str, str]] = None, group_host: bool = False, verbose: bool = False
-            ) -> List[Ladder]:
+def layouts(a, aliases: Optional[Mapping[str, str]] = None, group_host: bool = False, verbose: bool = False,
+            media: bool = False) -> List[Ladder]:
     """One ladder per Call-ID, in order of first message: each call titled with its number, parties
-    and outcome, its timeline events as notes; other dialogs titled with their first method."""
+    and outcome, its timeline events as notes; other dialogs titled with their first method.
+    ``media``: also each arrow's SDP, each call's streams as spans and its figures (for pictures)."""
     from sipflow.analysis.timeline import timeline
     groups: Dict[Optional[str], List[SipEvent]] = {}
     for e in a.messages:
@@ -133,6 +211,13 @@ def layouts(a, aliases: Optional[Mapping[str, str]] = None, group_host: bool = F
     for call_id, events in groups.items():
         call = calls.get(call_id)
         notes: Dict[int, List[str]] = {}
+        facts: List[str] = []
+        if call is not None and media:
+            t = call.timing
+            facts = [f"{k} {v:.2f} s" for k, v in (("PDD", t.pdd), ("setup", t.setup_time), ("duration", t.duration))
+                     if v is not None]
+            if call.ended_by:
+                facts.append(f"ended by the {call.ended_by}")
         if call is not None:
             for ev in timeline(call):
                 if ev.kind not in ("ringing", "answered"):
@@ -144,8 +229,47 @@ def layouts(a, aliases: Optional[Mapping[str, str]] = None, group_host: bool = F
             first = next((e for e in events if e.method), events[0])
             title = f"{first.method or first.cseq_method or 'SIP'} {first.from_user or '?'} -> " \
                     f"{first.to_user or '?'} ({call_id})"
-        out.append(layout(events, aliases, group_host, notes, verbose, title))
+        streams = (tuple(call.streams) + tuple(call.faxes)) if call is not None and media else ()
+        announced: Dict[Tuple[str, int], int] = {}
+        for o in (call.media if call is not None and media else ()):
+            announced.setdefault((o.ip, o.port), o.frame)
+        out.append(layout(events, aliases, group_host, notes, verbose, title, media, streams, facts, announced))
     return out
+
+
+def rows(ladder: Ladder) -> List[Union[Arrow, MediaSpan]]:
+    """What a picture draws row by row: each message, and each media stream at its first packet."""
+    out: List[Union[Arrow, MediaSpan]] = list(ladder.arrows)
+    for s in ladder.spans:
+        at = next((i for i, r in enumerate(out) if r.ts > s.first), len(out))
+        out.insert(at, s)
+    return out
+
+
+def merge(ladders: Sequence[Ladder], title: Optional[str] = None) -> Ladder:
+    """Several ladders (the legs of one call through a B2BUA, say) as one: lanes joined by name,
+    arrows in time order, each leg keeping its Call-ID (``legs``) for the painter to colour."""
+    lanes: List[str] = []
+    index: Dict[str, int] = {}
+    arrows: List[Arrow] = []
+    spans: List[MediaSpan] = []
+    legs: List[str] = []
+    for lad in ladders:
+        where = []
+        for name in lad.lanes:
+            if name not in index:
+                index[name] = len(lanes)
+                lanes.append(name)
+            where.append(index[name])
+        for a in lad.arrows:
+            arrows.append(replace(a, src=where[a.src], dst=where[a.dst]))
+            if a.call_id is not None and a.call_id not in legs:
+                legs.append(a.call_id)
+        spans += [replace(s, src=where[s.src], dst=where[s.dst]) for s in lad.spans]
+    arrows.sort(key=lambda a: (a.ts, a.file, a.frame))
+    facts = tuple(f for lad in ladders for f in lad.facts)
+    return Ladder(tuple(lanes), tuple(arrows), arrows[0].ts if arrows else 0.0,
+                  title or " + ".join(lad.title or "?" for lad in ladders), facts, tuple(spans), tuple(legs))
 
 
 MAX_TEXT_LANES = 16   # the text painter folds endpoints beyond this into one last lane (pictures do not)
@@ -153,11 +277,12 @@ MIN_GAP, MAX_GAP = 12, 24   # characters between two lanes
 NOTE_ROOM = 18        # notes go at the right edge when this much room is left there, else under the arrow
 
 
-def _stamp(a: Arrow, prev: Optional[float], start: float, mode: str) -> str:
+def stamp_at(ts: float, prev: Optional[float], start: float, mode: str) -> str:
+    """The time column: since ``start`` (rel), wall clock UTC (abs), or since ``prev`` (delta)."""
     if mode == "abs":
-        t = _dt.datetime.fromtimestamp(a.ts, _dt.timezone.utc)
+        t = _dt.datetime.fromtimestamp(ts, _dt.timezone.utc)
         return t.strftime("%H:%M:%S.") + f"{t.microsecond // 1000:03d}"
-    return f"{a.ts - (prev if mode == 'delta' and prev is not None else start):+.6f}"
+    return f"{ts - (prev if mode == 'delta' and prev is not None else start):+.6f}"
 
 
 def render_text(ladder: Ladder, width: int = 100, time_mode: str = "rel") -> str:
@@ -174,7 +299,7 @@ def render_text(ladder: Ladder, width: int = 100, time_mode: str = "rel") -> str
     n = len(lanes)
     stamps, prev = [], None
     for a in ladder.arrows:
-        stamps.append(_stamp(a, prev, ladder.start, time_mode))
+        stamps.append(stamp_at(a.ts, prev, ladder.start, time_mode))
         prev = a.ts
     fwidth = max(len(str(a.frame)) for a in ladder.arrows) + 1
     left = max(len(s) for s in stamps) + fwidth + 3
@@ -199,7 +324,7 @@ def render_text(ladder: Ladder, width: int = 100, time_mode: str = "rel") -> str
     if time_mode == "abs":
         out.append(_dt.datetime.fromtimestamp(ladder.start, _dt.timezone.utc).strftime("%Y-%m-%d (UTC)"))
     out += ["".join(head).rstrip(), "".join(bars).rstrip()]
-    for a, stamp in zip(ladder.arrows, stamps):
+    for a, when in zip(ladder.arrows, stamps):
         row = list(bars)
         label = printable(a.label) + (" (retransmission)" if a.retransmission else "")
         src, dst = (min(a.src, n - 1), min(a.dst, n - 1)) if fold else (a.src, a.dst)
@@ -230,7 +355,7 @@ def render_text(ladder: Ladder, width: int = 100, time_mode: str = "rel") -> str
                 if end > len(row):
                     row += [" "] * (end - len(row))
                 row[hi + 1:end] = " " + label
-        row[0:left] = f"{stamp:>{left - fwidth - 2}} {'#' + str(a.frame):>{fwidth}} "
+        row[0:left] = f"{when:>{left - fwidth - 2}} {'#' + str(a.frame):>{fwidth}} "
         line = "".join(row).rstrip()
         notes = [printable(t) for t in a.notes]
         if notes and notes_at_edge and len(line) + 2 + len(notes[0]) <= edge:
