@@ -9,8 +9,8 @@ import os
 
 import click
 
-from sipflow.cli.app import (analysis_options, emit_stream, emit_text, handle_errors, main, run_analysis, say,
-                             terminal_width)
+from sipflow.cli.app import (output_option, analysis_options, emit_stream, emit_text, handle_errors, main,
+                             pick_call, run_analysis, say, terminal_width)
 from sipflow.errors import SipflowError
 
 
@@ -86,21 +86,38 @@ def dialogs(files, fmt, output, width, no_progress, **filters):
     emit_text(text, output)
 
 
+def _chart_option(ctx, param, value):
+    """--chart: a .png, .svg or .pdf file that can be written (checked before any work)."""
+    if value is None:
+        return value
+    if os.path.splitext(value)[1].lower() not in (".png", ".svg", ".pdf"):
+        raise click.BadParameter(f"{value}: a chart is written as .png, .svg or .pdf (name the file so)")
+    return output_option(ctx, param, value)
+
+
 @main.command()
 @analysis_options(["text", "json"])
+@click.option("--chart", metavar="FILE", callback=_chart_option,
+              help="Also draw the summary charts (.png, .svg or .pdf): responses per method, call outcomes, "
+                   "calls and registrations over time, PDD and setup-time histograms, MOS.")
 @handle_errors
-def summary(files, fmt, output, width, no_progress, **filters):
+def summary(files, fmt, output, width, no_progress, chart, **filters):
     """Response codes by method, call outcomes and KPIs (ASR, NER, SER, PDD), registrations, problems.
 
     \b
     Examples:
       sipflow summary capture.pcap
       sipflow summary day1.pcap day2.pcap --format json
+      sipflow summary samples/transfer-hold.pcap --chart reports/summary.png
     """
     import json
 
     from sipflow.render import tables as report
     a = run_analysis(files, no_progress, **filters)
+    if chart:
+        from sipflow.render.charts import save_summary
+        save_summary(a, chart)
+        say(f"{chart}: summary charts", err=True)
     emit_text(report.summary_text(a, terminal_width(width)) if fmt == "text"
               else json.dumps(report.summary_dict(a), indent=1), output)
 
@@ -265,16 +282,7 @@ def audio(files, call_id, output_dir, no_progress):
     import re
 
     from sipflow.render.audio import MAX_SECONDS, export_call
-    a = run_analysis(files, no_progress)
-    matches = [c for c in a.calls if c.call_id == call_id] or [c for c in a.calls if call_id in c.call_id]
-    if not matches:
-        raise click.BadParameter(f"no call in the capture has a Call-ID containing {call_id!r} "
-                                 f"({len(a.calls)} calls; `sipflow calls` lists them)", param_hint="--call-id")
-    if len(matches) > 1:
-        names = ", ".join(c.call_id for c in matches[:5]) + (", ..." if len(matches) > 5 else "")
-        raise click.BadParameter(f"{len(matches)} calls match {call_id!r}: {names}; give more of it",
-                                 param_hint="--call-id")
-    call = matches[0]
+    call = pick_call(run_analysis(files, no_progress), call_id)
     if not call.streams:
         raise SipflowError(f"call {call.call_id} has no RTP stream in the capture: no audio to write")
     out = output_dir or os.path.join("reports", "audio", re.sub(r"[^A-Za-z0-9._-]", "_", call.call_id))
@@ -289,3 +297,35 @@ def audio(files, call_id, output_dir, no_progress):
         say(f"not written: {line}", fg="yellow")
     if not tracks:
         raise SipflowError(f"call {call.call_id}: no G.711 stream, so no WAV was written")
+
+
+@main.command()
+@analysis_options(["html"])
+@click.option("--max-detail", type=click.IntRange(min=0), default=1000, show_default=True, metavar="N",
+              help="Put the ladder and raw messages of the first N calls in the page (every call is in the "
+                   "table). A big capture stays a page a browser opens.")
+@handle_errors
+def report(files, fmt, output, width, no_progress, max_detail, **filters):
+    """One self-contained HTML file: overview and KPIs, charts, a call table that sorts and filters,
+    each call's ladder (click an arrow for the whole message, pin messages to compare), its RTP streams
+    and events, registrations, other dialogs and problems. It opens offline: no network, no server.
+
+    Written to reports/NAME.html unless -o says where.
+
+    \b
+    Examples:
+      sipflow report samples/transfer-hold.pcap                 # reports/transfer-hold.html
+      sipflow report capture.pcap -o /tmp/capture.html --status 4xx
+      sipflow report big.pcap --max-detail 200
+    """
+    from sipflow.render import report as page
+    path = output if output != "-" else page.default_path(list(files))
+    if output == "-":
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    a = run_analysis(files, no_progress, **filters)
+    size = page.write(a, list(files), path, max_detail)
+    detailed = min(len(a.calls), max_detail)
+    n = len(a.calls)
+    say(f"{path}: {size / 1e6:.1f} MB, {n} call{'s' if n != 1 else ''} ({detailed} with "
+        f"{'its' if n == 1 else 'their'} ladder), {len(a.registrations)} registrations, "
+        f"{len(a.malformed) + len(a.anomalies)} problems", err=True)

@@ -79,7 +79,7 @@ def _status_option(ctx, param, value):
     raise click.BadParameter(f"{value!r} is not a SIP status: give a code (486) or a class (4xx)")
 
 
-def _output_option(ctx, param, value):
+def output_option(ctx, param, value):
     """-o: a file that can be written, checked before any work (a long analysis must not end in an error
     about the output)."""
     if value is None or value == "-":
@@ -106,7 +106,7 @@ def analysis_options(formats: List[str]) -> Callable:
         f = click.argument("files", nargs=-1, required=True, type=click.Path(allow_dash=True))(f)
         f = click.option("--format", "fmt", type=click.Choice(formats), default=formats[0], show_default=True,
                          help="Output format.")(f)
-        f = click.option("-o", "--output", default="-", callback=_output_option, metavar="FILE",
+        f = click.option("-o", "--output", default="-", callback=output_option, metavar="FILE",
                          help="Write here instead of standard output.")(f)
         f = click.option("--call-id", help="Only this Call-ID (or the one call whose Call-ID contains this).")(f)
         f = click.option("--call", "call_index", type=click.IntRange(min=1), metavar="N",
@@ -215,6 +215,27 @@ def _resolve_call(result, call_id: Optional[str], index: Optional[int]) -> Optio
         raise click.BadParameter(f"{len(matches)} calls have {call_id!r} in their Call-ID ({shown}); give more of it "
                                  f"or use --call N", param_hint="--call-id")
     return matches[0] if matches else call_id
+
+
+def pick_call(result, call_id: Optional[str], index: Optional[int] = None):
+    """The one call a command works on (``audio``, ``export``): --call N (the calls table's numbering),
+    or --call-id: a whole Call-ID, or a part that only one call has. Anything else is a usage error
+    naming the option."""
+    calls = result.calls
+    if index is not None:
+        if index > len(calls):
+            raise click.BadParameter(f"there is no call {index}: the capture has {len(calls)} call(s)",
+                                     param_hint="--call")
+        return calls[index - 1]
+    matches = [c for c in calls if c.call_id == call_id] or [c for c in calls if call_id in c.call_id]
+    if not matches:
+        raise click.BadParameter(f"no call in the capture has a Call-ID containing {call_id!r} "
+                                 f"({len(calls)} calls; `sipflow calls` lists them)", param_hint="--call-id")
+    if len(matches) > 1:
+        names = ", ".join(c.call_id for c in matches[:5]) + (", ..." if len(matches) > 5 else "")
+        raise click.BadParameter(f"{len(matches)} calls match {call_id!r}: {names}; give more of it",
+                                 param_hint="--call-id")
+    return matches[0]
 
 
 def say(text: str, err: bool = False, nl: bool = True, fg: Optional[str] = None) -> None:
