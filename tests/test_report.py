@@ -235,3 +235,32 @@ def test_report_goes_under_reports_by_default_and_says_what_it_wrote(tmp_path, m
     written = tmp_path / "reports" / "busy-486.html"
     assert written.exists() and "busy-486.html: " in r.output and ", 1 call (1 with its ladder)" in r.output
     assert written.read_text().startswith("<!DOCTYPE html>")
+
+
+def test_report_of_every_sample_and_shared_capture(tmp_path):
+    """No capture we have makes the report fail; each page holds its calls and its messages' text."""
+    from conftest import sample_files, shared_files
+    from sipflow.render.report import render
+    for path in sample_files() + shared_files():
+        a = sipflow.analyze(str(path))
+        html = render(a, [str(path)], max_detail=50)
+        assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
+        data = page_data(a, max_detail=50)
+        assert len(data["calls"]) == len(a.calls)
+
+
+def test_summary_chart_has_every_panel(tmp_path):
+    import xml.etree.ElementTree as ET
+    out = tmp_path / "summary.svg"
+    r = CliRunner().invoke(main, ["summary", *map(str, _samples(MIXED)), "--chart", str(out), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    texts = ["".join(t.itertext()) for t in ET.parse(out).getroot().iter("{http://www.w3.org/2000/svg}text")]
+    for title in ("Responses per method", "Call outcomes", "Calls and registrations over time (UTC)",
+                  "Post-dial delay (PDD)", "Setup time (INVITE to ACK)", "MOS of the rated streams (E-model)"):
+        assert title in texts
+    assert "busy" in texts and "INVITE" in texts     # an outcome bar and a method bar are labelled
+    png = tmp_path / "summary.png"
+    assert CliRunner().invoke(main, ["summary", str(SAMPLES / "busy-486.pcap"), "--chart", str(png)]).exit_code == 0
+    assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 20_000
+    bad = CliRunner().invoke(main, ["summary", str(SAMPLES / "busy-486.pcap"), "--chart", str(tmp_path / "x.txt")])
+    assert bad.exit_code == 2 and "--chart" in bad.output
