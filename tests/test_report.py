@@ -3,6 +3,7 @@ with no console error and no network request, the call table sorts and filters, 
 call's ladder shows that message's raw text, and a hostile capture's markup is shown as text and runs
 nothing. Skips when chromium, chromedriver or selenium is missing (.ci/run installs them)."""
 import shutil
+import time
 
 import pytest
 from click.testing import CliRunner
@@ -124,6 +125,15 @@ def test_call_table_filters_by_text_and_outcome(browser, tmp_path):
     box.send_keys("487")
     codes = _column(browser, "status")
     assert codes and set(codes) == {"487"}
+    box.clear()
+    box.send_keys(" ")          # an input event with an empty filter: every call again
+    # a time of day (UTC): calls that started at or after it
+    a = sipflow.analyze([str(p) for p in _samples(MIXED)])
+    clocks = sorted(time.strftime("%H:%M:%S", time.gmtime(c.start)) for c in a.calls)
+    since = clocks[len(clocks) // 2]
+    browser.find_element("id", "since").send_keys(since)
+    assert len(browser.find_elements("css selector", "#calls tbody tr")) == sum(c >= since for c in clocks)
+    assert 0 < sum(c >= since for c in clocks) < len(clocks)
 
 
 def test_clicking_an_arrow_shows_that_messages_raw_text_and_pins_it(browser, tmp_path):

@@ -9,7 +9,8 @@
                  ["outcome", "Outcome", false], ["status", "Code", true], ["pdd", "PDD", true],
                  ["duration", "Duration", true], ["media", "Media", false], ["mos", "MOS", true],
                  ["anomalies", "Anomalies", true]];
-  var state = {sort: "n", dir: 1, text: "", outcome: "", page: 0, call: null, timeMode: "rel", pinned: []};
+  var state = {sort: "n", dir: 1, text: "", outcome: "", since: "", until: "", page: 0, call: null,
+               timeMode: "rel"};
 
   function h(tag, attrs, kids) {
     var node = document.createElement(tag);
@@ -69,6 +70,11 @@
     var text = state.text.toLowerCase();
     var out = DATA.calls.filter(function (c) {
       if (state.outcome && c.outcome !== state.outcome) return false;
+      if (state.since || state.until) {           // a time of day (UTC), compared as text: HH:MM:SS.mmm
+        var at = clock(c.start);
+        if (state.since && at < state.since) return false;
+        if (state.until && at.slice(0, state.until.length) > state.until) return false;
+      }
       if (!text) return true;
       return [c.from, c.to, c.call_id, c.agent, c.status === null ? "" : String(c.status), c.media, c.outcome]
         .some(function (v) { return String(v).toLowerCase().indexOf(text) >= 0; });
@@ -112,9 +118,20 @@
     document.getElementById("next").disabled = state.page >= pages - 1;
   }
   document.getElementById("filter").addEventListener("input", function (e) {
-    state.text = e.target.value; state.page = 0; drawTable();
+    state.text = e.target.value.trim(); state.page = 0; drawTable();
   });
   select.addEventListener("change", function (e) { state.outcome = e.target.value; state.page = 0; drawTable(); });
+  ["since", "until"].forEach(function (key) {
+    document.getElementById(key).addEventListener("input", function (e) {
+      var v = e.target.value.trim();
+      var ok = v === "" || /^\d{1,2}(:\d{2}(:\d{2}(\.\d{1,3})?)?)?$/.test(v);
+      e.target.setCustomValidity(ok ? "" : "a time of day: HH:MM or HH:MM:SS (UTC)");
+      if (!ok) return;
+      state[key] = v.length && v.indexOf(":") === 1 ? "0" + v : v;
+      state.page = 0;
+      drawTable();
+    });
+  });
   document.getElementById("prev").addEventListener("click", function () { state.page -= 1; drawTable(); });
   document.getElementById("next").addEventListener("click", function () { state.page += 1; drawTable(); });
 
