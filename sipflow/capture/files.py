@@ -14,8 +14,10 @@ records with precompiled ``struct.Struct``s, creating no object per packet beyon
 """
 from __future__ import annotations
 
+import functools
 import heapq
 import io
+import math
 import os
 import struct
 import sys
@@ -124,6 +126,25 @@ def _open_stream(path: str):
     return f, path
 
 
+_PCAP_FIELDS = {o: struct.Struct(o + "IIII") for o in "<>"}       # seconds, fraction, caplen, origlen
+_EPB_FIELDS = {o: struct.Struct(o + "12xIIII") for o in "<>"}     # ts high, ts low, caplen, origlen
+
+
+@functools.lru_cache(maxsize=None)
+def _ticks_to_ns(scale: float) -> Callable[[int], int]:
+    """Integer nanoseconds from a count of clock ticks of ``scale`` seconds (10^-r or 2^-r, as pcapng's
+    if_tsresol gives them), without going through a float."""
+    r = round(-math.log10(scale))
+    if 10.0 ** -r == scale:
+        if r <= 9:
+            mult = 10 ** (9 - r)
+            return lambda ticks: ticks * mult
+        div = 10 ** (r - 9)
+        return lambda ticks: ticks // div
+    shift = -math.frexp(scale)[1] + 1    # scale == 2.0 ** -shift
+    return lambda ticks: (ticks * 10 ** 9) >> shift
+
+
 class RecordBatch:
     """Consecutive packet records of one file that share their framing, inside the reader's buffer.
 
@@ -146,6 +167,20 @@ class RecordBatch:
 
     def __len__(self) -> int:
         return len(self.items) if self.items is not None else len(self.offsets)
+
+    def wire(self, ts: float, off: int, caplen: int) -> Tuple[int, int, bool]:
+        """(timestamp in ns, original length, finer than microseconds) of the record whose packet is at
+        ``off``, from its header when the batch has one: the float ``ts`` cannot hold a nanosecond
+        timestamp exactly, and only the header knows the length on the wire (what a writer needs to
+        copy a record exactly)."""
+        fine = self.scale < 1e-6
+        if self.header == self.PCAP:
+            sec, frac, _, orig = _PCAP_FIELDS[self.order].unpack_from(self.buf, off - self.PCAP)
+            return sec * 10 ** 9 + frac * round(self.scale * 1e9), orig, fine
+        if self.header == self.EPB:
+            tsh, tsl, _, orig = _EPB_FIELDS[self.order].unpack_from(self.buf, off - self.EPB)
+            return _ticks_to_ns(self.scale)((tsh << 32) | tsl) + int(self.toff) * 10 ** 9, orig, fine
+        return round(ts * 1e6) * 1000, caplen, False   # other pcapng packet blocks: the float is all there is
 
     def records(self) -> Iterator[Tuple[float, int, int, int]]:
         """(ts, frame, packet offset, caplen) of each record."""

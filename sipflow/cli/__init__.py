@@ -1,8 +1,10 @@
 """The ``sipflow`` command line: a thin click layer over the library.
 
-``app`` holds the group, the exit codes and the shared helpers; ``analysis`` and ``probe`` the commands.
+``app`` holds the group, the exit codes and the shared helpers; ``analysis``, ``export`` and ``probe`` the
+commands.
 """
 from sipflow.cli.app import Exit, main
 from sipflow.cli.probe import ProbeExit
+from sipflow.cli import export as _export_commands  # noqa: E402,F401  (registers ``export`` on ``main``)
 
 __all__ = ["Exit", "ProbeExit", "main"]
