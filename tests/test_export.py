@@ -312,3 +312,21 @@ def test_missing_or_conflicting_choices_are_usage_errors(tmp_path, monkeypatch, 
 def test_a_capture_without_calls_says_so(tmp_path):
     r = run(SAMPLES / "register-401-200.pcap", "--split", tmp_path / "d")
     assert r.exit_code == 1 and "no call in the capture" in r.output
+
+
+def test_split_of_every_sample_and_shared_capture(tmp_path):
+    """No capture we have makes export fail; each call's file, read again, holds that call's messages."""
+    from conftest import sample_files, shared_files
+    for path in sample_files() + shared_files():
+        original = analyse(path)
+        if not original.calls:
+            continue
+        folder = tmp_path / path.name
+        r = run(path, "--split", folder, "--no-progress")
+        assert r.exit_code == 0, (path.name, r.output)
+        files = sorted(folder.iterdir())
+        assert len(files) == len(original.calls), path.name
+        for call, out in zip(original.calls, files):
+            again = [c for c in analyse(out).calls if c.call_id == call.call_id]
+            assert len(again) == 1, (path.name, out.name)
+            assert len(again[0].events) == len(call.events), (path.name, out.name)

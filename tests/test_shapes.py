@@ -767,3 +767,39 @@ def test_frames_of_reassembled_messages(tmp_path, case):
              for f in sorted(set(expected) | set(got)) if expected.get(f) != got.get(f)]
     if diffs:
         pytest.fail("\n".join(diffs), pytrace=False)
+
+
+def _ws(payload: bytes, mask: bytes = b"") -> bytes:
+    """One final text WebSocket frame (masked when ``mask`` is given, as a client sends)."""
+    n = len(payload)
+    head = bytes([0x81]) + (bytes([n | (0x80 if mask else 0)]) if n < 126 else
+                            bytes([126 | (0x80 if mask else 0)]) + struct.pack("!H", n))
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload)) if mask else payload
+    return head + mask + body
+
+
+@pytest.mark.parametrize("cut", [3, 9, 40], ids=lambda c: f"first-segment-{c}-bytes")
+def test_websocket_picked_up_mid_connection_with_the_first_frame_cut(tmp_path, cut):
+    """A capture that starts after the WebSocket upgrade (a phone registered before the capture began):
+    the browser's first frame is masked and cut over two segments. Whatever the cut, both directions
+    are read as WebSocket (the first frame need not be whole to be recognised), so the INVITE and its
+    answer are both found."""
+    from pcaptools import eth_ip, ipv4, sip_text, tcp, write_pcap
+    a, b = "198.51.100.10", "203.0.113.20"
+    invite = sip_text("INVITE sip:bob@example.invalid SIP/2.0",
+                      [("Via", "SIP/2.0/WSS df7jal23ls0d.invalid;branch=z9hG4bKws1"), ("From", "<sip:alice@x>;tag=f"),
+                       ("To", "<sip:bob@y>"), ("Call-ID", "ws-mid@x"), ("CSeq", "1 INVITE"),
+                       ("Contact", "<sip:a@df7jal23ls0d.invalid;transport=ws;ob>")])
+    trying = sip_text("SIP/2.0 100 Trying", [("Via", "SIP/2.0/WSS df7jal23ls0d.invalid;branch=z9hG4bKws1"),
+                                              ("From", "<sip:alice@x>;tag=f"), ("To", "<sip:bob@y>"),
+                                              ("Call-ID", "ws-mid@x"), ("CSeq", "1 INVITE")])
+    client = _ws(invite, mask=b"\x3a\x91\x07\xc4")
+    server = _ws(trying)
+    segs = [(a, 40000, b, 7443, 1000, 5000, client[:cut]), (a, 40000, b, 7443, 1000 + cut, 5000, client[cut:]),
+            (b, 7443, a, 40000, 5000, 1000 + len(client), server)]
+    recs = [(1_700_000_000, i * 1000, eth_ip(ipv4(s, d, 6, tcp(s, d, sp, dp, seq, ack, 0x18, data), ident=i + 1)))
+            for i, (s, sp, d, dp, seq, ack, data) in enumerate(segs)]
+    path = write_pcap(tmp_path / "ws-mid.pcap", 1, recs)
+    got = sipflow.analyze(str(path))
+    assert [(e.method or e.status, e.transport) for e in got.messages] == [("INVITE", "ws"), (100, "ws")]
+    assert got.messages[0].frames == (1, 2)

@@ -454,13 +454,18 @@ class Decoder:
                 (head.startswith(b"http/1.1 101") and b"websocket" in head):
             return "ws"
         # Mid-connection WebSocket: a final text/binary frame whose (unmasked) payload looks like SIP.
-        if len(first) >= 6 and first[0] in (0x81, 0x82, 0x01, 0x02):
+        # The frame need not be whole: a long first message is often cut over several segments. A
+        # masked frame (what a browser sends) cut before three payload bytes cannot be checked: it is
+        # taken as WebSocket (a SIP stream starts with a letter, never with these bytes).
+        if len(first) >= 2 and first[0] in (0x81, 0x82, 0x01, 0x02):
             try:
-                body = _ws_frame(first)
+                start = _ws_peek(first)
             except _BROKEN:
-                body = None
-            if body and body[2][:8] in (b"SIP/2.0 ",) or (body and body[2][:3].isalpha()
-                                                           and b" sip:" in body[2][:64].lower()):
+                start = None
+            if start is None or len(start) < 3:
+                if first[1] & 0x80:
+                    return "ws"
+            elif start[:8] == b"SIP/2.0 " or (start[:3].isalpha() and b" sip:" in start[:64].lower()):
                 return "ws"
         reverse = self.tcp.get((key[2], key[3], key[0], key[1]))
         if reverse is not None and reverse.mode == "ws":
@@ -549,6 +554,24 @@ def _sctp_message(parts: Dict[int, tuple], tsn: int) -> Optional[Tuple[bytes, Tu
         tsns.append(t)
     pieces = [parts.pop(t) for t in tsns]
     return b"".join(p[1] for p in pieces), tuple(sorted({p[2] for p in pieces}))
+
+
+def _ws_peek(data, n: int = 64) -> bytes:
+    """The first ``n`` payload bytes (unmasked) of the WebSocket frame at the start of ``data``, as far
+    as ``data`` holds them: enough to see whether the frame carries SIP before the frame is whole.
+    Raises IndexError or struct.error on too few bytes for the header."""
+    length, pos = data[1] & 0x7F, 2
+    if length == 126:
+        length, pos = _H.unpack_from(data, 2)[0], 4
+    elif length == 127:
+        length, pos = struct.unpack_from("!Q", data, 2)[0], 10
+    mask = bytes(data[pos:pos + 4]) if data[1] & 0x80 else b""
+    if data[1] & 0x80:
+        if len(mask) < 4:
+            return b""
+        pos += 4
+    head = bytes(data[pos:pos + min(n, length)])
+    return bytes(b ^ mask[i % 4] for i, b in enumerate(head)) if mask else head
 
 
 def _ws_frame(data) -> Optional[tuple]:
