@@ -6,5 +6,6 @@ commands.
 from sipflow.cli.app import Exit, main
 from sipflow.cli.probe import ProbeExit
 from sipflow.cli import export as _export_commands  # noqa: E402,F401  (registers ``export`` on ``main``)
+from sipflow.cli import live as _live_commands  # noqa: E402,F401  (registers ``live`` on ``main``)
 
 __all__ = ["Exit", "ProbeExit", "main"]

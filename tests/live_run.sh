@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Run inside `unshare --net` by tests/test_live_capture.py: `sipflow live -i lo` while SIPp places
+# CALLS calls one after the other (each with 2.5 s of RTP both ways) to a SIPp UAS, all on 127.0.0.1 of this private
+# namespace; then SIGINT to sipflow. Every step is bounded in time; nothing leaves loopback.
+set -u
+OUT=$1; SCEN=$2; PY=$3; CALLS=$4
+ip link set lo up
+cd "$OUT"
+"$PY" -m sipflow live -i lo -f "udp" --format ndjson -w "$OUT/live.pcap" --stats-every 1 --duration 150 \
+    > "$OUT/events.ndjson" 2> "$OUT/live.err" &
+LIVE=$!
+for _ in $(seq 300); do grep -q "capturing on" "$OUT/live.err" 2>/dev/null && break; sleep 0.1; done
+cp "$SCEN/uas_call.xml" "$SCEN/uac_call.xml" "$OUT/"
+timeout -k 2 90 sipp -sf uas_call.xml -t u1 -i 127.0.0.1 -p 5070 -mi 127.0.0.1 -mp 6100 -s bob -m "$CALLS" \
+    -nostdin -timeout 80s > "$OUT/uas.log" 2>&1 &
+UAS=$!
+for _ in $(seq 100); do ss -lun | grep -q "127.0.0.1:5070 " && break; sleep 0.1; done
+# one SIPp run per call, each from its own SIP and media ports: SIPp replays the same RTP (same SSRC)
+# in every call, so calls on the same ports would be one stream to any analyzer
+FAILED=0
+for n in $(seq "$CALLS"); do
+    timeout -k 2 60 sipp 127.0.0.1:5070 -sf uac_call.xml -t u1 -i 127.0.0.1 -p $((5060 + 2 * n)) -mi 127.0.0.1 \
+        -mp $((6000 + 10 * n)) -s bob -m 1 -nostdin -timeout 50s -timeout_error >> "$OUT/uac.log" 2>&1 || FAILED=1
+done
+echo "uac $FAILED"
+wait "$UAS"; echo "uas $?"
+kill -INT "$LIVE"
+wait "$LIVE"; echo "live $?"

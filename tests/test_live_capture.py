@@ -1,0 +1,101 @@
+"""``sipflow live -i lo`` against real SIP stacks: SIPp places calls (with RTP both ways) to a SIPp UAS on
+the loopback of a private network namespace while sipflow sniffs it; SIGINT stops sipflow. The events it
+printed as NDJSON must tell each call's start, answer and end as SIPp made them, its final summary must
+count them, and the pcap it wrote (-w), read back by `sipflow calls`, must hold the same calls.
+
+Needs root, sipp, unshare, ip and ss; skipped otherwise. Nothing is sent outside 127.0.0.1 of the
+namespace; every step of tests/live_run.sh is bounded in time.
+"""
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import sipflow
+
+pytestmark = pytest.mark.stacks
+
+REPO = Path(__file__).resolve().parents[1]
+CALLS = 3
+
+
+def _skip_reason():
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        return "needs root on Linux (unshare --net, libpcap)"
+    missing = [t for t in ("sipp", "unshare", "ip", "ss", "timeout") if shutil.which(t) is None]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    if importlib.util.find_spec("pcapy") is None:
+        return "pcapy-ng is not installed"
+    if subprocess.run(["unshare", "--net", "true"], capture_output=True, timeout=30).returncode != 0:
+        return "no network namespace support"
+    return None
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    out = tmp_path_factory.mktemp("live")
+    spec = importlib.util.spec_from_file_location("make_samples", REPO / "samples" / "make_samples.py")
+    make = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make)
+    # the RTP SIPp plays: 2.5 s of PCMA each way, as in samples/basic-call-rtp.pcap
+    make.write_rtp_pcap(str(out / "rtp-uac.pcap"), freq=440, pt=8, ssrc=0x11223344, seq0=1000, ts0=16000,
+                        npkts=125, sport=6000, dport=6100)
+    make.write_rtp_pcap(str(out / "rtp-uas.pcap"), freq=880, pt=8, ssrc=0x55667788, seq0=5000, ts0=48000,
+                        npkts=125, sport=6100, dport=6000)
+    proc = subprocess.run(["unshare", "--net", "bash", str(REPO / "tests" / "live_run.sh"), str(out),
+                           str(REPO / "samples" / "scenarios"), sys.executable, str(CALLS)],
+                          capture_output=True, text=True, timeout=400, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    status = dict(line.split() for line in proc.stdout.splitlines() if line.count(" ") == 1)
+    assert status.get("uac") == "0", (proc.stdout, proc.stderr, (out / "uac.log").read_text()[-2000:])
+    assert status.get("live") == "0", (proc.stdout, (out / "live.err").read_text()[-2000:])
+    events = [json.loads(line) for line in (out / "events.ndjson").read_text().splitlines()]
+    return out, events
+
+
+def test_every_call_is_told_as_it_happens(run):
+    _, events = run
+    calls = [e for e in events if e["type"] == "call"]
+    for what in ("started", "answered", "ended"):
+        told = [e for e in calls if e["event"] == what]
+        assert len(told) == CALLS, (what, calls)
+        assert len({e["call_id"] for e in told}) == CALLS
+    for e in (e for e in calls if e["event"] == "ended"):
+        assert e["outcome"] == "answered" and e["ended_by"] == "caller" and e["duration"] > 0
+        assert e["streams"] == 2 and e["lost"] == 0 and e["mos"] > 4.0
+    # in order: each call starts before it is answered, and is answered before it ends
+    for call_id in {e["call_id"] for e in calls}:
+        order = [e["event"] for e in calls if e["call_id"] == call_id]
+        assert order.index("started") < order.index("answered") < order.index("ended")
+
+
+def test_counters_and_final_summary(run):
+    _, events = run
+    stats = [e for e in events if e["type"] == "stats"]
+    summary = events[-1]
+    assert summary["type"] == "summary"
+    assert summary["call_outcomes"] == {"answered": CALLS}
+    assert summary["calls"] == CALLS and summary["rtp_packets"] == CALLS * 2 * 125
+    assert summary["kernel_dropped"] == 0
+    assert stats and all(s["packets"] <= summary["packets"] for s in stats)
+
+
+def test_the_written_capture_holds_the_same_calls(run):
+    out, events = run
+    a = sipflow.analyze(str(out / "live.pcap"))
+    ended = {e["call_id"]: e for e in events if e["type"] == "call" and e["event"] == "ended"}
+    assert {c.call_id for c in a.calls} == set(ended)
+    for c in a.calls:
+        assert c.outcome.value == ended[c.call_id]["outcome"]
+        assert sum(s.packets for s in c.streams) == 2 * 125
+    summary = events[-1]
+    assert summary["packets"] == sum(f["frames"] for f in a.files)
