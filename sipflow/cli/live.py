@@ -76,6 +76,7 @@ def live(iface, bpf, duration, count, snaplen, write, fmt, keep_calls, idle_time
     analyzer = Analyzer(AnalyzerOptions(keep_calls=keep_calls, idle_timeout=idle_timeout))
     watcher = Watcher()
     stop = []
+    fed = [0]           # packets analysed (and written): a --count stop leaves the rest of a batch out
     previous = {s: signal.signal(s, lambda *_: stop.append(s)) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def emit(events):
@@ -84,7 +85,7 @@ def live(iface, bpf, duration, count, snaplen, write, fmt, keep_calls, idle_time
 
     def counters(a):
         drops = cap.drops()
-        return {"packets": cap.frames, "sip_messages": a.stats["sip_messages"], "rtp_packets": a.stats["rtp_packets"],
+        return {"packets": fed[0], "sip_messages": a.stats["sip_messages"], "rtp_packets": a.stats["rtp_packets"],
                 "calls": len(a.calls) + len(a.summarised), "malformed": len(a.malformed),
                 "kernel_dropped": drops.dropped, "interface_dropped": drops.interface}
 
@@ -99,7 +100,8 @@ def live(iface, bpf, duration, count, snaplen, write, fmt, keep_calls, idle_time
                 if writer is not None:
                     writer.write(round(ts * 1e6) * 1000, lt, data)
                 analyzer.feed(ts, fi, frame, lt, data)
-                if count is not None and cap.frames >= count:
+                fed[0] += 1
+                if count is not None and fed[0] >= count:
                     stop.append("count")
                     break
             now = time.monotonic()
@@ -134,4 +136,4 @@ def live(iface, bpf, duration, count, snaplen, write, fmt, keep_calls, idle_time
         emit_text(summary_text(a, terminal_width(None)), "-")
         say(out.stats_line(c))
     if write:
-        say(f"{write}: {cap.frames} packets", err=True)
+        say(f"{write}: {fed[0]} packets", err=True)
