@@ -1,10 +1,14 @@
-"""``sipflow live -i lo`` against real SIP stacks: SIPp places calls (with RTP both ways) to a SIPp UAS on
-the loopback of a private network namespace while sipflow sniffs it; SIGINT stops sipflow. The events it
-printed as NDJSON must tell each call's start, answer and end as SIPp made them, its final summary must
-count them, and the pcap it wrote (-w), read back by `sipflow calls`, must hold the same calls.
+"""``sipflow live`` against real SIP stacks.
 
-Needs root, sipp, unshare, ip and ss; skipped otherwise. Nothing is sent outside 127.0.0.1 of the
-namespace; every step of tests/live_run.sh is bounded in time.
+From an interface (``-i lo``): SIPp places calls (with RTP both ways) to a SIPp UAS on the loopback of
+a private network namespace while sipflow sniffs it; SIGINT stops sipflow. The events it printed as
+NDJSON must tell each call's start, answer and end as SIPp made them, its final summary must count
+them, and the pcap it wrote (-w), read back, must hold the same calls. As a HEP collector
+(``--hep-listen``): Kamailio's siptrace mirrors every message of calls SIPp places through it, and the
+calls are told as they are from an interface.
+
+Needs root, sipp, unshare, ip and ss (and kamailio for HEP); skipped otherwise. Nothing is sent outside
+127.0.0.1 of the namespace; every step of tests/live_run.sh and tests/live_hep_run.sh is bounded in time.
 """
 import importlib.util
 import json
@@ -37,29 +41,54 @@ def _skip_reason():
     return None
 
 
+def _media(out):
+    """The RTP SIPp plays: 2.5 s of PCMA each way, as in samples/basic-call-rtp.pcap."""
+    spec = importlib.util.spec_from_file_location("make_samples", REPO / "samples" / "make_samples.py")
+    make = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make)
+    make.write_rtp_pcap(str(out / "rtp-uac.pcap"), freq=440, pt=8, ssrc=0x11223344, seq0=1000, ts0=16000,
+                        npkts=125, sport=6000, dport=6100)
+    make.write_rtp_pcap(str(out / "rtp-uas.pcap"), freq=880, pt=8, ssrc=0x55667788, seq0=5000, ts0=48000,
+                        npkts=125, sport=6100, dport=6000)
+
+
+def _run_script(out, script, log, *extra):
+    proc = subprocess.run(["unshare", "--net", "bash", str(REPO / "tests" / script), str(out),
+                           str(REPO / "samples" / "scenarios"), sys.executable, str(CALLS), *extra],
+                          capture_output=True, text=True, timeout=400, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    status = dict(line.split() for line in proc.stdout.splitlines() if line.count(" ") == 1)
+    assert status.get("uac") == "0", (proc.stdout, proc.stderr, (out / log).read_text()[-2000:])
+    assert status.get("live") == "0", (proc.stdout, proc.stderr)
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
     out = tmp_path_factory.mktemp("live")
-    spec = importlib.util.spec_from_file_location("make_samples", REPO / "samples" / "make_samples.py")
-    make = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make)
-    # the RTP SIPp plays: 2.5 s of PCMA each way, as in samples/basic-call-rtp.pcap
-    make.write_rtp_pcap(str(out / "rtp-uac.pcap"), freq=440, pt=8, ssrc=0x11223344, seq0=1000, ts0=16000,
-                        npkts=125, sport=6000, dport=6100)
-    make.write_rtp_pcap(str(out / "rtp-uas.pcap"), freq=880, pt=8, ssrc=0x55667788, seq0=5000, ts0=48000,
-                        npkts=125, sport=6100, dport=6000)
-    proc = subprocess.run(["unshare", "--net", "bash", str(REPO / "tests" / "live_run.sh"), str(out),
-                           str(REPO / "samples" / "scenarios"), sys.executable, str(CALLS)],
-                          capture_output=True, text=True, timeout=400, cwd=REPO,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
-    status = dict(line.split() for line in proc.stdout.splitlines() if line.count(" ") == 1)
-    assert status.get("uac") == "0", (proc.stdout, proc.stderr, (out / "uac.log").read_text()[-2000:])
-    assert status.get("live") == "0", (proc.stdout, (out / "live.err").read_text()[-2000:])
+    _media(out)
+    _run_script(out, "live_run.sh", "uac.log")
     events = [json.loads(line) for line in (out / "events.ndjson").read_text().splitlines()]
     return out, events
+
+
+@pytest.fixture(scope="module")
+def hep_run(tmp_path_factory):
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    if shutil.which("kamailio") is None:
+        pytest.skip("kamailio is not installed")
+    mpath = next((p for p in ("/usr/lib/x86_64-linux-gnu/kamailio/modules", "/usr/lib/kamailio/modules")
+                  if Path(p, "siptrace.so").exists()), None)
+    if mpath is None:
+        pytest.skip("Kamailio's siptrace module is not found")
+    out = tmp_path_factory.mktemp("hep")
+    _media(out)
+    _run_script(out, "live_hep_run.sh", "hep-uac.log", mpath)
+    return [json.loads(line) for line in (out / "hep-events.ndjson").read_text().splitlines()]
 
 
 def test_every_call_is_told_as_it_happens(run):
@@ -84,9 +113,10 @@ def test_counters_and_final_summary(run):
     summary = events[-1]
     assert summary["type"] == "summary"
     assert summary["call_outcomes"] == {"answered": CALLS}
-    assert summary["calls"] == CALLS and summary["rtp_packets"] == CALLS * 2 * 125
-    assert summary["kernel_dropped"] == 0
-    assert stats and all(s["packets"] <= summary["packets"] for s in stats)
+    counters = summary["counters"]
+    assert counters["calls"] == CALLS and counters["rtp_packets"] == CALLS * 2 * 125
+    assert counters["kernel_dropped"] == 0
+    assert stats and all(s["packets"] <= counters["packets"] for s in stats)
 
 
 def test_the_written_capture_holds_the_same_calls(run):
@@ -98,4 +128,23 @@ def test_the_written_capture_holds_the_same_calls(run):
         assert c.outcome.value == ended[c.call_id]["outcome"]
         assert sum(s.packets for s in c.streams) == 2 * 125
     summary = events[-1]
-    assert summary["packets"] == sum(f["frames"] for f in a.files)
+    assert summary["counters"]["packets"] == sum(f["frames"] for f in a.files)
+
+
+def test_a_hep_collector_tells_the_calls_kamailio_mirrors(hep_run):
+    events = hep_run
+    calls = [e for e in events if e["type"] == "call"]
+    for what in ("started", "answered", "ended"):
+        told = [e for e in calls if e["event"] == what]
+        assert len(told) == CALLS and len({e["call_id"] for e in told}) == CALLS, (what, calls)
+    for e in (e for e in calls if e["event"] == "ended"):
+        assert e["outcome"] == "answered" and e["ended_by"] == "caller" and e["duration"] > 0
+    summary = events[-1]
+    assert summary["type"] == "summary" and summary["call_outcomes"] == {"answered": CALLS}
+    # both hops of each call came over HEP (the proxy mirrors what it receives and what it sends): as
+    # many messages as samples/call-via-proxy.pcap, which tcpdump took of the same scenarios through
+    # Kamailio, holds for its one call
+    per_call = len(sipflow.analyze(str(REPO / "samples" / "call-via-proxy.pcap")).messages)
+    assert summary["counters"]["sip_messages"] == per_call * CALLS
+    assert summary["counters"]["hep_packets"] == summary["counters"]["packets"] >= per_call * CALLS
+    assert summary["methods"]["INVITE"]["requests"] == 2 * CALLS

@@ -529,7 +529,7 @@ def _idb_options(buf, pos: int, end: int, order: str):
 
 
 def check_linktype(name: str, linktype: int) -> None:
-    if linktype not in LINK_TYPES:
+    if linktype not in LINK_TYPES or LINK_TYPES[linktype].internal:
         raise CaptureError(f"{name}: link type {linktype} is not supported (sipflow reads "
                            f"{supported_names()}); re-capture with 'tcpdump -i any' or convert with editcap")
 

@@ -1,10 +1,11 @@
 """``sipflow live``: sniff an interface and tell calls and registrations as they happen.
 
-Wires ``capture.live`` (the interface) to the analyzer (``Analyzer.feed``, ``snapshot``) and
-``analysis.watch`` (what changed), printing events as text lines or NDJSON, and the counters (with
-libpcap's drop counts) every few seconds. Memory stays flat: completed calls beyond ``--keep-calls``
-are summarised and silent dialogs aged out (the core's bounds). Ctrl-C, SIGTERM, ``--duration`` or
-``--count`` stop it cleanly: the last events, the final summary, a valid ``-w`` capture, exit 0.
+Wires ``capture.live`` (the interface) and ``capture.hep`` (HEP from capture agents) to the analyzer
+(``Analyzer.feed``, ``snapshot``) and ``analysis.watch`` (what changed), printing events as text lines
+or NDJSON, and the counters (with libpcap's drop counts) every few seconds. Memory stays flat:
+completed calls beyond ``--keep-calls`` are summarised and silent dialogs aged out (the core's bounds).
+Ctrl-C, SIGTERM, ``--duration`` or ``--count`` stop it cleanly: the last events, the final summary, a
+valid ``-w`` capture, exit 0.
 """
 from __future__ import annotations
 
@@ -14,6 +15,16 @@ import time
 import click
 
 from sipflow.cli.app import emit_text, handle_errors, main, output_option, say, terminal_width
+
+
+def _hep_option(ctx, param, value):
+    from sipflow.capture.hep import parse_spec
+    for spec in value:
+        try:
+            parse_spec(spec)
+        except ValueError as e:
+            raise click.BadParameter(str(e)) from None
+    return value
 
 
 def _positive(ctx, param, value):
@@ -40,9 +51,12 @@ def _positive(ctx, param, value):
               help="Age out calls and transactions silent for S seconds (reported as aged_out).")
 @click.option("--stats-every", type=float, default=10.0, show_default=True, callback=_positive, metavar="S",
               help="Print the counters (packets, SIP, RTP, drops) every S seconds.")
+@click.option("--hep-listen", "hep_specs", multiple=True, metavar="udp|tcp:HOST:PORT", callback=_hep_option,
+              help="Also (or only) take HEP v2/v3 from capture agents (Kamailio siptrace, FreeSWITCH, heplify) "
+                   "on this address, e.g. udp:127.0.0.1:9060. Repeatable.")
 @click.option("--list-interfaces", is_flag=True, help="List the interfaces that can be sniffed, and exit.")
 @handle_errors
-def live(iface, bpf, duration, count, snaplen, write, fmt, keep_calls, idle_timeout, stats_every,
+def live(iface, bpf, duration, count, snaplen, write, fmt, keep_calls, idle_timeout, stats_every, hep_specs,
          list_interfaces):
     """Sniff an interface and report calls and registrations as they happen: each call's start,
     ringing, answer, hold/resume, transfer and end (outcome, duration, loss, MOS), registration
@@ -54,6 +68,7 @@ def live(iface, bpf, duration, count, snaplen, write, fmt, keep_calls, idle_time
       sipflow live -i eth0 -f "port 5060"
       sipflow live -i any --duration 60 -w /tmp/sip.pcap
       sipflow live -i lo --format ndjson | jq -c 'select(.event == "ended")'
+      sipflow live --hep-listen udp:127.0.0.1:9060          # a HEP collector for Kamailio's siptrace
       sipflow live --list-interfaces
     """
     from sipflow.analysis.analyzer import Analyzer
@@ -66,9 +81,21 @@ def live(iface, bpf, duration, count, snaplen, write, fmt, keep_calls, idle_time
         for name, about in interfaces():
             say(f"{name:<20} {about}".rstrip())
         return
-    if not iface:
-        raise click.UsageError("say which interface: -i IFACE (sipflow live --list-interfaces lists them)")
-    cap = LiveCapture(iface, bpf, snaplen)
+    if not iface and not hep_specs:
+        raise click.UsageError("say where from: -i IFACE (sipflow live --list-interfaces lists them) or "
+                               "--hep-listen udp:HOST:PORT")
+    if write and not iface:
+        raise click.UsageError("-w writes what the interface captured: give -i IFACE too")
+    from sipflow.capture.hep import HepListener
+    heps = []
+    try:
+        for n, spec in enumerate(hep_specs):
+            heps.append(HepListener(spec, file_index=n + 1))
+        cap = LiveCapture(iface, bpf, snaplen) if iface else None
+    except Exception:
+        for h in heps:
+            h.close()
+        raise
     writer = None
     if write:
         from sipflow.capture.writer import PCAP, CaptureWriter
@@ -84,20 +111,32 @@ def live(iface, bpf, duration, count, snaplen, write, fmt, keep_calls, idle_time
             click.echo(out.ndjson(e.as_dict()) if fmt == "ndjson" else out.event_line(e))
 
     def counters(a):
-        drops = cap.drops()
+        drops = cap.drops() if cap is not None else None
         return {"packets": fed[0], "sip_messages": a.stats["sip_messages"], "rtp_packets": a.stats["rtp_packets"],
                 "calls": len(a.calls) + len(a.summarised), "malformed": len(a.malformed),
-                "kernel_dropped": drops.dropped, "interface_dropped": drops.interface}
+                "kernel_dropped": drops.dropped if drops else 0, "interface_dropped": drops.interface if drops else 0,
+                "hep_packets": sum(h.frames for h in heps)}
 
-    say(f"sipflow: capturing on {iface}" + (f" ({bpf})" if bpf else "") + "; Ctrl-C stops", err=True)
+    def arrived():
+        """What came in: interface packets (the read waits up to 100 ms), then HEP packets (waiting
+        only when there is no interface to wait on)."""
+        if cap is not None:
+            for rec in cap.read():
+                yield rec, True
+        for i, h in enumerate(heps):
+            for rec in h.read(0.1 if cap is None and i == 0 else 0.0):
+                yield rec, False
+
+    where = ([f"{iface}" + (f" ({bpf})" if bpf else "")] if iface else []) + [f"HEP {h.spec}" for h in heps]
+    say(f"sipflow: capturing on {', '.join(where)}; Ctrl-C stops", err=True)
     start = time.monotonic()
     next_look, next_stats = start + 0.5, start + stats_every
     a = None
     try:
         while not stop:
-            for ts, fi, frame, lt, buf, off, caplen in cap.read():
+            for (ts, fi, frame, lt, buf, off, caplen), sniffed in arrived():
                 data = bytes(buf[off:off + caplen])
-                if writer is not None:
+                if writer is not None and sniffed:
                     writer.write(round(ts * 1e6) * 1000, lt, data)
                 analyzer.feed(ts, fi, frame, lt, data)
                 fed[0] += 1
@@ -126,10 +165,13 @@ def live(iface, bpf, duration, count, snaplen, write, fmt, keep_calls, idle_time
         a = analyzer.result()
         emit(watcher.update(a))
         c = counters(a)
-        cap.close()
+        if cap is not None:
+            cap.close()
+        for h in heps:
+            h.close()
     if fmt == "ndjson":
         from sipflow.render.tables import summary_dict
-        click.echo(out.ndjson({"type": "summary", "ts": a.end_ts, **c, **summary_dict(a)}))
+        click.echo(out.ndjson({"type": "summary", "ts": a.end_ts, "counters": c, **summary_dict(a)}))
     else:
         from sipflow.render.tables import summary_text
         click.echo("")

@@ -34,8 +34,8 @@ _IP6_EXT = {0, 43, 60, 51, 135, 139, 140}
 # What a frame cut short or lying about its lengths makes the decoders raise: counted, never passed on
 # (OSError: an address of the wrong size for inet_ntop).
 _BROKEN = (struct.error, IndexError, ValueError, OSError)
-# HEP v3 chunk types with a fixed size: IPv4 addresses, IPv6 addresses, ports.
-_HEP_CHUNK_LEN = {3: 4, 4: 4, 5: 16, 6: 16, 7: 2, 8: 2}
+# HEP v3 chunk types with a fixed size: IPv4 addresses, IPv6 addresses, ports, time (seconds, microseconds).
+_HEP_CHUNK_LEN = {3: 4, 4: 4, 5: 16, 6: 16, 7: 2, 8: 2, 9: 4, 10: 4}
 
 FRAG_TIMEOUT = 60.0      # seconds of capture time before an incomplete IP datagram is dropped
 TCP_IDLE = 900.0         # seconds of capture time before an idle TCP stream's state is dropped
@@ -100,6 +100,9 @@ class Decoder:
             self._ethertype(_H.unpack_from(data, link.ethertype_at)[0], data, link.header, out, depth)
         elif link.kind == "ip":
             self._ip(data, 0, out, depth)
+        elif link.kind == "hep":   # a HEP packet as a collector received it: its own clock is the one
+            if not self._hep(data, out, own_time=True):
+                self.count("hep_not_understood")
         else:  # BSD loopback: address family, host order (0) or network order (108)
             fam = struct.unpack_from("!I" if link.big_endian_family else "<I", data, 0)[0]
             if not link.big_endian_family and fam > 0xFFFF:
@@ -246,13 +249,16 @@ class Decoder:
             return
         out.append(Datagram(self.ts, self.file, self.frame, src, sport, dst, dport, "udp", body, frames))
 
-    def _hep(self, body: bytes, out: list) -> bool:
-        """HEP v3 chunks or HEP v1/v2 fixed header around a captured payload (usually SIP)."""
+    def _hep(self, body: bytes, out: list, own_time: bool = False) -> bool:
+        """HEP v3 chunks or HEP v1/v2 fixed header around a captured payload (usually SIP). With
+        ``own_time`` (a packet a HEP listener received) the message is timed by the agent's capture
+        time in the HEP header, when it has one, not by when it reached us."""
+        ts = self.ts
         if body[:4] == b"HEP3":
             total = _H.unpack_from(body, 4)[0]
             pos, end = 6, min(total, len(body))
-            src = dst = None
-            sport = dport = 0
+            src = dst = sec = None
+            sport = dport = usec = 0
             payload = None
             while pos + 6 <= end:
                 _vendor, ctype, clen = struct.unpack_from("!HHH", body, pos)
@@ -276,10 +282,16 @@ class Decoder:
                     dport = _H.unpack(v)[0]
                 elif ctype == 15:
                     payload = v
+                elif ctype == 9:
+                    sec = _I.unpack(v)[0]
+                elif ctype == 10:
+                    usec = _I.unpack(v)[0]
                 pos += clen
             if payload is None or src is None or dst is None:
                 self.count("hep_incomplete")
                 return False
+            if own_time and sec is not None:
+                ts = sec + usec * 1e-6
         else:
             hlen, fam = body[1], body[2]  # body[3] is the IP protocol of the captured packet
             sport, dport = struct.unpack_from("!HH", body, 4)
@@ -288,10 +300,14 @@ class Decoder:
             else:
                 src, dst, pos = _ntop6(body[8:24]), _ntop6(body[24:40]), 40
             if body[0] == 2:
+                if own_time:   # the sender's byte order (captagent, siptrace): the reading nearer our clock
+                    times = [sec + usec * 1e-6 for sec, usec in (struct.unpack_from(o + "II", body, pos)
+                                                                 for o in "<>") if usec < 1_000_000]
+                    ts = min(times, key=lambda t: abs(t - self.ts), default=ts)
                 pos += 12  # timestamp seconds, microseconds, capture id
             payload = body[max(pos, hlen):]
         self.count("hep")
-        out.append(Datagram(self.ts, self.file, self.frame, src, sport, dst, dport, "hep", bytes(payload),
+        out.append(Datagram(ts, self.file, self.frame, src, sport, dst, dport, "hep", bytes(payload),
                             (self.frame,)))
         return True
 

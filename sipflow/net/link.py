@@ -15,11 +15,17 @@ from typing import Dict, Optional
 class LinkType:
     code: int
     name: str
-    kind: str                    # ethernet | cooked | ip | loopback
+    kind: str                    # ethernet | cooked | ip | loopback | hep
     header: int                  # bytes before the network layer (Ethernet: without VLAN tags)
     ethertype_at: Optional[int]  # offset of the ethertype / protocol field; None when there is none
     fast: bool = True            # the hot paths decode plain IPv4/IPv6 + UDP frames of this type
     big_endian_family: bool = False  # loopback: the address family is in network byte order
+    internal: bool = False       # sipflow's own, for records that come from no file (never read from one)
+
+
+# Records from a HEP listener (capture.hep): the data is one HEP packet, as a collector received it.
+# A number outside the registered link types (and the user range 147-162), never accepted in a file.
+HEP_PAYLOAD = 65000
 
 
 LINK_TYPES: Dict[int, LinkType] = {lt.code: lt for lt in (
@@ -33,9 +39,10 @@ LINK_TYPES: Dict[int, LinkType] = {lt.code: lt for lt in (
     LinkType(228, "raw IPv4", "ip", 0, None),
     LinkType(229, "raw IPv6", "ip", 0, None, fast=False),
     LinkType(276, "Linux cooked v2 (SLL2)", "cooked", 20, 0),
+    LinkType(HEP_PAYLOAD, "HEP packet", "hep", 0, None, fast=False, internal=True),
 )}
 
 
 def supported_names() -> str:
     """The readable link types, for an error message."""
-    return ", ".join(sorted({lt.name for lt in LINK_TYPES.values()}))
+    return ", ".join(sorted({lt.name for lt in LINK_TYPES.values() if not lt.internal}))

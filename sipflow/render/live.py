@@ -54,7 +54,8 @@ def stats_line(counters: Dict[str, int]) -> str:
     c = counters
     return (f"packets {c['packets']}, SIP {c['sip_messages']}, RTP {c['rtp_packets']}, calls {c['calls']}, "
             f"malformed {c['malformed']}, dropped by the kernel {c['kernel_dropped']}, "
-            f"by the interface {c['interface_dropped']}")
+            f"by the interface {c['interface_dropped']}" + (f", HEP packets {c['hep_packets']}" if c.get("hep_packets")
+                                                            else ""))
 
 
 def ndjson(obj: Dict[str, Any]) -> str:
