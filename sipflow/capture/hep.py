@@ -1,11 +1,13 @@
-"""HEP input: packets that capture agents (Kamailio's siptrace, FreeSWITCH, Asterisk, heplify) send to a
-collector, received here as records (``sipflow live --hep-listen udp:127.0.0.1:9060``).
+"""HEP sockets: packets that capture agents (Kamailio's siptrace, FreeSWITCH, Asterisk, heplify) send to a
+collector, received here as records (``sipflow live --hep-listen udp:127.0.0.1:9060``), and packets
+sipflow sends to a collector such as HOMER (``HepSender``: ``--hep-send``, ``sipflow hep-send``).
 
-Owns the listening sockets: a UDP socket takes one HEP packet per datagram; a TCP listener accepts agents
-and cuts their byte streams into HEP v3 packets by the length in each header. Each packet leaves as a
-record like the files' and the interface's: ``(ts, file_index, frame, HEP_PAYLOAD, buf, 0, len)``, with
-the time it arrived (``net.decoder`` takes the agent's own capture time from the HEP header). What the
-packet carries is decoded by ``net.decoder`` like HEP found in a capture file.
+Owns the sockets (the packet format is ``net.hep``'s): a UDP socket takes one HEP packet per datagram; a
+TCP listener accepts agents and cuts their byte streams into HEP v3 packets by the length in each
+header. Each packet leaves as a record like the files' and the interface's: ``(ts, file_index, frame,
+HEP_PAYLOAD, buf, 0, len)``, with the time it arrived (``net.decoder`` takes the agent's own capture
+time from the HEP header). What the packet carries is decoded by ``net.decoder`` like HEP found in a
+capture file.
 """
 from __future__ import annotations
 
@@ -128,4 +130,38 @@ class HepListener:
         for agent in self._agents:
             agent.close()
         self._agents.clear()
+        self._sock.close()
+
+
+class HepSender:
+    """Sends HEP packets to a collector (``udp:HOST:PORT`` or ``tcp:HOST:PORT``), as an agent does.
+    Counts what it sent and what it could not (a collector that went away over TCP)."""
+
+    def __init__(self, spec: str) -> None:
+        self.spec = spec
+        self.proto, host, port = parse_spec(spec)
+        self.address = (host, port)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._sock = socket.socket(family, socket.SOCK_DGRAM if self.proto == "udp" else socket.SOCK_STREAM)
+        if self.proto == "tcp":
+            self._sock.settimeout(5.0)
+            try:
+                self._sock.connect(self.address)
+            except OSError as e:
+                self._sock.close()
+                raise CaptureError(f"cannot reach the HEP collector at {spec}: {e.strerror or e}") from None
+        self.sent = 0
+        self.failed = 0
+
+    def send(self, packet: bytes) -> None:
+        try:
+            if self.proto == "udp":
+                self._sock.sendto(packet, self.address)
+            else:
+                self._sock.sendall(packet)
+            self.sent += 1
+        except OSError:
+            self.failed += 1
+
+    def close(self) -> None:
         self._sock.close()

@@ -15,11 +15,12 @@ import time
 import click
 
 from sipflow.cli.app import emit_text, handle_errors, main, output_option, say, terminal_width
+from sipflow.errors import SipflowError
 
 
 def _hep_option(ctx, param, value):
     from sipflow.capture.hep import parse_spec
-    for spec in value:
+    for spec in ((value,) if isinstance(value, str) else value or ()):
         try:
             parse_spec(spec)
         except ValueError as e:
@@ -54,10 +55,16 @@ def _positive(ctx, param, value):
 @click.option("--hep-listen", "hep_specs", multiple=True, metavar="udp|tcp:HOST:PORT", callback=_hep_option,
               help="Also (or only) take HEP v2/v3 from capture agents (Kamailio siptrace, FreeSWITCH, heplify) "
                    "on this address, e.g. udp:127.0.0.1:9060. Repeatable.")
+@click.option("--hep-send", "hep_to", metavar="udp|tcp:HOST:PORT", callback=_hep_option,
+              help="Forward every SIP message to a HEP collector (HOMER), e.g. udp:192.0.2.5:9060.")
+@click.option("--hep-id", type=click.IntRange(min=0, max=2 ** 32 - 1), default=2002, show_default=True,
+              help="Capture agent id sent with --hep-send.")
+@click.option("--hep-password", default=None, help="HEP authentication key sent with --hep-send.")
+@click.option("--hep-node", default=None, help="Node name sent with --hep-send.")
 @click.option("--list-interfaces", is_flag=True, help="List the interfaces that can be sniffed, and exit.")
 @handle_errors
 def live(iface, bpf, duration, count, snaplen, write, fmt, keep_calls, idle_timeout, stats_every, hep_specs,
-         list_interfaces):
+         hep_to, hep_id, hep_password, hep_node, list_interfaces):
     """Sniff an interface and report calls and registrations as they happen: each call's start,
     ringing, answer, hold/resume, transfer and end (outcome, duration, loss, MOS), registration
     results, anomalies, and the counters with the kernel's drop count. Ctrl-C ends it with the
@@ -69,6 +76,7 @@ def live(iface, bpf, duration, count, snaplen, write, fmt, keep_calls, idle_time
       sipflow live -i any --duration 60 -w /tmp/sip.pcap
       sipflow live -i lo --format ndjson | jq -c 'select(.event == "ended")'
       sipflow live --hep-listen udp:127.0.0.1:9060          # a HEP collector for Kamailio's siptrace
+      sipflow live -i eth0 -f "port 5060" --hep-send udp:192.0.2.5:9060 --hep-node sbc1   # feed HOMER
       sipflow live --list-interfaces
     """
     from sipflow.analysis.analyzer import Analyzer
@@ -86,16 +94,32 @@ def live(iface, bpf, duration, count, snaplen, write, fmt, keep_calls, idle_time
                                "--hep-listen udp:HOST:PORT")
     if write and not iface:
         raise click.UsageError("-w writes what the interface captured: give -i IFACE too")
-    from sipflow.capture.hep import HepListener
+    from sipflow.capture.hep import HepListener, HepSender
     heps = []
+    sender = None
     try:
         for n, spec in enumerate(hep_specs):
             heps.append(HepListener(spec, file_index=n + 1))
         cap = LiveCapture(iface, bpf, snaplen) if iface else None
+        sender = HepSender(hep_to) if hep_to else None
     except Exception:
         for h in heps:
             h.close()
         raise
+    forwarded = [None]   # (ts, file, frame) of the last message sent to --hep-send
+
+    def forward(a):
+        """Send the messages the snapshot holds that were not sent yet (capture order)."""
+        if sender is None:
+            return
+        from sipflow.render.hepout import message_packets
+        last = forwarded[0]
+        fresh = [e for e in a.messages if last is None or (e.ts, e.file, e.frame) > last]
+        for e, packet in message_packets(fresh, hep_id, hep_password, hep_node):
+            if packet is not None:
+                sender.send(packet)
+        if fresh:
+            forwarded[0] = max((e.ts, e.file, e.frame) for e in fresh)
     writer = None
     if write:
         from sipflow.capture.writer import PCAP, CaptureWriter
@@ -115,7 +139,7 @@ def live(iface, bpf, duration, count, snaplen, write, fmt, keep_calls, idle_time
         return {"packets": fed[0], "sip_messages": a.stats["sip_messages"], "rtp_packets": a.stats["rtp_packets"],
                 "calls": len(a.calls) + len(a.summarised), "malformed": len(a.malformed),
                 "kernel_dropped": drops.dropped if drops else 0, "interface_dropped": drops.interface if drops else 0,
-                "hep_packets": sum(h.frames for h in heps)}
+                "hep_packets": sum(h.frames for h in heps), "hep_sent": sender.sent if sender else 0}
 
     def arrived():
         """What came in: interface packets (the read waits up to 100 ms), then HEP packets (waiting
@@ -149,6 +173,7 @@ def live(iface, bpf, duration, count, snaplen, write, fmt, keep_calls, idle_time
             if now >= next_look:
                 a = analyzer.snapshot()
                 emit(watcher.update(a))
+                forward(a)
                 next_look = now + 0.5
                 if now >= next_stats:
                     c = counters(a)
@@ -160,11 +185,22 @@ def live(iface, bpf, duration, count, snaplen, write, fmt, keep_calls, idle_time
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        for h in heps:   # what agents sent before the stop is still in the socket: take it (bounded)
+            for _ in range(1000):
+                recs = h.read(0.0)
+                if not recs:
+                    break
+                for ts, fi, frame, lt, buf, off, caplen in recs:
+                    analyzer.feed(ts, fi, frame, lt, bytes(buf[off:off + caplen]))
+                    fed[0] += 1
         if writer is not None:
             writer.close()
         a = analyzer.result()
         emit(watcher.update(a))
+        forward(a)
         c = counters(a)
+        if sender is not None:
+            sender.close()
         if cap is not None:
             cap.close()
         for h in heps:
@@ -179,3 +215,42 @@ def live(iface, bpf, duration, count, snaplen, write, fmt, keep_calls, idle_time
         say(out.stats_line(c))
     if write:
         say(f"{write}: {fed[0]} packets", err=True)
+
+
+@main.command("hep-send")
+@click.argument("files", nargs=-1, required=True, type=click.Path(allow_dash=True))
+@click.option("--to", "hep_to", required=True, metavar="udp|tcp:HOST:PORT", callback=_hep_option,
+              help="The HEP collector (HOMER's heplify-server listens on 9060).")
+@click.option("--hep-id", type=click.IntRange(min=0, max=2 ** 32 - 1), default=2002, show_default=True,
+              help="Capture agent id.")
+@click.option("--hep-password", default=None, help="HEP authentication key.")
+@click.option("--hep-node", default=None, help="Node name.")
+@click.option("--no-progress", is_flag=True, help="No progress bar on standard error.")
+@handle_errors
+def hep_send(files, hep_to, hep_id, hep_password, hep_node, no_progress):
+    """Replay the SIP messages of captures into a HEP collector (HOMER) with their original
+    timestamps, addresses, ports and transports, and the Call-ID as correlation id.
+
+    \b
+    Examples:
+      sipflow hep-send samples/transfer-hold.pcap --to udp:127.0.0.1:9060
+      sipflow hep-send yesterday.pcap.gz --to tcp:192.0.2.5:9061 --hep-node sbc1 --hep-password s3cret
+    """
+    from sipflow.capture.hep import HepSender
+    from sipflow.cli.app import run_analysis
+    from sipflow.render.hepout import message_packets
+    a = run_analysis(files, no_progress)
+    sender = HepSender(hep_to)
+    skipped = 0
+    try:
+        for _, packet in message_packets(a.messages, hep_id, hep_password, hep_node):
+            if packet is None:
+                skipped += 1
+            else:
+                sender.send(packet)
+    finally:
+        sender.close()
+    say(f"{sender.sent} SIP messages sent to {hep_to}" + (f", {sender.failed} could not be sent" if sender.failed
+                                                        else "") + (f", {skipped} too big for HEP" if skipped else ""))
+    if sender.failed:
+        raise SipflowError(f"{sender.failed} messages could not be sent to {hep_to}")

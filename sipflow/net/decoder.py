@@ -14,6 +14,7 @@ import bisect
 import struct
 from typing import Dict, List, Optional, Tuple
 
+from sipflow.net import hep
 from sipflow.net.addr import Datagram, ntop4 as _ntop4, ntop6 as _ntop6
 from sipflow.net.link import LINK_TYPES
 from sipflow.net.streambuf import StreamBuffer
@@ -34,8 +35,6 @@ _IP6_EXT = {0, 43, 60, 51, 135, 139, 140}
 # What a frame cut short or lying about its lengths makes the decoders raise: counted, never passed on
 # (OSError: an address of the wrong size for inet_ntop).
 _BROKEN = (struct.error, IndexError, ValueError, OSError)
-# HEP v3 chunk types with a fixed size: IPv4 addresses, IPv6 addresses, ports, time (seconds, microseconds).
-_HEP_CHUNK_LEN = {3: 4, 4: 4, 5: 16, 6: 16, 7: 2, 8: 2, 9: 4, 10: 4}
 
 FRAG_TIMEOUT = 60.0      # seconds of capture time before an incomplete IP datagram is dropped
 TCP_IDLE = 900.0         # seconds of capture time before an idle TCP stream's state is dropped
@@ -250,64 +249,18 @@ class Decoder:
         out.append(Datagram(self.ts, self.file, self.frame, src, sport, dst, dport, "udp", body, frames))
 
     def _hep(self, body: bytes, out: list, own_time: bool = False) -> bool:
-        """HEP v3 chunks or HEP v1/v2 fixed header around a captured payload (usually SIP). With
+        """HEP v3 chunks or HEP v1/v2 fixed header around a captured payload (``net.hep``). With
         ``own_time`` (a packet a HEP listener received) the message is timed by the agent's capture
-        time in the HEP header, when it has one, not by when it reached us."""
-        ts = self.ts
-        if body[:4] == b"HEP3":
-            total = _H.unpack_from(body, 4)[0]
-            pos, end = 6, min(total, len(body))
-            src = dst = sec = None
-            sport = dport = usec = 0
-            payload = None
-            while pos + 6 <= end:
-                _vendor, ctype, clen = struct.unpack_from("!HHH", body, pos)
-                if clen < 6:
-                    break
-                v = body[pos + 6:pos + clen]
-                if len(v) != _HEP_CHUNK_LEN.get(ctype, len(v)):   # an address or port of the wrong size
-                    self.count("hep_bad_chunk")
-                    return False
-                if ctype == 3:
-                    src = _ntop4(v)
-                elif ctype == 4:
-                    dst = _ntop4(v)
-                elif ctype == 5:
-                    src = _ntop6(v)
-                elif ctype == 6:
-                    dst = _ntop6(v)
-                elif ctype == 7:
-                    sport = _H.unpack(v)[0]
-                elif ctype == 8:
-                    dport = _H.unpack(v)[0]
-                elif ctype == 15:
-                    payload = v
-                elif ctype == 9:
-                    sec = _I.unpack(v)[0]
-                elif ctype == 10:
-                    usec = _I.unpack(v)[0]
-                pos += clen
-            if payload is None or src is None or dst is None:
-                self.count("hep_incomplete")
-                return False
-            if own_time and sec is not None:
-                ts = sec + usec * 1e-6
-        else:
-            hlen, fam = body[1], body[2]  # body[3] is the IP protocol of the captured packet
-            sport, dport = struct.unpack_from("!HH", body, 4)
-            if fam == 2:
-                src, dst, pos = _ntop4(body[8:12]), _ntop4(body[12:16]), 16
-            else:
-                src, dst, pos = _ntop6(body[8:24]), _ntop6(body[24:40]), 40
-            if body[0] == 2:
-                if own_time:   # the sender's byte order (captagent, siptrace): the reading nearer our clock
-                    times = [sec + usec * 1e-6 for sec, usec in (struct.unpack_from(o + "II", body, pos)
-                                                                 for o in "<>") if usec < 1_000_000]
-                    ts = min(times, key=lambda t: abs(t - self.ts), default=ts)
-                pos += 12  # timestamp seconds, microseconds, capture id
-            payload = body[max(pos, hlen):]
+        time in the HEP header, when it has one, not by when it reached us. What is wrong with a packet
+        that cannot be read is counted by its kind (``hep_bad_chunk``, ``hep_incomplete``...)."""
+        try:
+            p = hep.decode(body, near=self.ts)
+        except hep.HepError as e:
+            self.count(f"hep_{e.kind}")
+            return False
         self.count("hep")
-        out.append(Datagram(ts, self.file, self.frame, src, sport, dst, dport, "hep", bytes(payload),
+        ts = p.ts if own_time and p.ts is not None else self.ts
+        out.append(Datagram(ts, self.file, self.frame, p.src, p.sport, p.dst, p.dport, "hep", p.payload,
                             (self.frame,)))
         return True
 
