@@ -79,9 +79,8 @@ def live(iface, bpf, duration, count, snaplen, write, fmt, keep_calls, idle_time
       sipflow live -i eth0 -f "port 5060" --hep-send udp:192.0.2.5:9060 --hep-node sbc1   # feed HOMER
       sipflow live --list-interfaces
     """
-    from sipflow.analysis.analyzer import Analyzer
     from sipflow.analysis.options import AnalyzerOptions
-    from sipflow.analysis.watch import Watcher
+    from sipflow.analysis.session import LiveSession
     from sipflow.capture.live import LiveCapture, interfaces
     from sipflow.render import live as out
 
@@ -106,28 +105,22 @@ def live(iface, bpf, duration, count, snaplen, write, fmt, keep_calls, idle_time
         for h in heps:
             h.close()
         raise
-    forwarded = [None]   # (ts, file, frame) of the last message sent to --hep-send
+    session = LiveSession(AnalyzerOptions(keep_calls=keep_calls, idle_timeout=idle_timeout))
 
     def forward(a):
         """Send the messages the snapshot holds that were not sent yet (capture order)."""
         if sender is None:
             return
         from sipflow.render.hepout import message_packets
-        last = forwarded[0]
-        fresh = [e for e in a.messages if last is None or (e.ts, e.file, e.frame) > last]
-        for e, packet in message_packets(fresh, hep_id, hep_password, hep_node):
+        for _, packet in message_packets(session.new_messages(a), hep_id, hep_password, hep_node):
             if packet is not None:
                 sender.send(packet)
-        if fresh:
-            forwarded[0] = max((e.ts, e.file, e.frame) for e in fresh)
+
     writer = None
     if write:
         from sipflow.capture.writer import PCAP, CaptureWriter
         writer = CaptureWriter(write, PCAP, linktype=cap.linktype)
-    analyzer = Analyzer(AnalyzerOptions(keep_calls=keep_calls, idle_timeout=idle_timeout))
-    watcher = Watcher()
     stop = []
-    fed = [0]           # packets analysed (and written): a --count stop leaves the rest of a batch out
     previous = {s: signal.signal(s, lambda *_: stop.append(s)) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def emit(events):
@@ -136,7 +129,7 @@ def live(iface, bpf, duration, count, snaplen, write, fmt, keep_calls, idle_time
 
     def counters(a):
         drops = cap.drops() if cap is not None else None
-        return {"packets": fed[0], "sip_messages": a.stats["sip_messages"], "rtp_packets": a.stats["rtp_packets"],
+        return {"packets": session.packets, "sip_messages": a.stats["sip_messages"], "rtp_packets": a.stats["rtp_packets"],
                 "calls": len(a.calls) + len(a.summarised), "malformed": len(a.malformed),
                 "kernel_dropped": drops.dropped if drops else 0, "interface_dropped": drops.interface if drops else 0,
                 "hep_packets": sum(h.frames for h in heps), "hep_sent": sender.sent if sender else 0}
@@ -162,17 +155,16 @@ def live(iface, bpf, duration, count, snaplen, write, fmt, keep_calls, idle_time
                 data = bytes(buf[off:off + caplen])
                 if writer is not None and sniffed:
                     writer.write(round(ts * 1e6) * 1000, lt, data)
-                analyzer.feed(ts, fi, frame, lt, data)
-                fed[0] += 1
-                if count is not None and fed[0] >= count:
+                session.feed(ts, fi, frame, lt, data)
+                if count is not None and session.packets >= count:
                     stop.append("count")
                     break
             now = time.monotonic()
             if duration is not None and now - start >= duration:
                 break
             if now >= next_look:
-                a = analyzer.snapshot()
-                emit(watcher.update(a))
+                a, events = session.look()
+                emit(events)
                 forward(a)
                 next_look = now + 0.5
                 if now >= next_stats:
@@ -191,12 +183,11 @@ def live(iface, bpf, duration, count, snaplen, write, fmt, keep_calls, idle_time
                 if not recs:
                     break
                 for ts, fi, frame, lt, buf, off, caplen in recs:
-                    analyzer.feed(ts, fi, frame, lt, bytes(buf[off:off + caplen]))
-                    fed[0] += 1
+                    session.feed(ts, fi, frame, lt, bytes(buf[off:off + caplen]))
         if writer is not None:
             writer.close()
-        a = analyzer.result()
-        emit(watcher.update(a))
+        a, events = session.finish()
+        emit(events)
         forward(a)
         c = counters(a)
         if sender is not None:
@@ -214,7 +205,7 @@ def live(iface, bpf, duration, count, snaplen, write, fmt, keep_calls, idle_time
         emit_text(summary_text(a, terminal_width(None)), "-")
         say(out.stats_line(c))
     if write:
-        say(f"{write}: {fed[0]} packets", err=True)
+        say(f"{write}: {session.packets} packets", err=True)
 
 
 @main.command("hep-send")
