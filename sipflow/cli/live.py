@@ -129,7 +129,8 @@ def live(iface, bpf, duration, count, snaplen, write, fmt, keep_calls, idle_time
 
     def counters(a):
         drops = cap.drops() if cap is not None else None
-        return {"packets": session.packets, "sip_messages": a.stats["sip_messages"], "rtp_packets": a.stats["rtp_packets"],
+        return {"packets": session.packets, "sip_messages": a.stats["sip_messages"],
+                "rtp_packets": a.stats["rtp_packets"],
                 "calls": len(a.calls) + len(a.summarised), "malformed": len(a.malformed),
                 "kernel_dropped": drops.dropped if drops else 0, "interface_dropped": drops.interface if drops else 0,
                 "hep_packets": sum(h.frames for h in heps), "hep_sent": sender.sent if sender else 0}
