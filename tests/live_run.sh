@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # Run inside `unshare --net` by tests/test_live_capture.py: `sipflow live -i lo` while SIPp places
-# CALLS calls one after the other (each with 2.5 s of RTP both ways) to a SIPp UAS, all on 127.0.0.1 of this private
-# namespace; then SIGINT to sipflow. Every step is bounded in time; nothing leaves loopback.
+# CALLS calls one after the other (each with 2.5 s of RTP both ways) to a SIPp UAS, all on 127.0.0.1 of
+# this private namespace; then SIGINT to sipflow. MODE ndjson: events to events.ndjson and the capture
+# to live.pcap; MODE view: sipflow draws its terminal view on this script's standard output (a pseudo-
+# terminal). Steps' exit statuses go to OUT/status. Every step is bounded in time; nothing leaves loopback.
 set -u
-OUT=$1; SCEN=$2; PY=$3; CALLS=$4
+OUT=$1; SCEN=$2; PY=$3; CALLS=$4; MODE=${5:-ndjson}
 ip link set lo up
 cd "$OUT"
-"$PY" -m sipflow live -i lo -f "udp" --format ndjson -w "$OUT/live.pcap" --stats-every 1 --duration 150 \
-    > "$OUT/events.ndjson" 2> "$OUT/live.err" &
+if [ "$MODE" = view ]; then
+    "$PY" -m sipflow live -i lo -f "udp" --duration 150 2> "$OUT/live.err" &
+else
+    "$PY" -m sipflow live -i lo -f "udp" --format ndjson -w "$OUT/live.pcap" --stats-every 1 --duration 150 \
+        > "$OUT/events.ndjson" 2> "$OUT/live.err" &
+fi
 LIVE=$!
 for _ in $(seq 300); do grep -q "capturing on" "$OUT/live.err" 2>/dev/null && break; sleep 0.1; done
 cp "$SCEN/uas_call.xml" "$SCEN/uac_call.xml" "$OUT/"
@@ -22,7 +28,7 @@ for n in $(seq "$CALLS"); do
     timeout -k 2 60 sipp 127.0.0.1:5070 -sf uac_call.xml -t u1 -i 127.0.0.1 -p $((5060 + 2 * n)) -mi 127.0.0.1 \
         -mp $((6000 + 10 * n)) -s bob -m 1 -nostdin -timeout 50s -timeout_error >> "$OUT/uac.log" 2>&1 || FAILED=1
 done
-echo "uac $FAILED"
-wait "$UAS"; echo "uas $?"
+echo "uac $FAILED" >> "$OUT/status"
+wait "$UAS"; echo "uas $?" >> "$OUT/status"
 kill -INT "$LIVE"
-wait "$LIVE"; echo "live $?"
+wait "$LIVE"; echo "live $?" >> "$OUT/status"

@@ -10,9 +10,15 @@ calls are told as they are from an interface.
 Needs root, sipp, unshare, ip and ss (and kamailio for HEP); skipped otherwise. Nothing is sent outside
 127.0.0.1 of the namespace; every step of tests/live_run.sh and tests/live_hep_run.sh is bounded in time.
 """
+import fcntl
 import importlib.util
 import json
 import os
+import pty
+import re
+import struct
+import termios
+import threading
 import shutil
 import subprocess
 import sys
@@ -57,9 +63,14 @@ def _run_script(out, script, log, *extra):
                            str(REPO / "samples" / "scenarios"), sys.executable, str(CALLS), *extra],
                           capture_output=True, text=True, timeout=400, cwd=REPO,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
-    status = dict(line.split() for line in proc.stdout.splitlines() if line.count(" ") == 1)
-    assert status.get("uac") == "0", (proc.stdout, proc.stderr, (out / log).read_text()[-2000:])
-    assert status.get("live") == "0", (proc.stdout, proc.stderr)
+    _check_status(out, proc.stdout, proc.stderr, log)
+
+
+def _check_status(out, stdout, stderr, log):
+    lines = stdout.splitlines() + ((out / "status").read_text().splitlines() if (out / "status").exists() else [])
+    status = dict(line.split() for line in lines if line.count(" ") == 1 and line.split()[0] in ("uac", "live"))
+    assert status.get("uac") == "0", (stdout, stderr, (out / log).read_text()[-2000:])
+    assert status.get("live") == "0", (stdout, stderr)
 
 
 @pytest.fixture(scope="module")
@@ -197,3 +208,60 @@ def test_the_hep_traffic_on_the_wire_reads_back_as_the_same_messages(hep_sent):
     again = sipflow.analyze(str(out / "hep.pcap"))
     assert [(e.src, e.sport, e.dst, e.dport, e.method, e.status, e.call_id) for e in again.messages] == \
         [(e.src, e.sport, e.dst, e.dport, e.method, e.status, e.call_id) for e in original.messages]
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
+
+
+@pytest.fixture(scope="module")
+def view_run(tmp_path_factory):
+    """The same calls with sipflow's standard output on a pseudo-terminal of 30 x 120: its live table."""
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    out = tmp_path_factory.mktemp("view")
+    _media(out)
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
+    proc = subprocess.Popen(["unshare", "--net", "bash", str(REPO / "tests" / "live_run.sh"), str(out),
+                             str(REPO / "samples" / "scenarios"), sys.executable, str(CALLS), "view"],
+                            stdin=subprocess.DEVNULL, stdout=slave, stderr=subprocess.PIPE, cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO), "TERM": "xterm-256color",
+                                 "COLUMNS": "120", "LINES": "30"})
+    os.close(slave)
+    screen = bytearray()
+    reader = threading.Thread(target=_drain, args=(master, screen), daemon=True)
+    reader.start()
+    try:
+        _, err = proc.communicate(timeout=400)
+    finally:
+        reader.join(timeout=10)
+        os.close(master)
+    _check_status(out, "", err.decode(errors="replace"), "uac.log")
+    return screen.decode("utf-8", "replace")
+
+
+def _drain(fd, into):
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:       # the other side closed: EIO on Linux
+            return
+        if not chunk:
+            return
+        into += chunk
+
+
+def test_the_terminal_view_draws_the_call_table_in_place(view_run):
+    raw = view_run
+    assert "\x1b[" in raw                           # drawn for a terminal, not as lines
+    text = ANSI.sub("", raw)
+    assert "sipflow live on lo" in text
+    assert "#" in text and "State" in text and "Media" in text
+    # the last frame (left on the screen when capture stops) lists the three answered calls with media
+    last = text[text.rfind("sipflow live on lo"):]
+    rows = [line for line in last.splitlines() if re.match(r"\s*\d+\s+│\s+\d\d:\d\d:\d\d\.\d{3}", line)]
+    assert len(rows) == CALLS, last
+    assert all("answered" in r and "PCMA" in r for r in rows), rows
+    # the counters and the summary follow it
+    assert "dropped 0/0" in last and "Calls: answered 3" in text

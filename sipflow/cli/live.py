@@ -10,6 +10,7 @@ valid ``-w`` capture, exit 0.
 from __future__ import annotations
 
 import signal
+import sys
 import time
 
 import click
@@ -46,6 +47,8 @@ def _positive(ctx, param, value):
               help="Also write every captured packet to this pcap (valid however the capture stops).")
 @click.option("--format", "fmt", type=click.Choice(["text", "ndjson"]), default="text", show_default=True,
               help="One line per event, or one JSON object per line (docs/live.md).")
+@click.option("--view", type=click.Choice(["auto", "table", "lines"]), default="auto", show_default=True,
+              help="text on a terminal: a call table that updates in place (auto), or plain lines.")
 @click.option("--keep-calls", type=click.IntRange(min=0), default=1000, show_default=True, metavar="N",
               help="Keep the records of the N most recent finished calls; older ones stay in the totals.")
 @click.option("--idle-timeout", type=float, default=3600.0, show_default=True, callback=_positive, metavar="S",
@@ -63,7 +66,7 @@ def _positive(ctx, param, value):
 @click.option("--hep-node", default=None, help="Node name sent with --hep-send.")
 @click.option("--list-interfaces", is_flag=True, help="List the interfaces that can be sniffed, and exit.")
 @handle_errors
-def live(iface, bpf, duration, count, snaplen, write, fmt, keep_calls, idle_timeout, stats_every, hep_specs,
+def live(iface, bpf, duration, count, snaplen, write, fmt, view, keep_calls, idle_timeout, stats_every, hep_specs,
          hep_to, hep_id, hep_password, hep_node, list_interfaces):
     """Sniff an interface and report calls and registrations as they happen: each call's start,
     ringing, answer, hold/resume, transfer and end (outcome, duration, loss, MOS), registration
@@ -123,7 +126,14 @@ def live(iface, bpf, duration, count, snaplen, write, fmt, keep_calls, idle_time
     stop = []
     previous = {s: signal.signal(s, lambda *_: stop.append(s)) for s in (signal.SIGINT, signal.SIGTERM)}
 
+    table = None
+    if fmt == "text" and (view == "table" or (view == "auto" and sys.stdout.isatty())):
+        from sipflow.render.liveview import LiveView
+        table = LiveView(", ".join(([iface] if iface else []) + [f"HEP {spec}" for spec in hep_specs]))
+
     def emit(events):
+        if table is not None:
+            return
         for e in events:
             click.echo(out.ndjson(e.as_dict()) if fmt == "ndjson" else out.event_line(e))
 
@@ -150,6 +160,8 @@ def live(iface, bpf, duration, count, snaplen, write, fmt, keep_calls, idle_time
     start = time.monotonic()
     next_look, next_stats = start + 0.5, start + stats_every
     a = None
+    if table is not None:
+        table.start()
     try:
         while not stop:
             for (ts, fi, frame, lt, buf, off, caplen), sniffed in arrived():
@@ -168,7 +180,9 @@ def live(iface, bpf, duration, count, snaplen, write, fmt, keep_calls, idle_time
                 emit(events)
                 forward(a)
                 next_look = now + 0.5
-                if now >= next_stats:
+                if table is not None:
+                    table.update(a, events, counters(a))
+                elif now >= next_stats:
                     c = counters(a)
                     if fmt == "ndjson":
                         click.echo(out.ndjson(out.stats_dict(a.end_ts, c)))
@@ -191,6 +205,9 @@ def live(iface, bpf, duration, count, snaplen, write, fmt, keep_calls, idle_time
         emit(events)
         forward(a)
         c = counters(a)
+        if table is not None:
+            table.update(a, events, c)
+            table.stop()
         if sender is not None:
             sender.close()
         if cap is not None:
@@ -217,9 +234,11 @@ def live(iface, bpf, duration, count, snaplen, write, fmt, keep_calls, idle_time
               help="Capture agent id.")
 @click.option("--hep-password", default=None, help="HEP authentication key.")
 @click.option("--hep-node", default=None, help="Node name.")
+@click.option("--rate", type=click.IntRange(min=1), default=5000, show_default=True, metavar="N",
+              help="Send at most N messages per second (a collector's UDP buffer overflows on bigger bursts).")
 @click.option("--no-progress", is_flag=True, help="No progress bar on standard error.")
 @handle_errors
-def hep_send(files, hep_to, hep_id, hep_password, hep_node, no_progress):
+def hep_send(files, hep_to, hep_id, hep_password, hep_node, rate, no_progress):
     """Replay the SIP messages of captures into a HEP collector (HOMER) with their original
     timestamps, addresses, ports and transports, and the Call-ID as correlation id.
 
@@ -234,12 +253,16 @@ def hep_send(files, hep_to, hep_id, hep_password, hep_node, no_progress):
     a = run_analysis(files, no_progress)
     sender = HepSender(hep_to)
     skipped = 0
+    start = time.monotonic()
     try:
         for _, packet in message_packets(a.messages, hep_id, hep_password, hep_node):
             if packet is None:
                 skipped += 1
-            else:
-                sender.send(packet)
+                continue
+            ahead = (sender.sent + sender.failed) / rate - (time.monotonic() - start)
+            if ahead > 0:
+                time.sleep(ahead)
+            sender.send(packet)
     finally:
         sender.close()
     say(f"{sender.sent} SIP messages sent to {hep_to}" + (f", {sender.failed} could not be sent" if sender.failed
