@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Run inside `unshare --net` by tests/test_live_capture.py: `sipflow live -i lo` while SIPp places
 # CALLS calls one after the other (each with 2.5 s of RTP both ways) to a SIPp UAS, all on 127.0.0.1 of
-# this private namespace; then SIGINT to sipflow. MODE ndjson: events to events.ndjson and the capture
-# to live.pcap; MODE view: sipflow draws its terminal view on this script's standard output (a pseudo-
+# this private namespace; then SIGINT to sipflow. MODE ndjson (or dumpcap: through a dumpcap pipe): events
+# to events.ndjson and the capture to live.pcap; MODE view: sipflow draws its terminal view on this script's standard output (a pseudo-
 # terminal). Steps' exit statuses go to OUT/status. Every step is bounded in time; nothing leaves loopback.
 set -u
 OUT=$1; SCEN=$2; PY=$3; CALLS=$4; MODE=${5:-ndjson}
@@ -10,9 +10,10 @@ ip link set lo up
 cd "$OUT"
 if [ "$MODE" = view ]; then
     "$PY" -m sipflow live -i lo -f "udp" --duration 150 2> "$OUT/live.err" &
-else
-    "$PY" -m sipflow live -i lo -f "udp" --format ndjson -w "$OUT/live.pcap" --stats-every 1 --duration 150 \
-        > "$OUT/events.ndjson" 2> "$OUT/live.err" &
+else   # MODE ndjson (libpcap in-process) or dumpcap (the dumpcap pipe)
+    VIA=pcap; [ "$MODE" = dumpcap ] && VIA=dumpcap
+    "$PY" -m sipflow live -i lo --via $VIA -f "udp" --format ndjson -w "$OUT/live.pcap" --stats-every 1 \
+        --duration 150 > "$OUT/events.ndjson" 2> "$OUT/live.err" &
 fi
 LIVE=$!
 for _ in $(seq 300); do grep -q "capturing on" "$OUT/live.err" 2>/dev/null && break; sleep 0.1; done

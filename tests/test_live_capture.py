@@ -73,14 +73,17 @@ def _check_status(out, stdout, stderr, log):
     assert status.get("live") == "0", (stdout, stderr)
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
+@pytest.fixture(scope="module", params=["pcap", "dumpcap"])
+def run(request, tmp_path_factory):
+    """The calls sniffed by libpcap in-process, and through a dumpcap pipe."""
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
+    if request.param == "dumpcap" and shutil.which("dumpcap") is None:
+        pytest.skip("dumpcap is not installed (Debian: wireshark-common, which tshark brings)")
     out = tmp_path_factory.mktemp("live")
     _media(out)
-    _run_script(out, "live_run.sh", "uac.log")
+    _run_script(out, "live_run.sh", "uac.log", "ndjson" if request.param == "pcap" else "dumpcap")
     events = [json.loads(line) for line in (out / "events.ndjson").read_text().splitlines()]
     return out, events
 

@@ -67,3 +67,15 @@ def test_live_refuses_a_bad_filter_and_an_unknown_interface():
     assert r.exit_code == 1 and "cannot capture on no-such-interface0" in r.output
     r = CliRunner().invoke(main, ["live", "--list-interfaces"])
     assert r.exit_code == 0 and any(line.split()[0] == "lo" for line in r.output.splitlines() if line.strip())
+
+
+def test_several_interfaces_need_dumpcap_and_the_option_says_so():
+    r = CliRunner().invoke(main, ["live", "-i", "lo", "-i", "eth0", "--via", "pcap"])
+    assert r.exit_code == 2 and "--via" in r.output and "several" in r.output
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not __import__("shutil").which("dumpcap"),
+                    reason="needs root and dumpcap")
+def test_dumpcap_that_cannot_capture_says_why():
+    r = CliRunner().invoke(main, ["live", "-i", "no-such-interface0", "--via", "dumpcap"])
+    assert r.exit_code == 1 and "dumpcap could not capture on no-such-interface0" in r.output

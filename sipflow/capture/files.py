@@ -209,7 +209,9 @@ class CaptureFile:
     """One capture file: iterate it for records. After iteration ``frames``, ``truncated`` and
     ``warning`` tell how it went; ``format`` is 'pcap' or 'pcapng' once the header is read."""
 
-    def __init__(self, path: str, index: int = 0, progress: Optional[ProgressFn] = None) -> None:
+    def __init__(self, path: str, index: int = 0, progress: Optional[ProgressFn] = None, stream=None) -> None:
+        """``stream``: read this raw binary stream (a pipe from dumpcap, say) instead of opening
+        ``path``, which then only names it; reads return what has arrived, never waiting for a block."""
         self.path = path
         self.index = index
         self.progress = progress
@@ -221,9 +223,10 @@ class CaptureFile:
         self.resume_at = 0  # where the pcap_blocks() caller stopped walking the current block
         self.ng_order = "<"  # pcapng: byte order of the current section
         self.interfaces: List[tuple] = []  # pcapng: (link type, timestamp scale, offset) per interface
-        self._f, self.name = _open_stream(path)
+        self._f, self.name = (stream, path) if stream is not None else _open_stream(path)
         try:
-            self.size = os.fstat(self._f.fileno()).st_size if path != "-" and not isinstance(self._f, _Gunzip) else 0
+            self.size = os.fstat(self._f.fileno()).st_size if path != "-" and stream is None \
+                and not isinstance(self._f, _Gunzip) else 0
         except (OSError, io.UnsupportedOperation):
             self.size = 0
         self._buf = bytearray(BLOCK_SIZE)

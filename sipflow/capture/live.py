@@ -6,10 +6,12 @@ snap length, a read timeout so the caller keeps control, and the kernel's drop c
 measured at 0.37 µs per packet; scapy's sniffer costs about 1 ms) and leave as the same records capture
 files give: ``(ts, file_index, frame, linktype, buf, offset, caplen)``, the packet being
 ``buf[offset:offset + caplen]``. Frames are numbered from 1 as a file written by ``-w`` numbers them.
-Nothing here decodes a packet.
+Several interfaces at once, or capture without root, go through ``dumpcap -w -`` (``DumpcapCapture``),
+whose pcapng stream the file reader reads. Nothing here decodes a packet.
 """
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
@@ -20,6 +22,7 @@ BATCH = 512            # packets per call into libpcap at most
 TIMEOUT_MS = 100       # a read returns after this long even with no packet: stop and refresh stay prompt
 SNAPLEN = 262144
 _META = struct.Struct("=IIII")   # next_batch's per-packet record: seconds, microseconds, offset, caplen
+_DUMPCAP_DROPS = re.compile(r"received/dropped on interface .*: (\d+)/(\d+)")   # dumpcap's last words
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ class LiveCapture:
                 raise CaptureError(f"bad capture filter {bpf!r}: {e}") from None
         self.linktype = self._pcap.datalink()
         self.frames = 0
+        self._closed: Optional[Drops] = None
 
     def read(self) -> List[tuple]:
         """The packets that arrived since the last read, as records (an empty list after a timeout)."""
@@ -85,8 +89,92 @@ class LiveCapture:
         return out
 
     def drops(self) -> Drops:
+        if self._closed is not None:
+            return self._closed
         received, dropped, ifdropped = self._pcap.stats()
         return Drops(received, dropped, ifdropped)
 
     def close(self) -> None:
-        self._pcap.close()
+        """Let the interface go; ``drops()`` keeps answering with the last counts."""
+        if self._closed is None:
+            self._closed = self.drops()
+            self._pcap.close()
+
+
+class DumpcapCapture:
+    """Several interfaces (or one, without root: Debian lets the ``wireshark`` group run dumpcap) through
+    ``dumpcap -w -``: its pcapng stream is read by ``capture.files`` in a thread, so ``read()`` keeps the
+    same shape and timeout as ``LiveCapture``. Drop counts are dumpcap's, known when it stops."""
+
+    def __init__(self, ifaces: List[str], bpf: Optional[str] = None, snaplen: int = SNAPLEN) -> None:
+        import io
+        import queue
+        import shutil
+        import subprocess
+        import threading
+
+        from sipflow.capture.files import CaptureFile
+        if shutil.which("dumpcap") is None:
+            raise CaptureError("several interfaces need dumpcap (Debian: apt-get install wireshark-common)")
+        cmd = ["dumpcap", "-q", "-s", str(snaplen), "-w", "-"]
+        for name in ifaces:
+            cmd += ["-i", name] + (["-f", bpf] if bpf else [])
+        self.iface = ",".join(ifaces)
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self._queue: "queue.Queue" = queue.Queue(maxsize=100_000)
+        self.frames = 0
+        self.linktype = None
+        try:
+            self._file = CaptureFile(f"dumpcap ({self.iface})", 0, stream=io.FileIO(self._proc.stdout.fileno(),
+                                                                                     closefd=False))
+        except CaptureError:
+            err = self._stop()
+            raise CaptureError(f"dumpcap could not capture on {self.iface}: {err or 'it exited'}") from None
+        self._thread = threading.Thread(target=self._pump, daemon=True)
+        self._thread.start()
+        self._drops: Optional[Drops] = None
+
+    def _pump(self) -> None:
+        for ts, fi, frame, lt, buf, off, caplen in self._file:
+            self._queue.put((ts, fi, frame, lt, bytes(buf[off:off + caplen]), 0, caplen))
+        self._queue.put(None)
+
+    def read(self) -> List[tuple]:
+        import queue
+        out = []
+        try:
+            rec = self._queue.get(timeout=TIMEOUT_MS / 1000)
+            while rec is not None and len(out) < BATCH:
+                out.append(rec)
+                rec = self._queue.get_nowait()
+        except queue.Empty:
+            pass
+        self.frames += len(out)
+        if out:
+            self.linktype = out[-1][3]
+        return out
+
+    def drops(self) -> Drops:
+        return self._drops or Drops(self.frames, 0, 0)
+
+    def _stop(self) -> str:
+        if self._proc.poll() is None:
+            self._proc.terminate()
+        try:
+            _, err = self._proc.communicate(timeout=10)
+        except Exception:
+            self._proc.kill()
+            _, err = self._proc.communicate()
+        text = err.decode("utf-8", "replace")
+        received = dropped = 0
+        for m in _DUMPCAP_DROPS.finditer(text):   # "received/dropped on interface 'Loopback: lo': 771/0 (..."
+            received += int(m.group(1))
+            dropped += int(m.group(2))
+        self._drops = Drops(received, dropped, 0)
+        return " ".join(line for line in text.splitlines() if "received/dropped" not in line).strip()
+
+    def close(self) -> None:
+        """Stop dumpcap; ``drops()`` then gives its final counts."""
+        if self._drops is None:
+            self._stop()
+        self._thread.join(timeout=10)

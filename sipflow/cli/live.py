@@ -19,6 +19,23 @@ from sipflow.cli.app import emit_text, handle_errors, main, output_option, say, 
 from sipflow.errors import SipflowError
 
 
+def _open_interfaces(ifaces, via, bpf, snaplen, dumpcap, libpcap):
+    """libpcap for one interface when it can (root), else dumpcap; dumpcap for several."""
+    from sipflow.errors import CaptureError
+    if via == "dumpcap" or len(ifaces) > 1:
+        if via == "pcap":
+            raise click.BadParameter("libpcap here takes one interface: use --via dumpcap (or auto) for "
+                                     "several", param_hint="--via")
+        return dumpcap(ifaces, bpf, snaplen)
+    try:
+        return libpcap(ifaces[0], bpf, snaplen)
+    except CaptureError as e:
+        if via == "auto" and "ermission" in str(e):
+            say("sipflow: no capture rights for libpcap here; trying dumpcap", err=True)
+            return dumpcap(ifaces, bpf, snaplen)
+        raise
+
+
 def _hep_option(ctx, param, value):
     from sipflow.capture.hep import parse_spec
     for spec in ((value,) if isinstance(value, str) else value or ()):
@@ -36,7 +53,11 @@ def _positive(ctx, param, value):
 
 
 @main.command()
-@click.option("-i", "--interface", "iface", metavar="IFACE", help="The interface to sniff (any: every one).")
+@click.option("-i", "--interface", "ifaces", metavar="IFACE", multiple=True,
+              help="An interface to sniff (any: every one). Repeat for several (through dumpcap).")
+@click.option("--via", type=click.Choice(["auto", "pcap", "dumpcap"]), default="auto", show_default=True,
+              help="libpcap in-process (pcapy-ng, one interface, root), or a dumpcap pipe (several interfaces, "
+                   "or the wireshark group's rights); auto picks libpcap when it can.")
 @click.option("-f", "--filter", "bpf", metavar="BPF", default=None,
               help='A capture filter in tcpdump syntax, e.g. "port 5060 or udp portrange 10000-20000".')
 @click.option("--duration", type=float, callback=_positive, metavar="S", help="Stop after S seconds.")
@@ -66,7 +87,7 @@ def _positive(ctx, param, value):
 @click.option("--hep-node", default=None, help="Node name sent with --hep-send.")
 @click.option("--list-interfaces", is_flag=True, help="List the interfaces that can be sniffed, and exit.")
 @handle_errors
-def live(iface, bpf, duration, count, snaplen, write, fmt, view, keep_calls, idle_timeout, stats_every, hep_specs,
+def live(ifaces, via, bpf, duration, count, snaplen, write, fmt, view, keep_calls, idle_timeout, stats_every, hep_specs,
          hep_to, hep_id, hep_password, hep_node, list_interfaces):
     """Sniff an interface and report calls and registrations as they happen: each call's start,
     ringing, answer, hold/resume, transfer and end (outcome, duration, loss, MOS), registration
@@ -77,6 +98,7 @@ def live(iface, bpf, duration, count, snaplen, write, fmt, view, keep_calls, idl
     Examples:
       sipflow live -i eth0 -f "port 5060"
       sipflow live -i any --duration 60 -w /tmp/sip.pcap
+      sipflow live -i eth0 -i eth1 -f "port 5060"            # two interfaces, through dumpcap
       sipflow live -i lo --format ndjson | jq -c 'select(.event == "ended")'
       sipflow live --hep-listen udp:127.0.0.1:9060          # a HEP collector for Kamailio's siptrace
       sipflow live -i eth0 -f "port 5060" --hep-send udp:192.0.2.5:9060 --hep-node sbc1   # feed HOMER
@@ -84,13 +106,14 @@ def live(iface, bpf, duration, count, snaplen, write, fmt, view, keep_calls, idl
     """
     from sipflow.analysis.options import AnalyzerOptions
     from sipflow.analysis.session import LiveSession
-    from sipflow.capture.live import LiveCapture, interfaces
+    from sipflow.capture.live import DumpcapCapture, LiveCapture, interfaces
     from sipflow.render import live as out
 
     if list_interfaces:
         for name, about in interfaces():
             say(f"{name:<20} {about}".rstrip())
         return
+    iface = ",".join(ifaces) if ifaces else None
     if not iface and not hep_specs:
         raise click.UsageError("say where from: -i IFACE (sipflow live --list-interfaces lists them) or "
                                "--hep-listen udp:HOST:PORT")
@@ -102,7 +125,7 @@ def live(iface, bpf, duration, count, snaplen, write, fmt, view, keep_calls, idl
     try:
         for n, spec in enumerate(hep_specs):
             heps.append(HepListener(spec, file_index=n + 1))
-        cap = LiveCapture(iface, bpf, snaplen) if iface else None
+        cap = _open_interfaces(list(ifaces), via, bpf, snaplen, DumpcapCapture, LiveCapture) if ifaces else None
         sender = HepSender(hep_to) if hep_to else None
     except Exception:
         for h in heps:
@@ -121,8 +144,9 @@ def live(iface, bpf, duration, count, snaplen, write, fmt, view, keep_calls, idl
 
     writer = None
     if write:
-        from sipflow.capture.writer import PCAP, CaptureWriter
-        writer = CaptureWriter(write, PCAP, linktype=cap.linktype)
+        from sipflow.capture.writer import PCAP, PCAPNG, CaptureWriter
+        writer = CaptureWriter(write, PCAPNG) if isinstance(cap, DumpcapCapture) else \
+            CaptureWriter(write, PCAP, linktype=cap.linktype)
     stop = []
     previous = {s: signal.signal(s, lambda *_: stop.append(s)) for s in (signal.SIGINT, signal.SIGTERM)}
 
@@ -201,6 +225,8 @@ def live(iface, bpf, duration, count, snaplen, write, fmt, view, keep_calls, idl
                     session.feed(ts, fi, frame, lt, bytes(buf[off:off + caplen]))
         if writer is not None:
             writer.close()
+        if cap is not None:
+            cap.close()      # before the last counters: dumpcap tells its drops when it stops
         a, events = session.finish()
         emit(events)
         forward(a)
@@ -210,8 +236,6 @@ def live(iface, bpf, duration, count, snaplen, write, fmt, view, keep_calls, idl
             table.stop()
         if sender is not None:
             sender.close()
-        if cap is not None:
-            cap.close()
         for h in heps:
             h.close()
     if fmt == "ndjson":
