@@ -9,7 +9,8 @@ OUT=$1; SCEN=$2; PY=$3; CALLS=$4; MODE=${5:-ndjson}
 ip link set lo up
 cd "$OUT"
 if [ "$MODE" = view ]; then
-    "$PY" -m sipflow live -i lo -f "udp" --duration 150 2> "$OUT/live.err" &
+    "$PY" -m sipflow live -i lo -f "udp" --duration 150 -w "$OUT/rot.pcap" --rotate 40KB --keep-files 2 \
+        2> "$OUT/live.err" &
 else   # MODE ndjson (libpcap in-process) or dumpcap (the dumpcap pipe)
     VIA=pcap; [ "$MODE" = dumpcap ] && VIA=dumpcap
     "$PY" -m sipflow live -i lo --via $VIA -f "udp" --format ndjson -w "$OUT/live.pcap" --stats-every 1 \

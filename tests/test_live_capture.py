@@ -241,7 +241,7 @@ def view_run(tmp_path_factory):
         reader.join(timeout=10)
         os.close(master)
     _check_status(out, "", err.decode(errors="replace"), "uac.log")
-    return screen.decode("utf-8", "replace")
+    return out, screen.decode("utf-8", "replace")
 
 
 def _drain(fd, into):
@@ -256,7 +256,7 @@ def _drain(fd, into):
 
 
 def test_the_terminal_view_draws_the_call_table_in_place(view_run):
-    raw = view_run
+    _, raw = view_run
     assert "\x1b[" in raw                           # drawn for a terminal, not as lines
     text = ANSI.sub("", raw)
     assert "sipflow live on lo" in text
@@ -268,3 +268,19 @@ def test_the_terminal_view_draws_the_call_table_in_place(view_run):
     assert all("answered" in r and "PCMA" in r for r in rows), rows
     # the counters and the summary follow it
     assert "dropped 0/0" in last and "Calls: answered 3" in text
+
+
+def test_rotated_capture_keeps_the_last_files_whole(view_run):
+    """-w rot.pcap --rotate 40KB --keep-files 2 during the calls: two files left, the latest numbers,
+    each a whole capture of at most about 40 KB, and the last holds the end of the last call."""
+    out, _ = view_run
+    kept = sorted(p.name for p in out.glob("rot-*.pcap"))
+    assert len(kept) == 2
+    numbers = [int(name[4:8]) for name in kept]
+    assert numbers[1] == numbers[0] + 1 and numbers[0] >= 2      # older files were made and removed
+    for name in kept:
+        size = (out / name).stat().st_size
+        assert size <= 40_000 + 2_000
+        sipflow.analyze(str(out / name))                         # reads whole, no error
+    last = sipflow.analyze(str(out / kept[1]))
+    assert any(e.method == "BYE" for e in last.messages)

@@ -180,3 +180,72 @@ class WriterPool:
         """After an error: close the open files as they are, create no empty ones."""
         while self._open:
             self._open.popitem(last=False)[1].suspend()
+
+
+def parse_rotation(text: str) -> Tuple[Optional[int], Optional[float]]:
+    """``100MB``, ``512KB``, ``2GB`` (bytes) or ``1h``, ``30m``, ``90s`` (seconds) -> (bytes, seconds);
+    ValueError with what is accepted otherwise."""
+    t = text.strip().lower()
+    sizes = {"kb": 1000, "mb": 1000 ** 2, "gb": 1000 ** 3, "kib": 1024, "mib": 1024 ** 2, "gib": 1024 ** 3}
+    times = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    for unit in sorted(sizes, key=len, reverse=True):
+        if t.endswith(unit) and t[:-len(unit)].strip().isdigit() and int(t[:-len(unit)]) > 0:
+            return int(t[:-len(unit)]) * sizes[unit], None
+    if t and t[-1] in times and t[:-1].isdigit() and int(t[:-1]) > 0:
+        return None, float(int(t[:-1]) * times[t[-1]])
+    raise ValueError(f"{text!r}: give a size (100MB, 512KB, 1GB) or a time (90s, 30m, 1h, 1d)")
+
+
+class RotatingWriter:
+    """A capture cut into files of at most ``max_bytes`` or ``max_seconds`` each (``sipflow live -w
+    --rotate``): ``NAME-0001.EXT``, ``NAME-0002.EXT``... Each file is closed, whole and valid, before the
+    next is opened; with ``keep`` only the most recent ``keep`` files stay on disk."""
+
+    def __init__(self, path: str, fmt: str, linktype: Optional[int] = None, max_bytes: Optional[int] = None,
+                 max_seconds: Optional[float] = None, keep: Optional[int] = None) -> None:
+        import os
+        base, ext = os.path.splitext(path)
+        self._name = lambda n: f"{base}-{n:04d}{ext or '.' + fmt}"
+        self.fmt, self.linktype = fmt, linktype
+        self.max_bytes, self.max_seconds, self.keep = max_bytes, max_seconds, keep
+        self.paths: List[str] = []    # the files on disk, oldest first
+        self.files = 0                # files started (numbers are never reused)
+        self.frames = 0
+        self._current: Optional[CaptureWriter] = None
+        self._bytes = 0
+        self._opened_at: Optional[int] = None     # ns of the first frame in the current file
+
+    def _next(self) -> None:
+        import os
+        if self._current is not None:
+            self._current.close()
+        self.files += 1
+        self._current = CaptureWriter(self._name(self.files), self.fmt, self.linktype)
+        self.paths.append(self._current.path)
+        self._bytes = 0
+        self._opened_at = None
+        if self.keep is not None:
+            while len(self.paths) > self.keep:
+                old = self.paths.pop(0)
+                try:
+                    os.remove(old)
+                except OSError:
+                    pass
+
+    def write(self, ns: int, linktype: int, data: bytes, orig_len: Optional[int] = None) -> None:
+        full = self._current is None or (
+            self.max_bytes is not None and self._bytes and self._bytes + len(data) + 32 > self.max_bytes) or (
+            self.max_seconds is not None and self._opened_at is not None
+            and ns - self._opened_at >= self.max_seconds * 1e9)
+        if full:
+            self._next()
+        if self._opened_at is None:
+            self._opened_at = ns
+        self._current.write(ns, linktype, data, orig_len)
+        self._bytes += len(data) + 32
+        self.frames += 1
+
+    def close(self) -> None:
+        if self._current is None:
+            self._next()        # nothing captured: still one valid, empty file
+        self._current.close()

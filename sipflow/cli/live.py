@@ -36,6 +36,16 @@ def _open_interfaces(ifaces, via, bpf, snaplen, dumpcap, libpcap):
         raise
 
 
+def _rotate_option(ctx, param, value):
+    if value is None:
+        return None
+    from sipflow.capture.writer import parse_rotation
+    try:
+        return parse_rotation(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
 def _hep_option(ctx, param, value):
     from sipflow.capture.hep import parse_spec
     for spec in ((value,) if isinstance(value, str) else value or ()):
@@ -66,6 +76,10 @@ def _positive(ctx, param, value):
               help="Bytes kept of each packet.")
 @click.option("-w", "--write", "write", metavar="FILE", callback=output_option,
               help="Also write every captured packet to this pcap (valid however the capture stops).")
+@click.option("--rotate", metavar="SIZE|TIME", callback=_rotate_option,
+              help="With -w: start a new file every SIZE (100MB) or TIME (1h): FILE-0001.pcap, FILE-0002.pcap...")
+@click.option("--keep-files", type=click.IntRange(min=1), metavar="N",
+              help="With --rotate: keep only the N most recent files.")
 @click.option("--format", "fmt", type=click.Choice(["text", "ndjson"]), default="text", show_default=True,
               help="One line per event, or one JSON object per line (docs/live.md).")
 @click.option("--view", type=click.Choice(["auto", "table", "lines"]), default="auto", show_default=True,
@@ -87,8 +101,8 @@ def _positive(ctx, param, value):
 @click.option("--hep-node", default=None, help="Node name sent with --hep-send.")
 @click.option("--list-interfaces", is_flag=True, help="List the interfaces that can be sniffed, and exit.")
 @handle_errors
-def live(ifaces, via, bpf, duration, count, snaplen, write, fmt, view, keep_calls, idle_timeout, stats_every, hep_specs,
-         hep_to, hep_id, hep_password, hep_node, list_interfaces):
+def live(ifaces, via, bpf, duration, count, snaplen, write, rotate, keep_files, fmt, view, keep_calls,
+         idle_timeout, stats_every, hep_specs, hep_to, hep_id, hep_password, hep_node, list_interfaces):
     """Sniff an interface and report calls and registrations as they happen: each call's start,
     ringing, answer, hold/resume, transfer and end (outcome, duration, loss, MOS), registration
     results, anomalies, and the counters with the kernel's drop count. Ctrl-C ends it with the
@@ -98,6 +112,7 @@ def live(ifaces, via, bpf, duration, count, snaplen, write, fmt, view, keep_call
     Examples:
       sipflow live -i eth0 -f "port 5060"
       sipflow live -i any --duration 60 -w /tmp/sip.pcap
+      sipflow live -i eth0 -w /var/tmp/sip.pcap --rotate 100MB --keep-files 24
       sipflow live -i eth0 -i eth1 -f "port 5060"            # two interfaces, through dumpcap
       sipflow live -i lo --format ndjson | jq -c 'select(.event == "ended")'
       sipflow live --hep-listen udp:127.0.0.1:9060          # a HEP collector for Kamailio's siptrace
@@ -119,6 +134,10 @@ def live(ifaces, via, bpf, duration, count, snaplen, write, fmt, view, keep_call
                                "--hep-listen udp:HOST:PORT")
     if write and not iface:
         raise click.UsageError("-w writes what the interface captured: give -i IFACE too")
+    if (rotate or keep_files) and not write:
+        raise click.UsageError("--rotate and --keep-files cut the -w capture: give -w FILE too")
+    if keep_files and not rotate:
+        raise click.UsageError("--keep-files keeps the last N files of --rotate: give --rotate too")
     from sipflow.capture.hep import HepListener, HepSender
     heps = []
     sender = None
@@ -144,9 +163,10 @@ def live(ifaces, via, bpf, duration, count, snaplen, write, fmt, view, keep_call
 
     writer = None
     if write:
-        from sipflow.capture.writer import PCAP, PCAPNG, CaptureWriter
-        writer = CaptureWriter(write, PCAPNG) if isinstance(cap, DumpcapCapture) else \
-            CaptureWriter(write, PCAP, linktype=cap.linktype)
+        from sipflow.capture.writer import PCAP, PCAPNG, CaptureWriter, RotatingWriter
+        fmt_out, lt_out = (PCAPNG, None) if isinstance(cap, DumpcapCapture) else (PCAP, cap.linktype)
+        writer = RotatingWriter(write, fmt_out, lt_out, rotate[0], rotate[1], keep_files) if rotate else \
+            CaptureWriter(write, fmt_out, lt_out)
     stop = []
     previous = {s: signal.signal(s, lambda *_: stop.append(s)) for s in (signal.SIGINT, signal.SIGTERM)}
 
@@ -247,7 +267,9 @@ def live(ifaces, via, bpf, duration, count, snaplen, write, fmt, view, keep_call
         emit_text(summary_text(a, terminal_width(None)), "-")
         say(out.stats_line(c))
     if write:
-        say(f"{write}: {session.packets} packets", err=True)
+        files = getattr(writer, "paths", [write])
+        say(f"{files[0] if len(files) == 1 else files[0] + ' ... ' + files[-1]}: {session.packets} packets"
+            + (f" in {len(files)} files kept" if len(files) > 1 else ""), err=True)
 
 
 @main.command("hep-send")
