@@ -259,3 +259,54 @@ def test_call_without_the_ca_is_a_certificate_verify_failure(kamailio_tls):
     r = json.loads(out)
     assert code == ProbeExit.TRANSPORT_ERROR and r["outcome"] == "error", out
     assert r["reason"].startswith("TLS certificate verify failed: "), out
+
+
+# --------------------------------------------------------------------------- reading SIP over TLS back
+
+def test_sip_over_tls_is_read_back_with_the_key_log(kamailio_tls, pki, tmp_path, monkeypatch):
+    """tcpdump records the probe's OPTIONS over TLS while Python's ssl writes the session keys
+    (SSLKEYLOGFILE, as a browser or SIP.js does); sipflow alone sees no SIP in that capture, and with
+    --tls-keylog (tshark decrypts) it finds both requests and both answers, as TLS, with the capture's
+    frame numbers and the addresses the probe reported."""
+    if not shutil.which("tcpdump") or not shutil.which("tshark"):
+        pytest.skip("needs tcpdump and tshark")
+    cap, keys, log = tmp_path / "tls.pcap", tmp_path / "keys.txt", tmp_path / "tcpdump.log"
+    dump = subprocess.Popen(["tcpdump", "-i", "lo", "-n", "-U", "--immediate-mode", "-s", "65535", "-B", "4096",
+                             "-w", str(cap), "tcp", "port", str(kamailio_tls)], stdout=open(log, "wb"),
+                            stderr=subprocess.STDOUT)
+    try:
+        for _ in range(100):
+            if b"listening on" in log.read_bytes():
+                break
+            time.sleep(0.1)
+        monkeypatch.setenv("SSLKEYLOGFILE", str(keys))
+        code, out, _ = probe("options", f"sip:{V4}:{kamailio_tls};transport=tls", "--ca", pki / "ca.pem",
+                             "--format", "json", "--count", 2, "--interval", 0.2, "--timeout", 5)
+        assert code == ProbeExit.OK, out
+        local = json.loads(out.splitlines()[0])["local"]
+        for _ in range(100):     # the connection's FINs (both ways) are in the file: nothing more to come
+            r = subprocess.run(["tcpdump", "-r", str(cap), "-n", "tcp[tcpflags] & tcp-fin != 0"],
+                               capture_output=True, text=True, timeout=30)
+            if len(r.stdout.splitlines()) >= 2:
+                break
+            time.sleep(0.1)
+    finally:
+        dump.send_signal(2)
+        dump.wait(timeout=30)
+    assert keys.read_text().count("CLIENT_TRAFFIC_SECRET_0") + keys.read_text().count("CLIENT_RANDOM") >= 1
+    plain = CliRunner().invoke(main, ["dialogs", str(cap), "--format", "csv", "--no-progress"])
+    assert plain.exit_code == 0 and "OPTIONS" not in plain.output
+    r = CliRunner().invoke(main, ["show", str(cap), "--method", "OPTIONS", "--tls-keylog", str(keys), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    banners = [line for line in r.output.splitlines() if line.startswith("=== ")]
+    assert len(banners) == 4, r.output          # 2 OPTIONS, 2 x 200
+    assert all("| TLS" in b for b in banners)
+    assert sum(f"{local} -> {V4}:{kamailio_tls}" in b for b in banners) == 2
+    lines = r.output.splitlines()
+    assert sum(line.startswith("OPTIONS sip:") for line in lines) == 2
+    assert sum(line.startswith("SIP/2.0 200") for line in lines) == 2
+    # the frame numbers are the capture's own: tshark shows TLS application data in those frames
+    frames = [int(b.split("frame ")[1].split()[0].rstrip(",")) for b in banners]
+    t = subprocess.run(["tshark", "-r", str(cap), "-Y", "tls.app_data", "-T", "fields", "-e", "frame.number"],
+                       capture_output=True, text=True, timeout=60)
+    assert set(frames) <= {int(x) for x in t.stdout.split()}

@@ -122,6 +122,8 @@ def analysis_options(formats: List[str]) -> Callable:
         f = click.option("--until", callback=_time_option, help="Only up to this time.")(f)
         f = click.option("--width", type=int, default=None, help="Table width (default: terminal width, max 160).")(f)
         f = click.option("--no-progress", is_flag=True, help="No progress bar on standard error.")(f)
+        f = click.option("--tls-keylog", type=click.Path(dir_okay=False, exists=True), metavar="FILE",
+                         help="Read SIP over TLS too: tshark decrypts it with this key log (SSLKEYLOGFILE).")(f)
         f = click.option("--keep-calls", type=click.IntRange(min=0), metavar="N",
                          help="Keep the records of the N most recent finished calls only; older ones are "
                               "summarised (still in every total and KPI). Default: keep everything.")(f)
@@ -133,7 +135,7 @@ def analysis_options(formats: List[str]) -> Callable:
 
 
 def run_analysis(files, no_progress: bool, keep_calls: Optional[int] = None, idle_timeout: Optional[float] = None,
-                 **filters):
+                 tls_keylog: Optional[str] = None, **filters):
     """Open and analyse the captures with a progress bar on a terminal; return the filtered Analysis.
     The filters' values were checked by their options (usage errors before any work)."""
     from sipflow.analysis.analyzer import Analyzer, Filter
@@ -156,6 +158,9 @@ def run_analysis(files, no_progress: bool, keep_calls: Optional[int] = None, idl
         bar.__enter__()
     try:
         caps = open_captures(list(files), progress=bar.update if bar else None)
+        if tls_keylog:
+            from sipflow.capture.tls import decrypted
+            caps += decrypted(list(files), tls_keylog)
         an = Analyzer(AnalyzerOptions(keep_calls=keep_calls, idle_timeout=idle_timeout))
         an.run(caps)
         result = an.result()

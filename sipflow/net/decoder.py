@@ -36,6 +36,10 @@ _IP6_EXT = {0, 43, 60, 51, 135, 139, 140}
 # (OSError: an address of the wrong size for inet_ntop).
 _BROKEN = (struct.error, IndexError, ValueError, OSError)
 
+# Wireshark's exported-PDU tags (epan/exported_pdu.h) that an upper-PDU record of SIP carries.
+_PDU_PROTO, _PDU_IP4_SRC, _PDU_IP4_DST, _PDU_IP6_SRC, _PDU_IP6_DST = 12, 20, 21, 22, 23
+_PDU_PORT_TYPE, _PDU_SPORT, _PDU_DPORT, _PDU_FRAME = 24, 25, 26, 30
+
 FRAG_TIMEOUT = 60.0      # seconds of capture time before an incomplete IP datagram is dropped
 TCP_IDLE = 900.0         # seconds of capture time before an idle TCP stream's state is dropped
 TCP_OOO_LIMIT = 1 << 20  # bytes held out of order before a gap is declared
@@ -99,6 +103,8 @@ class Decoder:
             self._ethertype(_H.unpack_from(data, link.ethertype_at)[0], data, link.header, out, depth)
         elif link.kind == "ip":
             self._ip(data, 0, out, depth)
+        elif link.kind == "upper_pdu":
+            self._upper_pdu(data, out)
         elif link.kind == "hep":   # a HEP packet as a collector received it: its own clock is the one
             if not self._hep(data, out, own_time=True):
                 self.count("hep_not_understood")
@@ -263,6 +269,39 @@ class Decoder:
         out.append(Datagram(ts, self.file, self.frame, p.src, p.sport, p.dst, p.dport, "hep", p.payload,
                             (self.frame,)))
         return True
+
+    def _upper_pdu(self, data: bytes, out: list) -> None:
+        """A Wireshark "upper PDU" record (``tshark -U``: what ``capture.tls`` exports from TLS): tags
+        (type, length, value; type 0 ends them) naming the protocol, addresses, ports and the original
+        frame number, then one whole SIP message. Its transport is the one its top Via names (TLS for
+        a decrypted session), else the port type's."""
+        pos, tags = 0, {}
+        while pos + 4 <= len(data):
+            tag, length = struct.unpack_from("!HH", data, pos)
+            pos += 4
+            if tag == 0:
+                break
+            tags[tag] = data[pos:pos + length]
+            pos += length
+        payload = data[pos:]
+        if tags.get(_PDU_PROTO, b"").rstrip(b"\0") != b"sip" or not payload:
+            self.count("pdu_not_sip")
+            return
+        src = tags.get(_PDU_IP4_SRC) or tags.get(_PDU_IP6_SRC)
+        dst = tags.get(_PDU_IP4_DST) or tags.get(_PDU_IP6_DST)
+        if src is None or dst is None or len(src) not in (4, 16) or len(dst) != len(src):
+            self.count("pdu_without_addresses")
+            return
+        ports = [_I.unpack(tags[t])[0] if len(tags.get(t, b"")) == 4 else 0 for t in (_PDU_SPORT, _PDU_DPORT)]
+        kind = _I.unpack(tags[_PDU_PORT_TYPE])[0] if len(tags.get(_PDU_PORT_TYPE, b"")) == 4 else 0
+        head = payload[:1024]
+        transport = "tls" if b"SIP/2.0/TLS " in head else "wss" if b"SIP/2.0/WSS " in head else \
+            {1: "sctp", 2: "tcp"}.get(kind, "udp")
+        frame = _I.unpack(tags[_PDU_FRAME])[0] if len(tags.get(_PDU_FRAME, b"")) == 4 else self.frame
+        ntop = _ntop4 if len(src) == 4 else _ntop6
+        self.count("upper_pdu")
+        out.append(Datagram(self.ts, self.file, frame, ntop(src), ports[0], ntop(dst), ports[1], transport,
+                            bytes(payload), (frame,)))
 
     def _gre(self, data: bytes, out: list, depth: int) -> None:
         flags, proto = struct.unpack_from("!HH", data, 0)

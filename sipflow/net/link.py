@@ -15,7 +15,7 @@ from typing import Dict, Optional
 class LinkType:
     code: int
     name: str
-    kind: str                    # ethernet | cooked | ip | loopback | hep
+    kind: str                    # ethernet | cooked | ip | loopback | upper_pdu | hep
     header: int                  # bytes before the network layer (Ethernet: without VLAN tags)
     ethertype_at: Optional[int]  # offset of the ethertype / protocol field; None when there is none
     fast: bool = True            # the hot paths decode plain IPv4/IPv6 + UDP frames of this type
@@ -38,6 +38,7 @@ LINK_TYPES: Dict[int, LinkType] = {lt.code: lt for lt in (
     LinkType(113, "Linux cooked (SLL)", "cooked", 16, 14),
     LinkType(228, "raw IPv4", "ip", 0, None),
     LinkType(229, "raw IPv6", "ip", 0, None, fast=False),
+    LinkType(252, "Wireshark upper PDU", "upper_pdu", 0, None, fast=False),
     LinkType(276, "Linux cooked v2 (SLL2)", "cooked", 20, 0),
     LinkType(HEP_PAYLOAD, "HEP packet", "hep", 0, None, fast=False, internal=True),
 )}
