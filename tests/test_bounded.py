@@ -136,3 +136,42 @@ def test_the_cli_lists_what_it_keeps_and_counts_everything(capture):
     assert kept["stats"]["calls_summarised"] > 100 and kept["stats"]["calls"] == full["stats"]["calls"]
     text = CliRunner().invoke(main, ["summary", capture, "--keep-calls", "3"]).output
     assert "summarised by --keep-calls" in text
+
+
+def _rtp(seq, ts, ssrc):
+    import struct
+    return struct.pack("!BBHII", 0x80, 8, seq & 0xFFFF, ts & 0xFFFFFFFF, ssrc) + b"\xd5" * 160
+
+
+def test_silent_streams_beyond_the_bound_are_retired_and_still_counted(tmp_path):
+    """200 short RTP streams one after another, beside one stream that never stops: with keep_calls=16
+    (64 streams kept), the analyzer holds at most the bound plus what is still sending, counts every
+    packet and stream, and the stream still sending keeps its figures whole."""
+    recs, frame = [], 0
+    short, long_packets = 200, 0
+    for i in range(short):
+        t0 = i * 2.0
+        for k in range(10):
+            frame += 1
+            t = t0 + k * 0.02
+            recs.append((T0 + int(t), int(round(t % 1 * 1e6)), udp_frame(A, 30000 + 2 * i, B, 40000 + 2 * i,
+                                                                        _rtp(k, k * 160, 0x1000 + i), frame)))
+    for k in range(0, int(short * 2.0 / 0.02), 5):      # the long stream: every 100 ms from start to end
+        frame += 1
+        t = k * 0.02 + 0.005
+        recs.append((T0 + int(t), int(round(t % 1 * 1e6)), udp_frame(A, 29998, B, 39998, _rtp(k // 5, k * 160, 0xABC),
+                                                                     frame)))
+        long_packets += 1
+    recs.sort(key=lambda r: (r[0], r[1]))
+    path = write_pcap(tmp_path / "streams.pcap", 1, recs)
+    an = Analyzer(AnalyzerOptions(keep_calls=16))
+    for ts, fi, fr, lt, buf, off, caplen in records(open_captures([str(path)])):
+        an.feed(ts, fi, fr, lt, bytes(buf[off:off + caplen]))
+        assert len(an.by_ssrc) <= 64 + 1         # the bound (the newest stream goes over it, then a round)
+    a = an.result()
+    assert a.stats["rtp_packets"] == short * 10 + long_packets
+    assert a.stats["streams"] == short + 1 and a.stats["streams_retired"] > 100
+    (long_stream,) = [s for s in a.streams if s.ssrc == 0xABC]
+    assert long_stream.packets == long_packets and long_stream.lost == 0
+    unbounded = sipflow.analyze(str(path))
+    assert unbounded.stats["rtp_packets"] == a.stats["rtp_packets"] and len(unbounded.streams) == short + 1

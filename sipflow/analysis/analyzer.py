@@ -71,6 +71,8 @@ _SHARED_FIELDS = ("method", "call_id", "cseq_method", "branch", "from_tag", "to_
 # UDP ports the general decoder reads as encapsulation (VXLAN, HEP), never on the hot path.
 _ENCAPSULATION_PORTS = frozenset((4789, 9060))
 OTHERS_PER_CALL = 8   # keep_calls: records of messages outside calls kept per call kept
+STREAMS_PER_CALL = 4  # keep_calls: RTP streams kept per call kept (beyond: silent ones are retired)
+STREAM_IDLE = 60.0    # seconds without a packet before a stream may be retired
 MAX_FAX_FLOWS = 4096  # T.38 flows kept (beyond: their packets count as undecoded)
 
 
@@ -122,6 +124,10 @@ class Analyzer:
         self.keepalives = 0
         self.end_ts = 0.0
         self.closed = False
+        self.retired_streams = 0            # keep_calls: streams forgotten (silent, beyond the bound)
+        self.retired_packets = 0            # ... and their packets, still in the totals
+        self.new_streams = 0                # streams made since the last retirement round
+        self.retry_after = 1                # new streams before the next round, once over the bound
 
     # -- the loop -------------------------------------------------------------------------------------
 
@@ -141,6 +147,8 @@ class Analyzer:
                     self._vec_batch(batch)
                 else:
                     self._python_batch(batch)
+                if self.new_streams:
+                    self._retire_streams()
         else:
             self._run_records(_capture.records(files))
         for st in self.by_ssrc.values():
@@ -341,6 +349,8 @@ class Analyzer:
             st = RtpStream(src, sport, dst, dport, ssrc, pt, frame, fi, codec.clock_rate if codec else 0,
                            name == "TELEPHONE-EVENT", name if name in VIDEO_CODECS else None)
             self.by_ssrc[(flow, ssrc)] = st
+            if self.options.bounded:
+                self.new_streams += 1
         self.pending[flow] = st.pending
         return st
 
@@ -427,6 +437,8 @@ class Analyzer:
             return
         for dg in self.decoder.decode(ts, file, frame, linktype, data):
             self._datagram(dg)
+        if self.new_streams:
+            self._retire_streams()
 
     def _udp_fast(self, ts: float, file: int, frame: int, buf, ip: int, n: int, addrs: int, ports: int,
                   iplen: int, ulen: int) -> bool:
@@ -567,6 +579,33 @@ class Analyzer:
             self.events = [e for e in self.events if not e.dropped]
             self.dropped = 0
 
+    def _retire_streams(self) -> None:
+        """keep_calls: beyond STREAMS_PER_CALL x keep_calls streams, forget those silent for STREAM_IDLE,
+        oldest first, down to three quarters of the bound (so this runs rarely; called between batches
+        or frames, never while a batch is using the stream tables). Their packets stay in
+        the totals; their figures go, as a summarised call's messages do. A stream still sending is
+        never retired, whatever the count."""
+        limit = STREAMS_PER_CALL * max(self.options.keep_calls or 0, 16)
+        if len(self.by_ssrc) <= limit or self.new_streams < self.retry_after:
+            return
+        self.new_streams = 0
+        horizon = self.end_ts - STREAM_IDLE
+        idle = sorted((st.last_ts, key) for key, st in self.by_ssrc.items() if st.last_ts < horizon)
+        gone = set()
+        for _, key in idle[:len(self.by_ssrc) - limit * 3 // 4]:
+            st = self.by_ssrc.pop(key)
+            if len(st.pending) > 1:
+                st.flush()
+            self.retired_streams += 1
+            self.retired_packets += st.packets
+            if self.pending.get(key[0]) is st.pending:
+                del self.pending[key[0]]
+            gone.add(id(st))
+        if gone and self.vec_streams:
+            self.vec_streams = {k: v for k, v in self.vec_streams.items() if id(v) not in gone}
+        # still over the bound: the streams are all still sending; look again after 64 new ones
+        self.retry_after = 64 if len(self.by_ssrc) > limit else 1
+
     # -- the result -----------------------------------------------------------------------------------
 
     def _open(self) -> None:
@@ -609,7 +648,7 @@ class Analyzer:
             "frames": self.frames,
             "sip_messages": len(self.events),
             "retransmissions": self.tracker.retransmissions,
-            "rtp_packets": sum(st.packets for st in self.by_ssrc.values()),
+            "rtp_packets": sum(st.packets for st in self.by_ssrc.values()) + self.retired_packets,
             "rtcp_packets": self.rtcp_packets,
             "udptl_packets": self.udptl_packets,
             "malformed": len(malformed),
@@ -631,7 +670,9 @@ class Analyzer:
         stats["calls"] += len(summarised)
         stats.update(self.tracker.counters)
         if self.options.bounded or self.options.idle_timeout is not None:
-            stats.update({"messages_kept": len(messages), "calls_summarised": len(summarised)})
+            stats.update({"messages_kept": len(messages), "calls_summarised": len(summarised),
+                          "streams_retired": self.retired_streams})
+            stats["streams"] += self.retired_streams
         return Analysis(files, messages, tuple(call_records), tuple(registrations), bindings, tuple(streams),
                         tuple(malformed), tuple(anomalies), methods, stats, end, tuple(warnings), summarised)
 
