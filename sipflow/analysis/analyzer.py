@@ -598,6 +598,7 @@ class Analyzer:
                 st.flush()
             self.retired_streams += 1
             self.retired_packets += st.packets
+            self.rtcp.forget(st.src, st.dst, st.ssrc)
             if self.pending.get(key[0]) is st.pending:
                 del self.pending[key[0]]
             gone.add(id(st))

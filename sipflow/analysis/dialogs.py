@@ -19,7 +19,7 @@ from typing import Deque, Dict, List, Optional, Tuple
 
 from sipflow.analysis.kinds import (Anomaly, AnomalyKind, CallState, DialogState, Outcome, TxState)
 from sipflow.analysis.messages import SipEvent
-from sipflow.analysis.offers import InfoDtmf, MediaBook, MediaOffer, codec_map
+from sipflow.analysis.offers import MAX_ENDPOINTS, InfoDtmf, MediaBook, MediaOffer, codec_map
 from sipflow.analysis.options import LINGER, AnalyzerOptions
 from sipflow.analysis.registrations import RegistrationBook
 from sipflow.analysis.totals import CallTotals
@@ -335,7 +335,12 @@ class Tracker:
         self.next_sweep = 0.0
         self.finished: Deque[Call] = deque()   # keep_calls: finished calls, oldest first
         self.summarised = CallTotals()
-        self.media_book = MediaBook()   # media address -> the latest SDP there (for new streams' clocks)
+        # media address -> the latest SDP there (for new streams' clocks); a bounded analysis remembers
+        # 16 addresses per call it keeps (calls still in progress are the newest, so they stay)
+        self.media_book = MediaBook(min(MAX_ENDPOINTS, max(4096, 16 * options.keep_calls))
+                                    if options.keep_calls is not None else MAX_ENDPOINTS)
+        self._cseq_memory = min(_CSEQ_MEMORY, max(4096, 16 * options.keep_calls)) \
+            if options.keep_calls is not None else _CSEQ_MEMORY
         self.counters: Dict[str, int] = {"transactions_expired": 0, "transactions_aged_out": 0, "calls_aged_out": 0}
 
     def anomaly(self, kind: AnomalyKind, ev: SipEvent, detail: str, call: Optional[Call] = None) -> None:
@@ -430,7 +435,7 @@ class Tracker:
             self.anomalies.extend(self.judge(call, now))   # its last chance to be judged: it goes now
             del self.calls[call.call_id]
             gone.append(call)   # the analyzer drops its records, then the call forgets them
-        if len(self._last_cseq) > _CSEQ_MEMORY:   # oldest senders first (dicts keep insertion order)
+        if len(self._last_cseq) > self._cseq_memory:   # oldest senders first (dicts keep insertion order)
             for k in list(self._last_cseq)[:len(self._last_cseq) // 2]:
                 del self._last_cseq[k]
         return gone

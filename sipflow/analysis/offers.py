@@ -62,20 +62,22 @@ class InfoDtmf:
 
 
 class MediaBook:
-    """The latest SDP at each media address. Bounded: past ``MAX_ENDPOINTS`` addresses the oldest half
-    is forgotten (a stream there then gets its clock measured instead)."""
-    __slots__ = ("endpoints",)
+    """The latest SDP at each media address. Bounded: past ``limit`` addresses (MAX_ENDPOINTS, or less
+    for an analysis that keeps a bounded number of calls) the oldest half is forgotten (a stream there
+    then gets its clock measured instead)."""
+    __slots__ = ("endpoints", "limit")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = MAX_ENDPOINTS) -> None:
         self.endpoints: Dict[Tuple[str, int], MediaOffer] = {}
+        self.limit = limit
 
     def announce(self, offer: MediaOffer) -> None:
         eps = self.endpoints
         key = (offer.ip, offer.port)
         eps.pop(key, None)
         eps[key] = offer
-        if len(eps) > MAX_ENDPOINTS:
-            for k in list(itertools.islice(eps, MAX_ENDPOINTS // 2)):
+        if len(eps) > self.limit:
+            for k in list(itertools.islice(eps, self.limit // 2)):
                 del eps[k]
 
     def offer_at(self, ip: str, port: int) -> Optional[MediaOffer]:

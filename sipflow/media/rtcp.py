@@ -368,6 +368,17 @@ class RtcpBook:
                 return p
         return ports[0] if len(ports) == 1 else None
 
+    def forget(self, src: str, dst: str, ssrc: int) -> None:
+        """A stream that is forgotten (``keep_calls``): its sender's logs (source address and SSRC, any
+        port) and its receiver's reports about it go too."""
+        for port in self.by_ssrc.pop((src, ssrc), ()):
+            log = self.senders.pop((src, port, ssrc), None)
+            if log is not None:
+                for key in log.sr_times:
+                    self.sr_at.pop((ssrc, key), None)
+        for port in self.by_source.pop((dst, ssrc), ()):
+            self.reports.pop((dst, port, ssrc), None)
+
     def sender_for(self, src: str, sport: int, ssrc: int) -> Optional[SenderLog]:
         """The sender log of a stream's source: on RTP port + 1, on the RTP port (rtcp-mux), or on the one
         port that address sent RTCP from with that SSRC."""
