@@ -12,6 +12,7 @@ whose pcapng stream the file reader reads. Nothing here decodes a packet.
 from __future__ import annotations
 
 import re
+import signal
 import struct
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
@@ -21,6 +22,7 @@ from sipflow.errors import CaptureError
 BATCH = 512            # packets per call into libpcap at most
 TIMEOUT_MS = 100       # a read returns after this long even with no packet: stop and refresh stay prompt
 SNAPLEN = 262144
+QUIET, QUIET_MAX = 0.5, 5.0   # dumpcap at the stop: wait for this much silence, at most this long
 _META = struct.Struct("=IIII")   # next_batch's per-packet record: seconds, microseconds, offset, caplen
 _DUMPCAP_DROPS = re.compile(r"received/dropped on interface .*: (\d+)/(\d+)")   # dumpcap's last words
 
@@ -74,10 +76,18 @@ class LiveCapture:
         self.linktype = self._pcap.datalink()
         self.frames = 0
         self._closed: Optional[Drops] = None
+        # libpcap's read timeout is not kept when nothing arrives (Linux TPACKET_V3 waits for a first
+        # packet): read without blocking, and wait on the descriptor with our own timeout instead
+        self._pcap.setnonblock(1)
+        self._fd = self._pcap.getfd()
 
     def read(self) -> List[tuple]:
         """The packets that arrived since the last read, as records (an empty list after a timeout)."""
         data, meta = self._pcap.next_batch(BATCH)
+        if not meta:
+            import select
+            select.select([self._fd], [], [], TIMEOUT_MS / 1000)
+            data, meta = self._pcap.next_batch(BATCH)
         if not meta:
             return []
         out = []
@@ -86,6 +96,16 @@ class LiveCapture:
             frame += 1
             out.append((sec + usec * 1e-6, 0, frame, lt, data, off, caplen))
         self.frames = frame
+        return out
+
+    def drain(self) -> List[tuple]:
+        """At the stop: the packets already in the kernel's buffer (reads until one comes back empty)."""
+        out: List[tuple] = []
+        for _ in range(1000):
+            recs = self.read()
+            if not recs:
+                break
+            out += recs
         return out
 
     def drops(self) -> Drops:
@@ -154,18 +174,49 @@ class DumpcapCapture:
             self.linktype = out[-1][3]
         return out
 
+    def drain(self) -> List[tuple]:
+        """At the stop: every record still on its way, then dumpcap is stopped (as by Ctrl-C)."""
+        import queue
+        import time
+        out: List[tuple] = []
+        # packets captured before the stop may still be in dumpcap's buffers (it writes every 100 ms):
+        # take what comes until the pipe has been quiet for QUIET s (at most QUIET_MAX), then stop it
+        start = last = time.monotonic()
+        while self._drops is None and time.monotonic() - last < QUIET \
+                and time.monotonic() - start < QUIET_MAX:
+            got = self.read()
+            if got:
+                out += got
+                last = time.monotonic()
+        if self._drops is None:
+            self._stop()
+        self._thread.join(timeout=30)
+        late = 0                      # (read() counted the ones before the stop)
+        while True:
+            try:
+                rec = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if rec is None:
+                break
+            out.append(rec)
+            late += 1
+        self.frames += late
+        return out
+
     def drops(self) -> Drops:
         return self._drops or Drops(self.frames, 0, 0)
 
     def _stop(self) -> str:
+        import subprocess
         if self._proc.poll() is None:
-            self._proc.terminate()
-        try:
-            _, err = self._proc.communicate(timeout=10)
-        except Exception:
+            self._proc.send_signal(signal.SIGINT)   # as Ctrl-C: dumpcap writes out what it holds, then exits
+        try:                          # standard output is the reader thread's: only stderr is read here
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
             self._proc.kill()
-            _, err = self._proc.communicate()
-        text = err.decode("utf-8", "replace")
+            self._proc.wait()
+        text = self._proc.stderr.read().decode("utf-8", "replace")
         received = dropped = 0
         for m in _DUMPCAP_DROPS.finditer(text):   # "received/dropped on interface 'Loopback: lo': 771/0 (..."
             received += int(m.group(1))

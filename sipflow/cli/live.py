@@ -36,6 +36,11 @@ def _open_interfaces(ifaces, via, bpf, snaplen, dumpcap, libpcap):
         raise
 
 
+def stop_by_count(stop) -> bool:
+    """--count was reached: nothing more is taken, not even what is still buffered."""
+    return "count" in stop
+
+
 def _rotate_option(ctx, param, value):
     if value is None:
         return None
@@ -236,6 +241,12 @@ def live(ifaces, via, bpf, duration, count, snaplen, write, rotate, keep_files, 
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        if cap is not None and not stop_by_count(stop):   # what was captured before the stop, still on its way
+            for ts, fi, frame, lt, buf, off, caplen in cap.drain():
+                data = bytes(buf[off:off + caplen])
+                if writer is not None:
+                    writer.write(round(ts * 1e6) * 1000, lt, data)
+                session.feed(ts, fi, frame, lt, data)
         for h in heps:   # what agents sent before the stop is still in the socket: take it (bounded)
             for _ in range(1000):
                 recs = h.read(0.0)
