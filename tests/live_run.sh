@@ -10,7 +10,7 @@ ip link set lo up
 cd "$OUT"
 if [ "$MODE" = view ]; then
     "$PY" -m sipflow live -i lo -f "udp" --duration 150 -w "$OUT/rot.pcap" --rotate 40KB --keep-files 2 \
-        2> "$OUT/live.err" &
+        --report "$OUT/live.html" 2> "$OUT/live.err" &
 else   # MODE ndjson (libpcap in-process) or dumpcap (the dumpcap pipe)
     VIA=pcap; [ "$MODE" = dumpcap ] && VIA=dumpcap
     "$PY" -m sipflow live -i lo --via $VIA -f "udp" --format ndjson -w "$OUT/live.pcap" --stats-every 1 \

@@ -284,3 +284,14 @@ def test_rotated_capture_keeps_the_last_files_whole(view_run):
         sipflow.analyze(str(out / name))                         # reads whole, no error
     last = sipflow.analyze(str(out / kept[1]))
     assert any(e.method == "BYE" for e in last.messages)
+
+
+def test_live_writes_the_report_at_the_end(view_run):
+    """--report: the HTML page of what was seen, with its three calls and their messages."""
+    out, _ = view_run
+    html = (out / "live.html").read_text()
+    start = html.index('<script type="application/json" id="sipflow-data">') + len(
+        '<script type="application/json" id="sipflow-data">')
+    data = json.loads(html[start:html.index("</script>", start)])
+    assert [c["outcome"] for c in data["calls"]] == ["answered"] * CALLS
+    assert data["detailed"] == CALLS and len(data["messages"]) == 7 * CALLS

@@ -104,10 +104,13 @@ def _positive(ctx, param, value):
               help="Capture agent id sent with --hep-send.")
 @click.option("--hep-password", default=None, help="HEP authentication key sent with --hep-send.")
 @click.option("--hep-node", default=None, help="Node name sent with --hep-send.")
+@click.option("--report", "report_path", metavar="FILE", callback=output_option,
+              help="At the end, also write the HTML report of what was seen (as `sipflow report`).")
 @click.option("--list-interfaces", is_flag=True, help="List the interfaces that can be sniffed, and exit.")
 @handle_errors
 def live(ifaces, via, bpf, duration, count, snaplen, write, rotate, keep_files, fmt, view, keep_calls,
-         idle_timeout, stats_every, hep_specs, hep_to, hep_id, hep_password, hep_node, list_interfaces):
+         idle_timeout, stats_every, hep_specs, hep_to, hep_id, hep_password, hep_node, report_path,
+         list_interfaces):
     """Sniff an interface and report calls and registrations as they happen: each call's start,
     ringing, answer, hold/resume, transfer and end (outcome, duration, loss, MOS), registration
     results, anomalies, and the counters with the kernel's drop count. Ctrl-C ends it with the
@@ -122,6 +125,7 @@ def live(ifaces, via, bpf, duration, count, snaplen, write, rotate, keep_files, 
       sipflow live -i lo --format ndjson | jq -c 'select(.event == "ended")'
       sipflow live --hep-listen udp:127.0.0.1:9060          # a HEP collector for Kamailio's siptrace
       sipflow live -i eth0 -f "port 5060" --hep-send udp:192.0.2.5:9060 --hep-node sbc1   # feed HOMER
+      sipflow live -i eth0 --duration 3600 --report reports/last-hour.html
       sipflow live --list-interfaces
     """
     from sipflow.analysis.options import AnalyzerOptions
@@ -277,6 +281,10 @@ def live(ifaces, via, bpf, duration, count, snaplen, write, rotate, keep_files, 
         click.echo("")
         emit_text(summary_text(a, terminal_width(None)), "-")
         say(out.stats_line(c))
+    if report_path:
+        from sipflow.render.report import write as write_report
+        size = write_report(a, [where[0] if where else "live"], report_path)
+        say(f"{report_path}: {size / 1e6:.1f} MB, {len(a.calls)} calls", err=True)
     if write:
         files = getattr(writer, "paths", [write])
         say(f"{files[0] if len(files) == 1 else files[0] + ' ... ' + files[-1]}: {session.packets} packets"
