@@ -30,8 +30,9 @@ from sipflow.cli import ProbeExit, main
 from sipflow.errors import ProbeError
 from sipflow.media.g711 import SAMPLES_PER_PACKET, alaw_byte, tone_packet, ulaw_byte
 from sipflow.media.rtp import rtp_packet
-from sipflow.probe.call import (CallOptions, CallOutcome, Dialog, call_nagios, call_prometheus, invite_request,
-                                probe_call, sdp_offer)
+from sipflow.probe.call import CallOptions, CallOutcome, probe_call
+from sipflow.probe.callout import call_nagios, call_prometheus
+from sipflow.probe.dialog import Dialog, invite_request, sdp_offer
 from sipflow.probe.media import parse_dtmf
 from sipflow.probe.transaction import INVITE_TABLE, TIMER_B, InviteClientTransaction, InviteState, cancel_for
 from sipflow.sip.sdp import parse_sdp

@@ -470,15 +470,16 @@ def probe_call(target, from_uri, user, password, ring_timeout, duration, dtmf, p
     ways), 3 UNKNOWN (could not run).  --format prometheus: 0 once the metrics are written.
     """
     from sipflow.probe import call as pc
+    from sipflow.probe import callout
     from sipflow.probe.common import TlsOptions
     opts = pc.CallOptions(from_uri=from_uri, user=user, password=password, ring_timeout=ring_timeout,
                           duration=duration, dtmf=dtmf, proxy=proxy, timeout=timeout, bind=bind, family=family,
                           audio=None if audio == "tone" else audio,
                           tls=TlsOptions(ca=tls_ca, insecure=tls_insecure))
     _probe_and_report(lambda cb: pc.probe_call(target, opts, on_message=cb), fmt, warning, critical, verbose,
-                      password, pcap, keep_secrets, header=lambda r: pc.call_header(r.target, opts),
-                      text=pc.call_text, as_json=pc.call_json, nagios=pc.call_nagios,
-                      prometheus=pc.call_prometheus, exit_code=_call_exit, show_ladder=show_ladder)
+                      password, pcap, keep_secrets, header=lambda r: callout.call_header(r.target, opts),
+                      text=callout.call_text, as_json=callout.call_json, nagios=callout.call_nagios,
+                      prometheus=callout.call_prometheus, exit_code=_call_exit, show_ladder=show_ladder)
 
 
 if __name__ == "__main__":  # pragma: no cover

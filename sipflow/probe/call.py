@@ -1,24 +1,20 @@
 """``sipflow probe call``: a real test call to the one URI the user names, and what it measured.
 
-Owns the call's dialog (route set, remote target), the requests of a call (INVITE with an SDP offer,
-ACK for 2xx and BYE in the dialog), the call's socket driver (``_CallDriver``: signalling and media
-sockets, the monotonic clock, ``select``) and the call's result formats. The INVITE and non-INVITE client
-transactions (with the ACK of a rejection and CANCEL) are ``probe.transaction``'s; the target, channel
-and Nagios/Prometheus helpers ``probe.common``'s; the RTP sent and measured ``probe.media``'s;
-``sip.digest`` answers 401/407 and ``sip.sdp`` reads the answer.
+Owns the call's options and result, and its socket driver (``_CallDriver``: signalling and media
+sockets, the monotonic clock, ``select``), which decides what to send when. The requests themselves and
+the dialog's state are ``probe.dialog``'s; the result's formats (text, JSON, Nagios, Prometheus)
+``probe.callout``'s. The INVITE and non-INVITE client transactions (with the ACK of a rejection and
+CANCEL) are ``probe.transaction``'s; the target, channel and Nagios/Prometheus helpers
+``probe.common``'s; the RTP sent and measured ``probe.media``'s; ``sip.digest`` answers 401/407 and
+``sip.sdp`` reads the answer.
 
-Dialog rules (RFC 3261 §12.1.2, §13.2.2.4, §12.2.1.1): the remote target is the 2xx's Contact, the route
-set its Record-Route in reverse order; with a loose router (``;lr``) first, the Request-URI is the remote
-target and the route set goes into Route; with a strict router first, it is the Request-URI and the
-remote target ends the Route list. ACK for 2xx is a new request (new branch, the INVITE's CSeq number);
-BYE gets CSeq + 1. CANCEL (§9.1) copies the INVITE's Request-URI, top Via (same branch), Route, From, To,
-Call-ID and CSeq number, and is only sent once a provisional response came.
+In the dialog (RFC 3261 §13.2.2.4, §12.2.1.1): ACK for 2xx is a new request (new branch, the INVITE's
+CSeq number); BYE gets CSeq + 1. CANCEL (§9.1) copies the INVITE's Request-URI, top Via (same branch),
+Route, From, To, Call-ID and CSeq number, and is only sent once a provisional response came.
 """
 from __future__ import annotations
 
 import enum
-import json
-import math
 import random
 import secrets
 import select
@@ -26,104 +22,20 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
-from sipflow import __version__
 from sipflow.sip.digest import DigestSession, challenges_from, choose
 from sipflow.errors import ParseError, ProbeError
 from sipflow.media.g711 import read_wav
-from sipflow.probe.common import (Channel, contact_params, DEFAULT_PORT, DEFAULT_TLS_PORT, describe_failure,
-                                  NagiosRange, NagiosState, new_branch, parse_bind, parse_target, perf_value,
-                                  prom_label, resolve_target, Target, TlsOptions, to_us, uri_host)
-from sipflow.probe.media import DTMF_PT, Media, parse_dtmf
+from sipflow.probe.common import (Channel, DEFAULT_PORT, DEFAULT_TLS_PORT, describe_failure, new_branch, parse_bind,
+                                  parse_target, resolve_target, Target, TlsOptions, to_us, uri_host)
+from sipflow.probe.dialog import Dialog, invite_request, response_to, sdp_offer
+from sipflow.probe.media import Media, parse_dtmf
 from sipflow.probe.transaction import (TIMER_B, ClientTransaction, InviteClientTransaction,
-                                       InviteState, cancel_for, sip_lines)
-from sipflow.sip.message import SipMessage, parse_message, parse_name_addr, parse_uri
+                                       InviteState, cancel_for)
+from sipflow.sip.message import SipMessage, parse_message, parse_uri
 
 DEFAULT_DURATION = 5.0        # seconds from ACK to BYE
 DEFAULT_SLACK = 30.0          # the default --timeout is --duration (+ --ring-timeout) + this
 MAX_DURATION = 3600.0
-
-
-# ---------------------------------------------------------------------------------------------------
-# Requests and SDP
-
-
-@dataclass
-class Dialog:
-    """§12.1.2: what the UAC keeps once the 2xx came."""
-    call_id: str
-    local_uri: str
-    local_tag: str
-    remote_uri: str
-    remote_tag: str
-    remote_target: str
-    route_set: Tuple[str, ...]        # Record-Route of the 2xx, reversed (each a name-addr text)
-    cseq: int                         # the INVITE's
-
-    def request(self, method: str, transport: str, local: Tuple[str, int], branch: str, cseq: int,
-                auth: Tuple[Tuple[str, str], ...] = ()) -> bytes:
-        """An in-dialog request (§12.2.1.1) from ``local``."""
-        routes = list(self.route_set)
-        ruri = self.remote_target
-        if routes and parse_name_addr(routes[0]).uri.param("lr") is None:   # a strict router first
-            ruri = parse_name_addr(routes[0]).uri.raw
-            routes = routes[1:] + [f"<{self.remote_target}>"]
-        via = f"{uri_host(local[0])}:{local[1]}"
-        lines = [f"{method} {ruri} SIP/2.0", f"Via: SIP/2.0/{transport.upper()} {via};branch={branch};rport",
-                 "Max-Forwards: 70"]
-        lines += [f"Route: {r}" for r in routes]
-        lines += [f"From: <{self.local_uri}>;tag={self.local_tag}", f"To: <{self.remote_uri}>;tag={self.remote_tag}",
-                  f"Call-ID: {self.call_id}", f"CSeq: {cseq} {method}"]
-        lines += [f"{k}: {v}" for k, v in auth]
-        lines += [f"User-Agent: sipflow/{__version__}", "Content-Length: 0"]
-        return sip_lines(*lines)
-
-    def request_uri(self) -> str:
-        if self.route_set and parse_name_addr(self.route_set[0]).uri.param("lr") is None:
-            return parse_name_addr(self.route_set[0]).uri.raw
-        return self.remote_target
-
-    def next_hop(self) -> str:
-        """The URI the request goes to: the first route, or the remote target (§8.1.2, §12.2.1.1)."""
-        return parse_name_addr(self.route_set[0]).uri.raw if self.route_set else self.remote_target
-
-
-def sdp_offer(ip: str, port: int, session_id: int) -> bytes:
-    """PCMU, PCMA and telephone-event (RFC 4733) on ``ip``:``port``, 20 ms packets."""
-    kind = "IP6" if ":" in ip else "IP4"
-    return ("\r\n".join([
-        "v=0", f"o=sipflow {session_id} {session_id} IN {kind} {ip}", "s=sipflow probe call",
-        f"c=IN {kind} {ip}", "t=0 0", f"m=audio {port} RTP/AVP 0 8 {DTMF_PT}",
-        "a=rtpmap:0 PCMU/8000", "a=rtpmap:8 PCMA/8000", f"a=rtpmap:{DTMF_PT} telephone-event/8000",
-        f"a=fmtp:{DTMF_PT} 0-16", "a=ptime:20", "a=sendrecv"]) + "\r\n").encode("ascii")
-
-
-def invite_request(uri: str, from_uri: str, transport: str, local: Tuple[str, int], branch: str, call_id: str,
-                   from_tag: str, cseq: int, sdp: bytes, auth: Tuple[Tuple[str, str], ...] = (),
-                   route: Optional[str] = None) -> bytes:
-    via = f"{uri_host(local[0])}:{local[1]}"
-    user = parse_uri(from_uri).user or "sipflow"
-    lines = [f"INVITE {uri} SIP/2.0", f"Via: SIP/2.0/{transport.upper()} {via};branch={branch};rport",
-             "Max-Forwards: 70"]
-    if route:
-        lines.append(f"Route: <{route}>")
-    lines += [f"From: <{from_uri}>;tag={from_tag}", f"To: <{uri}>", f"Call-ID: {call_id}", f"CSeq: {cseq} INVITE",
-              f"Contact: <sip:{user}@{via}{contact_params(transport)}>",
-              "Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, PRACK",
-              "Supported: 100rel"]
-    lines += [f"{k}: {v}" for k, v in auth]
-    lines += [f"User-Agent: sipflow/{__version__}", "Content-Type: application/sdp", f"Content-Length: {len(sdp)}"]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + sdp
-
-
-def response_to(request: SipMessage, status: int, reason: str, to_tag: str) -> bytes:
-    """A response to an in-dialog request the far end sent us (BYE, OPTIONS...)."""
-    to = request.header("To") or ""
-    if request.to is not None and request.to.tag is None:
-        to += f";tag={to_tag}"
-    lines = [f"SIP/2.0 {status} {reason}"] + [f"Via: {v}" for v in request.header_values("Via")]
-    lines += [f"From: {request.header('From')}", f"To: {to}", f"Call-ID: {request.call_id}",
-              f"CSeq: {request.header('CSeq')}", f"User-Agent: sipflow/{__version__}", "Content-Length: 0"]
-    return sip_lines(*lines)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -851,149 +763,3 @@ class _CallDriver:
             remote_target=self.dialog.remote_target if self.dialog else None, proxy=self.opts.proxy, rtp=rtp,
             stray=self.stray, pracks=len(self.pracks), prack_status=self.prack_status,
             prack_retransmitted=self.prack_retransmitted)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Formats
-
-
-def _ms(seconds: Optional[float]) -> str:
-    return "-" if seconds is None else f"{seconds * 1000:.3f} ms"
-
-
-PHASES = ("first_response", "pdd", "answer", "setup", "duration", "bye", "cancel", "challenge", "total")
-
-
-def call_header(target: str, options: CallOptions) -> str:
-    parts = [f"INVITE {target}", f"--duration {options.duration:g} s"]
-    if options.ring_timeout is not None:
-        parts.append(f"--ring-timeout {options.ring_timeout:g} s")
-    if options.dtmf:
-        parts.append(f"--dtmf {options.dtmf}")
-    if options.audio:
-        parts.append(f"--audio {options.audio}")
-    parts.append(f"--timeout {options.run_timeout:g} s")
-    return ", ".join(parts) + (f", via {options.proxy}" if options.proxy else "")
-
-
-def call_text(r: CallResult) -> str:
-    lines = [f"--- {r.target} from {r.from_uri} ({r.transport} {r.remote}" + (f" from {r.local}" if r.local else "")
-             + ")"]
-    if r.provisional:
-        lines.append("provisional: " + ", ".join(str(p) for p in r.provisional))
-    verdict = f"result: {r.outcome.value}"
-    if r.status is not None and r.outcome is not CallOutcome.ANSWERED:
-        verdict += f" ({r.status})"
-    verdict += f": {r.reason}"
-    lines.append(verdict)
-    steps = []
-    if r.ack_sent:
-        steps.append("ACK sent")
-    if r.cancel_sent:
-        steps.append(f"CANCEL {r.cancel_status or 'no answer'}")
-    if r.bye_sent:
-        steps.append(f"BYE {r.bye_status or 'no answer'}")
-    if r.hung_up_by == "them":
-        steps.append("the far end hung up")
-    if r.pracks:
-        steps.insert(0, f"PRACK x{r.pracks} {r.prack_status or 'no answer'}")
-    if steps:
-        lines.append("dialog: " + ", ".join(steps) + (f", route {' '.join(r.route_set)}" if r.route_set else ""))
-    shown = [f"{k.replace('_', ' ')} {_ms(getattr(r, k))}" for k in PHASES if getattr(r, k) is not None]
-    if shown:
-        lines.append("timings: " + ", ".join(shown))
-    if r.rtp:
-        m = r.rtp
-        line = (f"media: {m['codec'] or '-'} {m['local']} -> {m['remote'] or '-'}: sent {m['sent']}, received "
-                f"{m['received']}, lost {m['lost']}, jitter "
-                + (f"{m['jitter_ms']:.3f} ms" if m["jitter_ms"] is not None else "-"))
-        if m["one_way_audio"]:
-            line += " -- ONE-WAY AUDIO (nothing came back)"
-        lines.append(line)
-        if m["dtmf_sent"]:
-            lines.append(f"dtmf: sent {m['dtmf_sent']} ({m['dtmf_packets_sent']} RFC 4733 packets), "
-                         f"{m['dtmf_packets_received']} telephone-event packets received")
-        if m["problem"]:
-            lines.append(f"media problem: {m['problem']}")
-    if r.auth_algorithm:
-        lines.append(f"auth: digest {r.auth_algorithm}, realm \"{r.auth_realm}\"")
-    if r.retransmissions:
-        lines.append(f"retransmissions: {r.retransmissions}")
-    if r.server:
-        lines.append(f"Server: {r.server}")
-    return "\n".join(lines)
-
-
-def call_json(r: CallResult) -> str:
-    return json.dumps(r.to_dict())
-
-
-def call_nagios(r: CallResult, warning: Optional[NagiosRange] = None,
-                critical: Optional[NagiosRange] = None) -> Tuple[NagiosState, str]:
-    """OK when the call was answered with audio both ways; -w/-c on the setup time (INVITE to ACK).
-    One-way audio and every other outcome are CRITICAL."""
-    rtp = r.rtp or {}
-    if r.outcome is CallOutcome.ANSWERED:
-        state = NagiosState.OK
-        what = f"call answered ({r.reason}), setup {perf_value(r.setup)}s"
-        if rtp:
-            what += f", RTP {rtp['sent']} sent/{rtp['received']} received, {rtp['lost']} lost"
-        if rtp.get("one_way_audio"):
-            state, what = NagiosState.CRITICAL, "one-way audio: " + what
-        elif critical and r.setup is not None and critical.alerts(r.setup):
-            state, what = NagiosState.CRITICAL, what + f" (critical {critical.text})"
-        elif warning and r.setup is not None and warning.alerts(r.setup):
-            state, what = NagiosState.WARNING, what + f" (warning {warning.text})"
-    else:
-        state = NagiosState.CRITICAL
-        what = f"{r.outcome.value}: {r.reason} ({r.transport} {r.remote})"
-    perf = [f"'setup'={perf_value(r.setup)}{'s' if r.setup is not None else ''};"
-            f"{warning.text if warning else ''};{critical.text if critical else ''};0;"]
-    for k in ("first_response", "pdd", "answer", "bye"):
-        v = getattr(r, k)
-        perf.append(f"'{k}'={perf_value(v)}{'s' if v is not None else ''};;;0;")
-    perf.append(f"'retransmissions'={r.retransmissions};;;0;")
-    if rtp:
-        perf += [f"'rtp_sent'={rtp['sent']};;;0;", f"'rtp_received'={rtp['received']};;;0;",
-                 f"'rtp_lost'={max(0, rtp['lost'])};;;0;"]
-        if rtp["jitter_ms"] is not None:
-            perf.append(f"'jitter'={perf_value(rtp['jitter_ms'])}ms;;;0;")
-    text = what.replace("|", "/").replace("\n", " ")
-    return state, f"SIP {state.name} - {text} | " + " ".join(perf)
-
-
-def call_prometheus(r: CallResult) -> str:
-    labels = f'{{target="{prom_label(r.target)}",transport="{r.transport}"}}'
-
-    def lab(**extra):
-        return labels[:-1] + "".join(f',{k}="{v}"' for k, v in extra.items()) + "}"
-    rtp = r.rtp or {}
-    nan = math.nan
-    rows = [
-        ("probe_success", "1 if the call was answered with audio both ways, else 0.", [(labels, 1 if r.up else 0)]),
-        ("probe_duration_seconds", "How long the whole probe run took, in seconds.", [(labels, r.elapsed or 0.0)]),
-        ("probe_sip_status_code", "Status code of the INVITE's final response (0 if none).",
-         [(labels, r.status or 0)]),
-        ("probe_sip_phase_seconds", "Seconds per phase from the first INVITE (first response, PDD, answer, setup), "
-                                    "the call's duration, and the BYE and CANCEL round trips (NaN if none).",
-         [(lab(phase=k), getattr(r, k) if getattr(r, k) is not None else nan) for k in PHASES]),
-        ("probe_sip_retransmissions", "Requests retransmitted during the run (Timers A and E).",
-         [(labels, r.retransmissions)]),
-        ("probe_sip_call_outcome", "1 for the call's outcome.",
-         [(lab(outcome=o.value), 1 if r.outcome is o else 0) for o in CallOutcome]),
-        ("probe_rtp_packets", "RTP packets sent and received.",
-         [(lab(direction="sent"), rtp.get("sent", 0)), (lab(direction="received"), rtp.get("received", 0))]),
-        ("probe_rtp_lost_packets", "RFC 3550 cumulative loss of the received RTP.", [(labels, rtp.get("lost", 0))]),
-        ("probe_rtp_jitter_seconds", "RFC 3550 interarrival jitter of the received RTP (NaN if none).",
-         [(labels, rtp["jitter_ms"] / 1000 if rtp.get("jitter_ms") is not None else nan)]),
-        ("probe_rtp_one_way_audio", "1 if we sent RTP and (almost) none came back.",
-         [(labels, 1 if rtp.get("one_way_audio") else 0)]),
-    ]
-    out = []
-    for name, help_text, samples in rows:
-        out += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
-        for lb, value in samples:
-            text = "NaN" if isinstance(value, float) and math.isnan(value) else (
-                f"{value:.6f}" if isinstance(value, float) else str(value))
-            out.append(f"{name}{lb} {text}")
-    return "\n".join(out) + "\n"
