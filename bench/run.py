@@ -195,8 +195,9 @@ def cached_truth(path, workload, packets=None, calls=None):
     return meta
 
 
-def make_capture(packets, seed, path, workload="rtp", calls=None):
-    """Generate path (atomically) with make_capture.py; return its summary dict."""
+def make_capture(packets, seed, path, workload="rtp", calls=None, extra=()):
+    """Generate path (atomically) with make_capture.py; return its summary dict. ``extra``: more
+    generator options (the soak bench spreads the packets over more, shorter calls)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + ".part"
     truth = os.path.splitext(path)[0] + ".truth.json"
@@ -208,6 +209,7 @@ def make_capture(packets, seed, path, workload="rtp", calls=None):
     else:
         cmd += ["--packets", str(packets)]
         what = "%d packets" % packets
+    cmd += list(extra)
     print("generating %s (%s, seed %d) ..." % (os.path.relpath(path), what, seed), flush=True)
     t0 = time.perf_counter()
     r = subprocess.run(cmd, text=True, capture_output=True)

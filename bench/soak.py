@@ -30,7 +30,6 @@ import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import time
 
@@ -41,6 +40,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)                 # the working tree's sipflow, as run.py's children get it
 
 from pcap_walk import walk  # noqa: E402
+from run import cached_truth, make_capture  # noqa: E402  (the same generator run as bench/run.py's)
 
 KEEP_CALLS = 1000                        # sipflow live's defaults (--keep-calls, --idle-timeout)
 IDLE_TIMEOUT = 3600.0
@@ -68,42 +68,6 @@ def memory():
 
 def soak_path(packets, calls, seed):
     return os.path.join(OUT_DIR, "soak-%d-c%d-s%d.pcap" % (packets, calls, seed))
-
-
-def cached_truth(path, packets, seed):
-    """The ground truth of a cached soak capture if it matches the request, else None."""
-    truth = os.path.splitext(path)[0] + ".truth.json"
-    if not (os.path.isfile(path) and os.path.isfile(truth)):
-        return None
-    try:
-        with open(truth) as f:
-            meta = json.load(f)
-    except ValueError:
-        return None
-    if meta.get("bytes") != os.path.getsize(path) or meta.get("packets") != packets or meta.get("seed") != seed:
-        return None
-    return meta
-
-
-def make_capture(path, packets, calls, seed):
-    """Generate path (atomically) with make_capture.py; return its ground truth."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".part"
-    truth = os.path.splitext(path)[0] + ".truth.json"
-    cmd = [sys.executable, os.path.join(HERE, "make_capture.py"), tmp, "--packets", str(packets),
-           "--calls", str(calls), "--interarrival", str(INTERARRIVAL), "--seed", str(seed), "--truth", truth]
-    print("generating %s (%d packets, about %d calls, seed %d) ..." % (os.path.relpath(path), packets, calls, seed),
-          flush=True)
-    t0 = time.perf_counter()
-    r = subprocess.run(cmd, text=True, capture_output=True)
-    if r.returncode != 0:
-        sys.stderr.write(r.stdout + r.stderr)
-        raise SystemExit("make_capture.py failed")
-    os.replace(tmp, path)
-    print("\n".join("  " + ln for ln in r.stdout.strip().splitlines()[1:]))
-    print("  (%.1f s including interpreter start)" % (time.perf_counter() - t0))
-    with open(truth) as f:
-        return json.load(f)
 
 
 def count_packets(paths):
@@ -306,9 +270,10 @@ def main(argv=None):
                 meta = None
     else:
         path = soak_path(args.packets, args.calls, args.seed)
-        meta = cached_truth(path, args.packets, args.seed)
+        meta = cached_truth(path, "rtp", args.packets)      # the seed and the calls are in the name
         if meta is None:
-            meta = make_capture(path, args.packets, args.calls, args.seed)
+            meta = make_capture(args.packets, args.seed, path, "rtp",
+                                extra=["--calls", str(args.calls), "--interarrival", str(INTERARRIVAL)])
             if not args.keep:
                 generated = path
         else:
