@@ -11,9 +11,10 @@ a label or start markup replaced (Mermaid's ``;`` and ``#`` become its ``#59;``/
 """
 from __future__ import annotations
 
-from typing import Iterable, List
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, List, Optional
 
-from sipflow.render.ladder import Arrow, Ladder, MediaSpan, rows
+from sipflow.render.ladder import Ladder, MediaSpan, rows
 from sipflow.render.safe import printable
 
 FORMATS = ("mermaid", "plantuml")
@@ -30,58 +31,66 @@ def _plantuml_text(text: str) -> str:
     return " ".join(printable(text).split()).replace("\\", "\\\\")
 
 
-def _is_response(a: Arrow) -> bool:
-    return a.kind != "request"
+@dataclass(frozen=True)
+class _Dialect:
+    """How one sequence-diagram language writes each part of a ladder."""
+    begin: str
+    end: Optional[str]
+    title: str                     # formats, filled with the escaped text
+    participant: str
+    message: str
+    note: str
+    lane_join: str                 # between the two lanes of a note over both
+    arrows: Dict[str, str]         # request, response, media; "+ retransmission" variants where they differ
+    text: Callable[[str], str]
+    name: Callable[[str], str]     # a participant's name (quoted where the language quotes it)
+
+
+MERMAID = _Dialect("sequenceDiagram", None, "    title {text}", "    participant L{i} as {name}",
+                   "    L{src}{arrow}L{dst}: {text}", "    Note over {lanes}: {text}", ",",
+                   {"request": "->>", "response": "-->>", "media": "-)"}, _mermaid_text, _mermaid_text)
+PLANTUML = _Dialect("@startuml", "@enduml", "title {text}", 'participant "{name}" as L{i}',
+                    "L{src} {arrow} L{dst} : {text}", "note over {lanes} : {text}", ", ",
+                    {"request": "->", "response": "-->", "media": "->>", "request retransmission": "-[#888888]>",
+                     "response retransmission": "--[#888888]>"},
+                    _plantuml_text, lambda name: _plantuml_text(name).replace('"', "'"))
+
+
+def _write(ladders: Iterable[Ladder], d: _Dialect) -> List[str]:
+    """Every ladder in the dialect, a blank line between them: participants, then the rows (messages
+    with their notes, media streams as their own arrow) in time order."""
+    out: List[str] = []
+    for lad in ladders:
+        if out:
+            out.append("")
+        out.append(d.begin)
+        if lad.title:
+            out.append(d.title.format(text=d.text(lad.title)))
+        for i, name in enumerate(lad.lanes):
+            out.append(d.participant.format(i=i, name=d.name(name)))
+        for r in rows(lad):
+            if isinstance(r, MediaSpan):
+                out.append(d.message.format(src=r.src, arrow=d.arrows["media"], dst=r.dst,
+                                            text=d.text(r.kind.upper() + " " + r.label)))
+                continue
+            kind = "request" if r.kind == "request" else "response"
+            arrow = d.arrows.get(kind + " retransmission", d.arrows[kind]) if r.retransmission else d.arrows[kind]
+            label = r.label + (" (retransmission)" if r.retransmission else "")
+            out.append(d.message.format(src=r.src, arrow=arrow, dst=r.dst, text=d.text(label)))
+            for note in r.notes:
+                lanes = f"L{r.src}{d.lane_join}L{r.dst}" if r.src != r.dst else f"L{r.src}"
+                out.append(d.note.format(lanes=lanes, text=d.text(note)))
+        if d.end:
+            out.append(d.end)
+    return out
 
 
 def mermaid(ladders: Iterable[Ladder]) -> str:
     """One ``sequenceDiagram`` per ladder, separated by a blank line (paste each into a
     ```mermaid fence)."""
-    out: List[str] = []
-    for lad in ladders:
-        if out:
-            out.append("")
-        out.append("sequenceDiagram")
-        if lad.title:
-            out.append(f"    title {_mermaid_text(lad.title)}")
-        for i, name in enumerate(lad.lanes):
-            out.append(f"    participant L{i} as {_mermaid_text(name)}")
-        for r in rows(lad):
-            if isinstance(r, MediaSpan):    # an open-headed (async) arrow
-                out.append(f"    L{r.src}-)L{r.dst}: {_mermaid_text(r.kind.upper() + ' ' + r.label)}")
-                continue
-            arrow = "-->>" if _is_response(r) else "->>"
-            label = r.label + (" (retransmission)" if r.retransmission else "")
-            out.append(f"    L{r.src}{arrow}L{r.dst}: {_mermaid_text(label)}")
-            for note in r.notes:
-                lanes = f"L{r.src},L{r.dst}" if r.src != r.dst else f"L{r.src}"
-                out.append(f"    Note over {lanes}: {_mermaid_text(note)}")
-    return "\n".join(out) if out else "sequenceDiagram"
+    return "\n".join(_write(ladders, MERMAID)) or MERMAID.begin
 
 
 def plantuml(ladders: Iterable[Ladder]) -> str:
     """One ``@startuml`` ... ``@enduml`` block per ladder."""
-    out: List[str] = []
-    for lad in ladders:
-        if out:
-            out.append("")
-        out.append("@startuml")
-        if lad.title:
-            out.append(f"title {_plantuml_text(lad.title)}")
-        for i, name in enumerate(lad.lanes):
-            quoted = _plantuml_text(name).replace('"', "'")
-            out.append(f'participant "{quoted}" as L{i}')
-        for r in rows(lad):
-            if isinstance(r, MediaSpan):    # a thin-headed arrow
-                out.append(f"L{r.src} ->> L{r.dst} : {_plantuml_text(r.kind.upper() + ' ' + r.label)}")
-                continue
-            arrow = "-->" if _is_response(r) else "->"
-            if r.retransmission:
-                arrow = arrow[:-1] + "[#888888]>"
-            label = r.label + (" (retransmission)" if r.retransmission else "")
-            out.append(f"L{r.src} {arrow} L{r.dst} : {_plantuml_text(label)}")
-            for note in r.notes:
-                lanes = f"L{r.src}, L{r.dst}" if r.src != r.dst else f"L{r.src}"
-                out.append(f"note over {lanes} : {_plantuml_text(note)}")
-        out.append("@enduml")
-    return "\n".join(out)
+    return "\n".join(_write(ladders, PLANTUML))
