@@ -198,13 +198,14 @@ def layout(messages: Sequence[SipEvent], aliases: Optional[Mapping[str, str]] = 
 
 
 def layouts(a, aliases: Optional[Mapping[str, str]] = None, group_host: bool = False, verbose: bool = False,
-            media: bool = False) -> List[Ladder]:
+            media: bool = False, messages: Optional[Iterable[SipEvent]] = None) -> List[Ladder]:
     """One ladder per Call-ID, in order of first message: each call titled with its number, parties
     and outcome, its timeline events as notes; other dialogs titled with their first method.
-    ``media``: also each arrow's SDP, each call's streams as spans and its figures (for pictures)."""
+    ``media``: also each arrow's SDP, each call's streams as spans and its figures (for pictures);
+    ``messages``: draw these (some of the analysis's) instead of all of them."""
     from sipflow.analysis.timeline import timeline
     groups: Dict[Optional[str], List[SipEvent]] = {}
-    for e in a.messages:
+    for e in (a.messages if messages is None else messages):
         groups.setdefault(e.call_id, []).append(e)
     calls = {c.call_id: c for c in a.calls}
     out = []

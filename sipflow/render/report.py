@@ -103,8 +103,8 @@ def page_data(a, max_detail: int = MAX_DETAIL) -> Dict[str, Any]:
     index: Dict[int, int] = {}
     details: Dict[str, Any] = {}
     calls = {c.call_id: c for c in a.calls}
-    sub = _Subset(a, by_call)
-    for lad, (call_id, events) in zip(layouts(sub, media=True), by_call.items()):
+    chosen = [e for events in by_call.values() for e in events]
+    for lad, (call_id, events) in zip(layouts(a, media=True, messages=chosen), by_call.items()):
         for e in events:
             index[id(e)] = len(messages)
             messages.append(_message(e))
@@ -121,15 +121,6 @@ def page_data(a, max_detail: int = MAX_DETAIL) -> Dict[str, Any]:
             "agent": c.caller_agent or "", "detail": c.call_id if c.call_id in details else None})
     return {"calls": table, "details": details, "messages": messages, "detailed": len(details),
             "max_detail": max_detail}
-
-
-class _Subset:
-    """The part of an analysis ``layouts`` needs for the detailed calls only (their messages)."""
-
-    def __init__(self, a, by_call: Dict[Optional[str], List[SipEvent]]) -> None:
-        self.calls = a.calls
-        self.messages = [e for events in by_call.values() for e in events]
-        self.number = a.number
 
 
 def _overview(a) -> Dict[str, Any]:
