@@ -11,9 +11,16 @@ whose pcapng stream the file reader reads. Nothing here decodes a packet.
 """
 from __future__ import annotations
 
+import io
+import queue
 import re
+import select
+import shutil
 import signal
 import struct
+import subprocess
+import threading
+import time
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
@@ -85,7 +92,6 @@ class LiveCapture:
         """The packets that arrived since the last read, as records (an empty list after a timeout)."""
         data, meta = self._pcap.next_batch(BATCH)
         if not meta:
-            import select
             select.select([self._fd], [], [], TIMEOUT_MS / 1000)
             data, meta = self._pcap.next_batch(BATCH)
         if not meta:
@@ -127,11 +133,6 @@ class DumpcapCapture:
     same shape and timeout as ``LiveCapture``. Drop counts are dumpcap's, known when it stops."""
 
     def __init__(self, ifaces: List[str], bpf: Optional[str] = None, snaplen: int = SNAPLEN) -> None:
-        import io
-        import queue
-        import shutil
-        import subprocess
-        import threading
 
         from sipflow.capture.files import CaptureFile
         if shutil.which("dumpcap") is None:
@@ -160,7 +161,6 @@ class DumpcapCapture:
         self._queue.put(None)
 
     def read(self) -> List[tuple]:
-        import queue
         out = []
         try:
             rec = self._queue.get(timeout=TIMEOUT_MS / 1000)
@@ -176,8 +176,6 @@ class DumpcapCapture:
 
     def drain(self) -> List[tuple]:
         """At the stop: every record still on its way, then dumpcap is stopped (as by Ctrl-C)."""
-        import queue
-        import time
         out: List[tuple] = []
         # packets captured before the stop may still be in dumpcap's buffers (it writes every 100 ms):
         # take what comes until the pipe has been quiet for QUIET s (at most QUIET_MAX), then stop it
@@ -208,7 +206,6 @@ class DumpcapCapture:
         return self._drops or Drops(self.frames, 0, 0)
 
     def _stop(self) -> str:
-        import subprocess
         if self._proc.poll() is None:
             self._proc.send_signal(signal.SIGINT)   # as Ctrl-C: dumpcap writes out what it holds, then exits
         try:                          # standard output is the reader thread's: only stderr is read here
