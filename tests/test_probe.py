@@ -33,7 +33,7 @@ from sipflow.cli import ProbeExit, main
 from sipflow.errors import ProbeError
 from sipflow.probe.common import (Outcome, check_destination, parse_bind, parse_expect, parse_range, parse_target)
 from sipflow.probe.options import (MAX_COUNT, ProbeOptions, nagios, options_request, probe_options, prometheus)
-from sipflow.probe.transaction import (NON_INVITE_TABLE, T1, T2, T4, TIMER_F, ClientTransaction, TxState)
+from sipflow.sip.transaction import (NON_INVITE_TABLE, T1, T2, T4, TIMER_F, ClientTransaction, TxState)
 from sipflow.sip.message import parse_message
 
 ROOT = Path(__file__).resolve().parents[1]

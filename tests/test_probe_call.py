@@ -34,7 +34,7 @@ from sipflow.probe.call import CallOptions, CallOutcome, probe_call
 from sipflow.probe.callout import call_nagios, call_prometheus
 from sipflow.probe.dialog import Dialog, invite_request, sdp_offer
 from sipflow.probe.media import parse_dtmf
-from sipflow.probe.transaction import INVITE_TABLE, TIMER_B, InviteClientTransaction, InviteState, cancel_for
+from sipflow.sip.transaction import INVITE_TABLE, TIMER_B, InviteClientTransaction, InviteState, cancel_for
 from sipflow.sip.sdp import parse_sdp
 from sipflow.sip.message import parse_message
 

@@ -28,10 +28,8 @@ from sipflow.sip.dtmf import dtmf_of
 from sipflow.sip.message import ProblemKind
 from sipflow.sip.scan import SipHead, contact_host
 from sipflow.sip.sdp import Session, sdp_of
+from sipflow.sip.transaction import T1, TIMER_B, is_rfc3261_branch
 
-MAGIC_COOKIE = "z9hG4bK"   # RFC 3261 §8.1.1.7: branches starting with it are unique per transaction
-T1 = 0.5                   # RFC 3261 timer T1, seconds
-TIMER_B = 64 * T1          # INVITE transaction timeout: after this without an answer nobody is answering
 # A "retransmission storm" is more copies than RFC 3261's timers send before giving up: an INVITE is
 # retransmitted at 0.5, 1, 2, 4, 8 and 16 s (Timer A, then Timer B at 32 s); a non-INVITE request or a
 # response at most ten times (Timers E and G, capped at T2 = 4 s, within 32 s). Fewer is the protocol
@@ -300,7 +298,7 @@ def _request_key(h: SipHead, src: str, sport: int) -> tuple:
     m = "INVITE" if method == "ACK" else method
     branch = h.branch
     sent_by = h.sent_by if h.via is not None else fmt_endpoint(src, sport)
-    if branch and branch.startswith(MAGIC_COOKIE):
+    if is_rfc3261_branch(branch):
         return ("b", branch, sent_by, m)
     # RFC 2543 peers: Request-URI, tags, Call-ID, CSeq number and top Via identify the transaction.
     return ("o", h.call_id, h.from_tag, h.cseq, m, h.via)
@@ -309,7 +307,7 @@ def _request_key(h: SipHead, src: str, sport: int) -> tuple:
 def _response_key(h: SipHead) -> tuple:
     branch = h.branch
     sent_by = h.sent_by if h.via is not None else ""
-    if branch and branch.startswith(MAGIC_COOKIE):
+    if is_rfc3261_branch(branch):
         return ("b", branch, sent_by, h.cseq_method)
     return ("o", h.call_id, h.from_tag, h.cseq, h.cseq_method, h.via)
 

@@ -1,4 +1,4 @@
-"""Probe commands: ``sipflow probe options|register|call``, their exit codes and their error boundary.
+"""Probe commands: ``sipflow probe options|register|call|message``, their exit codes and their error boundary.
 
 The work is done by ``sipflow.probe``; this module parses options and maps results to exit codes.
 """
@@ -155,12 +155,25 @@ def probe():
       sipflow probe options 'sip:[::1]' --format nagios -w 0.5 -c 1
       sipflow probe options 'sip:pbx.example.com;transport=tls' --ca my-ca.pem
       sipflow probe register sip:alice@127.0.0.1 --password s3cret --unregister
+      sipflow probe register sip:alice@example.com --proxy ws://127.0.0.1:5066 --password s3cret
       sipflow probe call sip:bob@127.0.0.1:5070 --duration 2 --format json
+      sipflow probe message sip:bob@127.0.0.1 --text hello
+
+    \b
+    Transports: udp, tcp, tls (sips:), and SIP over WebSocket (RFC 7118) as web phones use it:
+    'sip:host:port;transport=ws|wss' or ws://host:port/path and wss://host:port/path, as the target
+    or as --proxy. Over WebSocket the Via host is a random .invalid name and Contact carries
+    ;transport=ws;ob, as SIP.js sends; the upgrade is timed as its own phase (handshake), and a
+    refused upgrade is reported with its HTTP status (exit 6, Nagios CRITICAL).
     """
 
 
 def probe_recording_and_tls_options(f):
     """Options every probe command shares: --pcap/--keep-secrets and the TLS certificate checks."""
+    f = click.option("--tls-keylog", "tls_keylog", metavar="FILE", type=click.Path(dir_okay=False),
+                     help="TLS and wss: append the session secrets to FILE (NSS key log format) so Wireshark "
+                          "can decrypt the probe's own traffic. SSLKEYLOGFILE in the environment does the "
+                          "same.")(f)
     f = click.option("--insecure", "tls_insecure", is_flag=True,
                      help="TLS: do not verify the server certificate or its name (encryption without "
                           "authentication).")(f)
@@ -205,9 +218,9 @@ def probe_recording_and_tls_options(f):
 @probe_recording_and_tls_options
 @handle_probe_errors
 def probe_options(target, count, interval, timeout, expect, bind, family, fmt, warning, critical, pcap=None,
-                  keep_secrets=False, tls_ca=None, tls_insecure=False, proxy=None):
-    """Send OPTIONS to sip:host[:port][;transport=udp|tcp|tls] (or sips:host) and report status, round
-    trip and server.
+                  keep_secrets=False, tls_ca=None, tls_insecure=False, tls_keylog=None, proxy=None):
+    """Send OPTIONS to sip:host[:port][;transport=udp|tcp|tls|ws|wss] (or sips:host, ws://host:port) and
+    report status, round trip and server.
 
     Over UDP the request is retransmitted per RFC 3261 (0.5 s doubling to 4 s, given up after 32 s);
     over TCP and TLS it is not. TLS (port 5061 unless given) checks the server certificate against the
@@ -242,7 +255,8 @@ def probe_options(target, count, interval, timeout, expect, bind, family, fmt, w
     ctx = click.get_current_context()
     tgt = parse_target(target)
     opts = p.ProbeOptions(count=count, interval=interval, timeout=timeout, expect=expect or Expect(),
-                          bind=bind, family=family, tls=TlsOptions(ca=tls_ca, insecure=tls_insecure), proxy=proxy)
+                          bind=bind, family=family, proxy=proxy,
+                          tls=TlsOptions(ca=tls_ca, insecure=tls_insecure, keylog=tls_keylog))
     on_result = None
     if fmt == "text":
         def on_result(r, started=[]):
@@ -252,8 +266,8 @@ def probe_options(target, count, interval, timeout, expect, bind, family, fmt, w
     elif fmt == "json":
         on_result = lambda r: say(p.result_json(r))  # noqa: E731
     from sipflow.probe.recorder import recording
-    with recording(pcap, keep_secrets):
-        run = p.probe_options(tgt, opts, on_result=on_result)
+    with recording(pcap, keep_secrets) as recorder:
+        run = p.probe_options(tgt, opts, on_result=on_result, recorder=recorder)
     if fmt == "text":
         say(p.run_text(run))
     elif fmt == "nagios":
@@ -302,8 +316,8 @@ def _register_exit(result) -> ProbeExit:
 @probe_recording_and_tls_options
 @handle_probe_errors
 def probe_register(aor, user, password, expires, unregister, proxy, timeout, bind, family, fmt, warning, critical,
-                   verbose, pcap=None, keep_secrets=False, tls_ca=None, tls_insecure=False):
-    """Register sip:user@domain[:port][;transport=udp|tcp|tls] (or sips:) and report what the registrar
+                   verbose, pcap=None, keep_secrets=False, tls_ca=None, tls_insecure=False, tls_keylog=None):
+    """Register sip:user@domain[:port][;transport=udp|tcp|tls|ws|wss] (or sips:) and report what the registrar
     granted.
 
     The REGISTER goes to the AOR's domain (or --proxy), with our real address and port in Contact
@@ -337,11 +351,78 @@ def probe_register(aor, user, password, expires, unregister, proxy, timeout, bin
     from sipflow.probe.common import TlsOptions
     opts = p.RegisterOptions(user=user, password=password, expires=expires, unregister=unregister, proxy=proxy,
                              timeout=timeout, bind=bind, family=family,
-                             tls=TlsOptions(ca=tls_ca, insecure=tls_insecure))
-    _probe_and_report(lambda cb: p.probe_register(aor, opts, on_message=cb), fmt, warning, critical, verbose,
-                      password, pcap, keep_secrets, header=lambda r: p.register_header(r.target, opts),
+                             tls=TlsOptions(ca=tls_ca, insecure=tls_insecure, keylog=tls_keylog))
+    _probe_and_report(lambda cb, rec: p.probe_register(aor, opts, on_message=cb, recorder=rec), fmt, warning,
+                      critical, verbose, password, pcap, keep_secrets,
+                      header=lambda r: p.register_header(r.target, opts),
                       text=p.register_text, as_json=p.register_json, nagios=p.register_nagios,
                       prometheus=p.register_prometheus, exit_code=_register_exit)
+
+
+@probe.command("message", cls=_ProbeCommand)
+@click.argument("target")
+@click.option("--text", default="sipflow probe", show_default=True, metavar="TEXT",
+              help="The message text, sent as text/plain (UTF-8, at most 1300 bytes).")
+@click.option("--from", "from_uri", metavar="URI", help="From URI, e.g. sip:alice@example.com.  "
+                                                        "[default: sip:sipflow@OUR-ADDRESS]")
+@click.option("--user", metavar="U", help="Digest username.  [default: the From user]")
+@click.option("--password", metavar="P", envvar="SIPFLOW_PASSWORD", show_envvar=True,
+              help="Digest password for a 401/407 (never printed).")
+@click.option("--proxy", metavar="URI", help="Send through this outbound proxy, sip:host[:port][;transport=..] or "
+                                             "ws://host:port (a Route to it is added).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
+              help="Seconds the whole run may take, whatever happens.  [default: 10]")
+@click.option("--bind", metavar="IP[:PORT]", help="Send from this local address (and port).")
+@click.option("-4", "family", flag_value=4, help="Use IPv4 (when the target is a name).")
+@click.option("-6", "family", flag_value=6, help="Use IPv6 (when the target is a name).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "nagios", "prometheus"]), default="text",
+              show_default=True, help="text, one JSON object, a Nagios plugin line, or a Prometheus textfile.")
+@click.option("-w", "--warning", metavar="RANGE", callback=_parsed(_parse_range),
+              help="Nagios: WARNING when the total time in seconds is outside RANGE (e.g. 0.5).")
+@click.option("-c", "--critical", metavar="RANGE", callback=_parsed(_parse_range),
+              help="Nagios: CRITICAL when the total time in seconds is outside RANGE (e.g. 1).")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Print every SIP message sent and received on standard error (secrets redacted).")
+@probe_recording_and_tls_options
+@handle_probe_errors
+def probe_message(target, text, from_uri, user, password, proxy, timeout, bind, family, fmt, warning, critical,
+                  verbose, pcap=None, keep_secrets=False, tls_ca=None, tls_insecure=False, tls_keylog=None):
+    """Send one SIP MESSAGE (RFC 3428, text/plain) to sip:user@host[:port][;transport=...] and report
+    the status and timings, as a web phone's chat does.
+
+    A 401/407 is answered with digest credentials on a new request with CSeq + 1 (per realm, the
+    strongest algorithm offered; stale=true retried once); a second challenge means the credentials
+    were rejected (auth failure, as is a 403 to them). Any 2xx (200, 202 Accepted) is delivered.
+    Timings: connect and WebSocket handshake (when this probe opened them), first response, the
+    challenge round trip, the round trip of the MESSAGE that got the final answer, total. Every
+    transport of probe options works here, WebSocket included.
+
+    \b
+    Examples:
+      sipflow probe message sip:bob@127.0.0.1 --text "hello"
+      sipflow probe message sip:bob@example.com --proxy ws://192.0.2.10:5066 --user alice --password s3cret
+      sipflow probe message 'sip:bob@example.com;transport=wss' --ca my-ca.pem --format json
+      sipflow probe message sip:bob@192.0.2.10 --format nagios -w 0.5 -c 2
+
+    \b
+    Exit codes (text and json):
+      0 delivered (2xx)     4 refused        7 3xx                 10 6xx
+      1 could not run       5 unreachable    8 4xx (not 401/407)   11 auth failure
+      2 bad command line    6 conn. reset,   9 5xx                 70 sipflow bug (please report)
+      3 timeout               TLS, upgrade                         130 interrupted
+    --format nagios: 0 OK, 1 WARNING, 2 CRITICAL (anything but a 2xx), 3 UNKNOWN (could not run).
+    --format prometheus: 0 once the metrics are written.
+    """
+    from sipflow.probe import message as pm
+    from sipflow.probe.common import TlsOptions
+    opts = pm.MessageOptions(text=text, from_uri=from_uri, user=user, password=password, proxy=proxy,
+                             timeout=timeout, bind=bind, family=family,
+                             tls=TlsOptions(ca=tls_ca, insecure=tls_insecure, keylog=tls_keylog))
+    _probe_and_report(lambda cb, rec: pm.probe_message(target, opts, on_message=cb, recorder=rec), fmt, warning,
+                      critical, verbose, password, pcap, keep_secrets,
+                      header=lambda r: pm.message_header(r.target, opts), text=pm.message_text,
+                      as_json=pm.message_json, nagios=pm.message_nagios, prometheus=pm.message_prometheus,
+                      exit_code=_register_exit)
 
 
 def _probe_and_report(run, fmt, warning, critical, verbose, password, pcap, keep_secrets, *, header, text,
@@ -361,8 +442,8 @@ def _probe_and_report(run, fmt, warning, critical, verbose, password, pcap, keep
     with tempfile.TemporaryDirectory(prefix="sipflow-probe-") as tmp:
         # The ladder is drawn by the analyzer from the probe's own recording, like any capture.
         record = pcap or (os.path.join(tmp, "probe.pcap") if show_ladder else None)
-        with recording(record, keep_secrets):
-            result = run(on_message)
+        with recording(record, keep_secrets) as recorder:
+            result = run(on_message, recorder)
         drawing = _ladder_of(record) if show_ladder else None
     if fmt == "text":
         say(header(result))
@@ -436,8 +517,8 @@ def _call_exit(result) -> ProbeExit:
 @handle_probe_errors
 def probe_call(target, from_uri, user, password, ring_timeout, duration, dtmf, proxy, timeout, bind, family, fmt,
                warning, critical, verbose, pcap=None, keep_secrets=False, audio="tone", show_ladder=False,
-               tls_ca=None, tls_insecure=False):
-    """Place a test call to sip:user@host[:port][;transport=udp|tcp|tls], send a tone, hang up, report.
+               tls_ca=None, tls_insecure=False, tls_keylog=None):
+    """Place a test call to sip:user@host[:port][;transport=udp|tcp|tls|ws|wss], send a tone, hang up, report.
 
     The INVITE offers PCMU, PCMA and telephone-event (SDP on our own address, IPv4 or IPv6) and is
     retransmitted over UDP per RFC 3261 (Timer A from 0.5 s doubling, Timer B 32 s). A 401/407 is
@@ -447,7 +528,8 @@ def probe_call(target, from_uri, user, password, ring_timeout, duration, dtmf, p
     BYE after --duration. --ring-timeout cancels a call that rings too long (CANCEL, then 487 is
     ACKed; a 200 OK that crosses the CANCEL is ACKed and hung up). Timings are from the first INVITE:
     first response, PDD (first 18x), answer, setup (ACK sent); then the call's duration and the BYE
-    round trip. Signalling over TLS is as for probe options (--ca, --insecure); RTP is plain RTP.
+    round trip. Signalling over TLS or WebSocket (ws/wss) is as for probe options (--ca, --insecure);
+    RTP is plain RTP/AVP on our own address: DTLS-SRTP and ICE, what browsers use, are out of scope.
 
     \b
     Examples:
@@ -475,9 +557,10 @@ def probe_call(target, from_uri, user, password, ring_timeout, duration, dtmf, p
     opts = pc.CallOptions(from_uri=from_uri, user=user, password=password, ring_timeout=ring_timeout,
                           duration=duration, dtmf=dtmf, proxy=proxy, timeout=timeout, bind=bind, family=family,
                           audio=None if audio == "tone" else audio,
-                          tls=TlsOptions(ca=tls_ca, insecure=tls_insecure))
-    _probe_and_report(lambda cb: pc.probe_call(target, opts, on_message=cb), fmt, warning, critical, verbose,
-                      password, pcap, keep_secrets, header=lambda r: callout.call_header(r.target, opts),
+                          tls=TlsOptions(ca=tls_ca, insecure=tls_insecure, keylog=tls_keylog))
+    _probe_and_report(lambda cb, rec: pc.probe_call(target, opts, on_message=cb, recorder=rec), fmt, warning,
+                      critical, verbose, password, pcap, keep_secrets,
+                      header=lambda r: callout.call_header(r.target, opts),
                       text=callout.call_text, as_json=callout.call_json, nagios=callout.call_nagios,
                       prometheus=callout.call_prometheus, exit_code=_call_exit, show_ladder=show_ladder)
 

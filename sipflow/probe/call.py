@@ -1,12 +1,12 @@
 """``sipflow probe call``: a real test call to the one URI the user names, and what it measured.
 
-Owns the call's options and result, and its socket driver (``_CallDriver``: signalling and media
-sockets, the monotonic clock, ``select``), which decides what to send when. The requests themselves and
-the dialog's state are ``probe.dialog``'s; the result's formats (text, JSON, Nagios, Prometheus)
-``probe.callout``'s. The INVITE and non-INVITE client transactions (with the ACK of a rejection and
-CANCEL) are ``probe.transaction``'s; the target, channel and Nagios/Prometheus helpers
-``probe.common``'s; the RTP sent and measured ``probe.media``'s; ``sip.digest`` answers 401/407 and
-``sip.sdp`` reads the answer.
+Owns the call's options and result, and ``CallFlow``, the sans-IO transaction user that decides what
+to send when (INVITE, digest retry, PRACK, ACK, CANCEL, BYE, answers to the far end's requests, the
+extra dialogs of a forked 2xx). The requests themselves and the dialog's state are ``probe.dialog``'s;
+the result's formats (text, JSON, Nagios, Prometheus) ``probe.callout``'s. The INVITE and non-INVITE
+client transactions (with the ACK of a rejection and CANCEL) are ``sip.transaction``'s; the sockets,
+the clock and the RTP (``probe.media``) are run by ``probe.driver``; ``probe.flow.Credentials`` answers
+401/407.
 
 In the dialog (RFC 3261 §13.2.2.4, §12.2.1.1): ACK for 2xx is a new request (new branch, the INVITE's
 CSeq number); BYE gets CSeq + 1. CANCEL (§9.1) copies the INVITE's Request-URI, top Via (same branch),
@@ -17,21 +17,22 @@ from __future__ import annotations
 import enum
 import random
 import secrets
-import select
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
-from sipflow.sip.digest import DigestSession, challenges_from, choose
-from sipflow.errors import ParseError, ProbeError
+from sipflow.errors import ProbeError
 from sipflow.media.g711 import read_wav
-from sipflow.probe.common import (Channel, DEFAULT_PORT, DEFAULT_TLS_PORT, describe_failure, new_branch, parse_bind,
-                                  parse_target, resolve_target, Target, TlsOptions, to_us, uri_host)
-from sipflow.probe.dialog import Dialog, invite_request, response_to, sdp_offer
-from sipflow.probe.media import Media, parse_dtmf
-from sipflow.probe.transaction import (TIMER_B, ClientTransaction, InviteClientTransaction,
-                                       InviteState, cancel_for)
-from sipflow.sip.message import SipMessage, parse_message, parse_uri
+from sipflow.probe.common import (Failure, Target, TlsOptions, first_hop, hop_of, new_branch, parse_target,
+                                  route_for, to_us, uri_host)
+from sipflow.probe.dialog import Dialog, invite_request, sdp_offer
+from sipflow.probe.driver import Driver
+from sipflow.probe.flow import (Action, Connect, Credentials, Flow, Link, MediaAnswer, OpenMedia, Send, StartMedia,
+                                StopMedia, Transactions, link_text, parse)
+from sipflow.probe.media import parse_dtmf
+from sipflow.sip import builder
+from sipflow.sip.message import SipMessage, parse_uri
+from sipflow.sip.transaction import TIMER_B, ClientTransaction, InviteClientTransaction, InviteState, cancel_for
 
 DEFAULT_DURATION = 5.0        # seconds from ACK to BYE
 DEFAULT_SLACK = 30.0          # the default --timeout is --duration (+ --ring-timeout) + this
@@ -126,6 +127,8 @@ class CallResult:
     proxy: Optional[str] = None
     rtp: Optional[dict] = None
     stray: int = 0
+    handshake: Optional[float] = None     # WebSocket: the HTTP upgrade of the first hop
+    upgrade_status: Optional[int] = None  # WebSocket: the HTTP status of a refused upgrade
     pracks: int = 0                       # RFC 3262: reliable provisionals PRACKed
     prack_status: Optional[int] = None    # the last PRACK's final response
     prack_retransmitted: int = 0          # PRACKs sent again for retransmitted reliable provisionals
@@ -147,20 +150,21 @@ class CallResult:
             "hung_up_by": self.hung_up_by, "auth_algorithm": self.auth_algorithm, "auth_realm": self.auth_realm,
             "server": self.server, "call_id": self.call_id, "route_set": list(self.route_set),
             "remote_target": self.remote_target, "rtp": self.rtp, "stray": self.stray,
+            "handshake": self.handshake, "upgrade_status": self.upgrade_status,
             "pracks": self.pracks, "prack_status": self.prack_status,
             "prack_retransmitted": self.prack_retransmitted,
         }
 
 
 # ---------------------------------------------------------------------------------------------------
-# The driver
+# Running a call
 
 
 def probe_call(target: str, options: CallOptions = CallOptions(),
                on_message: Optional[Callable[[str, bytes], None]] = None,
-               clock: Callable[[], float] = time.monotonic) -> CallResult:
-    """Call ``target`` (``sip:user@host[:port][;transport=udp|tcp]``), send the tone, hang up after
-    ``options.duration`` and return what happened. ``on_message(direction, data)`` sees every SIP
+               clock: Callable[[], float] = time.monotonic, recorder=None) -> CallResult:
+    """Call ``target`` (``sip:user@host[:port][;transport=udp|tcp|tls|ws|wss]``), send the tone, hang up
+    after ``options.duration`` and return what happened. ``on_message(direction, data)`` sees every SIP
     message sent (``">"``) and received (``"<"``). The whole run ends within ``options.run_timeout``."""
     samples = None
     if options.audio and options.audio != "tone":
@@ -171,38 +175,39 @@ def probe_call(target: str, options: CallOptions = CallOptions(),
     tgt = parse_target(target)
     if "@" not in tgt.uri.split(":", 1)[1].split(";")[0]:
         raise ProbeError(f"{target!r}: a call goes to a user, as in sip:bob@{uri_host(tgt.host)}")
-    route = None
-    hop = tgt
-    if options.proxy:
-        hop = parse_target(options.proxy)
-        if parse_uri(hop.uri).param("transport") is None and hop.transport != tgt.transport:
-            hop = Target(uri=hop.uri, host=hop.host, port=hop.port, transport=tgt.transport)
-        route = hop.uri if parse_uri(hop.uri).param("lr") is not None else hop.uri + ";lr"
-    driver = _CallDriver(tgt, hop, route, options, clock, on_message)
-    driver.samples = samples
-    return driver.run()
+    flow = CallFlow(tgt, options)
+    driver = Driver(flow, options.run_timeout, family=options.family, bind=options.bind, tls=options.tls,
+                    clock=clock, on_message=on_message, recorder=recorder, samples=samples)
+    try:
+        start, end = driver.run()
+        return flow.result(driver.remote_text, start, end, driver.media_stats())
+    finally:
+        driver.close()
 
 
-class _CallDriver:
-    def __init__(self, target: Target, hop: Target, route: Optional[str], options: CallOptions, clock,
-                 on_message) -> None:
-        self.target, self.hop, self.route, self.opts, self.clock = target, hop, route, options, clock
-        self.on_message = on_message
-        self.bind = parse_bind(options.bind) if options.bind else None
-        self.call_id = f"{secrets.token_hex(12)}@sipflow"
-        self.from_tag = secrets.token_hex(6)
+class CallFlow(Flow):
+    """One test call, sans-IO. Links are named after their next hop ("main" is the first one);
+    a request for a next hop that is not up yet waits for ``connected`` (or ``failed``)."""
+
+    def __init__(self, target: Target, options: CallOptions, call_id: Optional[str] = None,
+                 from_tag: Optional[str] = None, cnonce: Optional[Callable[[], str]] = None) -> None:
+        self.target, self.opts = target, options
+        self.hop = first_hop(target, options.proxy)
+        self.route = route_for(options.proxy)
+        self.call_id = call_id or f"{secrets.token_hex(12)}@sipflow"
+        self.from_tag = from_tag or secrets.token_hex(6)
+        self.from_uri = options.from_uri
         self.dtmf = parse_dtmf(options.dtmf)
-        self.channel: Optional[Channel] = None
-        self.dialog_channel: Optional[Channel] = None
-        self.media: Optional[Media] = None
+        self.cnonce = cnonce
+        self.auth: Optional[Credentials] = None       # made once From is known (its user is the default)
+        self.links: Dict[str, Link] = {}
+        self.waiting: Dict[str, List[Callable[[Optional[Link], Optional[Failure]], List[Action]]]] = {}
+        self.txs = Transactions()
+        self.sdp = b""
+        self.cseq = 0
         self.invite: Optional[InviteClientTransaction] = None
         self.invites: List[InviteClientTransaction] = []
-        self.txs: Dict[Tuple[str, str], object] = {}     # (branch, method) -> transaction
-        self.cseq = 0
-        self.sessions: Dict[Tuple[str, str], DigestSession] = {}
-        self.answered_realms: set = set()
-        self.stale_left = 1
-        self.auth_used = None
+        self.auth_used: Tuple = ()
         self.challenge_at: Optional[float] = None
         self.first_sent: Optional[float] = None
         self.first_response_at: Optional[float] = None
@@ -211,14 +216,18 @@ class _CallDriver:
         self.provisional: List[int] = []
         self.final: Optional[SipMessage] = None
         self.answer_at: Optional[float] = None
+        self.early_sdp: Optional[bytes] = None
+        self.dialog: Optional[Dialog] = None
+        self.dialog_link = "main"
         self.ack: Optional[bytes] = None
         self.ack_at: Optional[float] = None
-        self.dialog: Optional[Dialog] = None
+        self.media_started = False
         self.bye_due: Optional[float] = None
         self.bye_tx: Optional[ClientTransaction] = None
         self.bye_sent_at: Optional[float] = None
         self.bye_status: Optional[int] = None
         self.bye_done_at: Optional[float] = None
+        self.bye_retried = False
         self.cancel_tx: Optional[ClientTransaction] = None
         self.cancel_sent_at: Optional[float] = None
         self.cancel_status: Optional[int] = None
@@ -226,475 +235,95 @@ class _CallDriver:
         self.hung_up_by: Optional[str] = None
         self.outcome: Optional[CallOutcome] = None
         self.reason: Optional[str] = None
+        self.failure: Optional[Failure] = None
         self.finished = False
         self.stray = 0
-        self.from_uri = options.from_uri
-        self._bye_retried = False
-        self.early_sdp: Optional[bytes] = None
-        self.pracks: Dict[Tuple[str, int], Tuple[bytes, Channel]] = {}   # (To-tag, RSeq) -> PRACK sent
-        self.forks: Dict[str, Tuple[bytes, Channel]] = {}   # To-tag of another fork's 2xx -> its ACK
+        self.pracks: Dict[Tuple[str, int], Tuple[bytes, str]] = {}   # (To-tag, RSeq) -> PRACK sent, its link
+        self.forks: Dict[str, Tuple[bytes, str]] = {}   # To-tag of another fork's 2xx -> its ACK, its link
         self.prack_retransmitted = 0
         self.prack_status: Optional[int] = None
-        self.tx_channel: Dict[Tuple[str, str], Channel] = {}
-        self.extra_channels: List[Channel] = []
-        self.samples: Optional[List[int]] = None        # --audio FILE.wav, read by probe_call
-        self.remote_text = ""
 
-    # -- the loop -----------------------------------------------------------------------------------
+    # -- links --------------------------------------------------------------------------------------
 
-    def run(self) -> CallResult:
-        start = self.clock()
-        deadline = start + self.opts.run_timeout
-        family, remote = resolve_target(self.hop, self.opts.family, self.bind, deadline - start)
-        self.remote_text = f"{uri_host(remote[0])}:{remote[1]}"
-        try:
-            try:
-                self.channel = Channel(self.hop, family, remote, self.bind, deadline - self.clock(), self.clock,
-                                        self.opts.tls)
-                local_ip = self.channel.local[0]
-                if not self.from_uri:
-                    self.from_uri = f"sip:sipflow@{uri_host(local_ip)}"
-                self.media = Media(local_ip, family)
-                self.media.samples = self.samples
-                self.sdp = sdp_offer(local_ip, self.media.local[1], random.randrange(1, 2 ** 31))
-                self._send_invite()
-            except (OSError, EOFError) as e:
-                self._transport_failed(e)
-            while not self.finished:
-                now = self.clock()
-                if now >= deadline:
-                    self._deadline(now)
-                    break
-                self._fire_timers(now)
-                if not self.finished:
-                    self._due(now)
-                if self.finished:
-                    break
-                self._wait(now, deadline)
-        finally:
-            end = min(self.clock(), deadline)
-            if self.media:
-                self.media.stop(end)
-            for ch in dict.fromkeys((self.channel, self.dialog_channel, *self.extra_channels)):
-                if ch:
-                    ch.close()
-        result = self._result(start, end)
-        if self.media:
-            self.media.close()
-        return result
+    def start(self, now: float) -> List[Action]:
+        return [Connect("main", self.hop)]
 
-    def _trace(self, direction: str, data: bytes) -> None:
-        if self.on_message:
-            self.on_message(direction, data)
+    def connected(self, link: Link, now: float) -> List[Action]:
+        self.links[link.name] = link
+        if link.name == "main" and self.auth is None:
+            if not self.from_uri:
+                self.from_uri = f"sip:sipflow@{uri_host(link.local[0])}"
+            user = self.opts.user or parse_uri(self.from_uri).user or "sipflow"
+            self.auth = Credentials(user, self.opts.password, self.cnonce)
+            return [OpenMedia("main")]
+        out: List[Action] = []
+        for then in self.waiting.pop(link.name, []):
+            out += then(link, None)
+        return out
 
-    def _send(self, data: bytes, channel: Optional[Channel] = None) -> None:
-        self._trace(">", data)
-        (channel or self.channel).send(data)
+    def failed(self, link: str, failure: Failure, now: float) -> List[Action]:
+        self.links.pop(link, None)
+        if link in self.waiting:
+            out: List[Action] = []
+            for then in self.waiting.pop(link):
+                out += then(None, failure)
+            return out
+        return self._transport_failed(failure, now)
 
-    def _send_invite(self) -> None:
-        now = self.clock()
-        branch = new_branch()
-        self.cseq += 1
-        auths = tuple(s.authorize("INVITE", self.target.uri) for s in self.sessions.values())
-        if auths:
-            self.auth_used = auths
-        request = invite_request(self.target.uri, self.from_uri, self.hop.transport, self.channel.local, branch,
-                                 self.call_id, self.from_tag, self.cseq, self.sdp,
-                                 tuple((a.header, a.value) for a in auths), self.route)
-        tx = InviteClientTransaction(request, branch, self.channel.reliable, now)
-        if self.first_sent is None:
-            self.first_sent = now
-        self.invite = tx
-        self.invites.append(tx)
-        self.txs[(branch, "INVITE")] = tx
-        self._send(request)
+    def _on_hop(self, uri: str, then) -> List[Action]:
+        """Run ``then(link, failure)`` on the link to ``uri``'s next hop, opening it first if need be."""
+        hop = hop_of(uri, self.hop.transport)
+        name = f"{hop.transport}:{hop.host}:{hop.port}"
+        if name in self.links:
+            return then(self.links[name], None)
+        first = name not in self.waiting
+        self.waiting.setdefault(name, []).append(then)
+        return [Connect(name, hop)] if first else []
 
-    def _fire_timers(self, now: float) -> None:
-        for key, tx in list(self.txs.items()):
-            d = tx.next_deadline()
-            if d is None or d > now:
-                continue
-            ch = self.tx_channel.get(key) or (
-                self.dialog_channel if key[1] == "BYE" and self.dialog_channel else self.channel)
-            for data in tx.on_timer(now):
-                try:
-                    self._send(data, ch)
-                except (OSError, EOFError) as e:
-                    self._transport_failed(e)
-                    return
-            self._after(tx, now)
+    def media_opened(self, port: int, now: float) -> List[Action]:
+        local_ip = self.links["main"].local[0]
+        self.sdp = sdp_offer(local_ip, port, random.randrange(1, 2 ** 31))
+        return self._send_invite(now)
 
-    def _due(self, now: float) -> None:
-        m = self.media
-        if m is not None:
-            m.send_due(now)
-        if (self.opts.ring_timeout is not None and self.ring_started is not None and self.cancel_tx is None
-                and self.dialog is None and self.invite is not None and not self.invite.done
-                and now >= self.ring_started + self.opts.ring_timeout):
-            self._send_cancel(now)
+    # -- time ---------------------------------------------------------------------------------------
+
+    def _ring_deadline(self) -> Optional[float]:
+        if (self.opts.ring_timeout is None or self.ring_started is None or self.cancel_tx is not None
+                or self.dialog is not None or self.invite is None or self.invite.done):
+            return None
+        return self.ring_started + self.opts.ring_timeout
+
+    def deadline(self) -> Optional[float]:
+        completed = lambda tx: isinstance(tx, InviteClientTransaction) and tx.state is InviteState.COMPLETED  # noqa
+        times = [self.txs.deadline(completed), self._ring_deadline(),
+                 self.bye_due if self.bye_tx is None else None]
+        times = [t for t in times if t is not None]
+        return min(times) if times else None
+
+    def timer(self, now: float) -> List[Action]:
+        out: List[Action] = []
+        for tx, sends in self.txs.fire(now):
+            out += sends
+            out += self._after(tx, now)
+            if self.finished:
+                return out
+        ring = self._ring_deadline()
+        if ring is not None and now >= ring:
+            out += self._send_cancel(now)
         if self.bye_due is not None and self.bye_tx is None and now >= self.bye_due:
-            self._send_bye(now)
+            out += self._send_bye(now)
+        return out
 
-    def _wait(self, now: float, deadline: float) -> None:
-        wake = [deadline]
-        for tx in self.txs.values():
-            d = tx.next_deadline()
-            if d is not None and not (isinstance(tx, InviteClientTransaction) and tx.state is InviteState.COMPLETED):
-                wake.append(d)
-        if self.media and self.media.due() is not None:
-            wake.append(self.media.due())
-        if self.opts.ring_timeout is not None and self.ring_started is not None and self.cancel_tx is None:
-            wake.append(self.ring_started + self.opts.ring_timeout)
-        if self.bye_due is not None and self.bye_tx is None:
-            wake.append(self.bye_due)
-        delay = max(0.0, min(wake) - now)
-        chans = [c for c in (self.channel, self.dialog_channel, *self.extra_channels) if c is not None]
-        chans = list(dict.fromkeys(chans))
-        rd = [c.sock for c in chans] + ([self.media.sock] if self.media else [])
-        wr = [c.sock for c in chans if c.wants_write]
-        readable, writable, _ = select.select(rd, wr, [], delay)
-        for c in chans:
-            try:
-                if c.sock in writable:
-                    c.flush()
-                if c.sock in readable:
-                    for data in c.receive():
-                        self._on_message(data, c)
-            except (OSError, EOFError) as e:
-                self._transport_failed(e)
-                return
-        if self.media and self.media.sock in readable:
-            self.media.receive(self.clock())
-
-    # -- SIP in ----------------------------------------------------------------------------------------
-
-    def _on_message(self, data: bytes, channel: Channel) -> None:
-        now = self.clock()
-        self._trace("<", data)
-        try:
-            msg = parse_message(data, datagram=not channel.reliable)
-        except ParseError:
-            self.stray += 1
-            return
-        if msg.method is not None:
-            self._on_request(msg, channel)
-            return
-        tx = self.txs.get((msg.branch or "", msg.cseq[1] or ""))
-        if tx is None or not tx.matches(msg):
-            self.stray += 1
-            return
-        if self.first_response_at is None:
-            self.first_response_at = now
-        if isinstance(tx, InviteClientTransaction) and 200 <= msg.status < 300 and tx.state is InviteState.TERMINATED:
-            self._on_2xx(msg, now)   # §13.2.2.4: ACK every retransmission of the 2xx
-            return
-        out = tx.on_response(msg, now)
-        for data in out:
-            try:
-                self._send(data)
-            except (OSError, EOFError) as e:
-                self._transport_failed(e)
-                return
-        if isinstance(tx, InviteClientTransaction) and tx is self.invite:
-            if msg.status < 200 and tx.state in (InviteState.PROCEEDING,):
-                self._on_provisional(msg, now)
-            elif 200 <= msg.status < 300:
-                self._on_2xx(msg, now)
-            elif msg.status >= 300 and tx.acks == 1 and tx.final is msg:
-                self._on_rejected(msg, now)
-        else:
-            self._after(tx, now)
-
-    def _on_request(self, msg: SipMessage, channel: Channel) -> None:
-        d = self.dialog
-        ours = d is not None and msg.call_id == d.call_id
-        if msg.method == "ACK":
-            return
-        if msg.method == "BYE" and ours:
-            self._send(response_to(msg, 200, "OK", self.from_tag), channel)
-            if self.hung_up_by is None:
-                self.hung_up_by = "them"
-                now = self.clock()
-                if self.media:
-                    self.media.stop(now)
-                self.bye_due = None
-                self.reason = "the far end hung up"
-                self._finish()
-            return
-        if msg.method == "OPTIONS" or (ours and msg.method in ("INFO", "UPDATE", "NOTIFY")):
-            status, reason = 200, "OK"
-        elif not ours:
-            status, reason = 481, "Call/Transaction Does Not Exist"
-        else:   # a re-INVITE, REFER...: a probe does not change its call
-            status, reason = 501, "Not Implemented"
-        self._send(response_to(msg, status, reason, self.from_tag), channel)
-
-    def _on_provisional(self, msg: SipMessage, now: float) -> None:
-        if self._reliable_provisional(msg, now):
-            return    # a retransmission of a reliable provisional we already PRACKed
-        self.provisional.append(msg.status)
-        if msg.body and msg.content_type == "application/sdp":
-            self.early_sdp = msg.body    # early media (183): the answer, unless the 2xx brings its own
-        if msg.status != 100:
-            if self.pdd_at is None and 180 <= msg.status < 190:
-                self.pdd_at = now
-        if self.ring_started is None:
-            self.ring_started = now   # CANCEL is allowed from here on (§9.1)
-
-    def _reliable_provisional(self, msg: SipMessage, now: float) -> bool:
-        """RFC 3262 §4: a 101-199 with Require: 100rel and RSeq is PRACKed in its early dialog (To-tag,
-        Contact, Record-Route of the 1xx), RAck = RSeq, the INVITE's CSeq number and method. A
-        retransmission of it (same To-tag and RSeq) gets the same PRACK again. True for a retransmission."""
-        require = {t.strip().lower() for v in msg.header_values("Require") for t in v.split(",")}
-        rseq_text = (msg.header("RSeq") or "").strip()
-        if msg.status == 100 or "100rel" not in require or not rseq_text.isdigit():
-            return False
-        tag = (msg.to.tag if msg.to else "") or ""
-        key = (tag, int(rseq_text))
-        if key in self.pracks:
-            data, ch = self.pracks[key]
-            self.prack_retransmitted += 1
-            try:
-                self._send(data, ch)
-            except (OSError, EOFError) as e:
-                self._transport_failed(e)
-            return True
-        contact = msg.contacts[0].uri.raw if msg.contacts else self.target.uri
-        early = Dialog(call_id=self.call_id, local_uri=self.from_uri, local_tag=self.from_tag,
-                       remote_uri=self.target.uri, remote_tag=tag, remote_target=contact,
-                       route_set=tuple(reversed(msg.header_values("Record-Route"))), cseq=self.invite.message.cseq[0])
-        try:
-            ch = self._channel_for(early.next_hop())
-        except ProbeError:
-            ch = self.channel
-        if ch is not self.channel and ch not in self.extra_channels:
-            self.extra_channels.append(ch)
-        self.cseq += 1
-        branch = new_branch()
-        request = early.request("PRACK", self.hop.transport, ch.local, branch, self.cseq,
-                                (("RAck", f"{key[1]} {early.cseq} INVITE"),))
-        tx = ClientTransaction(request, branch, "PRACK", ch.reliable, now)
-        self.txs[(branch, "PRACK")] = tx
-        self.tx_channel[(branch, "PRACK")] = ch
-        self.pracks[key] = (request, ch)
-        try:
-            self._send(request, ch)
-        except (OSError, EOFError) as e:
-            self._transport_failed(e)
-        return False
-
-    def _on_2xx(self, msg: SipMessage, now: float) -> None:
-        if self.dialog is not None:
-            tag = msg.to.tag if msg.to is not None else None
-            if tag == self.dialog.remote_tag:
-                if self.ack is not None:
-                    self._send(self.ack, self.dialog_channel)
-            else:
-                self._on_forked_2xx(msg, tag or "")
-            return
-        self.final = msg
-        self.answer_at = now
-        contact = msg.contacts[0].uri.raw if msg.contacts else self.target.uri
-        rr = tuple(reversed(msg.header_values("Record-Route")))
-        self.dialog = Dialog(call_id=self.call_id, local_uri=self.from_uri, local_tag=self.from_tag,
-                             remote_uri=self.target.uri, remote_tag=(msg.to.tag if msg.to else "") or "",
-                             remote_target=contact, route_set=rr, cseq=msg.cseq[0] or self.cseq)
-        try:
-            self.dialog_channel = self._channel_for(self.dialog.next_hop())
-            self.ack = self.dialog.request("ACK", self.hop.transport, self.dialog_channel.local, new_branch(),
-                                           self.dialog.cseq)
-            self._send(self.ack, self.dialog_channel)
-            self.ack_at = self.clock()
-        except (OSError, EOFError) as e:
-            self._transport_failed(e)
-            return
-        except ProbeError as e:
-            self.outcome, self.reason = CallOutcome.ERROR, f"cannot reach the dialog's next hop: {e}"
-            self._finish()
-            return
-        if self.media and (msg.body or self.early_sdp):
-            self.media.configure(msg.body or self.early_sdp)
-        elif self.media:
-            self.media.problem = "no SDP answer (neither in the 2xx nor in a 1xx)"
-        if self.cancel_tx is not None:   # the 200 OK crossed our CANCEL: the call exists, end it
-            self.outcome = CallOutcome.NO_ANSWER
-            self.reason = f"answered ({msg.status}) after the CANCEL: ACK and BYE sent"
-            self._send_bye(self.clock())
-            return
-        self.outcome = CallOutcome.ANSWERED
-        self.reason = f"{msg.status} {msg.reason or ''}".rstrip()
-        if self.media:
-            self.media.start(self.ack_at, self.dtmf)
-        self.bye_due = self.ack_at + self.opts.duration
-
-    def _on_forked_2xx(self, msg: SipMessage, tag: str) -> None:
-        """A 2xx from another fork (another To-tag) after the call was answered: RFC 3261 §13.2.2.4 wants
-        it ACKed, and a UAC that keeps one call ends the extra dialog with a BYE. Its retransmissions get
-        the same ACK again; the BYE is sent once and not waited for (the call we measure goes on)."""
-        if tag in self.forks:
-            ack, ch = self.forks[tag]
-            self._send(ack, ch)
-            return
-        fork = Dialog(call_id=self.call_id, local_uri=self.from_uri, local_tag=self.from_tag,
-                      remote_uri=self.target.uri, remote_tag=tag,
-                      remote_target=msg.contacts[0].uri.raw if msg.contacts else self.target.uri,
-                      route_set=tuple(reversed(msg.header_values("Record-Route"))), cseq=msg.cseq[0] or self.cseq)
-        try:
-            ch = self._channel_for(fork.next_hop())
-        except ProbeError:
-            ch = self.channel
-        if ch is not self.channel and ch is not self.dialog_channel and ch not in self.extra_channels:
-            self.extra_channels.append(ch)
-        ack = fork.request("ACK", self.hop.transport, ch.local, new_branch(), fork.cseq)
-        self.forks[tag] = (ack, ch)
-        try:
-            self._send(ack, ch)
-            self._send(fork.request("BYE", self.hop.transport, ch.local, new_branch(), fork.cseq + 1), ch)
-        except (OSError, EOFError):
-            pass  # the call we measure is unaffected; the far end's fork times out on its own
-
-    def _channel_for(self, uri: str) -> Channel:
-        """The channel to a dialog's next hop: the one we have when it is the same address."""
-        u = parse_uri(uri)
-        transport = (u.param("transport") or self.hop.transport).lower()
-        if u.scheme == "sips":
-            transport = "tls"
-        if transport not in ("udp", "tcp", "tls"):
-            transport = self.hop.transport
-        port = u.port or (DEFAULT_TLS_PORT if transport == "tls" else DEFAULT_PORT)
-        hop = Target(uri=uri, host=u.host, port=port, transport=transport)
-        fam, remote = resolve_target(hop, self.opts.family, self.bind, 2.0)
-        main_remote = self.channel.sock.getpeername()
-        if remote[:2] == main_remote[:2] and transport == self.hop.transport:
-            return self.channel
-        for ch in self.extra_channels:   # a PRACK's early dialog went there already
-            if ch.peer[:2] == remote[:2] and ch.transport == transport:
-                return ch
-        bind = (self.channel.local[0], 0)
-        return Channel(hop, fam, remote, bind, 2.0, self.clock, self.opts.tls)
-
-    def _on_rejected(self, msg: SipMessage, now: float) -> None:
-        self.final = msg
-        status = msg.status
-        text = f"{status} {msg.reason or ''}".rstrip()
-        if status in (401, 407) and self.cancel_tx is None:
-            if self.challenge_at is None:
-                self.challenge_at = now
-            offered = challenges_from([(name, v) for name in ("WWW-Authenticate", "Proxy-Authenticate")
-                                       for v in msg.header_values(name)])
-            chosen = choose(offered)
-            if not chosen:
-                return self._fail(CallOutcome.AUTH_FAILURE, f"{text}: no digest challenge sipflow can answer")
-            if self.opts.password is None:
-                return self._fail(CallOutcome.AUTH_FAILURE, f"{text} (digest {chosen[0].algorithm}, realm "
-                                                            f"\"{chosen[0].realm}\") and no --password")
-            for c in chosen:
-                key = (c.answer_header, c.realm)
-                if key in self.answered_realms:
-                    if c.stale and self.stale_left > 0:
-                        self.stale_left -= 1
-                    else:
-                        return self._fail(CallOutcome.AUTH_FAILURE, f"credentials rejected: {text} again "
-                                                                    f"(realm \"{c.realm}\")")
-                self.sessions[key] = DigestSession(c, self.opts.user or parse_uri(self.from_uri).user or "sipflow",
-                                                   self.opts.password)
-                self.answered_realms.add(key)
-            if len(self.invites) >= 4:
-                return self._fail(CallOutcome.AUTH_FAILURE, f"{text} after {len(self.invites)} INVITEs")
-            self.ring_started = None
-            try:
-                self._send_invite()
-            except (OSError, EOFError) as e:
-                self._transport_failed(e)
-            return
-        if self.cancel_tx is not None and status == 487:
-            outcome = CallOutcome.NO_ANSWER
-            text = f"no answer within --ring-timeout {self.opts.ring_timeout:g} s: CANCEL sent, {text}"
-        elif status in (486, 600):
-            outcome = CallOutcome.BUSY
-        elif status == 403 and self.sessions:
-            outcome, text = CallOutcome.AUTH_FAILURE, f"credentials rejected: {text}"
-        else:
-            outcome = CallOutcome.REJECTED
-        self._fail(outcome, text)
-
-    def _fail(self, outcome: CallOutcome, reason: str) -> None:
-        self.outcome, self.reason = outcome, reason
-        self._finish()
-
-    def _after(self, tx, now: float) -> None:
-        """A non-INVITE transaction (CANCEL, BYE) or a timer of the INVITE moved on."""
-        if tx is self.invite and tx.state is InviteState.TERMINATED and tx.final is None and self.outcome is None:
-            self._fail(CallOutcome.TIMEOUT, f"no response to the INVITE within {TIMER_B:g} s (Timer B)")
-            return
-        if getattr(tx, "method", None) == "PRACK" and tx.final is not None and tx.final.status >= 200:
-            self.prack_status = tx.final.status
-        if tx is self.cancel_tx and tx.done and self.cancel_status is None:
-            self.cancel_status = tx.final.status if tx.final is not None else None
-            self.cancel_done_at = tx.final_at
-        if tx is self.bye_tx and tx.done and self.bye_done_at is None:
-            if tx.final is not None and tx.final.status in (401, 407) and self.sessions and not self._bye_retried:
-                self._bye_retried = True
-                for c in choose(challenges_from([(n, v) for n in ("WWW-Authenticate", "Proxy-Authenticate")
-                                                 for v in tx.final.header_values(n)])):
-                    self.sessions[(c.answer_header, c.realm)] = DigestSession(
-                        c, self.opts.user or parse_uri(self.from_uri).user or "sipflow", self.opts.password)
-                self.bye_tx = None
-                self._send_bye(now)
-                return
-            self.bye_status = tx.final.status if tx.final is not None else None
-            self.bye_done_at = tx.final_at if tx.final is not None else now
-            if tx.final is None and self.outcome is CallOutcome.ANSWERED:
-                self.reason += "; no response to the BYE"
-            self._finish()
-
-    # -- SIP out ---------------------------------------------------------------------------------------
-
-    def _send_cancel(self, now: float) -> None:
-        request = cancel_for(self.invite.message)
-        tx = ClientTransaction(request, self.invite.branch, "CANCEL", self.channel.reliable, now)
-        self.cancel_tx = tx
-        self.cancel_sent_at = now
-        self.txs[(self.invite.branch, "CANCEL")] = tx
-        try:
-            self._send(request)
-        except (OSError, EOFError) as e:
-            self._transport_failed(e)
-
-    def _send_bye(self, now: float) -> None:
-        if self.media:
-            self.media.stop(now)
-        self.bye_due = None
-        self.hung_up_by = self.hung_up_by or "us"
-        self.cseq += 1
-        branch = new_branch()
-        ch = self.dialog_channel or self.channel
-        auths = tuple(s.authorize("BYE", self.dialog.request_uri()) for s in self.sessions.values()) \
-            if self._bye_retried else ()
-        request = self.dialog.request("BYE", self.hop.transport, ch.local, branch, self.cseq,
-                                      tuple((a.header, a.value) for a in auths))
-        tx = ClientTransaction(request, branch, "BYE", ch.reliable, now)
-        self.bye_tx = tx
-        if self.bye_sent_at is None:
-            self.bye_sent_at = now
-        self.txs[(branch, "BYE")] = tx
-        try:
-            self._send(request, ch)
-        except (OSError, EOFError) as e:
-            self._transport_failed(e)
-
-    def _deadline(self, now: float) -> None:
+    def expire(self, now: float) -> List[Action]:
         """--timeout: end the run now, leaving nothing behind: hang up a call, cancel a ringing one
-        (best effort, no wait)."""
-        try:
-            if self.dialog is not None and self.bye_tx is None and self.hung_up_by is None:
-                self._send_bye(now)
-                self.reason = (self.reason or "") + f"; --timeout {self.opts.run_timeout:g} s ended the call"
-            elif self.dialog is None and self.invite is not None and self.invite.state is InviteState.PROCEEDING \
-                    and self.cancel_tx is None:
-                self._send_cancel(now)
-        except (OSError, EOFError, ProbeError):
-            pass
+        (best effort: the driver does not wait for the answers)."""
+        out: List[Action] = []
+        if self.dialog is not None and self.bye_tx is None and self.hung_up_by is None:
+            out += self._send_bye(now)
+            self.reason = (self.reason or "") + f"; --timeout {self.opts.run_timeout:g} s ended the call"
+        elif self.dialog is None and self.invite is not None and self.invite.state is InviteState.PROCEEDING \
+                and self.cancel_tx is None:
+            out += self._send_cancel(now)
         if self.outcome is None and self.cancel_sent_at is not None and self.cancel_sent_at < now \
                 and self.opts.ring_timeout is not None:
             self.outcome = CallOutcome.NO_ANSWER   # we gave up on it; the far end never confirmed (no 487)
@@ -707,44 +336,278 @@ class _CallDriver:
                 " (CANCEL sent)" if self.cancel_tx is not None else "")
         elif self.bye_tx is not None and self.bye_done_at is None and "--timeout" not in (self.reason or ""):
             self.reason = (self.reason or "") + "; no response to the BYE before --timeout"
+        return out + self._finish(now)
 
-    def _transport_failed(self, err: BaseException) -> None:
-        outcome, reason = describe_failure(err)
+    # -- SIP in -------------------------------------------------------------------------------------
+
+    def received(self, link: str, data: bytes, now: float) -> List[Action]:
+        msg = parse(data, self.links.get(link))
+        if msg is None:
+            self.stray += 1
+            return []
+        if msg.method is not None:
+            return self._on_request(msg, link, now)
+        tx = self.txs.match(msg)
+        if tx is None:
+            self.stray += 1
+            return []
+        if self.first_response_at is None:
+            self.first_response_at = now
+        if isinstance(tx, InviteClientTransaction) and 200 <= msg.status < 300 and tx.state is InviteState.TERMINATED:
+            return self._on_2xx(msg, now)   # §13.2.2.4: ACK every retransmission of the 2xx
+        out: List[Action] = [Send(self.txs.link_of(tx), data) for data in tx.on_response(msg, now)]
+        if tx is self.invite:
+            if msg.status < 200 and tx.state is InviteState.PROCEEDING:
+                out += self._on_provisional(msg, now)
+            elif 200 <= msg.status < 300:
+                out += self._on_2xx(msg, now)
+            elif msg.status >= 300 and tx.acks == 1 and tx.final is msg:
+                out += self._on_rejected(msg, now)
+        else:
+            out += self._after(tx, now)
+        return out
+
+    def _on_request(self, msg: SipMessage, link: str, now: float) -> List[Action]:
+        d = self.dialog
+        ours = d is not None and msg.call_id == d.call_id
+        if msg.method == "ACK":
+            return []
+        if msg.method == "BYE" and ours:
+            out: List[Action] = [Send(link, builder.response(msg, 200, "OK", self.from_tag))]
+            if self.hung_up_by is None:
+                self.hung_up_by = "them"
+                self.bye_due = None
+                self.reason = "the far end hung up"
+                out += self._finish(now)
+            return out
+        if msg.method == "OPTIONS" or (ours and msg.method in ("INFO", "UPDATE", "NOTIFY")):
+            status, reason = 200, "OK"
+        elif not ours:
+            status, reason = 481, "Call/Transaction Does Not Exist"
+        else:   # a re-INVITE, REFER...: a probe does not change its call
+            status, reason = 501, "Not Implemented"
+        return [Send(link, builder.response(msg, status, reason, self.from_tag))]
+
+    def _on_provisional(self, msg: SipMessage, now: float) -> List[Action]:
+        again, out = self._reliable_provisional(msg, now)
+        if again:
+            return out    # a retransmission of a reliable provisional we already PRACKed
+        self.provisional.append(msg.status)
+        if msg.body and msg.content_type == "application/sdp":
+            self.early_sdp = msg.body    # early media (183): the answer, unless the 2xx brings its own
+        if self.pdd_at is None and 180 <= msg.status < 190:
+            self.pdd_at = now
+        if self.ring_started is None:
+            self.ring_started = now   # CANCEL is allowed from here on (§9.1)
+        return out
+
+    def _early_dialog(self, msg: SipMessage, tag: str, cseq: int) -> Dialog:
+        return Dialog(call_id=self.call_id, local_uri=self.from_uri, local_tag=self.from_tag,
+                      remote_uri=self.target.uri, remote_tag=tag,
+                      remote_target=msg.contacts[0].uri.raw if msg.contacts else self.target.uri,
+                      route_set=tuple(reversed(msg.header_values("Record-Route"))), cseq=cseq)
+
+    def _reliable_provisional(self, msg: SipMessage, now: float) -> Tuple[bool, List[Action]]:
+        """RFC 3262 §4: a 101-199 with Require: 100rel and RSeq is PRACKed in its early dialog (To-tag,
+        Contact, Record-Route of the 1xx), RAck = RSeq, the INVITE's CSeq number and method. A
+        retransmission of it (same To-tag and RSeq) gets the same PRACK again: (True, that PRACK)."""
+        require = {t.strip().lower() for v in msg.header_values("Require") for t in v.split(",")}
+        rseq_text = (msg.header("RSeq") or "").strip()
+        if msg.status == 100 or "100rel" not in require or not rseq_text.isdigit():
+            return False, []
+        tag = (msg.to.tag if msg.to else "") or ""
+        key = (tag, int(rseq_text))
+        if key in self.pracks:
+            data, link = self.pracks[key]
+            self.prack_retransmitted += 1
+            return True, [Send(link, data)]
+        early = self._early_dialog(msg, tag, self.invite.message.cseq[0])
+
+        def prack(link: Optional[Link], failure: Optional[Failure]) -> List[Action]:
+            link = link or self.links["main"]    # an unreachable early next hop: try the first hop
+            self.cseq += 1
+            branch = new_branch()
+            request = early.request("PRACK", link.transport, link.local, branch, self.cseq,
+                                    (("RAck", f"{key[1]} {early.cseq} INVITE"),), sent_by=link.sent_by)
+            self.txs.add(ClientTransaction(request, branch, "PRACK", link.reliable, now), link.name)
+            self.pracks[key] = (request, link.name)
+            return [Send(link.name, request)]
+        return False, self._on_hop(early.next_hop(), prack)
+
+    def _on_2xx(self, msg: SipMessage, now: float) -> List[Action]:
+        tag = (msg.to.tag if msg.to is not None else None) or ""
+        if self.dialog is not None:
+            if tag != self.dialog.remote_tag:
+                return self._on_forked_2xx(msg, tag, now)
+            return [Send(self.dialog_link, self.ack)] if self.ack is not None else []
+        self.final = msg
+        self.answer_at = now
+        self.dialog = self._early_dialog(msg, tag, msg.cseq[0] or self.cseq)
+
+        def ack(link: Optional[Link], failure: Optional[Failure]) -> List[Action]:
+            if link is None:
+                self.outcome, self.reason = CallOutcome.ERROR, f"cannot reach the dialog's next hop: {failure.reason}"
+                return self._finish(now)
+            self.dialog_link = link.name
+            self.ack = self.dialog.request("ACK", link.transport, link.local, new_branch(), self.dialog.cseq,
+                                           sent_by=link.sent_by)
+            self.ack_at = now
+            out: List[Action] = [Send(link.name, self.ack), MediaAnswer(msg.body or self.early_sdp or None)]
+            if self.cancel_tx is not None:   # the 200 OK crossed our CANCEL: the call exists, end it
+                self.outcome = CallOutcome.NO_ANSWER
+                self.reason = f"answered ({msg.status}) after the CANCEL: ACK and BYE sent"
+                return out + self._send_bye(now)
+            self.outcome = CallOutcome.ANSWERED
+            self.reason = f"{msg.status} {msg.reason or ''}".rstrip()
+            self.media_started = True
+            self.bye_due = self.ack_at + self.opts.duration
+            return out + [StartMedia(self.ack_at, self.dtmf)]
+        return self._on_hop(self.dialog.next_hop(), ack)
+
+    def _on_forked_2xx(self, msg: SipMessage, tag: str, now: float) -> List[Action]:
+        """A 2xx from another fork (another To-tag) after the call was answered: RFC 3261 §13.2.2.4 wants
+        it ACKed, and a UAC that keeps one call ends the extra dialog with a BYE. Its retransmissions get
+        the same ACK again; the BYE is sent once and not waited for (the call we measure goes on)."""
+        if tag in self.forks:
+            ack, link = self.forks[tag]
+            return [Send(link, ack)]
+        fork = self._early_dialog(msg, tag, msg.cseq[0] or self.cseq)
+
+        def ack_and_bye(link: Optional[Link], failure: Optional[Failure]) -> List[Action]:
+            link = link or self.links["main"]
+            ack = fork.request("ACK", link.transport, link.local, new_branch(), fork.cseq, sent_by=link.sent_by)
+            self.forks[tag] = (ack, link.name)
+            bye = fork.request("BYE", link.transport, link.local, new_branch(), fork.cseq + 1, sent_by=link.sent_by)
+            return [Send(link.name, ack), Send(link.name, bye)]
+        return self._on_hop(fork.next_hop(), ack_and_bye)
+
+    def _on_rejected(self, msg: SipMessage, now: float) -> List[Action]:
+        self.final = msg
+        status = msg.status
+        text = f"{status} {msg.reason or ''}".rstrip()
+        if status in (401, 407) and self.cancel_tx is None:
+            if self.challenge_at is None:
+                self.challenge_at = now
+            why = self.auth.challenged(msg)
+            if why is None and len(self.invites) >= 4:
+                why = f"{text} after {len(self.invites)} INVITEs"
+            if why is not None:
+                return self._fail(CallOutcome.AUTH_FAILURE, why, now)
+            self.ring_started = None
+            return self._send_invite(now)
+        if self.cancel_tx is not None and status == 487:
+            outcome = CallOutcome.NO_ANSWER
+            text = f"no answer within --ring-timeout {self.opts.ring_timeout:g} s: CANCEL sent, {text}"
+        elif status in (486, 600):
+            outcome = CallOutcome.BUSY
+        elif status == 403 and self.auth.sessions:
+            outcome, text = CallOutcome.AUTH_FAILURE, f"credentials rejected: {text}"
+        else:
+            outcome = CallOutcome.REJECTED
+        return self._fail(outcome, text, now)
+
+    def _after(self, tx, now: float) -> List[Action]:
+        """A non-INVITE transaction (PRACK, CANCEL, BYE) or a timer of the INVITE moved on."""
+        if tx is self.invite and tx.state is InviteState.TERMINATED and tx.final is None and self.outcome is None:
+            return self._fail(CallOutcome.TIMEOUT, f"no response to the INVITE within {TIMER_B:g} s (Timer B)", now)
+        if tx.method == "PRACK" and tx.final is not None and tx.final.status >= 200:
+            self.prack_status = tx.final.status
+        if tx is self.cancel_tx and tx.done and self.cancel_status is None:
+            self.cancel_status = tx.final.status if tx.final is not None else None
+            self.cancel_done_at = tx.final_at
+        if tx is self.bye_tx and tx.done and self.bye_done_at is None:
+            final = tx.final
+            if final is not None and final.status in (401, 407) and not self.bye_retried \
+                    and self.opts.password is not None:
+                self.bye_retried = True           # §22.2: a challenge to the BYE is answered once
+                self.auth.next_step()
+                if self.auth.challenged(final) is None:
+                    self.bye_tx = None
+                    return self._send_bye(now)
+            self.bye_status = final.status if final is not None else None
+            self.bye_done_at = tx.final_at if final is not None else now
+            if final is None and self.outcome is CallOutcome.ANSWERED:
+                self.reason += "; no response to the BYE"
+            return self._finish(now)
+        return []
+
+    # -- SIP out ------------------------------------------------------------------------------------
+
+    def _send_invite(self, now: float) -> List[Action]:
+        link = self.links["main"]
+        branch = new_branch()
+        self.cseq += 1
+        auth = self.auth.headers("INVITE", self.target.uri)
+        if auth:
+            self.auth_used = self.auth.sent
+        request = invite_request(self.target.uri, self.from_uri, link.transport, link.local, branch, self.call_id,
+                                 self.from_tag, self.cseq, self.sdp, auth, self.route, sent_by=link.sent_by)
+        tx = InviteClientTransaction(request, branch, link.reliable, now)
+        if self.first_sent is None:
+            self.first_sent = now
+        self.invite = tx
+        self.invites.append(tx)
+        self.txs.add(tx, "main")
+        return [Send("main", request)]
+
+    def _send_cancel(self, now: float) -> List[Action]:
+        request = cancel_for(self.invite.message)
+        tx = ClientTransaction(request, self.invite.branch, "CANCEL", self.invite.reliable, now)
+        self.cancel_tx = tx
+        self.cancel_sent_at = now
+        self.txs.add(tx, "main")
+        return [Send("main", request)]
+
+    def _send_bye(self, now: float) -> List[Action]:
+        self.bye_due = None
+        self.hung_up_by = self.hung_up_by or "us"
+        self.cseq += 1
+        branch = new_branch()
+        link = self.links.get(self.dialog_link) or self.links["main"]
+        ruri = self.dialog.request_uri()
+        auth = self.auth.headers("BYE", ruri) if self.bye_retried else ()
+        request = self.dialog.request("BYE", link.transport, link.local, branch, self.cseq, auth,
+                                      sent_by=link.sent_by)
+        tx = ClientTransaction(request, branch, "BYE", link.reliable, now)
+        self.bye_tx = tx
+        if self.bye_sent_at is None:
+            self.bye_sent_at = now
+        self.txs.add(tx, link.name)
+        return [StopMedia(now), Send(link.name, request)]
+
+    def _fail(self, outcome: CallOutcome, reason: str, now: float) -> List[Action]:
+        self.outcome, self.reason = outcome, reason
+        return self._finish(now)
+
+    def _transport_failed(self, failure: Failure, now: float) -> List[Action]:
         if self.outcome is None:
-            self.outcome, self.reason = CallOutcome(outcome.value), reason
+            self.outcome, self.reason, self.failure = CallOutcome(failure.outcome.value), failure.reason, failure
         else:   # the call was answered (or given up) first: say what ended it
-            self.reason = (self.reason or "") + f"; then {reason}"
-        self._finish()
+            self.reason = (self.reason or "") + f"; then {failure.reason}"
+        return self._finish(now)
 
-    def _finish(self) -> None:
+    def _finish(self, now: float) -> List[Action]:
         self.finished = True
-        if self.media:
-            self.media.stop(self.clock())
+        return [StopMedia(now)]
 
-    # -- the result ------------------------------------------------------------------------------------
+    # -- the result ---------------------------------------------------------------------------------
 
-    def _result(self, start: float, end: float) -> CallResult:
+    def result(self, remote: str, start: float, end: float, media_stats: Optional[dict]) -> CallResult:
         t0 = self.first_sent
 
         def since(t):
             return to_us(t - t0) if t is not None and t0 is not None else None
         final = self.final
-        local = ""
-        if self.channel is not None:
-            local = f"{uri_host(self.channel.local[0])}:{self.channel.local[1]}"
-        auth = next((a for a in (self.auth_used or ()) if a.header == "Authorization"),
-                    (self.auth_used or (None,))[0])
-        rtp = self.media.stats() if self.media is not None and self.media.started_at is not None else None
-        if rtp is None and self.media is not None and self.dialog is not None:
-            rtp = self.media.stats()
+        main = self.links.get("main")
+        auth = next((a for a in self.auth_used if a.header == "Authorization"),
+                    self.auth_used[0] if self.auth_used else None)
+        rtp = media_stats if (self.media_started or self.dialog is not None) else None
         last = max([t for t in (self.bye_done_at, self.cancel_done_at, self.ack_at,
                                 self.invite.final_at if self.invite else None) if t is not None], default=None)
-        server = None
-        if final is not None:
-            server = final.header("Server") or final.header("User-Agent")
+        server = (final.header("Server") or final.header("User-Agent")) if final is not None else None
         return CallResult(
             target=self.target.uri, from_uri=self.from_uri or "", transport=self.hop.transport,
-            remote=self.remote_text, local=local, outcome=self.outcome or CallOutcome.ERROR,
+            remote=remote, local=link_text(main), outcome=self.outcome or CallOutcome.ERROR,
             status=final.status if final is not None else None,
             reason=self.reason or "the run ended without an answer", provisional=tuple(self.provisional),
             first_response=since(self.first_response_at), pdd=since(self.pdd_at), answer=since(self.answer_at),
@@ -753,7 +616,7 @@ class _CallDriver:
             bye=to_us(self.bye_done_at - self.bye_sent_at) if self.bye_status is not None else None,
             cancel=to_us(self.cancel_done_at - self.cancel_sent_at) if self.cancel_status is not None else None,
             challenge=since(self.challenge_at), total=since(last), elapsed=to_us(end - start),
-            retransmissions=sum(getattr(t, "retransmissions", 0) for t in self.txs.values()),
+            retransmissions=self.txs.retransmissions,
             invites=len(self.invites), ack_sent=self.ack_at is not None or any(t.acks for t in self.invites),
             bye_sent=self.bye_sent_at is not None, bye_status=self.bye_status,
             cancel_sent=self.cancel_tx is not None, cancel_status=self.cancel_status, hung_up_by=self.hung_up_by,
@@ -761,5 +624,7 @@ class _CallDriver:
             server=server, call_id=self.call_id if self.invites else None,
             route_set=self.dialog.route_set if self.dialog else (),
             remote_target=self.dialog.remote_target if self.dialog else None, proxy=self.opts.proxy, rtp=rtp,
-            stray=self.stray, pracks=len(self.pracks), prack_status=self.prack_status,
+            stray=self.stray, handshake=to_us(main.handshake if main else None),
+            upgrade_status=self.failure.upgrade_status if self.failure else None,
+            pracks=len(self.pracks), prack_status=self.prack_status,
             prack_retransmitted=self.prack_retransmitted)

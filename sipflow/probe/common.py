@@ -1,34 +1,33 @@
-"""What every probe shares: the target and its TLS options, what counts as up, how a probe ends, the
-socket channel that carries requests, and the helpers the result formats share.
+"""What every probe shares: the target and its TLS options, what counts as up, how a probe ends, where
+its requests go, and the helpers the result formats share.
 
-Owns ``parse_target`` (sip:/sips:/tel-free SIP URIs, transports, refused destinations), ``Expect`` and
-Nagios ranges, ``Outcome``, ``resolve_target`` and ``Channel`` (UDP, TCP, TLS sockets with framing of
-what comes back), and the small format helpers. The probes themselves are ``probe.options``,
-``probe.register`` and ``probe.call``; exit codes and options are ``cli``'s.
+Owns ``parse_target`` (sip:/sips: URIs and ws:// URLs, transports, refused destinations), ``Expect`` and
+Nagios ranges, ``Outcome`` and ``Failure``, where requests go (``first_hop``, ``hop_of``), and the
+small format helpers (Nagios perfdata, the Prometheus textfile, the -v trace). The sockets are
+``probe.transport``'s, the one loop around them ``probe.driver``'s; the probes themselves are the
+flows in ``probe.options``, ``probe.register``, ``probe.message`` and ``probe.call``; exit codes and
+options are ``cli``'s.
 """
 
 import enum
-import errno
 import ipaddress
 import math
 import re
 import secrets
-import socket
 import ssl
-import threading
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 from sipflow.errors import ProbeError
 from sipflow.sip.digest import redact
-from sipflow.sip.framing import frame_stream
 from sipflow.sip.message import parse_uri
-from sipflow.probe.recorder import record as _pcap_record
-from sipflow.probe.transaction import MAGIC_COOKIE
+from sipflow.sip.transaction import MAGIC_COOKIE
 
 DEFAULT_PORT = 5060        # no NAPTR/SRV lookups yet (RFC 3263): the URI's port or 5060
 DEFAULT_TLS_PORT = 5061    # RFC 3261 §19.1.2: sips: and transport=tls
-TRANSPORTS = ("udp", "tcp", "tls")
+DEFAULT_WS_PORTS = {"ws": 80, "wss": 443}   # RFC 7118 names none: a ws:// or wss:// URL's own defaults
+TRANSPORTS = ("udp", "tcp", "tls", "ws", "wss")
+RELIABLE = ("tcp", "tls", "ws", "wss")
 DEFAULT_TIMEOUT = 10.0     # the run ends this long after the last probe is sent, unless --timeout says
 
 
@@ -42,7 +41,8 @@ class Target:
     uri: str
     host: str
     port: int
-    transport: str   # "udp", "tcp" or "tls"
+    transport: str   # "udp", "tcp", "tls", "ws" or "wss"
+    path: str = "/"  # WebSocket: the HTTP request target of the upgrade
 
     @property
     def scheme(self) -> str:
@@ -50,17 +50,47 @@ class Target:
 
 
 def contact_params(transport: str) -> str:
-    """The Contact URI parameter naming our transport (none for UDP, the default)."""
+    """The Contact URI parameters naming our transport (none for UDP, the default). Over WebSocket,
+    ``;ob`` as SIP.js sends it (RFC 5626: we keep the connection; requests for us come back on it)."""
+    if transport in ("ws", "wss"):
+        return ";transport=ws;ob"      # RFC 7118 §5.2: "ws" for both, as browsers write it
     return f";transport={transport}" if transport in ("tcp", "tls") else ""
+
+
+def default_port(transport: str) -> int:
+    return DEFAULT_WS_PORTS.get(transport) or (DEFAULT_TLS_PORT if transport == "tls" else DEFAULT_PORT)
+
+
+_WS_URL = re.compile(r"(?i)(wss?)://(\[[^\]]*\]|[^/:?#\s]+)(?::(\d+))?(/[^?#\s]*)?$")
+
+
+def parse_ws_url(text: str) -> Target:
+    """``ws://host[:port][/path]`` or ``wss://...``: a WebSocket SIP server (RFC 7118), the way web
+    phones are configured. The Request-URI becomes ``sip:host[:port];transport=ws|wss``."""
+    m = _WS_URL.match(text.strip())
+    if not m:
+        raise ProbeError(f"{text!r} is not a ws:// or wss:// URL (ws://host[:port][/path])")
+    transport, host, port, path = m.group(1).lower(), m.group(2), m.group(3), m.group(4) or "/"
+    bare = host[1:-1] if host.startswith("[") else host
+    if host.startswith("[") and not is_ip(bare):
+        raise ProbeError(f"{text!r}: only an IPv6 address goes in brackets")
+    if port is not None and not 0 < int(port) < 65536:
+        raise ProbeError(f"bad port in {text!r}")
+    uri = f"sip:{host}" + (f":{port}" if port else "") + f";transport={transport}"
+    return Target(uri=uri, host=bare.lower(), port=int(port) if port else DEFAULT_WS_PORTS[transport],
+                  transport=transport, path=path)
 
 
 @dataclass(frozen=True)
 class TlsOptions:
-    """How a TLS channel checks the server: against the system CA store by default, against ``ca``
-    (a PEM file of CA certificates) when given, not at all with ``insecure``. The name checked (and
-    sent as SNI) is the target's host."""
+    """How a TLS (or wss) channel checks the server: against the system CA store by default, against
+    ``ca`` (a PEM file of CA certificates) when given, not at all with ``insecure``. The name checked
+    (and sent as SNI) is the target's host. ``keylog`` appends the session secrets to that file in the
+    NSS key log format, so Wireshark can decrypt the probe's own traffic (``SSLKEYLOGFILE`` in the
+    environment does the same: Python's default context reads it)."""
     ca: Optional[str] = None
     insecure: bool = False
+    keylog: Optional[str] = None
 
     def context(self) -> ssl.SSLContext:
         try:
@@ -71,6 +101,11 @@ class TlsOptions:
         if self.insecure:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
+        if self.keylog:
+            try:
+                ctx.keylog_filename = self.keylog
+            except OSError as e:
+                raise ProbeError(f"--tls-keylog {self.keylog}: {e.strerror}") from None
         return ctx
 
 
@@ -78,15 +113,18 @@ _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
 
 
 def parse_target(text: str) -> Target:
-    """``sip:host[:port][;transport=udp|tcp|tls]`` or ``sips:host[:port]`` (TLS); ``sip:`` may be left
-    out; IPv6 goes in brackets. TLS defaults to port 5061, the others to 5060."""
+    """``sip:host[:port][;transport=udp|tcp|tls|ws|wss]`` or ``sips:host[:port]`` (TLS); ``sip:`` may be
+    left out; IPv6 goes in brackets; ``ws://`` and ``wss://`` URLs name a WebSocket server. TLS defaults
+    to port 5061, ws to 80, wss to 443, the others to 5060."""
     text = text.strip()
     m = _SCHEME.match(text)
     scheme = m.group(1).lower() if m else ""
+    if scheme in ("ws", "wss"):
+        return parse_ws_url(text)
     if scheme == "sips":
         text = "sips:" + text[m.end():]
     elif scheme != "sip":
-        if m and not text[m.end():m.end() + 1].isdigit() and not _is_ip(text.split(";")[0]):
+        if m and not text[m.end():m.end() + 1].isdigit() and not is_ip(text.split(";")[0]):
             raise ProbeError(f"{text!r} is not a sip: URI")
         text = "sip:" + text   # "host", "host:5060", "[::1]:5060"
     if re.search(r"[\s<>\"?]", text):
@@ -94,7 +132,7 @@ def parse_target(text: str) -> Target:
     hostport = text.split(":", 1)[1].split(";")[0].rpartition("@")[2]
     if hostport.startswith("["):
         host, _, tail = hostport[1:].partition("]")
-        if ":" not in host or not _is_ip(host):
+        if ":" not in host or not is_ip(host):
             raise ProbeError(f"{text!r}: only an IPv6 address goes in brackets")
     elif hostport.count(":") > 1:
         raise ProbeError(f"{text!r}: IPv6 addresses go in brackets, as in sip:[::1]:5060")
@@ -106,11 +144,13 @@ def parse_target(text: str) -> Target:
     transport = (parse_uri(text).param("transport") or ("tls" if scheme == "sips" else "udp")).lower()
     if scheme == "sips" and transport == "tcp":
         transport = "tls"   # RFC 5630 §3.1.3: sips: with transport=tcp still means TLS over TCP
+    if scheme == "sips" and transport == "ws":
+        transport = "wss"   # RFC 7118 §7: sips: over WebSocket means a secure WebSocket
     if transport not in TRANSPORTS:
-        raise ProbeError(f"transport={transport} is not supported (udp, tcp or tls)")
-    if scheme == "sips" and transport != "tls":
+        raise ProbeError(f"transport={transport} is not supported (udp, tcp, tls, ws or wss)")
+    if scheme == "sips" and transport not in ("tls", "wss"):
         raise ProbeError(f"{text!r}: a sips: URI is reached over TLS only")
-    port = DEFAULT_TLS_PORT if transport == "tls" else DEFAULT_PORT
+    port = default_port(transport)
     if tail:
         if not (tail.startswith(":") and tail[1:].isdigit() and 0 < int(tail[1:]) < 65536):
             raise ProbeError(f"bad port in {text!r}")
@@ -118,7 +158,7 @@ def parse_target(text: str) -> Target:
     return Target(uri=text, host=host.lower(), port=port, transport=transport)
 
 
-def _is_ip(text: str) -> bool:
+def is_ip(text: str) -> bool:
     try:
         ipaddress.ip_address(text.split("%")[0])
         return True
@@ -227,30 +267,19 @@ def to_us(seconds: Optional[float]) -> Optional[float]:
     return None if seconds is None else round(seconds, 6)
 
 
-class TlsHandshakeTimeout(TimeoutError):
-    """The TCP connection was made, but the TLS handshake did not finish before --timeout."""
+@dataclass(frozen=True)
+class Failure:
+    """Why a link could not carry the probe: the outcome, what to tell the user and, when a WebSocket
+    server refused the HTTP upgrade, its status code."""
+    outcome: Outcome
+    reason: str
+    upgrade_status: Optional[int] = None
 
-
-def describe_failure(err: BaseException) -> Tuple[Outcome, str]:
-    """What a socket error means for the probe."""
-    if isinstance(err, TlsHandshakeTimeout):
-        return Outcome.TIMEOUT, "no TLS handshake before --timeout"
-    if isinstance(err, ssl.SSLCertVerificationError):
-        return Outcome.ERROR, f"TLS certificate verify failed: {err.verify_message or err.reason or err}"
-    if isinstance(err, ssl.SSLError):
-        return Outcome.ERROR, f"TLS error: {err.reason or err}"
-    if isinstance(err, ConnectionRefusedError):
-        return Outcome.REFUSED, "connection refused"
-    if isinstance(err, (socket.timeout, TimeoutError)):
-        return Outcome.TIMEOUT, "no TCP connection before --timeout"
-    if isinstance(err, OSError) and err.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN,
-                                                  errno.ENETDOWN, errno.EADDRNOTAVAIL):
-        return Outcome.UNREACHABLE, err.strerror or "unreachable"
-    if isinstance(err, OSError):
-        return Outcome.ERROR, err.strerror or str(err)
-    return Outcome.ERROR, str(err)
 
 # ---------------------------------------------------------------------------------------------------
+# Where requests go: the target, or an outbound proxy in front of it
+
+
 def route_for(proxy: Optional[str]) -> Optional[str]:
     """§8.1.2: an outbound proxy is the route set's one loose-routing entry."""
     if not proxy:
@@ -259,9 +288,34 @@ def route_for(proxy: Optional[str]) -> Optional[str]:
     return uri if parse_uri(uri).param("lr") is not None else uri + ";lr"
 
 
+def first_hop(target: Target, proxy: Optional[str]) -> Target:
+    """Where the packets go: the target itself, or the outbound proxy, on the proxy's own transport
+    when it names one and on the target's when it does not."""
+    if not proxy:
+        return target
+    hop = parse_target(proxy)
+    if parse_uri(hop.uri).param("transport") is None and hop.transport != target.transport \
+            and not proxy.strip().lower().startswith(("ws:", "wss:")):
+        hop = Target(uri=hop.uri, host=hop.host, port=hop.port, transport=target.transport, path=hop.path)
+    return hop
+
+
+def hop_of(uri: str, transport: str) -> Target:
+    """The next hop a dialog's route set or remote target names (§8.1.2, §12.2.1.1): its host, port and
+    transport (``transport`` when it names none, or none we speak)."""
+    u = parse_uri(uri)
+    kind = (u.param("transport") or transport).lower()
+    if u.scheme == "sips":
+        kind = "wss" if kind in ("ws", "wss") else "tls"
+    if kind not in TRANSPORTS:
+        kind = transport
+    if kind == "ws" and transport == "wss":
+        kind = "wss"   # browsers and proxies write ;transport=ws for both
+    return Target(uri=uri, host=(u.host or "").lower(), port=u.port or default_port(kind), transport=kind)
+
 
 # ---------------------------------------------------------------------------------------------------
-# Sockets: resolving the target, and the channel around one connection
+# --bind
 
 
 def parse_bind(text: str) -> Tuple[str, int]:
@@ -274,153 +328,10 @@ def parse_bind(text: str) -> Tuple[str, int]:
         host, _, port = text.partition(":")
     else:
         host, port = text, "0"
-    if port is None or not port.isdigit() or int(port) > 65535 or not _is_ip(host):
+    if port is None or not port.isdigit() or int(port) > 65535 or not is_ip(host):
         raise ProbeError(f"--bind {text!r}: expected ip, ip:port or [ipv6]:port")
     return host, int(port)
 
-
-def resolve_target(target: Target, family: Optional[int], bind: Optional[Tuple[str, int]], limit: float):
-    """The first address of the target (only that one: the probe never tries others), bounded in time."""
-    fam = {4: socket.AF_INET, 6: socket.AF_INET6}.get(family or 0, socket.AF_UNSPEC)
-    if bind:
-        bind_fam = socket.AF_INET6 if ":" in bind[0] else socket.AF_INET
-        if fam not in (socket.AF_UNSPEC, bind_fam):
-            raise ProbeError(f"--bind {bind[0]} and -{family} name different address families")
-        fam = bind_fam
-    kind = socket.SOCK_DGRAM if target.transport == "udp" else socket.SOCK_STREAM
-    found: list = []
-
-    def lookup():
-        try:
-            found.append(socket.getaddrinfo(target.host, target.port, fam, kind))
-        except (socket.gaierror, UnicodeError) as e:
-            found.append(e)
-
-    if _is_ip(target.host):
-        lookup()
-    else:  # a name: DNS may hang, and --timeout bounds the whole run
-        t = threading.Thread(target=lookup, daemon=True)
-        t.start()
-        t.join(max(0.0, limit))
-    if not found:
-        raise ProbeError(f"could not resolve {target.host} within --timeout")
-    if isinstance(found[0], BaseException):
-        err = found[0]
-        if _is_ip(target.host) and fam != socket.AF_UNSPEC:
-            raise ProbeError(f"{target.host} is not an IPv{4 if fam == socket.AF_INET else 6} address "
-                             "(check -4/-6 and --bind)")
-        raise ProbeError(f"cannot resolve {target.host}: {getattr(err, 'strerror', None) or err}")
-    af, _, _, _, sockaddr = found[0][0]
-    check_destination(sockaddr[0])
-    return af, sockaddr
-
-
-class Channel:
-    """One socket to the target: a connected UDP socket (Linux then reports ICMP port unreachable as
-    ECONNREFUSED on it, at once, instead of a silent loss), or one TCP connection, wrapped in TLS for
-    a TLS target (handshake before the first message, SNI and certificate name = the target's host).
-    Over TLS, ``send``/``receive`` carry the cleartext, which is what ``--pcap`` records (as TCP)."""
-
-    def __init__(self, target: Target, family: int, remote, bind, limit: float, clock,
-                 tls: Optional[TlsOptions] = None) -> None:
-        self.transport = target.transport
-        self.reliable = target.transport in ("tcp", "tls")
-        context = (tls or TlsOptions()).context() if target.transport == "tls" else None
-        self.sock = socket.socket(family, socket.SOCK_STREAM if self.reliable else socket.SOCK_DGRAM)
-        self.connect_time: Optional[float] = None
-        self.buf = bytearray()
-        self.out = bytearray()
-        try:
-            if bind:
-                if self.reliable:
-                    self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    self.sock.bind(bind)
-                except OSError as e:
-                    raise ProbeError(f"cannot bind to {uri_host(bind[0])}:{bind[1]}: {e.strerror}") from None
-            if self.reliable:
-                t0 = clock()
-                self.sock.settimeout(max(0.001, limit))
-                self.sock.connect(remote)
-                if context is not None:
-                    self.sock.settimeout(max(0.001, limit - (clock() - t0)))
-                    try:
-                        self.sock = context.wrap_socket(self.sock, server_hostname=target.host.split("%")[0])
-                    except socket.timeout:
-                        raise TlsHandshakeTimeout("no TLS handshake before --timeout") from None
-                self.connect_time = clock() - t0
-            else:
-                self.sock.connect(remote)
-            self.sock.setblocking(False)
-            self.local: Tuple[str, int] = self.sock.getsockname()[:2]
-            self.peer = self.sock.getpeername()[:2]
-        except PermissionError:
-            self.sock.close()
-            raise ProbeError(f"sending to {remote[0]} is not permitted (a broadcast address, or a local "
-                             "firewall)") from None
-        except BaseException:
-            self.sock.close()
-            raise
-
-    def send(self, data: bytes) -> None:
-        _pcap_record(self.reliable, True, self.local, self.peer, data)
-        if not self.reliable:
-            try:
-                self.sock.send(data)
-            except BlockingIOError:
-                pass  # a full socket buffer is a lost datagram: Timer E retransmits it
-            return
-        self.out += data
-        self.flush()
-
-    @property
-    def wants_write(self) -> bool:
-        return bool(self.out)
-
-    def flush(self) -> None:
-        while self.out:
-            try:
-                n = self.sock.send(self.out)
-            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
-                return
-            del self.out[:n]
-
-    def receive(self) -> List[bytes]:
-        """Every whole message now readable. Raises OSError (e.g. ECONNREFUSED) or EOFError."""
-        if not self.reliable:
-            out = []
-            while True:
-                try:
-                    out.append(self.sock.recv(65535))
-                except BlockingIOError:
-                    for data in out:
-                        _pcap_record(False, False, self.local, self.peer, data)
-                    return out
-        try:
-            data = self.sock.recv(65536)
-            # TLS: a record already decrypted (or buffered) does not make the socket readable again
-            while data and isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
-                more = self.sock.recv(65536)
-                if not more:
-                    break
-                data += more
-        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            return []
-        if not data:
-            raise EOFError("connection closed by the server")
-        self.buf += data
-        out = []
-        while True:
-            kind, n = frame_stream(self.buf)  # sip.py's framing by Content-Length (§18.3)
-            if kind == "need" or n == 0:
-                return out
-            if kind == "message":
-                out.append(bytes(self.buf[:n]))
-                _pcap_record(True, False, self.local, self.peer, out[-1])
-            del self.buf[:n]
-
-    def close(self) -> None:
-        self.sock.close()
 
 # ---------------------------------------------------------------------------------------------------
 # Format helpers shared by the probes
@@ -436,6 +347,19 @@ class NagiosState(enum.IntEnum):
     WARNING = 1
     CRITICAL = 2
     UNKNOWN = 3
+
+
+def prometheus_text(rows) -> str:
+    """The text exposition format for node_exporter's textfile collector: gauges without timestamps.
+    ``rows`` is ``[(name, help, [(labels, value), ...]), ...]``; NaN for a value that does not exist."""
+    out = []
+    for name, help_text, samples in rows:
+        out += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+        for labels, value in samples:
+            text = "NaN" if isinstance(value, float) and math.isnan(value) else (
+                f"{value:.6f}" if isinstance(value, float) else str(value))
+            out.append(f"{name}{labels} {text}")
+    return "\n".join(out) + "\n"
 
 
 def perf_value(v: Optional[float]) -> str:

@@ -1,23 +1,22 @@
-"""The requests of ``sipflow probe call``'s dialog: the INVITE with its SDP offer, requests inside the
-dialog (ACK for a 2xx, BYE, PRACK) by RFC 3261's routing rules, and the answers the probe gives to the
-far end's requests.
+"""The requests of ``sipflow probe call``'s dialog: the INVITE with its SDP offer, and requests inside
+the dialog (ACK for a 2xx, BYE, PRACK) by RFC 3261's routing rules.
 
 Owns building these messages from the dialog's state (``Dialog``: Call-ID, tags, CSeq, remote target,
 route set). Dialog rules (RFC 3261 §12.1.2, §13.2.2.4, §12.2.1.1): the remote target is the 2xx's
 Contact, the route set its Record-Route in reverse order; with a loose router (``;lr``) first, the
 Request-URI is the remote target and the route set goes into Route; with a strict router first, it is
-the Request-URI and the remote target ends the Route list. Sending and timing them is ``probe.call``'s.
+the Request-URI and the remote target ends the Route list. Deciding when to send them is
+``probe.call``'s flow; writing them, ``sip.builder``'s.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from sipflow import __version__
 from sipflow.probe.common import contact_params, uri_host
 from sipflow.probe.media import DTMF_PT
-from sipflow.probe.transaction import sip_lines
-from sipflow.sip.message import SipMessage, parse_name_addr, parse_uri
+from sipflow.sip import builder
+from sipflow.sip.message import parse_name_addr, parse_uri
 
 
 @dataclass
@@ -33,22 +32,18 @@ class Dialog:
     cseq: int                         # the INVITE's
 
     def request(self, method: str, transport: str, local: Tuple[str, int], branch: str, cseq: int,
-                auth: Tuple[Tuple[str, str], ...] = ()) -> bytes:
-        """An in-dialog request (§12.2.1.1) from ``local``."""
+                auth: Tuple[Tuple[str, str], ...] = (), sent_by: Optional[str] = None) -> bytes:
+        """An in-dialog request (§12.2.1.1) from ``local`` (or ``sent_by``, a .invalid host over WS)."""
         routes = list(self.route_set)
         ruri = self.remote_target
         if routes and parse_name_addr(routes[0]).uri.param("lr") is None:   # a strict router first
             ruri = parse_name_addr(routes[0]).uri.raw
             routes = routes[1:] + [f"<{self.remote_target}>"]
-        via = f"{uri_host(local[0])}:{local[1]}"
-        lines = [f"{method} {ruri} SIP/2.0", f"Via: SIP/2.0/{transport.upper()} {via};branch={branch};rport",
-                 "Max-Forwards: 70"]
-        lines += [f"Route: {r}" for r in routes]
-        lines += [f"From: <{self.local_uri}>;tag={self.local_tag}", f"To: <{self.remote_uri}>;tag={self.remote_tag}",
-                  f"Call-ID: {self.call_id}", f"CSeq: {cseq} {method}"]
-        lines += [f"{k}: {v}" for k, v in auth]
-        lines += [f"User-Agent: sipflow/{__version__}", "Content-Length: 0"]
-        return sip_lines(*lines)
+        sent_by = sent_by or f"{uri_host(local[0])}:{local[1]}"
+        return builder.request(method, ruri, via_value=builder.via(transport, sent_by, branch), route=routes,
+                               from_=f"<{self.local_uri}>;tag={self.local_tag}",
+                               to=f"<{self.remote_uri}>;tag={self.remote_tag}", call_id=self.call_id, cseq=cseq,
+                               headers=auth)
 
     def request_uri(self) -> str:
         if self.route_set and parse_name_addr(self.route_set[0]).uri.param("lr") is None:
@@ -72,28 +67,12 @@ def sdp_offer(ip: str, port: int, session_id: int) -> bytes:
 
 def invite_request(uri: str, from_uri: str, transport: str, local: Tuple[str, int], branch: str, call_id: str,
                    from_tag: str, cseq: int, sdp: bytes, auth: Tuple[Tuple[str, str], ...] = (),
-                   route: Optional[str] = None) -> bytes:
-    via = f"{uri_host(local[0])}:{local[1]}"
+                   route: Optional[str] = None, sent_by: Optional[str] = None) -> bytes:
+    sent_by = sent_by or f"{uri_host(local[0])}:{local[1]}"
     user = parse_uri(from_uri).user or "sipflow"
-    lines = [f"INVITE {uri} SIP/2.0", f"Via: SIP/2.0/{transport.upper()} {via};branch={branch};rport",
-             "Max-Forwards: 70"]
-    if route:
-        lines.append(f"Route: <{route}>")
-    lines += [f"From: <{from_uri}>;tag={from_tag}", f"To: <{uri}>", f"Call-ID: {call_id}", f"CSeq: {cseq} INVITE",
-              f"Contact: <sip:{user}@{via}{contact_params(transport)}>",
-              "Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, PRACK",
-              "Supported: 100rel"]
-    lines += [f"{k}: {v}" for k, v in auth]
-    lines += [f"User-Agent: sipflow/{__version__}", "Content-Type: application/sdp", f"Content-Length: {len(sdp)}"]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + sdp
-
-
-def response_to(request: SipMessage, status: int, reason: str, to_tag: str) -> bytes:
-    """A response to an in-dialog request the far end sent us (BYE, OPTIONS...)."""
-    to = request.header("To") or ""
-    if request.to is not None and request.to.tag is None:
-        to += f";tag={to_tag}"
-    lines = [f"SIP/2.0 {status} {reason}"] + [f"Via: {v}" for v in request.header_values("Via")]
-    lines += [f"From: {request.header('From')}", f"To: {to}", f"Call-ID: {request.call_id}",
-              f"CSeq: {request.header('CSeq')}", f"User-Agent: sipflow/{__version__}", "Content-Length: 0"]
-    return sip_lines(*lines)
+    return builder.request(
+        "INVITE", uri, via_value=builder.via(transport, sent_by, branch), route=(f"<{route}>",) if route else (),
+        from_=f"<{from_uri}>;tag={from_tag}", to=f"<{uri}>", call_id=call_id, cseq=cseq,
+        contact=f"<sip:{user}@{sent_by}{contact_params(transport)}>",
+        headers=(("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, PRACK"), ("Supported", "100rel"), *auth),
+        body=sdp, content_type="application/sdp")

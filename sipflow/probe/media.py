@@ -2,7 +2,8 @@
 measured as RFC 3550 says (``media.stats.RtpStream``), and the verdict on one-way audio.
 
 Owns ``Media`` (one RTP socket pair on an even port, the send schedule, what came back) and the DTMF
-helpers. ``probe.call`` decides when media starts and stops; the packets are ``media.rtp``'s.
+helpers. ``probe.call``'s flow decides when media starts and stops, ``probe.driver`` runs it; the
+packets are ``media.rtp``'s.
 """
 
 import random
@@ -12,7 +13,6 @@ from typing import Dict, List, Optional, Tuple
 
 from sipflow.errors import ProbeError
 from sipflow.media.g711 import PACKET_MS, SAMPLES_PER_PACKET, audio_payload, encode, tone_packet
-from sipflow.probe.recorder import record as _pcap_record
 from sipflow.probe.common import uri_host
 from sipflow.media.rtp import HEADER as RTP_HEADER, is_rtcp, looks_like_rtp, rtp_packet
 from sipflow.media.stats import RtpStream
@@ -45,7 +45,8 @@ class Media:
     answer's address once answered, and every packet received folded into ``RtpStream`` statistics
     with its arrival time from the same monotonic clock."""
 
-    def __init__(self, ip: str, family: int) -> None:
+    def __init__(self, ip: str, family: int, recorder=None) -> None:
+        self.recorder = recorder      # a PcapRecorder, or None
         self.sock = _even_port_socket(ip, family)
         self.local = self.sock.getsockname()[:2]
         self.remote: Optional[Tuple] = None
@@ -149,7 +150,8 @@ class Media:
                 payload = audio_payload(self.audio, self.audio_packets)
                 self.audio_packets += 1
             data = rtp_packet(self.pt, self.seq, self.ts, self.ssrc, payload, marker=self.sent == 0)
-        _pcap_record(False, True, self.local, self.remote, data)
+        if self.recorder is not None:
+            self.recorder.udp(True, self.local, self.remote, data)
         try:
             self.sock.sendto(data, self.remote)
         except (BlockingIOError, ConnectionRefusedError):
@@ -173,7 +175,8 @@ class Media:
                 return
             except OSError:     # ICMP errors for what we sent
                 continue
-            _pcap_record(False, False, self.local, src, data)
+            if self.recorder is not None:
+                self.recorder.udp(False, self.local, src, data)
             if not looks_like_rtp(data):
                 self.stray += 1
                 continue

@@ -1,53 +1,44 @@
 """``sipflow probe options``: SIP OPTIONS sent to the one server the user names, and what came back.
 
-Owns the OPTIONS request, its results (``ProbeResult``, ``ProbeRun``), the driver that sends them at an
-interval over ``probe.common.Channel`` (the monotonic clock and ``select`` are here, the transaction rules
-in ``probe.transaction``), and the result formats (text, JSON lines, Nagios, Prometheus textfile).
+Owns the OPTIONS request, its results (``ProbeResult``, ``ProbeRun``), the sans-IO ``OptionsFlow`` that
+sends them at an interval (each its own ``sip.transaction`` client transaction; ``probe.driver`` runs
+it), and the result formats (text, JSON lines, Nagios, Prometheus textfile).
 """
 
 import json
 import math
 import secrets
-import select
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
-from sipflow import __version__
-from sipflow.errors import ParseError, ProbeError
-from sipflow.sip.message import parse_message, parse_uri
-from sipflow.probe.common import (DEFAULT_TIMEOUT, Channel, Expect, NagiosRange, NagiosState, Outcome, Target,
-                                   TlsOptions, contact_params, describe_failure, ms_text, new_branch, parse_bind,
-                                   parse_target, perf_value, prom_label, resolve_target, route_for, to_us, uri_host)
-from sipflow.probe.transaction import TIMER_F, ClientTransaction
+from sipflow.errors import ProbeError
+from sipflow.probe.common import (DEFAULT_TIMEOUT, Expect, Failure, NagiosRange, NagiosState, Outcome, Target,
+                                   TlsOptions, contact_params, first_hop, ms_text, new_branch, parse_target,
+                                   perf_value, prom_label, prometheus_text, route_for, to_us, uri_host)
+from sipflow.probe.driver import Driver
+from sipflow.probe.flow import Action, Connect, Flow, Link, Report, Send, Transactions, link_text, parse, seen_as
+from sipflow.sip import builder
+from sipflow.sip.transaction import TIMER_F, ClientTransaction
 
 MAX_COUNT = 1000           # probes per run: a probe, not a load generator
 MIN_INTERVAL = 0.1         # seconds between probes, at least
 
 
 def options_request(target: Target, local: Tuple[str, int], branch: str, call_id: str, from_tag: str,
-                    cseq: int, route: Optional[str] = None, transport: Optional[str] = None) -> bytes:
+                    cseq: int, route: Optional[str] = None, transport: Optional[str] = None,
+                    sent_by: Optional[str] = None) -> bytes:
     """An OPTIONS request (§11) from ``local`` (the socket's real address: the Via names the port the
-    request leaves from, and ``rport`` (RFC 3581) asks for the reply to go back to it). With an
-    outbound proxy, ``route`` is its URI (one loose-routing Route, §8.1.2) and ``transport`` the one
-    used to reach it."""
+    request leaves from, and ``rport`` (RFC 3581) asks for the reply to go back to it; over WebSocket
+    ``sent_by`` is a .invalid host instead). With an outbound proxy, ``route`` is its URI (one
+    loose-routing Route, §8.1.2) and ``transport`` the one used to reach it."""
     transport = transport or target.transport
-    via_host = f"{uri_host(local[0])}:{local[1]}"
-    lines = (
-        f"OPTIONS {target.uri} SIP/2.0",
-        f"Via: SIP/2.0/{transport.upper()} {via_host};branch={branch};rport",
-        "Max-Forwards: 70",
-        *((f"Route: <{route}>",) if route else ()),
-        f"From: <sip:sipflow@{uri_host(local[0])}>;tag={from_tag}",
-        f"To: <{target.uri}>",
-        f"Call-ID: {call_id}",
-        f"CSeq: {cseq} OPTIONS",
-        f"Contact: <sip:sipflow@{via_host}{contact_params(transport)}>",
-        "Accept: application/sdp",
-        f"User-Agent: sipflow/{__version__}",
-        "Content-Length: 0",
-    )
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
+    sent_by = sent_by or f"{uri_host(local[0])}:{local[1]}"
+    return builder.request(
+        "OPTIONS", target.uri, via_value=builder.via(transport, sent_by, branch),
+        route=(f"<{route}>",) if route else (), from_=f"<sip:sipflow@{uri_host(local[0])}>;tag={from_tag}",
+        to=f"<{target.uri}>", call_id=call_id, cseq=cseq,
+        contact=f"<sip:sipflow@{sent_by}{contact_params(transport)}>", headers=(("Accept", "application/sdp"),))
 
 # ---------------------------------------------------------------------------------------------------
 # Results
@@ -71,6 +62,8 @@ class ProbeResult:
     elapsed: Optional[float] = None   # first transmission to the end of the probe, whatever ended it
     first_response: Optional[float] = None  # first transmission to the first response (e.g. 100)
     connect: Optional[float] = None   # TCP: connection set-up, when this probe opened the connection
+    handshake: Optional[float] = None  # WebSocket: the HTTP upgrade, when this probe opened the connection
+    upgrade_status: Optional[int] = None  # WebSocket: the HTTP status of a refused upgrade
     retransmissions: int = 0
     server: Optional[str] = None      # the responder's Server (or User-Agent) header
     allow: Tuple[str, ...] = ()
@@ -89,7 +82,8 @@ class ProbeResult:
             "probe": self.seq, "target": self.target, "transport": self.transport, "remote": self.remote,
             "local": self.local, "outcome": self.outcome.value, "status": self.status, "reason": self.reason,
             "sent_at": self.sent_at, "rtt": self.rtt, "elapsed": self.elapsed, "first_response": self.first_response,
-            "connect": self.connect, "retransmissions": self.retransmissions, "server": self.server,
+            "connect": self.connect, "handshake": self.handshake, "upgrade_status": self.upgrade_status,
+            "retransmissions": self.retransmissions, "server": self.server,
             "allow": list(self.allow), "supported": list(self.supported), "seen_as": self.seen_as,
             "call_id": self.call_id, "cseq": self.cseq, "branch": self.branch,
         }
@@ -132,7 +126,7 @@ class ProbeOptions:
     expect: Expect = Expect()
     bind: Optional[str] = None               # ip, ip:port or [v6]:port
     family: Optional[int] = None             # 4 or 6: only for names; a literal decides for itself
-    tls: TlsOptions = TlsOptions()           # how a TLS target's certificate is checked
+    tls: TlsOptions = TlsOptions()           # how a TLS or wss target's certificate is checked
     proxy: Optional[str] = None              # outbound proxy URI: requests go there, with a Route to it
 
     def __post_init__(self) -> None:
@@ -152,198 +146,171 @@ class ProbeOptions:
 
 class _Probe:
     """One probe's accumulator: its transaction, and how it failed when it did not get an answer."""
-    __slots__ = ("seq", "cseq", "branch", "tx", "sent_at", "local", "connect", "failure")
+    __slots__ = ("seq", "cseq", "branch", "tx", "sent_at", "link", "failure", "connect", "handshake")
 
     def __init__(self, seq: int, cseq: int, branch: str, sent_at: float) -> None:
         self.seq, self.cseq, self.branch, self.sent_at = seq, cseq, branch, sent_at
         self.tx: Optional[ClientTransaction] = None
-        self.local: Optional[Tuple[str, int]] = None
-        self.connect: Optional[float] = None
-        self.failure: Optional[Tuple[Outcome, str]] = None
+        self.link: Optional[Link] = None
+        self.failure: Optional[Failure] = None
+        self.connect: Optional[float] = None      # the link's set-up, when this probe opened it
+        self.handshake: Optional[float] = None
 
 
 def probe_options(target, options: ProbeOptions = ProbeOptions(),
                   on_result: Optional[Callable[[ProbeResult], None]] = None,
-                  clock: Callable[[], float] = time.monotonic) -> ProbeRun:
+                  clock: Callable[[], float] = time.monotonic, recorder=None) -> ProbeRun:
     """Send ``options.count`` OPTIONS requests to ``target`` (a ``Target`` or its text), one every
     ``options.interval`` seconds (each its own transaction; they may overlap), and return what came
     back. ``on_result`` is called as each probe ends. The whole run ends within ``run_timeout``."""
-    return _Driver(target if isinstance(target, Target) else parse_target(target), options, clock).run(on_result)
+    target = target if isinstance(target, Target) else parse_target(target)
+    flow = OptionsFlow(target, options)
+    driver = Driver(flow, options.run_timeout, family=options.family, bind=options.bind, tls=options.tls,
+                    clock=clock, on_report=on_result, recorder=recorder)
+    start, end = driver.run()
+    return flow.run_result(driver.remote_text, start, end)
 
 
-class _Driver:
-    """The socket loop: sends each probe when its time comes, fires the transactions' timers, reads
-    responses, and ends when every probe has its result or at the run's deadline."""
+class OptionsFlow(Flow):
+    """``probe options``, sans-IO: sends each probe when its time comes (one Call-ID and From-tag per
+    run, CSeq 1, 2, 3...: the probes are one UAC's requests, §8.1.1), each its own transaction;
+    reports each probe as it ends. A failed link fails every probe waiting on it (an ICMP error is
+    reported for the socket, not for one datagram), and the next probe opens a new link."""
 
-    def __init__(self, target: Target, options: ProbeOptions, clock) -> None:
-        self.target, self.opts, self.clock = target, options, clock
-        # Where packets go: the target itself, or the outbound proxy (its transport, unless it names none).
-        self.dest = target
+    def __init__(self, target: Target, options: ProbeOptions) -> None:
+        self.target, self.opts = target, options
+        self.dest = first_hop(target, options.proxy)
         self.route = route_for(options.proxy)
-        if options.proxy:
-            dest = parse_target(options.proxy)
-            if parse_uri(dest.uri).param("transport") is None and dest.transport != target.transport:
-                dest = Target(uri=dest.uri, host=dest.host, port=dest.port, transport=target.transport)
-            self.dest = dest
-        self.bind = parse_bind(options.bind) if options.bind else None
-        # One Call-ID and From-tag per run, CSeq 1, 2, 3...: the probes are one UAC's requests (§8.1.1).
         self.call_id = f"{secrets.token_hex(12)}@sipflow"
         self.from_tag = secrets.token_hex(6)
-        self.channel: Optional[Channel] = None
+        self.link: Optional[Link] = None
         self.probes: Dict[str, _Probe] = {}          # by branch
+        self.waiting: List[_Probe] = []              # due, waiting for the link to come up
+        self.txs = Transactions()
         self.results: Dict[int, ProbeResult] = {}    # by seq
+        self.sent = 0
         self.stray = 0
-        self.start = 0.0
-        self.family, self.remote, self.remote_text = 0, None, ""
-        self.on_result: Optional[Callable[[ProbeResult], None]] = None
+        self.start_at = 0.0
+        self.remote_text = ""
 
-    def run(self, on_result) -> ProbeRun:
-        self.on_result = on_result
-        start = self.start = self.clock()
-        timeout = self.opts.run_timeout
-        deadline = start + timeout
-        self.family, self.remote = resolve_target(self.dest, self.opts.family, self.bind, deadline - start)
-        self.remote_text = f"{uri_host(self.remote[0])}:{self.remote[1]}"
-        sent = 0
-        try:
-            while True:
-                now = self.clock()
-                if now >= deadline:
-                    break
-                if sent < self.opts.count and now >= start + sent * self.opts.interval:
-                    sent += 1
-                    self._send_probe(sent, deadline)
-                    continue
-                self._fire_timers(now)
-                pending = [p for p in self.probes.values() if p.seq not in self.results]
-                if sent == self.opts.count and not pending:
-                    break
-                self._wait(now, deadline, sent, pending)
-        finally:
-            if self.channel:
-                self.channel.close()
-        for p in sorted(self.probes.values(), key=lambda p: p.seq):
-            if p.seq not in self.results:
-                p.failure = (Outcome.TIMEOUT, f"no final response before --timeout {timeout:g} s")
-                self._finish(p, deadline)
-        return ProbeRun(target=self.target.uri, transport=self.dest.transport, remote=self.remote_text,
-                        planned=self.opts.count, timeout=timeout, duration=to_us(min(self.clock(), deadline) - start),
-                        results=tuple(self.results[k] for k in sorted(self.results)),
-                        expect=self.opts.expect.text, stray=self.stray)
+    @property
+    def finished(self) -> bool:
+        return self.sent == self.opts.count and len(self.results) == self.sent
 
-    def _send_probe(self, seq: int, deadline: float) -> None:
-        p = _Probe(seq, seq, new_branch(), self.clock())
-        self.probes[p.branch] = p
-        try:
-            if self.channel is None:
-                self.channel = Channel(self.dest, self.family, self.remote, self.bind,
-                                        deadline - self.clock(), self.clock, self.opts.tls)
-                p.connect = self.channel.connect_time
-            ch = self.channel
-            p.local = ch.local
-            request = options_request(self.target, ch.local, p.branch, self.call_id, self.from_tag, p.cseq,
-                                      self.route, self.dest.transport)
-            p.sent_at = self.clock()
-            p.tx = ClientTransaction(request, p.branch, "OPTIONS", ch.reliable, p.sent_at)
-            ch.send(request)
-        except (OSError, EOFError) as e:
-            self._transport_failed(e)
+    def start(self, now: float) -> List[Action]:
+        self.start_at = now
+        return self._send_due(now)
 
-    def _fire_timers(self, now: float) -> None:
-        for p in list(self.probes.values()):
-            tx = p.tx
-            if tx is None or tx.next_deadline() is None or tx.next_deadline() > now:
-                continue
-            for data in tx.on_timer(now):
-                try:
-                    self.channel.send(data)
-                except (OSError, EOFError) as e:
-                    self._transport_failed(e)
-                    return
+    def deadline(self) -> Optional[float]:
+        times = [self.txs.deadline(lambda tx: self.probes[tx.branch].seq in self.results)]
+        if self.sent < self.opts.count:
+            times.append(self.start_at + self.sent * self.opts.interval)
+        times = [t for t in times if t is not None]
+        return min(times) if times else None
+
+    def timer(self, now: float) -> List[Action]:
+        out = self._send_due(now)
+        for tx, sends in self.txs.fire(now):
+            out += sends
             if tx.done:
-                self._finish(p, now)   # Timer F (no-op for Timer K: the result is already out)
+                out += self._finish(self.probes[tx.branch], now)   # Timer F (nothing for Timer K)
+        return out
 
-    def _wait(self, now: float, deadline: float, sent: int, pending: List[_Probe]) -> None:
-        wake = [deadline]
-        if sent < self.opts.count:
-            wake.append(self.start + sent * self.opts.interval)
-        wake += [p.tx.next_deadline() for p in pending if p.tx and p.tx.next_deadline() is not None]
-        delay = max(0.0, min(wake) - now)
-        ch = self.channel
-        if ch is None:
-            time.sleep(delay)
-            return
-        readable, writable, _ = select.select([ch.sock], [ch.sock] if ch.wants_write else [], [], delay)
-        try:
-            if writable:
-                ch.flush()
-            if readable:
-                for data in ch.receive():
-                    self._on_message(data)
-        except (OSError, EOFError) as e:
-            self._transport_failed(e)
+    def _send_due(self, now: float) -> List[Action]:
+        if self.sent >= self.opts.count or now < self.start_at + self.sent * self.opts.interval:
+            return []
+        self.sent += 1
+        p = _Probe(self.sent, self.sent, new_branch(), now)
+        self.probes[p.branch] = p
+        if self.link is None:
+            self.waiting.append(p)
+            return [Connect("main", self.dest)] if len(self.waiting) == 1 else []
+        return self._send(p, now)
 
-    def _on_message(self, data: bytes) -> None:
-        now = self.clock()
-        try:
-            msg = parse_message(data, datagram=not self.channel.reliable)
-        except ParseError:
-            self.stray += 1
-            return
-        p = self.probes.get(msg.branch or "") if msg.status is not None else None
-        if p is None or p.tx is None or not p.tx.matches(msg):
-            self.stray += 1   # requests to us, other branches: not ours to answer in this slice
-            return
-        p.tx.on_response(msg, now)
-        if p.tx.done:
-            self._finish(p, now)
+    def _send(self, p: _Probe, now: float) -> List[Action]:
+        link = p.link = self.link
+        request = options_request(self.target, link.local, p.branch, self.call_id, self.from_tag, p.cseq,
+                                  self.route, self.dest.transport, link.sent_by)
+        p.sent_at = now
+        p.tx = ClientTransaction(request, p.branch, "OPTIONS", link.reliable, now)
+        self.txs.add(p.tx, "main")
+        return [Send("main", request)]
 
-    def _transport_failed(self, err: BaseException) -> None:
-        """The socket failed: every probe still waiting on it fails with it (an ICMP error is reported
-        for the socket, not for one datagram), and the next probe opens a new socket."""
-        failure = describe_failure(err)
-        now = self.clock()
+    def resolved(self, link: str, remote: Tuple[str, int]) -> None:
+        self.remote_text = f"{uri_host(remote[0])}:{remote[1]}"
+
+    def connected(self, link: Link, now: float) -> List[Action]:
+        self.link = link
+        waiting, self.waiting = self.waiting, []
+        out: List[Action] = []
+        for i, p in enumerate(waiting):
+            out += self._send(p, now)
+            if i == 0:
+                # the set-up times belong to the probe that opened the link
+                p.connect, p.handshake = link.connect, link.handshake
+        return out
+
+    def failed(self, link: str, failure: Failure, now: float) -> List[Action]:
+        out: List[Action] = []
         for p in list(self.probes.values()):
             if p.seq in self.results:
                 continue
             p.failure = failure
             if p.tx:
                 p.tx.on_transport_error(now)
-            self._finish(p, now)
-        if self.channel:
-            self.channel.close()
-            self.channel = None
+            out += self._finish(p, now)
+        self.link = None
+        self.waiting = []
+        return out
 
-    def _finish(self, p: _Probe, now: float) -> None:
+    def received(self, link: str, data: bytes, now: float) -> List[Action]:
+        msg = parse(data, self.link)
+        tx = self.txs.match(msg) if msg is not None else None
+        if tx is None:
+            self.stray += 1   # requests to us, other branches: not ours to answer
+            return []
+        tx.on_response(msg, now)
+        return self._finish(self.probes[tx.branch], now) if tx.done else []
+
+    def expire(self, now: float) -> List[Action]:
+        out: List[Action] = []
+        for p in sorted(self.probes.values(), key=lambda p: p.seq):
+            if p.seq not in self.results:
+                p.failure = Failure(Outcome.TIMEOUT, f"no final response before --timeout {self.opts.run_timeout:g} s")
+                out += self._finish(p, now)
+        return out
+
+    def _finish(self, p: _Probe, now: float) -> List[Action]:
         if p.seq in self.results:
-            return
-        tx = p.tx
+            return []
+        tx, link = p.tx, p.link
         base = dict(seq=p.seq, target=self.target.uri, transport=self.dest.transport, remote=self.remote_text,
-                    local=f"{uri_host(p.local[0])}:{p.local[1]}" if p.local else "",
-                    sent_at=to_us(p.sent_at - self.start), elapsed=to_us(now - p.sent_at), connect=to_us(p.connect),
+                    local=link_text(link), sent_at=to_us(p.sent_at - self.start_at), elapsed=to_us(now - p.sent_at),
+                    connect=to_us(p.connect), handshake=to_us(p.handshake),
                     call_id=self.call_id if tx else None, cseq=p.cseq if tx else None,
                     branch=p.branch if tx else None, retransmissions=tx.retransmissions if tx else 0,
                     first_response=to_us(tx.first_response_at - tx.sent_at)
                     if tx and tx.first_response_at is not None else None)
         if tx and tx.final is not None:
             msg = tx.final
-            via = msg.vias[0] if msg.vias else None
-            received, rport = (via.param("received"), via.param("rport")) if via else (None, None)
-            seen = None
-            if received or rport:   # RFC 3581: where the server saw the request come from
-                seen = f"{uri_host(received or p.local[0])}:{rport or p.local[1]}"
             result = ProbeResult(
                 **base, outcome=Outcome.UP if msg.status in self.opts.expect else Outcome.UNEXPECTED,
                 status=msg.status, reason=msg.reason, rtt=to_us(tx.final_at - tx.sent_at),
                 server=msg.header("Server") or msg.header("User-Agent"),
                 allow=tuple(msg.header_values("Allow")), supported=tuple(msg.header_values("Supported")),
-                seen_as=seen)
+                seen_as=seen_as(msg, link))
         else:
-            outcome, reason = p.failure or (Outcome.TIMEOUT, f"no final response within {TIMER_F:g} s (Timer F)")
-            result = ProbeResult(**base, outcome=outcome, reason=reason)
+            failure = p.failure or Failure(Outcome.TIMEOUT, f"no final response within {TIMER_F:g} s (Timer F)")
+            result = ProbeResult(**base, outcome=failure.outcome, reason=failure.reason,
+                                 upgrade_status=failure.upgrade_status)
         self.results[p.seq] = result
-        if self.on_result:
-            self.on_result(result)
+        return [Report(result)]
+
+    def run_result(self, remote: str, start: float, end: float) -> ProbeRun:
+        return ProbeRun(target=self.target.uri, transport=self.dest.transport, remote=remote,
+                        planned=self.opts.count, timeout=self.opts.run_timeout, duration=to_us(end - start),
+                        results=tuple(self.results[k] for k in sorted(self.results)),
+                        expect=self.opts.expect.text, stray=self.stray)
 
 # ---------------------------------------------------------------------------------------------------
 # Formats: text, JSON lines, Nagios, Prometheus textfile
@@ -460,11 +427,4 @@ def prometheus(run: ProbeRun) -> str:
          [(f'{labels[:-1]},outcome="{o.value}"}}', sum(r.outcome is o for r in run.results))
           for o in OPTIONS_OUTCOMES]),
     ]
-    out = []
-    for name, help_text, samples in rows:
-        out += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
-        for lab, value in samples:
-            text = "NaN" if isinstance(value, float) and math.isnan(value) else (
-                f"{value:.6f}" if isinstance(value, float) else str(value))
-            out.append(f"{name}{lab} {text}")
-    return "\n".join(out) + "\n"
+    return prometheus_text(rows)

@@ -10,8 +10,8 @@ TCP is written as a SYN / SYN-ACK / ACK handshake when a connection is first see
 per SIP message (PSH|ACK) with consistent sequence and acknowledgement numbers; the real segmentation
 on the wire is not known to the probe.
 
-Only one recorder is active at a time (``recording``): the probe's sockets report to it through
-``record`` when one is set, and cost nothing when none is.
+A recorder is passed to the probe (``recording`` makes one for a ``with`` block); its driver hands it
+to every socket, which report what they send and receive, and cost nothing when there is none.
 """
 from __future__ import annotations
 
@@ -131,21 +131,10 @@ class PcapRecorder:
             self.f.close()
 
 
-_ACTIVE: Optional[PcapRecorder] = None
-
-
-def record(reliable: bool, outgoing: bool, local, remote, payload: bytes) -> None:
-    """Called by the probe's sockets for what they sent or received; nothing when no recorder is set."""
-    rec = _ACTIVE
-    if rec is None or local is None or remote is None:
-        return
-    (rec.tcp if reliable else rec.udp)(outgoing, local, remote, payload)
-
-
 @contextlib.contextmanager
 def recording(path: Optional[str], keep_secrets: bool = False) -> Iterator[Optional[PcapRecorder]]:
-    """Record the probe's traffic to ``path`` for the ``with`` block (nothing when ``path`` is None)."""
-    global _ACTIVE
+    """A recorder writing to ``path`` for the ``with`` block (None when ``path`` is None), to be passed
+    to the probe that should be recorded."""
     if not path:
         yield None
         return
@@ -154,9 +143,7 @@ def recording(path: Optional[str], keep_secrets: bool = False) -> Iterator[Optio
     except OSError as e:
         from sipflow.errors import ProbeError
         raise ProbeError(f"cannot write {path}: {e.strerror}") from None
-    previous, _ACTIVE = _ACTIVE, rec
     try:
         yield rec
     finally:
-        _ACTIVE = previous
         rec.close()

@@ -1,28 +1,29 @@
 """``sipflow probe register``: REGISTER (RFC 3261 §10) with digest authentication (§22, RFC 7616,
 RFC 8760), and what the registrar granted.
 
-Owns the sans-IO ``RegisterFlow`` (which REGISTER to send next: challenge, stale nonce, unregister),
-its driver over ``probe.common.Channel`` and the REGISTER result formats. ``sip.digest`` computes the
-credentials; the transaction rules are ``probe.transaction``'s.
+Owns the sans-IO ``RegisterFlow`` (which REGISTER to send next: challenge, stale nonce, 423,
+unregister), its result and the REGISTER result formats. ``probe.flow.Credentials`` answers the
+challenges, ``sip.transaction`` keeps the transactions, ``probe.driver`` runs the flow.
 """
 
 import ipaddress
 import json
 import math
 import secrets
-import select
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
-from sipflow import __version__
-from sipflow.errors import ParseError, ProbeError
-from sipflow.sip.digest import DigestSession, challenges_from, choose
-from sipflow.sip.message import SipMessage, parse_message, parse_uri
-from sipflow.probe.common import (DEFAULT_PORT, DEFAULT_TIMEOUT, Channel, NagiosRange, NagiosState, Outcome, Target,
-                                   TlsOptions, contact_params, describe_failure, ms_text, new_branch, parse_bind,
-                                   parse_target, perf_value, prom_label, resolve_target, route_for, to_us, uri_host)
-from sipflow.probe.transaction import TIMER_F, ClientTransaction
+from sipflow.errors import ProbeError
+from sipflow.sip import builder
+from sipflow.sip.message import SipMessage, parse_uri
+from sipflow.sip.transaction import TIMER_F, ClientTransaction
+from sipflow.probe.common import (DEFAULT_PORT, DEFAULT_TIMEOUT, Failure, NagiosRange, NagiosState, Outcome, Target,
+                                   TlsOptions, contact_params, first_hop, ms_text, new_branch, parse_target,
+                                   perf_value, prom_label, prometheus_text, route_for, to_us, uri_host)
+from sipflow.probe.driver import Driver
+from sipflow.probe.flow import (Action, Connect, Credentials, Flow, Link, Send, Transactions, auth_failure_text,
+                                link_text, parse, seen_as)
 
 DEFAULT_EXPIRES = 60         # seconds asked for when --expires is not given
 MAX_EXPIRES = 2 ** 32 - 1    # §25.1: delta-seconds fits 32 bits
@@ -59,12 +60,7 @@ def register_target(aor_text: str, proxy: Optional[str]) -> Tuple[Aor, Target]:
     """Where the REGISTER goes: the AOR's domain, or the outbound proxy. A proxy without
     ;transport= takes the AOR's transport."""
     aor, target = parse_aor(aor_text)
-    if proxy:
-        via = parse_target(proxy)
-        if parse_uri(via.uri).param("transport") is None and via.transport != target.transport:
-            via = Target(uri=via.uri, host=via.host, port=via.port, transport=target.transport)
-        target = via
-    return aor, target
+    return aor, first_hop(target, proxy)
 
 
 @dataclass(frozen=True)
@@ -100,28 +96,16 @@ class RegisterOptions:
 
 def register_request(aor: Aor, transport: str, local: Tuple[str, int], branch: str, call_id: str, from_tag: str,
                      cseq: int, expires: int, auth: Tuple[Tuple[str, str], ...] = (),
-                     route: Optional[str] = None) -> bytes:
+                     route: Optional[str] = None, sent_by: Optional[str] = None) -> bytes:
     """A REGISTER (§10.2) binding ``Contact`` (our real address and port, as the Via says, with
-    ``rport``) to the AOR for ``expires`` seconds; ``auth`` is (header, value) credentials."""
-    via_host = f"{uri_host(local[0])}:{local[1]}"
-    lines = [
-        f"REGISTER {aor.request_uri} SIP/2.0",
-        f"Via: SIP/2.0/{transport.upper()} {via_host};branch={branch};rport",
-        "Max-Forwards: 70",
-    ]
-    if route:
-        lines.append(f"Route: <{route}>")
-    lines += [
-        f"From: <{aor.uri}>;tag={from_tag}",
-        f"To: <{aor.uri}>",
-        f"Call-ID: {call_id}",
-        f"CSeq: {cseq} REGISTER",
-        f"Contact: <sip:{aor.user}@{via_host}{contact_params(transport)}>",
-        f"Expires: {expires}",
-    ]
-    lines += [f"{name}: {value}" for name, value in auth]
-    lines += [f"User-Agent: sipflow/{__version__}", "Content-Length: 0"]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
+    ``rport``; over WebSocket the .invalid ``sent_by`` with ``;transport=ws;ob`` as SIP.js sends) to the
+    AOR for ``expires`` seconds; ``auth`` is (header, value) credentials."""
+    sent_by = sent_by or f"{uri_host(local[0])}:{local[1]}"
+    return builder.request(
+        "REGISTER", aor.request_uri, via_value=builder.via(transport, sent_by, branch),
+        route=(f"<{route}>",) if route else (), from_=f"<{aor.uri}>;tag={from_tag}", to=f"<{aor.uri}>",
+        call_id=call_id, cseq=cseq, contact=f"<sip:{aor.user}@{sent_by}{contact_params(transport)}>",
+        headers=(("Expires", str(expires)), *auth))
 
 
 def _same_contact(a, b) -> bool:
@@ -171,108 +155,144 @@ class Step:
                 "expires": self.granted, "bindings": [b.to_dict() for b in self.bindings]}
 
 
-class RegisterFlow:
-    """The transaction user of ``probe register``, sans-IO: it says which REGISTER to send next
-    (``next_request``) and what each final response means (``on_final``); the driver owns the
-    transactions, sockets and clock, and passes times in.
+class RegisterFlow(Flow):
+    """``probe register``, sans-IO: one REGISTER transaction at a time, each final response deciding
+    the next (``on_final``).
 
     Rules (RFC 3261 §10.2, §22.2-22.3; RFC 7616 §3.3): every request of the run has the same Call-ID
-    and From-tag, CSeq one more than the last, a new branch. A 401/407 is answered once per challenge:
-    per realm, the strongest algorithm offered. A second challenge for a realm whose fresh credentials
-    the request carried means they were rejected: "auth failure", unless it says stale=true, which is
-    retried once with its new nonce. Credentials carry over to the next step (same nonce, nc + 1); a
-    challenge to such a reused nonce is a new challenge, not a rejection. A 423 is retried once with
-    the Min-Expires it names (§10.2.8). Anything else ends the step."""
+    and From-tag, CSeq one more than the last, a new branch. Challenges are answered by
+    ``flow.Credentials`` (per realm, the strongest algorithm; a second challenge to fresh credentials
+    is a rejection unless stale, retried once). Credentials carry over to the next step (same nonce,
+    nc + 1). A 423 is retried once with the Min-Expires it names (§10.2.8). Anything else ends the
+    step."""
 
-    def __init__(self, aor: Aor, options: RegisterOptions, transport: str, call_id: str, from_tag: str,
+    def __init__(self, aor: Aor, options: RegisterOptions, hop: Target, call_id: str, from_tag: str,
                  cnonce: Optional[Callable[[], str]] = None) -> None:
-        self.aor, self.opts, self.transport = aor, options, transport
+        self.aor, self.opts, self.hop, self.transport = aor, options, hop, hop.transport
         self.call_id, self.from_tag = call_id, from_tag
         self.username = options.user or aor.user
         self.route = route_for(options.proxy)
-        self._cnonce = cnonce
+        self.auth = Credentials(self.username, options.password, cnonce)
         self.steps: List[Step] = [Step(name, options.expires if name == "register" else 0)
                                   for name in options.steps]
         self.index = 0
         self.cseq = 0
-        self.sessions: Dict[Tuple[str, str], DigestSession] = {}   # by (header, realm)
-        self.fresh: set = set()                 # keys whose credentials answer a challenge to this step
-        self.local: Tuple[str, int] = ("", 0)   # the socket's address, set by the driver
-        self.sent_fresh: set = set()            # self.fresh as it was when the last request went out
-        self.sent_auth: Tuple = ()              # digest.Authorization of the last request
-        self.used_auth: Tuple = ()              # ... of the last request that got a 2xx
-        self.stale_left = 1
+        self.link: Optional[Link] = None
+        self.txs = Transactions()
+        self.current: Optional[ClientTransaction] = None
+        self.used_auth: Tuple = ()              # digest.Authorization of the last request that got a 2xx
         self.min_expires_left = 1
-        self.challenges = 0
-        self.stale_retries = 0
         self.requests = 0
         self.outcome: Optional[Outcome] = None
         self.reason: Optional[str] = None
+        self.failure: Optional[Failure] = None
         self.final: Optional[SipMessage] = None    # the last final response
-        self.fail_status: Optional[int] = None
+        self.first_response_at: Optional[float] = None
+        self.stray = 0
 
     @property
     def step(self) -> Step:
         return self.steps[self.index]
 
     @property
-    def done(self) -> bool:
+    def finished(self) -> bool:
         return self.outcome is not None
 
-    def next_request(self, local: Tuple[str, int], branch: str, now: float) -> bytes:
-        """The next REGISTER (CSeq + 1), credentials included, sent from ``local`` at ``now``."""
+    @property
+    def local(self) -> Tuple[str, int]:
+        return self.link.local if self.link else ("", 0)
+
+    # -- events -------------------------------------------------------------------------------------
+
+    def start(self, now: float) -> List[Action]:
+        return [Connect("main", self.hop)]
+
+    def connected(self, link: Link, now: float) -> List[Action]:
+        self.link = link
+        return self._send(now)
+
+    def failed(self, link: str, failure: Failure, now: float) -> List[Action]:
+        return self._end(failure.outcome, failure.reason, failure=failure)
+
+    def received(self, link: str, data: bytes, now: float) -> List[Action]:
+        msg = parse(data, self.link)
+        tx = self.txs.match(msg) if msg is not None else None
+        if tx is None:
+            self.stray += 1
+            return []
+        if self.first_response_at is None:
+            self.first_response_at = now
+        tx.on_response(msg, now)
+        return self._after(tx, now)
+
+    def deadline(self) -> Optional[float]:
+        return self.txs.deadline(lambda tx: tx is not self.current)
+
+    def timer(self, now: float) -> List[Action]:
+        out: List[Action] = []
+        for tx, sends in self.txs.fire(now):
+            out += sends
+            if tx is self.current:
+                out += self._after(tx, now)
+        return out
+
+    def expire(self, now: float) -> List[Action]:
+        return self._end(Outcome.TIMEOUT, f"no final response before --timeout {self.opts.run_timeout:g} s")
+
+    # -- decisions ----------------------------------------------------------------------------------
+
+    def _after(self, tx: ClientTransaction, now: float) -> List[Action]:
+        if tx is not self.current or not tx.done or self.finished:
+            return []
+        if tx.final is None:
+            return self._end(Outcome.TIMEOUT, f"no final response within {TIMER_F:g} s (Timer F)")
+        self.current = None
+        return self._send(now) if self.on_final(tx.final, tx.sent_at, tx.final_at) == "send" else []
+
+    def _send(self, now: float) -> List[Action]:
+        branch = new_branch()
+        request = self.next_request(self.link, branch, now)
+        tx = ClientTransaction(request, branch, "REGISTER", self.link.reliable, now)
+        self.txs.add(tx, "main")
+        self.current = tx
+        return [Send("main", request)]
+
+    def next_request(self, link: Link, branch: str, now: float) -> bytes:
+        """The next REGISTER (CSeq + 1), credentials included, sent on ``link`` at ``now``."""
         step = self.step
         self.cseq += 1
         self.requests += 1
         step.requests += 1
-        auths = tuple(s.authorize("REGISTER", self.aor.request_uri) for s in self.sessions.values())
-        self.sent_auth = auths
-        self.sent_fresh = set(self.fresh)
+        auth = self.auth.headers("REGISTER", self.aor.request_uri)
         if step.first_sent is None:
             step.first_sent = now
         step.last_sent = now
-        return register_request(self.aor, self.transport, local, branch, self.call_id, self.from_tag, self.cseq,
-                                step.expires, tuple((a.header, a.value) for a in auths), self.route)
+        return register_request(self.aor, self.transport, link.local, branch, self.call_id, self.from_tag, self.cseq,
+                                step.expires, auth, self.route, link.sent_by)
 
-    def _fail(self, outcome: Outcome, reason: str, status: Optional[int] = None) -> str:
-        self.outcome, self.reason, self.fail_status = outcome, reason, status
-        if status is not None and self.final is not None and self.step.status is None:
-            self.step.status, self.step.reason = status, self.final.reason
-        return "done"
+    def _end(self, outcome: Outcome, reason: str, status: Optional[int] = None,
+             failure: Optional[Failure] = None) -> List[Action]:
+        if self.outcome is None:
+            self.outcome, self.reason, self.failure = outcome, reason, failure
+            if status is not None and self.final is not None and self.step.status is None:
+                self.step.status, self.step.reason = status, self.final.reason
+        return []
 
     def on_final(self, msg: SipMessage, sent_at: float, now: float) -> str:
         """A final response to the last request: ``"send"`` (another REGISTER is due) or ``"done"``."""
         step = self.step
         self.final = msg
         status = msg.status
+        text = f"{status} {msg.reason or ''}".rstrip()
         if status in (401, 407):
-            self.challenges += 1
             if step.challenge is None and step.requests == 1:
                 step.challenge = now - step.first_sent
-            offered = challenges_from([(name, v) for name in ("WWW-Authenticate", "Proxy-Authenticate")
-                                       for v in msg.header_values(name)])
-            chosen = choose(offered)
-            what = f"{status} {msg.reason or ''}".rstrip()
-            if not chosen:
-                kinds = ", ".join(sorted({c.describe() for c in offered})) or "no challenge at all"
-                return self._fail(Outcome.AUTH_FAILURE, f"{what}: no digest challenge sipflow can answer "
-                                                        f"({kinds})", status)
-            if self.opts.password is None:
-                return self._fail(Outcome.AUTH_FAILURE, f"{what} (digest {chosen[0].algorithm}, realm "
-                                                        f"\"{chosen[0].realm}\") and no --password", status)
-            for c in chosen:
-                key = (c.answer_header, c.realm)
-                if key in self.sent_fresh:
-                    if c.stale and self.stale_left > 0:
-                        self.stale_left -= 1
-                        self.stale_retries += 1
-                    else:
-                        return self._fail(Outcome.AUTH_FAILURE, f"credentials rejected: {what} again "
-                                                                f"(realm \"{c.realm}\")", status)
-                self.sessions[key] = DigestSession(c, self.username, self.opts.password, self._cnonce)
-                self.fresh.add(key)
-            if self.requests >= MAX_REQUESTS:
-                return self._fail(Outcome.AUTH_FAILURE, f"{what} after {self.requests} requests", status)
+            why = self.auth.challenged(msg)
+            if why is None and self.requests >= MAX_REQUESTS:
+                why = f"{text} after {self.requests} requests"
+            if why is not None:
+                self._end(Outcome.AUTH_FAILURE, why, status)
+                return "done"
             return "send"
         step.status, step.reason = status, msg.reason
         step.rtt, step.done_at = now - sent_at, now
@@ -284,28 +304,28 @@ class RegisterFlow:
                 return "send"
         if 200 <= status < 300:
             self._read_bindings(step, msg)
-            self.used_auth = self.sent_auth
+            self.used_auth = self.auth.sent
             still_bound = any(b.ours and (b.expires or 0) > 0 for b in step.bindings)
             if step.name == "unregister" and still_bound:
-                return self._fail(Outcome.UNEXPECTED, f"{status} {msg.reason or ''}".rstrip()
-                                  + ", but our binding is still there", status)
+                self._end(Outcome.UNEXPECTED, f"{text}, but our binding is still there", status)
+                return "done"
             if self.index + 1 < len(self.steps):
                 self.index += 1
-                self.fresh = set()       # the next step reuses these nonces: nc goes on counting
-                self.stale_left = 1
+                self.auth.next_step()       # the next step reuses these nonces: nc goes on counting
                 return "send"
-            self.outcome, self.reason = Outcome.UP, f"{status} {msg.reason or ''}".rstrip()
+            self.outcome, self.reason = Outcome.UP, text
             return "done"
-        if status == 403 and self.sent_fresh:
-            return self._fail(Outcome.AUTH_FAILURE, f"credentials rejected: {status} {msg.reason or ''}".rstrip(),
-                              status)
-        return self._fail(Outcome.UNEXPECTED, f"{status} {msg.reason or ''}".rstrip(), status)
+        if status == 403 and self.auth.sent_fresh:
+            self._end(Outcome.AUTH_FAILURE, auth_failure_text(status, msg.reason), status)
+        else:
+            self._end(Outcome.UNEXPECTED, text, status)
+        return "done"
 
     def _read_bindings(self, step: Step, msg: SipMessage) -> None:
         """The bindings listed in a 2xx, which of them is ours, and the expiry granted to ours: its
         Contact expires parameter, else the Expires header (§10.2.4)."""
-        ours = parse_uri(f"sip:{self.aor.user}@{uri_host(self.local[0])}:{self.local[1]}"
-                         + contact_params(self.transport))
+        sent_by = self.link.sent_by if self.link else f"{uri_host(self.local[0])}:{self.local[1]}"
+        ours = parse_uri(f"sip:{self.aor.user}@{sent_by}" + contact_params(self.transport))
         header_expires = to_int_or_none(msg.header("Expires"))
         out = []
         for c in msg.contacts:
@@ -355,6 +375,8 @@ class RegisterResult:
     total: Optional[float] = None         # first REGISTER sent -> last final response
     elapsed: Optional[float] = None       # run start -> end, whatever ended it
     connect: Optional[float] = None
+    handshake: Optional[float] = None     # WebSocket: the HTTP upgrade
+    upgrade_status: Optional[int] = None  # WebSocket: the HTTP status of a refused upgrade
     retransmissions: int = 0
     server: Optional[str] = None
     seen_as: Optional[str] = None
@@ -387,6 +409,7 @@ class RegisterResult:
             "challenges": self.challenges, "stale_retries": self.stale_retries, "requests": self.requests,
             "first_response": self.first_response, "challenge": self.challenge, "register": self.register,
             "unregister": self.unregister, "total": self.total, "elapsed": self.elapsed, "connect": self.connect,
+            "handshake": self.handshake, "upgrade_status": self.upgrade_status,
             "retransmissions": self.retransmissions, "server": self.server, "seen_as": self.seen_as,
             "call_id": self.call_id, "cseq": self.cseq, "steps": list(self.steps),
         }
@@ -395,179 +418,61 @@ class RegisterResult:
 def probe_register(aor: str, options: RegisterOptions,
                    on_message: Optional[Callable[[str, bytes], None]] = None,
                    clock: Callable[[], float] = time.monotonic,
-                   cnonce: Optional[Callable[[], str]] = None) -> RegisterResult:
+                   cnonce: Optional[Callable[[], str]] = None, recorder=None) -> RegisterResult:
     """Register ``aor`` (``sip:user@domain``) with ``options`` (answering digest challenges), and
     unregister again with ``options.unregister``. ``on_message(direction, data)`` sees every message
     sent (``">"``) and received (``"<"``), e.g. for a verbose trace, which must go through
     ``digest.redact``. The whole run ends within ``options.run_timeout``."""
-    a, target = register_target(aor, options.proxy)
-    return _RegisterDriver(a, target, options, clock, on_message, cnonce).run()
+    a, hop = register_target(aor, options.proxy)
+    flow = RegisterFlow(a, options, hop, f"{secrets.token_hex(12)}@sipflow", secrets.token_hex(6), cnonce)
+    driver = Driver(flow, options.run_timeout, family=options.family, bind=options.bind, tls=options.tls,
+                    clock=clock, on_message=on_message, recorder=recorder)
+    start, end = driver.run()
+    return register_result(flow, driver.remote_text, end - start)
 
 
-class _RegisterDriver:
-    """The socket loop of ``probe register``: one transaction at a time, as the flow asks."""
-
-    def __init__(self, aor: Aor, target: Target, options: RegisterOptions, clock, on_message, cnonce) -> None:
-        self.aor, self.target, self.opts, self.clock = aor, target, options, clock
-        self.on_message = on_message
-        self.bind = parse_bind(options.bind) if options.bind else None
-        self.flow = RegisterFlow(aor, options, target.transport, f"{secrets.token_hex(12)}@sipflow",
-                                 secrets.token_hex(6), cnonce)
-        self.channel: Optional[Channel] = None
-        self.txs: Dict[str, ClientTransaction] = {}
-        self.current: Optional[ClientTransaction] = None
-        self.first_response_at: Optional[float] = None
-        self.failure: Optional[Tuple[Outcome, str]] = None
-        self.stray = 0
-
-    def run(self) -> RegisterResult:
-        start = self.clock()
-        deadline = start + self.opts.run_timeout
-        family, remote = resolve_target(self.target, self.opts.family, self.bind, deadline - start)
-        self.remote_text = f"{uri_host(remote[0])}:{remote[1]}"
-        connect = None
-        try:
-            try:
-                self.channel = Channel(self.target, family, remote, self.bind, deadline - self.clock(), self.clock,
-                                        self.opts.tls)
-                connect = self.channel.connect_time
-                self.flow.local = self.channel.local
-                self._send()
-            except (OSError, EOFError) as e:
-                self.failure = describe_failure(e)
-            while self.failure is None and not self.flow.done:
-                now = self.clock()
-                if now >= deadline:
-                    self.failure = (Outcome.TIMEOUT, f"no final response before --timeout "
-                                                     f"{self.opts.run_timeout:g} s")
-                    break
-                self._fire_timers(now)
-                tx = self.current
-                if self.failure is not None or self.flow.done:
-                    break
-                if tx.done:
-                    if tx.final is None:   # Timer F
-                        self.failure = (Outcome.TIMEOUT, f"no final response within {TIMER_F:g} s (Timer F)")
-                        break
-                    if self.flow.on_final(tx.final, tx.sent_at, tx.final_at) == "send":
-                        try:
-                            self._send()
-                        except (OSError, EOFError) as e:
-                            self.failure = describe_failure(e)
-                    continue
-                self._wait(now, deadline)
-        finally:
-            if self.channel:
-                self.channel.close()
-        return self._result(start, deadline, connect)
-
-    def _send(self) -> None:
-        branch = new_branch()
-        now = self.clock()
-        request = self.flow.next_request(self.channel.local, branch, now)
-        tx = ClientTransaction(request, branch, "REGISTER", self.channel.reliable, now)
-        self.txs[branch] = tx
-        self.current = tx
-        self._trace(">", request)
-        self.channel.send(request)
-
-    def _trace(self, direction: str, data: bytes) -> None:
-        if self.on_message:
-            self.on_message(direction, data)
-
-    def _fire_timers(self, now: float) -> None:
-        for tx in list(self.txs.values()):
-            deadline = tx.next_deadline()
-            if deadline is None or deadline > now:
-                continue
-            for data in tx.on_timer(now):
-                try:
-                    self._trace(">", data)
-                    self.channel.send(data)
-                except (OSError, EOFError) as e:
-                    self.failure = describe_failure(e)
-                    return
-
-    def _wait(self, now: float, deadline: float) -> None:
-        wake = [deadline] + [t.next_deadline() for t in self.txs.values()
-                             if t is self.current and t.next_deadline() is not None]
-        delay = max(0.0, min(wake) - now)
-        ch = self.channel
-        readable, writable, _ = select.select([ch.sock], [ch.sock] if ch.wants_write else [], [], delay)
-        try:
-            if writable:
-                ch.flush()
-            if readable:
-                for data in ch.receive():
-                    self._on_message(data)
-        except (OSError, EOFError) as e:
-            self.failure = describe_failure(e)
-
-    def _on_message(self, data: bytes) -> None:
-        now = self.clock()
-        self._trace("<", data)
-        try:
-            msg = parse_message(data, datagram=not self.channel.reliable)
-        except ParseError:
-            self.stray += 1
-            return
-        tx = self.txs.get(msg.branch or "") if msg.status is not None else None
-        if tx is None or not tx.matches(msg):
-            self.stray += 1
-            return
-        if self.first_response_at is None:
-            self.first_response_at = now
-        tx.on_response(msg, now)
-
-    def _result(self, start: float, deadline: float, connect) -> RegisterResult:
-        flow = self.flow
-        end = min(self.clock(), deadline)
-        steps = flow.steps
-        reg = next((s for s in steps if s.name == "register"), None)
-        unreg = next((s for s in steps if s.name == "unregister"), None)
-        first = steps[0]
-        if flow.outcome is not None:
-            outcome, reason = flow.outcome, flow.reason
-        else:
-            outcome, reason = self.failure or (Outcome.ERROR, "the run ended without an answer")
-        final = flow.final
-        via = final.vias[0] if final is not None and final.vias else None
-        seen = None
-        if via is not None and (via.param("received") or via.param("rport")) and flow.local[1]:
-            seen = f"{uri_host(via.param('received') or flow.local[0])}:{via.param('rport') or flow.local[1]}"
-        used = flow.used_auth or flow.sent_auth
-        main_auth = next((a for a in used if a.header == "Authorization"), used[0] if used else None)
-        last_done = max((s.done_at for s in steps if s.done_at is not None), default=None)
-        registered = bool(reg and reg.status and 200 <= reg.status < 300
-                          and (reg.granted or 0) > 0)
-        unregistered = None
-        if unreg is not None:
-            unregistered = bool(unreg.status and 200 <= unreg.status < 300
-                                and not any(b.ours and (b.expires or 0) > 0 for b in unreg.bindings))
-        txs = self.txs.values()
-        return RegisterResult(
-            target=self.aor.uri, request_uri=self.aor.request_uri, user=flow.username,
-            transport=self.target.transport, remote=self.remote_text,
-            local=f"{uri_host(flow.local[0])}:{flow.local[1]}" if flow.local[1] else "",
-            outcome=outcome, status=final.status if final is not None else None,
-            reason=reason if outcome is not Outcome.UP else (final.reason if final is not None else None),
-            expires_requested=self.opts.expires,
-            expires=reg.granted if reg else None, registered=registered, unregistered=unregistered,
-            bindings=(reg.bindings if reg and reg.status else first.bindings),
-            auth_algorithm=main_auth.algorithm if main_auth else None,
-            auth_realm=main_auth.realm if main_auth else None, auth_qop=main_auth.qop if main_auth else None,
-            challenges=flow.challenges, stale_retries=flow.stale_retries, requests=flow.requests,
-            first_response=to_us(self.first_response_at - first.first_sent)
-            if self.first_response_at is not None and first.first_sent is not None else None,
-            challenge=to_us(first.challenge), register=to_us(reg.rtt) if reg and reg.status else None,
-            unregister=to_us(unreg.rtt) if unreg and unreg.status else None,
-            total=to_us(last_done - first.first_sent) if last_done is not None and first.first_sent is not None
-            else None,
-            elapsed=to_us(end - start), connect=to_us(connect),
-            retransmissions=sum(t.retransmissions for t in txs),
-            server=(final.header("Server") or final.header("User-Agent")) if final is not None else None,
-            seen_as=seen, call_id=flow.call_id if flow.requests else None, cseq=flow.cseq or None,
-            proxy=self.opts.proxy, steps=tuple(s.to_dict() for s in steps if s.requests))
+def register_result(flow: RegisterFlow, remote: str, elapsed: float) -> RegisterResult:
+    steps = flow.steps
+    reg = next((s for s in steps if s.name == "register"), None)
+    unreg = next((s for s in steps if s.name == "unregister"), None)
+    first = steps[0]
+    if flow.outcome is not None:
+        outcome, reason = flow.outcome, flow.reason
+    else:
+        outcome, reason = Outcome.ERROR, "the run ended without an answer"
+    final = flow.final
+    main_auth = flow.auth.main(flow.used_auth)
+    last_done = max((s.done_at for s in steps if s.done_at is not None), default=None)
+    registered = bool(reg and reg.status and 200 <= reg.status < 300 and (reg.granted or 0) > 0)
+    unregistered = None
+    if unreg is not None:
+        unregistered = bool(unreg.status and 200 <= unreg.status < 300
+                            and not any(b.ours and (b.expires or 0) > 0 for b in unreg.bindings))
+    link = flow.link
+    return RegisterResult(
+        target=flow.aor.uri, request_uri=flow.aor.request_uri, user=flow.username,
+        transport=flow.transport, remote=remote, local=link_text(link),
+        outcome=outcome, status=final.status if final is not None else None,
+        reason=reason if outcome is not Outcome.UP else (final.reason if final is not None else None),
+        expires_requested=flow.opts.expires,
+        expires=reg.granted if reg else None, registered=registered, unregistered=unregistered,
+        bindings=(reg.bindings if reg and reg.status else first.bindings),
+        auth_algorithm=main_auth.algorithm if main_auth else None,
+        auth_realm=main_auth.realm if main_auth else None, auth_qop=main_auth.qop if main_auth else None,
+        challenges=flow.auth.challenges, stale_retries=flow.auth.stale_retries, requests=flow.requests,
+        first_response=to_us(flow.first_response_at - first.first_sent)
+        if flow.first_response_at is not None and first.first_sent is not None else None,
+        challenge=to_us(first.challenge), register=to_us(reg.rtt) if reg and reg.status else None,
+        unregister=to_us(unreg.rtt) if unreg and unreg.status else None,
+        total=to_us(last_done - first.first_sent) if last_done is not None and first.first_sent is not None
+        else None,
+        elapsed=to_us(elapsed), connect=to_us(link.connect if link else None),
+        handshake=to_us(link.handshake if link else None),
+        upgrade_status=flow.failure.upgrade_status if flow.failure else None,
+        retransmissions=flow.txs.retransmissions,
+        server=(final.header("Server") or final.header("User-Agent")) if final is not None else None,
+        seen_as=seen_as(final, link), call_id=flow.call_id if flow.requests else None, cseq=flow.cseq or None,
+        proxy=flow.opts.proxy, steps=tuple(s.to_dict() for s in steps if s.requests))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -679,11 +584,4 @@ def register_prometheus(r: RegisterResult) -> str:
         ("probe_sip_auth_failure", "1 if the credentials were rejected, else 0.",
          [(labels, 1 if r.outcome is Outcome.AUTH_FAILURE else 0)]),
     ]
-    out = []
-    for name, help_text, samples in rows:
-        out += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
-        for lab, value in samples:
-            text = "NaN" if isinstance(value, float) and math.isnan(value) else (
-                f"{value:.6f}" if isinstance(value, float) else str(value))
-            out.append(f"{name}{lab} {text}")
-    return "\n".join(out) + "\n"
+    return prometheus_text(rows)

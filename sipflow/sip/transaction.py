@@ -1,16 +1,18 @@
-"""The probe's client transactions (RFC 3261 §17.1.2 non-INVITE, figure 6; §17.1.1 INVITE, figure 5),
-sans-IO, and the requests a transaction itself sends (the ACK of a 3xx-6xx, CANCEL).
+"""RFC 3261's transaction rules, shared by the analyzer and the probe: the magic cookie and the timers,
+the client transactions (§17.1.2 non-INVITE, figure 6; §17.1.1 INVITE, figure 5), sans-IO, and the
+requests a transaction itself sends (the ACK of a 3xx-6xx, CANCEL).
 
 Owns ``ClientTransaction`` walking ``NON_INVITE_TABLE``, ``InviteClientTransaction`` walking
-``INVITE_TABLE``, and the RFC 3261 timers they run on. It does no
-I/O: it is given a response or "now" and hands back the bytes to send; time is always an argument. The
-drivers in ``probe.options``, ``probe.register`` and ``probe.call`` carry what it says.
+``INVITE_TABLE``, §17.1.3 response matching (``matches``), and the RFC 3261 timers they run on. It
+does no I/O: it is given a response or "now" and hands back the bytes to send; time is always an
+argument. The analyzer (``analysis.dialogs``) reads the cookie and Timer B from here; the probe's flows
+carry what the transactions say.
 """
 
 import enum
 from typing import Dict, List, Optional, Tuple
 
-from sipflow import __version__
+from sipflow.sip import builder
 from sipflow.sip.message import SipMessage, parse_message
 
 MAGIC_COOKIE = "z9hG4bK"   # RFC 3261 §8.1.1.7: a branch starting with it is unique per transaction
@@ -21,6 +23,11 @@ TIMER_F = 64 * T1          # §17.1.2.2: a non-INVITE transaction gives up after
 TIMER_B = 64 * T1             # §17.1.1.2: an INVITE gives up after this in Calling
 TIMER_D_UDP = 32.0            # §17.1.1.2: how long the Completed state absorbs retransmitted finals on UDP
 
+
+def matches(tx, msg: SipMessage) -> bool:
+    """§17.1.3: a response belongs to a client transaction when its top Via branch and its CSeq method
+    are the transaction's."""
+    return msg.status is not None and msg.branch == tx.branch and msg.cseq[1] == tx.method
 
 # ---------------------------------------------------------------------------------------------------
 # The client transaction (RFC 3261 §17.1.2, figure 6), sans-IO
@@ -86,8 +93,7 @@ class ClientTransaction:
             self.timers["E"] = now + T1
 
     def matches(self, msg: SipMessage) -> bool:
-        """§17.1.3: a response belongs here when its top Via branch and its CSeq method are ours."""
-        return msg.status is not None and msg.branch == self.branch and msg.cseq[1] == self.method
+        return matches(self, msg)
 
     @property
     def done(self) -> bool:
@@ -184,29 +190,27 @@ INVITE_TABLE: Dict[InviteState, Dict[str, Tuple[InviteState, str]]] = {
 }
 
 
-def sip_lines(*lines: str) -> bytes:
-    """A whole SIP message without a body from its lines: CRLF after each, then the empty line."""
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
+def is_rfc3261_branch(branch: Optional[str]) -> bool:
+    """§8.1.1.7: a branch with the magic cookie is unique per transaction (RFC 2543 peers' are not)."""
+    return bool(branch) and branch.startswith(MAGIC_COOKIE)
+
+
+def _copied(invite: SipMessage, method: str, to: str) -> bytes:
+    return builder.request(method, invite.uri, via_value=invite.header_values("Via")[0],
+                           route=invite.header_values("Route"), from_=invite.header("From") or "", to=to,
+                           call_id=invite.call_id or "", cseq=invite.cseq[0])
 
 
 def ack_for_non2xx(invite: SipMessage, response: SipMessage) -> bytes:
     """§17.1.1.3: the ACK for a 3xx-6xx: the INVITE's Request-URI, its top Via only (same branch), its
     Route, From and Call-ID, the response's To (with its tag), CSeq number of the INVITE, method ACK."""
-    lines = [f"ACK {invite.uri} SIP/2.0", f"Via: {invite.header_values('Via')[0]}", "Max-Forwards: 70"]
-    lines += [f"Route: {r}" for r in invite.header_values("Route")]
-    lines += [f"From: {invite.header('From')}", f"To: {response.header('To')}", f"Call-ID: {invite.call_id}",
-              f"CSeq: {invite.cseq[0]} ACK", f"User-Agent: sipflow/{__version__}", "Content-Length: 0"]
-    return sip_lines(*lines)
+    return _copied(invite, "ACK", response.header("To") or "")
 
 
 def cancel_for(invite: SipMessage) -> bytes:
     """§9.1: CANCEL with the INVITE's Request-URI, top Via (same branch), Route, From, To, Call-ID and
     CSeq number."""
-    lines = [f"CANCEL {invite.uri} SIP/2.0", f"Via: {invite.header_values('Via')[0]}", "Max-Forwards: 70"]
-    lines += [f"Route: {r}" for r in invite.header_values("Route")]
-    lines += [f"From: {invite.header('From')}", f"To: {invite.header('To')}", f"Call-ID: {invite.call_id}",
-              f"CSeq: {invite.cseq[0]} CANCEL", f"User-Agent: sipflow/{__version__}", "Content-Length: 0"]
-    return sip_lines(*lines)
+    return _copied(invite, "CANCEL", invite.header("To") or "")
 
 
 class InviteClientTransaction:
@@ -239,7 +243,7 @@ class InviteClientTransaction:
     method = "INVITE"
 
     def matches(self, msg: SipMessage) -> bool:
-        return msg.status is not None and msg.branch == self.branch and msg.cseq[1] == "INVITE"
+        return matches(self, msg)
 
     @property
     def done(self) -> bool:
