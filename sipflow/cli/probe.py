@@ -264,7 +264,7 @@ def probe_options(target, count, interval, timeout, expect, bind, family, fmt, w
                 started.append(say(p.run_header(tgt, opts)))
             say(p.result_text(r))
     elif fmt == "json":
-        on_result = lambda r: say(p.result_json(r))  # noqa: E731
+        on_result = lambda r: say(r.to_json())  # noqa: E731
     from sipflow.probe.recorder import recording
     with recording(pcap, keep_secrets) as recorder:
         run = p.probe_options(tgt, opts, on_result=on_result, recorder=recorder)
@@ -355,7 +355,7 @@ def probe_register(aor, user, password, expires, unregister, proxy, timeout, bin
     _probe_and_report(lambda cb, rec: p.probe_register(aor, opts, on_message=cb, recorder=rec), fmt, warning,
                       critical, verbose, password, pcap, keep_secrets,
                       header=lambda r: p.register_header(r.target, opts),
-                      text=p.register_text, as_json=p.register_json, nagios=p.register_nagios,
+                      text=p.register_text, as_json=lambda r: r.to_json(), nagios=p.register_nagios,
                       prometheus=p.register_prometheus, exit_code=_register_exit)
 
 
@@ -421,7 +421,7 @@ def probe_message(target, text, from_uri, user, password, proxy, timeout, bind, 
     _probe_and_report(lambda cb, rec: pm.probe_message(target, opts, on_message=cb, recorder=rec), fmt, warning,
                       critical, verbose, password, pcap, keep_secrets,
                       header=lambda r: pm.message_header(r.target, opts), text=pm.message_text,
-                      as_json=pm.message_json, nagios=pm.message_nagios, prometheus=pm.message_prometheus,
+                      as_json=lambda r: r.to_json(), nagios=pm.message_nagios, prometheus=pm.message_prometheus,
                       exit_code=_register_exit)
 
 
@@ -561,7 +561,7 @@ def probe_call(target, from_uri, user, password, ring_timeout, duration, dtmf, p
     _probe_and_report(lambda cb, rec: pc.probe_call(target, opts, on_message=cb, recorder=rec), fmt, warning,
                       critical, verbose, password, pcap, keep_secrets,
                       header=lambda r: callout.call_header(r.target, opts),
-                      text=callout.call_text, as_json=callout.call_json, nagios=callout.call_nagios,
+                      text=callout.call_text, as_json=lambda r: r.to_json(), nagios=callout.call_nagios,
                       prometheus=callout.call_prometheus, exit_code=_call_exit, show_ladder=show_ladder)
 
 

@@ -23,12 +23,12 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from sipflow.errors import ProbeError
 from sipflow.media.g711 import read_wav
-from sipflow.probe.common import (Failure, Target, TlsOptions, first_hop, hop_of, new_branch, parse_target,
+from sipflow.probe.common import (Failure, Result, Target, TlsOptions, first_hop, hop_of, new_branch, parse_target,
                                   route_for, to_us, uri_host)
 from sipflow.probe.dialog import Dialog, invite_request, sdp_offer
 from sipflow.probe.driver import Driver
 from sipflow.probe.flow import (Action, Connect, Credentials, Flow, Link, MediaAnswer, OpenMedia, Send, StartMedia,
-                                StopMedia, Transactions, link_text, parse)
+                                StopMedia, Transactions, link_text, parse, seen_as)
 from sipflow.probe.media import parse_dtmf
 from sipflow.sip import builder
 from sipflow.sip.message import SipMessage, parse_uri
@@ -86,21 +86,13 @@ class CallOptions:
         return self.duration + (self.ring_timeout or 0.0) + DEFAULT_SLACK
 
 
-@dataclass(frozen=True)
-class CallResult:
+@dataclass(frozen=True, kw_only=True)
+class CallResult(Result):
     """One test call. Times are seconds from a monotonic clock, rounded to microseconds, all counted from
     the first INVITE sent (so a challenge's round trip is in them), except ``bye`` and ``cancel``
     (their own round trips) and ``duration`` (ACK to BYE)."""
-    target: str
     from_uri: str
-    transport: str
-    remote: str
-    local: str
-    outcome: CallOutcome
-    status: Optional[int] = None
-    reason: Optional[str] = None
     provisional: Tuple[int, ...] = ()
-    first_response: Optional[float] = None
     pdd: Optional[float] = None
     answer: Optional[float] = None
     setup: Optional[float] = None
@@ -109,8 +101,6 @@ class CallResult:
     cancel: Optional[float] = None
     challenge: Optional[float] = None
     total: Optional[float] = None
-    elapsed: Optional[float] = None
-    retransmissions: int = 0
     invites: int = 0
     ack_sent: bool = False
     bye_sent: bool = False
@@ -120,15 +110,10 @@ class CallResult:
     hung_up_by: Optional[str] = None      # "us" or "them"
     auth_algorithm: Optional[str] = None
     auth_realm: Optional[str] = None
-    server: Optional[str] = None
-    call_id: Optional[str] = None
     route_set: Tuple[str, ...] = ()
     remote_target: Optional[str] = None
-    proxy: Optional[str] = None
     rtp: Optional[dict] = None
     stray: int = 0
-    handshake: Optional[float] = None     # WebSocket: the HTTP upgrade of the first hop
-    upgrade_status: Optional[int] = None  # WebSocket: the HTTP status of a refused upgrade
     pracks: int = 0                       # RFC 3262: reliable provisionals PRACKed
     prack_status: Optional[int] = None    # the last PRACK's final response
     prack_retransmitted: int = 0          # PRACKs sent again for retransmitted reliable provisionals
@@ -150,8 +135,8 @@ class CallResult:
             "hung_up_by": self.hung_up_by, "auth_algorithm": self.auth_algorithm, "auth_realm": self.auth_realm,
             "server": self.server, "call_id": self.call_id, "route_set": list(self.route_set),
             "remote_target": self.remote_target, "rtp": self.rtp, "stray": self.stray,
-            "handshake": self.handshake, "upgrade_status": self.upgrade_status,
-            "pracks": self.pracks, "prack_status": self.prack_status,
+            "connect": self.connect, "handshake": self.handshake, "upgrade_status": self.upgrade_status,
+            "seen_as": self.seen_as, "pracks": self.pracks, "prack_status": self.prack_status,
             "prack_retransmitted": self.prack_retransmitted,
         }
 
@@ -183,6 +168,20 @@ def probe_call(target: str, options: CallOptions = CallOptions(),
         return flow.result(driver.remote_text, start, end, driver.media_stats())
     finally:
         driver.close()
+
+
+@dataclass
+class Exchange:
+    """A request of ours beside the INVITE (BYE, CANCEL): its transaction, when it first went out, and
+    how it ended (the final status and when; no status: no answer)."""
+    tx: Optional[ClientTransaction] = None
+    sent_at: Optional[float] = None
+    status: Optional[int] = None
+    done_at: Optional[float] = None
+
+    @property
+    def rtt(self) -> Optional[float]:
+        return to_us(self.done_at - self.sent_at) if self.status is not None else None
 
 
 class CallFlow(Flow):
@@ -223,15 +222,9 @@ class CallFlow(Flow):
         self.ack_at: Optional[float] = None
         self.media_started = False
         self.bye_due: Optional[float] = None
-        self.bye_tx: Optional[ClientTransaction] = None
-        self.bye_sent_at: Optional[float] = None
-        self.bye_status: Optional[int] = None
-        self.bye_done_at: Optional[float] = None
+        self.bye = Exchange()
         self.bye_retried = False
-        self.cancel_tx: Optional[ClientTransaction] = None
-        self.cancel_sent_at: Optional[float] = None
-        self.cancel_status: Optional[int] = None
-        self.cancel_done_at: Optional[float] = None
+        self.cancel = Exchange()
         self.hung_up_by: Optional[str] = None
         self.outcome: Optional[CallOutcome] = None
         self.reason: Optional[str] = None
@@ -288,7 +281,7 @@ class CallFlow(Flow):
     # -- time ---------------------------------------------------------------------------------------
 
     def _ring_deadline(self) -> Optional[float]:
-        if (self.opts.ring_timeout is None or self.ring_started is None or self.cancel_tx is not None
+        if (self.opts.ring_timeout is None or self.ring_started is None or self.cancel.tx is not None
                 or self.dialog is not None or self.invite is None or self.invite.done):
             return None
         return self.ring_started + self.opts.ring_timeout
@@ -296,7 +289,7 @@ class CallFlow(Flow):
     def deadline(self) -> Optional[float]:
         completed = lambda tx: isinstance(tx, InviteClientTransaction) and tx.state is InviteState.COMPLETED  # noqa
         times = [self.txs.deadline(completed), self._ring_deadline(),
-                 self.bye_due if self.bye_tx is None else None]
+                 self.bye_due if self.bye.tx is None else None]
         times = [t for t in times if t is not None]
         return min(times) if times else None
 
@@ -310,7 +303,7 @@ class CallFlow(Flow):
         ring = self._ring_deadline()
         if ring is not None and now >= ring:
             out += self._send_cancel(now)
-        if self.bye_due is not None and self.bye_tx is None and now >= self.bye_due:
+        if self.bye_due is not None and self.bye.tx is None and now >= self.bye_due:
             out += self._send_bye(now)
         return out
 
@@ -318,13 +311,13 @@ class CallFlow(Flow):
         """--timeout: end the run now, leaving nothing behind: hang up a call, cancel a ringing one
         (best effort: the driver does not wait for the answers)."""
         out: List[Action] = []
-        if self.dialog is not None and self.bye_tx is None and self.hung_up_by is None:
+        if self.dialog is not None and self.bye.tx is None and self.hung_up_by is None:
             out += self._send_bye(now)
             self.reason = (self.reason or "") + f"; --timeout {self.opts.run_timeout:g} s ended the call"
         elif self.dialog is None and self.invite is not None and self.invite.state is InviteState.PROCEEDING \
-                and self.cancel_tx is None:
+                and self.cancel.tx is None:
             out += self._send_cancel(now)
-        if self.outcome is None and self.cancel_sent_at is not None and self.cancel_sent_at < now \
+        if self.outcome is None and self.cancel.sent_at is not None and self.cancel.sent_at < now \
                 and self.opts.ring_timeout is not None:
             self.outcome = CallOutcome.NO_ANSWER   # we gave up on it; the far end never confirmed (no 487)
             self.reason = (f"no answer within --ring-timeout {self.opts.ring_timeout:g} s: CANCEL sent, but no "
@@ -333,8 +326,8 @@ class CallFlow(Flow):
             what = "ringing, no answer" if self.provisional else "no final response"
             self.outcome = CallOutcome.TIMEOUT
             self.reason = f"{what} before --timeout {self.opts.run_timeout:g} s" + (
-                " (CANCEL sent)" if self.cancel_tx is not None else "")
-        elif self.bye_tx is not None and self.bye_done_at is None and "--timeout" not in (self.reason or ""):
+                " (CANCEL sent)" if self.cancel.tx is not None else "")
+        elif self.bye.tx is not None and self.bye.done_at is None and "--timeout" not in (self.reason or ""):
             self.reason = (self.reason or "") + "; no response to the BYE before --timeout"
         return out + self._finish(now)
 
@@ -453,7 +446,7 @@ class CallFlow(Flow):
                                            sent_by=link.sent_by)
             self.ack_at = now
             out: List[Action] = [Send(link.name, self.ack), MediaAnswer(msg.body or self.early_sdp or None)]
-            if self.cancel_tx is not None:   # the 200 OK crossed our CANCEL: the call exists, end it
+            if self.cancel.tx is not None:   # the 200 OK crossed our CANCEL: the call exists, end it
                 self.outcome = CallOutcome.NO_ANSWER
                 self.reason = f"answered ({msg.status}) after the CANCEL: ACK and BYE sent"
                 return out + self._send_bye(now)
@@ -485,7 +478,7 @@ class CallFlow(Flow):
         self.final = msg
         status = msg.status
         text = f"{status} {msg.reason or ''}".rstrip()
-        if status in (401, 407) and self.cancel_tx is None:
+        if status in (401, 407) and self.cancel.tx is None:
             if self.challenge_at is None:
                 self.challenge_at = now
             why = self.auth.challenged(msg)
@@ -495,7 +488,7 @@ class CallFlow(Flow):
                 return self._fail(CallOutcome.AUTH_FAILURE, why, now)
             self.ring_started = None
             return self._send_invite(now)
-        if self.cancel_tx is not None and status == 487:
+        if self.cancel.tx is not None and status == 487:
             outcome = CallOutcome.NO_ANSWER
             text = f"no answer within --ring-timeout {self.opts.ring_timeout:g} s: CANCEL sent, {text}"
         elif status in (486, 600):
@@ -512,20 +505,20 @@ class CallFlow(Flow):
             return self._fail(CallOutcome.TIMEOUT, f"no response to the INVITE within {TIMER_B:g} s (Timer B)", now)
         if tx.method == "PRACK" and tx.final is not None and tx.final.status >= 200:
             self.prack_status = tx.final.status
-        if tx is self.cancel_tx and tx.done and self.cancel_status is None:
-            self.cancel_status = tx.final.status if tx.final is not None else None
-            self.cancel_done_at = tx.final_at
-        if tx is self.bye_tx and tx.done and self.bye_done_at is None:
+        if tx is self.cancel.tx and tx.done and self.cancel.status is None:
+            self.cancel.status = tx.final.status if tx.final is not None else None
+            self.cancel.done_at = tx.final_at
+        if tx is self.bye.tx and tx.done and self.bye.done_at is None:
             final = tx.final
             if final is not None and final.status in (401, 407) and not self.bye_retried \
                     and self.opts.password is not None:
                 self.bye_retried = True           # §22.2: a challenge to the BYE is answered once
                 self.auth.next_step()
                 if self.auth.challenged(final) is None:
-                    self.bye_tx = None
+                    self.bye.tx = None
                     return self._send_bye(now)
-            self.bye_status = final.status if final is not None else None
-            self.bye_done_at = tx.final_at if final is not None else now
+            self.bye.status = final.status if final is not None else None
+            self.bye.done_at = tx.final_at if final is not None else now
             if final is None and self.outcome is CallOutcome.ANSWERED:
                 self.reason += "; no response to the BYE"
             return self._finish(now)
@@ -553,8 +546,8 @@ class CallFlow(Flow):
     def _send_cancel(self, now: float) -> List[Action]:
         request = cancel_for(self.invite.message)
         tx = ClientTransaction(request, self.invite.branch, "CANCEL", self.invite.reliable, now)
-        self.cancel_tx = tx
-        self.cancel_sent_at = now
+        self.cancel.tx = tx
+        self.cancel.sent_at = now
         self.txs.add(tx, "main")
         return [Send("main", request)]
 
@@ -569,9 +562,9 @@ class CallFlow(Flow):
         request = self.dialog.request("BYE", link.transport, link.local, branch, self.cseq, auth,
                                       sent_by=link.sent_by)
         tx = ClientTransaction(request, branch, "BYE", link.reliable, now)
-        self.bye_tx = tx
-        if self.bye_sent_at is None:
-            self.bye_sent_at = now
+        self.bye.tx = tx
+        if self.bye.sent_at is None:
+            self.bye.sent_at = now
         self.txs.add(tx, link.name)
         return [StopMedia(now), Send(link.name, request)]
 
@@ -602,7 +595,7 @@ class CallFlow(Flow):
         auth = next((a for a in self.auth_used if a.header == "Authorization"),
                     self.auth_used[0] if self.auth_used else None)
         rtp = media_stats if (self.media_started or self.dialog is not None) else None
-        last = max([t for t in (self.bye_done_at, self.cancel_done_at, self.ack_at,
+        last = max([t for t in (self.bye.done_at, self.cancel.done_at, self.ack_at,
                                 self.invite.final_at if self.invite else None) if t is not None], default=None)
         server = (final.header("Server") or final.header("User-Agent")) if final is not None else None
         return CallResult(
@@ -612,19 +605,19 @@ class CallFlow(Flow):
             reason=self.reason or "the run ended without an answer", provisional=tuple(self.provisional),
             first_response=since(self.first_response_at), pdd=since(self.pdd_at), answer=since(self.answer_at),
             setup=since(self.ack_at),
-            duration=to_us(self.bye_sent_at - self.ack_at) if self.bye_sent_at and self.ack_at else None,
-            bye=to_us(self.bye_done_at - self.bye_sent_at) if self.bye_status is not None else None,
-            cancel=to_us(self.cancel_done_at - self.cancel_sent_at) if self.cancel_status is not None else None,
+            duration=to_us(self.bye.sent_at - self.ack_at) if self.bye.sent_at and self.ack_at else None,
+            bye=self.bye.rtt, cancel=self.cancel.rtt,
             challenge=since(self.challenge_at), total=since(last), elapsed=to_us(end - start),
             retransmissions=self.txs.retransmissions,
             invites=len(self.invites), ack_sent=self.ack_at is not None or any(t.acks for t in self.invites),
-            bye_sent=self.bye_sent_at is not None, bye_status=self.bye_status,
-            cancel_sent=self.cancel_tx is not None, cancel_status=self.cancel_status, hung_up_by=self.hung_up_by,
+            bye_sent=self.bye.sent_at is not None, bye_status=self.bye.status,
+            cancel_sent=self.cancel.tx is not None, cancel_status=self.cancel.status, hung_up_by=self.hung_up_by,
             auth_algorithm=auth.algorithm if auth else None, auth_realm=auth.realm if auth else None,
             server=server, call_id=self.call_id if self.invites else None,
             route_set=self.dialog.route_set if self.dialog else (),
             remote_target=self.dialog.remote_target if self.dialog else None, proxy=self.opts.proxy, rtp=rtp,
-            stray=self.stray, handshake=to_us(main.handshake if main else None),
+            stray=self.stray, connect=to_us(main.connect if main else None),
+            handshake=to_us(main.handshake if main else None), seen_as=seen_as(final, main),
             upgrade_status=self.failure.upgrade_status if self.failure else None,
             pracks=len(self.pracks), prack_status=self.prack_status,
             prack_retransmitted=self.prack_retransmitted)

@@ -5,12 +5,12 @@ the media figures per direction, the verdict, and the exit states Nagios reads.
 """
 from __future__ import annotations
 
-import json
 import math
 from typing import Optional, Tuple
 
 from sipflow.probe.call import CallOptions, CallOutcome, CallResult
-from sipflow.probe.common import NagiosRange, NagiosState, perf_value, prom_label
+from sipflow.probe.common import (NagiosRange, NagiosState, failure_text, nagios_line, perf_value, phases_perf,
+                                  prom_label, prometheus_text, thresholds)
 
 
 def _ms(seconds: Optional[float]) -> str:
@@ -80,9 +80,6 @@ def call_text(r: CallResult) -> str:
     return "\n".join(lines)
 
 
-def call_json(r: CallResult) -> str:
-    return json.dumps(r.to_dict())
-
 
 def call_nagios(r: CallResult, warning: Optional[NagiosRange] = None,
                 critical: Optional[NagiosRange] = None) -> Tuple[NagiosState, str]:
@@ -96,26 +93,17 @@ def call_nagios(r: CallResult, warning: Optional[NagiosRange] = None,
             what += f", RTP {rtp['sent']} sent/{rtp['received']} received, {rtp['lost']} lost"
         if rtp.get("one_way_audio"):
             state, what = NagiosState.CRITICAL, "one-way audio: " + what
-        elif critical and r.setup is not None and critical.alerts(r.setup):
-            state, what = NagiosState.CRITICAL, what + f" (critical {critical.text})"
-        elif warning and r.setup is not None and warning.alerts(r.setup):
-            state, what = NagiosState.WARNING, what + f" (warning {warning.text})"
+        else:
+            state, what = thresholds(state, what, r.setup, warning, critical)
     else:
-        state = NagiosState.CRITICAL
-        what = f"{r.outcome.value}: {r.reason} ({r.transport} {r.remote})"
-    perf = [f"'setup'={perf_value(r.setup)}{'s' if r.setup is not None else ''};"
-            f"{warning.text if warning else ''};{critical.text if critical else ''};0;"]
-    for k in ("first_response", "pdd", "answer", "bye"):
-        v = getattr(r, k)
-        perf.append(f"'{k}'={perf_value(v)}{'s' if v is not None else ''};;;0;")
-    perf.append(f"'retransmissions'={r.retransmissions};;;0;")
+        state, what = NagiosState.CRITICAL, failure_text(r)
+    perf = phases_perf(r, "setup", warning, critical, ("first_response", "pdd", "answer", "bye"), keep_missing=True)
     if rtp:
         perf += [f"'rtp_sent'={rtp['sent']};;;0;", f"'rtp_received'={rtp['received']};;;0;",
                  f"'rtp_lost'={max(0, rtp['lost'])};;;0;"]
         if rtp["jitter_ms"] is not None:
             perf.append(f"'jitter'={perf_value(rtp['jitter_ms'])}ms;;;0;")
-    text = what.replace("|", "/").replace("\n", " ")
-    return state, f"SIP {state.name} - {text} | " + " ".join(perf)
+    return nagios_line(state, what, perf)
 
 
 def call_prometheus(r: CallResult) -> str:
@@ -145,11 +133,4 @@ def call_prometheus(r: CallResult) -> str:
         ("probe_rtp_one_way_audio", "1 if we sent RTP and (almost) none came back.",
          [(labels, 1 if rtp.get("one_way_audio") else 0)]),
     ]
-    out = []
-    for name, help_text, samples in rows:
-        out += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
-        for lb, value in samples:
-            text = "NaN" if isinstance(value, float) and math.isnan(value) else (
-                f"{value:.6f}" if isinstance(value, float) else str(value))
-            out.append(f"{name}{lb} {text}")
-    return "\n".join(out) + "\n"
+    return prometheus_text(rows)

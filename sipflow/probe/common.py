@@ -16,7 +16,7 @@ import re
 import secrets
 import ssl
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 from sipflow.errors import ProbeError
 from sipflow.sip.digest import redact
@@ -263,6 +263,46 @@ class Outcome(enum.Enum):
     AUTH_FAILURE = "auth failure"  # probe register: the credentials were rejected (or could not be made)
 
 
+@dataclass(frozen=True, kw_only=True)
+class Result:
+    """What every probe's result says: where it went, how it ended and its set-up times; each probe's
+    result adds its own. Times are seconds from a monotonic clock, rounded to microseconds."""
+    target: str
+    transport: str
+    remote: str                          # ip:port of the first hop
+    local: str                           # ip:port we sent from ("" when no link could be opened)
+    outcome: enum.Enum                   # an Outcome (a CallOutcome for a call)
+    status: Optional[int] = None         # the final response that decided
+    reason: Optional[str] = None         # its reason phrase, or what went wrong
+    first_response: Optional[float] = None
+    elapsed: Optional[float] = None      # the whole run (or probe), whatever ended it
+    connect: Optional[float] = None      # TCP (and TLS) set-up, when this run opened the link
+    handshake: Optional[float] = None    # WebSocket: the HTTP upgrade, when this run opened the link
+    upgrade_status: Optional[int] = None   # WebSocket: the HTTP status of a refused upgrade
+    retransmissions: int = 0
+    server: Optional[str] = None         # the responder's Server (or User-Agent) header
+    seen_as: Optional[str] = None        # our address as the server saw it (Via received/rport)
+    call_id: Optional[str] = None
+    proxy: Optional[str] = None
+
+    @property
+    def up(self) -> bool:
+        return self.outcome is Outcome.UP
+
+    # What the CLI's exit-code mapping reads (the same as a ProbeRun's).
+    @property
+    def results(self) -> Tuple["Result", ...]:
+        return (self,)
+
+    @property
+    def first_failure(self) -> Optional["Result"]:
+        return None if self.up else self
+
+    def to_json(self) -> str:
+        import json
+        return json.dumps(self.to_dict())
+
+
 def to_us(seconds: Optional[float]) -> Optional[float]:
     return None if seconds is None else round(seconds, 6)
 
@@ -360,6 +400,59 @@ def prometheus_text(rows) -> str:
                 f"{value:.6f}" if isinstance(value, float) else str(value))
             out.append(f"{name}{labels} {text}")
     return "\n".join(out) + "\n"
+
+
+def closing_lines(r: Result, phases) -> List[str]:
+    """The lines every probe's text ends with: its timings, retransmissions, who answered and where
+    the server saw us."""
+    lines = []
+    shown = [f"{k.replace('_', ' ')} {ms_text(getattr(r, k))}" for k in phases if getattr(r, k) is not None]
+    if shown:
+        lines.append("timings: " + ", ".join(shown))
+    if r.retransmissions:
+        lines.append(f"retransmissions: {r.retransmissions}")
+    lines += [f"{name}: {value}" for name, value in (("Server", r.server), ("Seen as", r.seen_as)) if value]
+    return lines
+
+
+def thresholds(state: "NagiosState", what: str, value: Optional[float], warning: Optional[NagiosRange],
+               critical: Optional[NagiosRange]) -> Tuple["NagiosState", str]:
+    """-w/-c applied to ``value`` (seconds): CRITICAL before WARNING, each saying which range it broke."""
+    if value is not None and critical and critical.alerts(value):
+        return NagiosState.CRITICAL, what + f" (critical {critical.text})"
+    if value is not None and warning and warning.alerts(value):
+        return NagiosState.WARNING, what + f" (warning {warning.text})"
+    return state, what
+
+
+def failure_text(r: Result) -> str:
+    """What a CRITICAL line says of a run that did not end well."""
+    return f"{r.outcome.value}: {r.reason} ({r.transport} {r.remote})"
+
+
+def phases_perf(r: Result, name: str, warning: Optional[NagiosRange], critical: Optional[NagiosRange],
+                phases, keep_missing: bool = False) -> List[str]:
+    """Perfdata: the thresholded time ``name`` first, then each phase (seconds; "U" for one that did
+    not happen, or left out), then the retransmissions."""
+    perf = [threshold_perf(name, getattr(r, name), warning, critical)]
+    for k in phases:
+        v = getattr(r, k)
+        if v is not None or keep_missing:
+            perf.append(f"'{k}'={perf_value(v)}{'s' if v is not None else ''};;;0;")
+    return perf + [f"'retransmissions'={r.retransmissions};;;0;"]
+
+
+def threshold_perf(name: str, value: Optional[float], warning: Optional[NagiosRange],
+                   critical: Optional[NagiosRange]) -> str:
+    """The perfdata item the thresholds apply to (with the ranges, as the guidelines ask)."""
+    return (f"'{name}'={perf_value(value)}{'s' if value is not None else ''};"
+            f"{warning.text if warning else ''};{critical.text if critical else ''};0;")
+
+
+def nagios_line(state: "NagiosState", what: str, perf) -> Tuple["NagiosState", str]:
+    """One plugin line: '|' starts perfdata, so it may not appear in the text, nor may a newline."""
+    text = what.replace("|", "/").replace("\n", " ")
+    return state, f"SIP {state.name} - {text} | " + " ".join(perf)
 
 
 def perf_value(v: Optional[float]) -> str:

@@ -16,8 +16,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from sipflow.errors import ProbeError
 from sipflow.probe.common import Failure, Outcome, Target, TlsOptions, parse_bind
-from sipflow.probe.flow import (Connect, Flow, Link, MediaAnswer, OpenMedia, Report, Send, StartMedia,
-                                StopMedia)
+from sipflow.probe.flow import Connect, Flow, Link, MediaAnswer, OpenMedia, Report, Send, StartMedia, StopMedia
 from sipflow.probe.transport import Channel, describe_failure, resolve_target
 
 NEXT_HOP_LIMIT = 2.0     # seconds to resolve and connect a dialog's next hop (the first hop has --timeout)

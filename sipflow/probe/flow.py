@@ -23,10 +23,10 @@ memory instead (tests/test_probe_flows.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from sipflow.errors import ParseError
-from sipflow.probe.common import Failure, Target, Outcome
+from sipflow.probe.common import Failure, Outcome, Target
 from sipflow.sip import builder
 from sipflow.sip.digest import DigestSession, challenges_from, choose
 from sipflow.sip.message import SipMessage, parse_message
@@ -54,44 +54,14 @@ class Link:
         return builder.via(self.transport, self.sent_by, branch)
 
 
-@dataclass(frozen=True)
-class Connect:
-    link: str
-    hop: Target
-
-
-@dataclass(frozen=True)
-class Send:
-    link: str
-    data: bytes
-
-
-@dataclass(frozen=True)
-class OpenMedia:
-    link: str
-
-
-@dataclass(frozen=True)
-class MediaAnswer:
-    sdp: Optional[bytes]          # None: no SDP answer came (neither in the 2xx nor in a 1xx)
-
-
-@dataclass(frozen=True)
-class StartMedia:
-    at: float
-    dtmf: str
-
-
-@dataclass(frozen=True)
-class StopMedia:
-    at: float
-
-
-@dataclass(frozen=True)
-class Report:
-    result: object
-
-
+# What a flow asks for (see the module's text for what each means).
+Connect = NamedTuple("Connect", [("link", str), ("hop", Target)])
+Send = NamedTuple("Send", [("link", str), ("data", bytes)])
+OpenMedia = NamedTuple("OpenMedia", [("link", str)])
+MediaAnswer = NamedTuple("MediaAnswer", [("sdp", Optional[bytes])])    # None: no SDP answer came at all
+StartMedia = NamedTuple("StartMedia", [("at", float), ("dtmf", str)])
+StopMedia = NamedTuple("StopMedia", [("at", float)])
+Report = NamedTuple("Report", [("result", object)])
 Action = object   # one of the above
 
 
@@ -125,6 +95,54 @@ class Flow:
 
     def expire(self, now: float) -> List[Action]:
         return []
+
+
+class OneAtATime(Flow):
+    """A flow of one client transaction at a time on one link, "main" (REGISTER, MESSAGE): responses
+    and timers go to ``after(tx, now)`` for the transaction in flight, which decides what comes next;
+    a failed link or the run's deadline ends the flow through ``end``."""
+    hop: Target
+    link: Optional[Link] = None
+    txs: "Transactions"
+    current = None
+    first_response_at: Optional[float] = None
+    stray = 0
+
+    def start(self, now: float) -> List[Action]:
+        return [Connect("main", self.hop)]
+
+    def received(self, link: str, data: bytes, now: float) -> List[Action]:
+        msg = parse(data, self.link)
+        tx = self.txs.match(msg) if msg is not None else None
+        if tx is None:
+            self.stray += 1
+            return []
+        if self.first_response_at is None:
+            self.first_response_at = now
+        tx.on_response(msg, now)
+        return self.after(tx, now)
+
+    def failed(self, link: str, failure: Failure, now: float) -> List[Action]:
+        return self.end(failure.outcome, failure.reason, failure=failure)
+
+    def deadline(self) -> Optional[float]:
+        return self.txs.deadline(lambda tx: tx is not self.current)
+
+    def timer(self, now: float) -> List[Action]:
+        out: List[Action] = []
+        for tx, sends in self.txs.fire(now):
+            out += sends + self.after(tx, now)
+        return out
+
+    def expire(self, now: float) -> List[Action]:
+        return self.end(Outcome.TIMEOUT, f"no final response before --timeout {self.opts.run_timeout:g} s")
+
+    def after(self, tx, now: float) -> List[Action]:
+        raise NotImplementedError
+
+    def end(self, outcome: Outcome, reason: str, status: Optional[int] = None,
+            failure: Optional[Failure] = None) -> List[Action]:
+        raise NotImplementedError
 
 
 def parse(data: bytes, link: Optional[Link]) -> Optional[SipMessage]:

@@ -13,9 +13,10 @@ from typing import Dict, List, Optional, Tuple
 
 from sipflow.errors import ProbeError
 from sipflow.media.g711 import PACKET_MS, SAMPLES_PER_PACKET, audio_payload, encode, tone_packet
-from sipflow.probe.common import uri_host
-from sipflow.media.rtp import HEADER as RTP_HEADER, is_rtcp, looks_like_rtp, rtp_packet
+from sipflow.media.rtp import HEADER as RTP_HEADER
+from sipflow.media.rtp import is_rtcp, looks_like_rtp, rtp_packet
 from sipflow.media.stats import RtpStream
+from sipflow.probe.common import uri_host
 from sipflow.sip.sdp import parse_sdp
 
 PACKET_S = PACKET_MS / 1000.0

@@ -7,7 +7,6 @@ answers challenges, ``sip.transaction`` keeps the transactions, ``probe.driver``
 """
 from __future__ import annotations
 
-import json
 import math
 import secrets
 import time
@@ -15,12 +14,13 @@ from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Tuple
 
 from sipflow.errors import ProbeError
-from sipflow.probe.common import (DEFAULT_TIMEOUT, Failure, NagiosRange, NagiosState, Outcome, Target, TlsOptions,
-                                  first_hop, ms_text, new_branch, parse_target, perf_value, prom_label,
-                                  prometheus_text, route_for, to_us, uri_host)
+from sipflow.probe.common import (DEFAULT_TIMEOUT, Failure, NagiosRange, NagiosState, Outcome, Result, Target,
+                                  TlsOptions, closing_lines, failure_text, first_hop, nagios_line, new_branch,
+                                  parse_target, perf_value, phases_perf, prom_label, prometheus_text, route_for,
+                                  thresholds, to_us, uri_host)
 from sipflow.probe.driver import Driver
-from sipflow.probe.flow import (Action, Connect, Credentials, Flow, Link, Send, Transactions, auth_failure_text,
-                                link_text, parse, seen_as)
+from sipflow.probe.flow import (Action, Credentials, Link, OneAtATime, Send, Transactions, auth_failure_text,
+                                link_text, seen_as)
 from sipflow.sip import builder
 from sipflow.sip.message import SipMessage, parse_uri
 from sipflow.sip.transaction import TIMER_F, ClientTransaction
@@ -53,48 +53,19 @@ class MessageOptions:
         return self.timeout if self.timeout is not None else DEFAULT_TIMEOUT
 
 
-@dataclass(frozen=True)
-class MessageResult:
+@dataclass(frozen=True, kw_only=True)
+class MessageResult(Result):
     """One MESSAGE run. Times are seconds (monotonic clock, microseconds) from the first MESSAGE sent,
     except ``rtt`` (the request that got the final answer, to that answer)."""
-    target: str
     from_uri: str
-    transport: str
-    remote: str
-    local: str
-    outcome: Outcome
-    status: Optional[int] = None
-    reason: Optional[str] = None
     requests: int = 0
     challenges: int = 0
     auth_algorithm: Optional[str] = None
     auth_realm: Optional[str] = None
-    first_response: Optional[float] = None
     challenge: Optional[float] = None
     rtt: Optional[float] = None
     total: Optional[float] = None
-    elapsed: Optional[float] = None
-    connect: Optional[float] = None
-    handshake: Optional[float] = None
-    upgrade_status: Optional[int] = None
-    retransmissions: int = 0
-    server: Optional[str] = None
-    seen_as: Optional[str] = None
-    call_id: Optional[str] = None
-    proxy: Optional[str] = None
     length: int = 0                     # bytes of text sent
-
-    @property
-    def up(self) -> bool:
-        return self.outcome is Outcome.UP
-
-    @property
-    def results(self) -> Tuple["MessageResult", ...]:   # what the CLI's exit-code mapping reads
-        return (self,)
-
-    @property
-    def first_failure(self) -> Optional["MessageResult"]:
-        return None if self.up else self
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -112,7 +83,7 @@ def message_request(target: str, from_uri: str, from_tag: str, link: Link, branc
                            headers=auth, body=text.encode("utf-8"), content_type="text/plain;charset=UTF-8")
 
 
-class MessageFlow(Flow):
+class MessageFlow(OneAtATime):
     """``probe message``, sans-IO: one MESSAGE, retried with credentials when challenged (per realm the
     strongest algorithm; a second challenge to fresh credentials is an auth failure, stale=true is
     retried once), ended by the first other final response: 2xx is up, anything else is not."""
@@ -147,9 +118,6 @@ class MessageFlow(Flow):
     def finished(self) -> bool:
         return self.outcome is not None
 
-    def start(self, now: float) -> List[Action]:
-        return [Connect("main", self.hop)]
-
     def connected(self, link: Link, now: float) -> List[Action]:
         self.link = link
         if not self.from_uri:
@@ -157,32 +125,6 @@ class MessageFlow(Flow):
         self.auth = Credentials(self.opts.user or parse_uri(self.from_uri).user or "sipflow", self.opts.password,
                                 self.cnonce)
         return self._send(now)
-
-    def failed(self, link: str, failure: Failure, now: float) -> List[Action]:
-        return self._end(failure.outcome, failure.reason, failure)
-
-    def received(self, link: str, data: bytes, now: float) -> List[Action]:
-        msg = parse(data, self.link)
-        tx = self.txs.match(msg) if msg is not None else None
-        if tx is None:
-            self.stray += 1
-            return []
-        if self.first_response_at is None:
-            self.first_response_at = now
-        tx.on_response(msg, now)
-        return self._after(tx, now)
-
-    def deadline(self) -> Optional[float]:
-        return self.txs.deadline(lambda tx: tx is not self.current)
-
-    def timer(self, now: float) -> List[Action]:
-        out: List[Action] = []
-        for tx, sends in self.txs.fire(now):
-            out += sends + self._after(tx, now)
-        return out
-
-    def expire(self, now: float) -> List[Action]:
-        return self._end(Outcome.TIMEOUT, f"no final response before --timeout {self.opts.run_timeout:g} s")
 
     def _send(self, now: float) -> List[Action]:
         branch = new_branch()
@@ -197,12 +139,12 @@ class MessageFlow(Flow):
             self.first_sent = now
         return [Send("main", request)]
 
-    def _after(self, tx: ClientTransaction, now: float) -> List[Action]:
+    def after(self, tx: ClientTransaction, now: float) -> List[Action]:
         if tx is not self.current or not tx.done or self.finished:
             return []
         msg = tx.final
         if msg is None:
-            return self._end(Outcome.TIMEOUT, f"no final response within {TIMER_F:g} s (Timer F)")
+            return self.end(Outcome.TIMEOUT, f"no final response within {TIMER_F:g} s (Timer F)")
         self.final = msg
         text = f"{msg.status} {msg.reason or ''}".rstrip()
         if msg.status in (401, 407):
@@ -211,17 +153,17 @@ class MessageFlow(Flow):
             why = self.auth.challenged(msg)
             if why is None and self.cseq >= MAX_REQUESTS:
                 why = f"{text} after {self.cseq} requests"
-            return self._end(Outcome.AUTH_FAILURE, why) if why else self._send(now)
+            return self.end(Outcome.AUTH_FAILURE, why) if why else self._send(now)
         self.final_rtt, self.done_at = tx.final_at - tx.sent_at, now
         if 200 <= msg.status < 300:
             self.used_auth = self.auth.sent
             self.outcome, self.reason = Outcome.UP, text
             return []
         if msg.status == 403 and self.auth.sent_fresh:
-            return self._end(Outcome.AUTH_FAILURE, auth_failure_text(msg.status, msg.reason))
-        return self._end(Outcome.UNEXPECTED, text)
+            return self.end(Outcome.AUTH_FAILURE, auth_failure_text(msg.status, msg.reason))
+        return self.end(Outcome.UNEXPECTED, text)
 
-    def _end(self, outcome: Outcome, reason: str, failure: Optional[Failure] = None) -> List[Action]:
+    def end(self, outcome: Outcome, reason: str, failure: Optional[Failure] = None) -> List[Action]:
         if self.outcome is None:
             self.outcome, self.reason, self.failure = outcome, reason, failure
         return []
@@ -279,22 +221,11 @@ def message_text(r: MessageResult) -> str:
         lines.append(f"result: {r.outcome.value}: {r.reason}")
     if r.auth_algorithm:
         lines.append(f"auth: digest {r.auth_algorithm}, realm \"{r.auth_realm}\", {r.challenges} challenge(s)")
-    shown = [f"{k.replace('_', ' ')} {ms_text(getattr(r, k))}" for k in PHASES if getattr(r, k) is not None]
-    if shown:
-        lines.append("timings: " + ", ".join(shown))
-    if r.retransmissions:
-        lines.append(f"retransmissions: {r.retransmissions}")
-    for name, value in (("Server", r.server), ("Seen as", r.seen_as)):
-        if value:
-            lines.append(f"{name}: {value}")
-    return "\n".join(lines)
+    return "\n".join(lines + closing_lines(r, PHASES))
 
 
 PHASES = ("connect", "handshake", "first_response", "challenge", "rtt", "total")
 
-
-def message_json(r: MessageResult) -> str:
-    return json.dumps(r.to_dict())
 
 
 def message_nagios(r: MessageResult, warning: Optional[NagiosRange] = None,
@@ -303,18 +234,10 @@ def message_nagios(r: MessageResult, warning: Optional[NagiosRange] = None,
     state = NagiosState.OK
     if r.up:
         what = f"{r.reason} for MESSAGE to {r.target} in {perf_value(r.total)}s"
-        if critical and r.total is not None and critical.alerts(r.total):
-            state, what = NagiosState.CRITICAL, what + f" (critical {critical.text})"
-        elif warning and r.total is not None and warning.alerts(r.total):
-            state, what = NagiosState.WARNING, what + f" (warning {warning.text})"
+        state, what = thresholds(state, what, r.total, warning, critical)
     else:
-        state, what = NagiosState.CRITICAL, f"{r.outcome.value}: {r.reason} ({r.transport} {r.remote})"
-    perf = [f"'total'={perf_value(r.total)}{'s' if r.total is not None else ''};"
-            f"{warning.text if warning else ''};{critical.text if critical else ''};0;"]
-    perf += [f"'{k}'={perf_value(getattr(r, k))}s;;;0;" for k in PHASES[:-1] if getattr(r, k) is not None]
-    perf.append(f"'retransmissions'={r.retransmissions};;;0;")
-    text = what.replace("|", "/").replace("\n", " ")
-    return state, f"SIP {state.name} - {text} | " + " ".join(perf)
+        state, what = NagiosState.CRITICAL, failure_text(r)
+    return nagios_line(state, what, phases_perf(r, "total", warning, critical, PHASES[:-1]))
 
 
 def message_prometheus(r: MessageResult) -> str:

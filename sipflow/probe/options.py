@@ -5,7 +5,6 @@ sends them at an interval (each its own ``sip.transaction`` client transaction; 
 it), and the result formats (text, JSON lines, Nagios, Prometheus textfile).
 """
 
-import json
 import math
 import secrets
 import time
@@ -13,9 +12,10 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
 from sipflow.errors import ProbeError
-from sipflow.probe.common import (DEFAULT_TIMEOUT, Expect, Failure, NagiosRange, NagiosState, Outcome, Target,
-                                   TlsOptions, contact_params, first_hop, ms_text, new_branch, parse_target,
-                                   perf_value, prom_label, prometheus_text, route_for, to_us, uri_host)
+from sipflow.probe.common import (DEFAULT_TIMEOUT, Expect, Failure, NagiosRange, NagiosState, Outcome, Result, Target,
+                                  TlsOptions, contact_params, first_hop, ms_text, nagios_line, new_branch,
+                                  parse_target, perf_value, prom_label, prometheus_text, route_for, threshold_perf,
+                                  thresholds, to_us, uri_host)
 from sipflow.probe.driver import Driver
 from sipflow.probe.flow import Action, Connect, Flow, Link, Report, Send, Transactions, link_text, parse, seen_as
 from sipflow.sip import builder
@@ -46,36 +46,17 @@ def options_request(target: Target, local: Tuple[str, int], branch: str, call_id
 OPTIONS_OUTCOMES = tuple(o for o in Outcome if o is not Outcome.AUTH_FAILURE)   # what OPTIONS can end in
 
 
-@dataclass(frozen=True)
-class ProbeResult:
+@dataclass(frozen=True, kw_only=True)
+class ProbeResult(Result):
     """One probe. Times are seconds from a monotonic clock, rounded to microseconds."""
     seq: int                          # 1.. in sending order
-    target: str
-    transport: str
-    remote: str                       # ip:port the request went to
-    local: str                        # ip:port it left from ("" when no socket could be opened)
-    outcome: Outcome
-    status: Optional[int] = None
-    reason: Optional[str] = None      # the response's reason phrase, or what went wrong
     sent_at: float = 0.0              # since the run started
     rtt: Optional[float] = None       # first transmission to final response
-    elapsed: Optional[float] = None   # first transmission to the end of the probe, whatever ended it
-    first_response: Optional[float] = None  # first transmission to the first response (e.g. 100)
-    connect: Optional[float] = None   # TCP: connection set-up, when this probe opened the connection
-    handshake: Optional[float] = None  # WebSocket: the HTTP upgrade, when this probe opened the connection
-    upgrade_status: Optional[int] = None  # WebSocket: the HTTP status of a refused upgrade
-    retransmissions: int = 0
-    server: Optional[str] = None      # the responder's Server (or User-Agent) header
     allow: Tuple[str, ...] = ()
     supported: Tuple[str, ...] = ()
-    seen_as: Optional[str] = None     # our address as the server saw it (Via received/rport)
-    call_id: Optional[str] = None
     cseq: Optional[int] = None
     branch: Optional[str] = None
 
-    @property
-    def up(self) -> bool:
-        return self.outcome is Outcome.UP
 
     def to_dict(self) -> dict:
         return {
@@ -344,6 +325,10 @@ def run_text(run: ProbeRun) -> str:
     lines = [f"--- {run.target} ({run.transport} {run.remote}" + (f" from {local}" if local else "") + ")",
              f"{len(run.results)} of {run.planned} probe(s) sent: " + ", ".join(parts)
              + f"; {run.duration:.3f} s in all"]
+    opened = next((r for r in run.results if r.connect is not None or r.handshake is not None), None)
+    if opened is not None:
+        lines.append("link: " + ", ".join(f"{k} {ms_text(v)}" for k, v in (
+            ("connect", opened.connect), ("WebSocket handshake", opened.handshake)) if v is not None))
     if run.rtts:
         rtts = run.rtts
         lines.append(f"rtt min/avg/max {min(rtts) * 1000:.3f}/{sum(rtts) / len(rtts) * 1000:.3f}/"
@@ -359,10 +344,6 @@ def run_text(run: ProbeRun) -> str:
         lines.append(f"--timeout {run.timeout:g} s ended the run before every probe was sent")
     return "\n".join(lines)
 
-
-def result_json(r: ProbeResult) -> str:
-    """One JSON object per probe, one per line (JSON Lines), so a long run can be followed."""
-    return json.dumps(r.to_dict())
 
 
 def nagios(run: ProbeRun, warning: Optional[NagiosRange] = None,
@@ -392,21 +373,16 @@ def nagios(run: ProbeRun, warning: Optional[NagiosRange] = None,
         if len(run.results) > 1:
             what = f"{len(run.results)}/{run.planned} up, {last.status} {last.reason or ''}".rstrip() \
                 + f", max rtt {perf_value(worst)}s"
-        if critical and critical.alerts(worst):
-            state, what = NagiosState.CRITICAL, what + f" (critical {critical.text})"
-        elif warning and warning.alerts(worst):
-            state, what = NagiosState.WARNING, what + f" (warning {warning.text})"
+        state, what = thresholds(state, what, worst, warning, critical)
         if last.server:
             what += f" ({last.server})"
     if bad is not None and len(run.results) > 1:
         what = f"{sum(r.up for r in run.results)}/{run.planned} up, probe {bad.seq}: " + what
-    perf = [f"'rtt'={perf_value(worst)}{'s' if worst is not None else ''};"
-            f"{warning.text if warning else ''};{critical.text if critical else ''};0;",
+    perf = [threshold_perf("rtt", worst, warning, critical),
             f"'retransmissions'={sum(r.retransmissions for r in run.results)};;;0;"]
     if run.planned > 1:
         perf.append(f"'up'={sum(r.up for r in run.results)};;;0;{run.planned}")
-    text = what.replace("|", "/").replace("\n", " ")   # '|' starts perfdata, the line must stay one line
-    return state, f"SIP {state.name} - {text} | " + " ".join(perf)
+    return nagios_line(state, what, perf)
 
 
 def prometheus(run: ProbeRun) -> str:

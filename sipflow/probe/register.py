@@ -7,7 +7,6 @@ challenges, ``sip.transaction`` keeps the transactions, ``probe.driver`` runs th
 """
 
 import ipaddress
-import json
 import math
 import secrets
 import time
@@ -15,15 +14,16 @@ from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Tuple
 
 from sipflow.errors import ProbeError
+from sipflow.probe.common import (DEFAULT_PORT, DEFAULT_TIMEOUT, Failure, NagiosRange, NagiosState, Outcome, Result,
+                                  Target, TlsOptions, closing_lines, contact_params, failure_text, first_hop, ms_text,
+                                  nagios_line, new_branch, parse_target, perf_value, phases_perf, prom_label,
+                                  prometheus_text, route_for, thresholds, to_us, uri_host)
+from sipflow.probe.driver import Driver
+from sipflow.probe.flow import (Action, Credentials, Link, OneAtATime, Send, Transactions, auth_failure_text,
+                                link_text, seen_as)
 from sipflow.sip import builder
 from sipflow.sip.message import SipMessage, parse_uri
 from sipflow.sip.transaction import TIMER_F, ClientTransaction
-from sipflow.probe.common import (DEFAULT_PORT, DEFAULT_TIMEOUT, Failure, NagiosRange, NagiosState, Outcome, Target,
-                                   TlsOptions, contact_params, first_hop, ms_text, new_branch, parse_target,
-                                   perf_value, prom_label, prometheus_text, route_for, to_us, uri_host)
-from sipflow.probe.driver import Driver
-from sipflow.probe.flow import (Action, Connect, Credentials, Flow, Link, Send, Transactions, auth_failure_text,
-                                link_text, parse, seen_as)
 
 DEFAULT_EXPIRES = 60         # seconds asked for when --expires is not given
 MAX_EXPIRES = 2 ** 32 - 1    # §25.1: delta-seconds fits 32 bits
@@ -155,7 +155,7 @@ class Step:
                 "expires": self.granted, "bindings": [b.to_dict() for b in self.bindings]}
 
 
-class RegisterFlow(Flow):
+class RegisterFlow(OneAtATime):
     """``probe register``, sans-IO: one REGISTER transaction at a time, each final response deciding
     the next (``on_final``).
 
@@ -204,48 +204,17 @@ class RegisterFlow(Flow):
 
     # -- events -------------------------------------------------------------------------------------
 
-    def start(self, now: float) -> List[Action]:
-        return [Connect("main", self.hop)]
-
     def connected(self, link: Link, now: float) -> List[Action]:
         self.link = link
         return self._send(now)
 
-    def failed(self, link: str, failure: Failure, now: float) -> List[Action]:
-        return self._end(failure.outcome, failure.reason, failure=failure)
-
-    def received(self, link: str, data: bytes, now: float) -> List[Action]:
-        msg = parse(data, self.link)
-        tx = self.txs.match(msg) if msg is not None else None
-        if tx is None:
-            self.stray += 1
-            return []
-        if self.first_response_at is None:
-            self.first_response_at = now
-        tx.on_response(msg, now)
-        return self._after(tx, now)
-
-    def deadline(self) -> Optional[float]:
-        return self.txs.deadline(lambda tx: tx is not self.current)
-
-    def timer(self, now: float) -> List[Action]:
-        out: List[Action] = []
-        for tx, sends in self.txs.fire(now):
-            out += sends
-            if tx is self.current:
-                out += self._after(tx, now)
-        return out
-
-    def expire(self, now: float) -> List[Action]:
-        return self._end(Outcome.TIMEOUT, f"no final response before --timeout {self.opts.run_timeout:g} s")
-
     # -- decisions ----------------------------------------------------------------------------------
 
-    def _after(self, tx: ClientTransaction, now: float) -> List[Action]:
+    def after(self, tx: ClientTransaction, now: float) -> List[Action]:
         if tx is not self.current or not tx.done or self.finished:
             return []
         if tx.final is None:
-            return self._end(Outcome.TIMEOUT, f"no final response within {TIMER_F:g} s (Timer F)")
+            return self.end(Outcome.TIMEOUT, f"no final response within {TIMER_F:g} s (Timer F)")
         self.current = None
         return self._send(now) if self.on_final(tx.final, tx.sent_at, tx.final_at) == "send" else []
 
@@ -270,7 +239,7 @@ class RegisterFlow(Flow):
         return register_request(self.aor, self.transport, link.local, branch, self.call_id, self.from_tag, self.cseq,
                                 step.expires, auth, self.route, link.sent_by)
 
-    def _end(self, outcome: Outcome, reason: str, status: Optional[int] = None,
+    def end(self, outcome: Outcome, reason: str, status: Optional[int] = None,
              failure: Optional[Failure] = None) -> List[Action]:
         if self.outcome is None:
             self.outcome, self.reason, self.failure = outcome, reason, failure
@@ -291,7 +260,7 @@ class RegisterFlow(Flow):
             if why is None and self.requests >= MAX_REQUESTS:
                 why = f"{text} after {self.requests} requests"
             if why is not None:
-                self._end(Outcome.AUTH_FAILURE, why, status)
+                self.end(Outcome.AUTH_FAILURE, why, status)
                 return "done"
             return "send"
         step.status, step.reason = status, msg.reason
@@ -307,7 +276,7 @@ class RegisterFlow(Flow):
             self.used_auth = self.auth.sent
             still_bound = any(b.ours and (b.expires or 0) > 0 for b in step.bindings)
             if step.name == "unregister" and still_bound:
-                self._end(Outcome.UNEXPECTED, f"{text}, but our binding is still there", status)
+                self.end(Outcome.UNEXPECTED, f"{text}, but our binding is still there", status)
                 return "done"
             if self.index + 1 < len(self.steps):
                 self.index += 1
@@ -316,9 +285,9 @@ class RegisterFlow(Flow):
             self.outcome, self.reason = Outcome.UP, text
             return "done"
         if status == 403 and self.auth.sent_fresh:
-            self._end(Outcome.AUTH_FAILURE, auth_failure_text(status, msg.reason), status)
+            self.end(Outcome.AUTH_FAILURE, auth_failure_text(status, msg.reason), status)
         else:
-            self._end(Outcome.UNEXPECTED, text, status)
+            self.end(Outcome.UNEXPECTED, text, status)
         return "done"
 
     def _read_bindings(self, step: Step, msg: SipMessage) -> None:
@@ -344,19 +313,12 @@ def to_int_or_none(text: Optional[str]) -> Optional[int]:
     return int(text) if text.isdigit() else None
 
 
-@dataclass(frozen=True)
-class RegisterResult:
+@dataclass(frozen=True, kw_only=True)
+class RegisterResult(Result):
     """One ``probe register`` run. Times are seconds (monotonic clock, microseconds). Holds no
     password and no digest response."""
-    target: str                       # the AOR
     request_uri: str
     user: str                         # the digest username
-    transport: str
-    remote: str
-    local: str
-    outcome: Outcome
-    status: Optional[int] = None      # the last final response
-    reason: Optional[str] = None
     expires_requested: int = DEFAULT_EXPIRES
     expires: Optional[int] = None     # granted to our contact by the register step
     registered: bool = False
@@ -368,35 +330,12 @@ class RegisterResult:
     challenges: int = 0
     stale_retries: int = 0
     requests: int = 0
-    first_response: Optional[float] = None
     challenge: Optional[float] = None     # first REGISTER -> its 401/407
     register: Optional[float] = None      # the REGISTER that got the 2xx -> that 2xx
     unregister: Optional[float] = None
     total: Optional[float] = None         # first REGISTER sent -> last final response
-    elapsed: Optional[float] = None       # run start -> end, whatever ended it
-    connect: Optional[float] = None
-    handshake: Optional[float] = None     # WebSocket: the HTTP upgrade
-    upgrade_status: Optional[int] = None  # WebSocket: the HTTP status of a refused upgrade
-    retransmissions: int = 0
-    server: Optional[str] = None
-    seen_as: Optional[str] = None
-    call_id: Optional[str] = None
     cseq: Optional[int] = None
-    proxy: Optional[str] = None
     steps: Tuple[dict, ...] = ()
-
-    @property
-    def up(self) -> bool:
-        return self.outcome is Outcome.UP
-
-    # What the CLI's exit-code mapping reads (the same as a ProbeRun's).
-    @property
-    def results(self) -> Tuple["RegisterResult", ...]:
-        return (self,)
-
-    @property
-    def first_failure(self) -> Optional["RegisterResult"]:
-        return None if self.up else self
 
     def to_dict(self) -> dict:
         return {
@@ -513,20 +452,9 @@ def register_text(r: RegisterResult) -> str:
     for b in r.bindings:
         lines.append(f"binding: <{b.contact}> expires {b.expires if b.expires is not None else '?'}"
                      + (" (ours)" if b.ours else ""))
-    timings = [(k, getattr(r, k)) for k in ("first_response", "challenge", "register", "unregister", "total")]
-    shown = [f"{k.replace('_', ' ')} {ms_text(v)}" for k, v in timings if v is not None]
-    if shown:
-        lines.append("timings: " + ", ".join(shown))
-    if r.retransmissions:
-        lines.append(f"retransmissions: {r.retransmissions}")
-    for name, value in (("Server", r.server), ("Seen as", r.seen_as)):
-        if value:
-            lines.append(f"{name}: {value}")
-    return "\n".join(lines)
+    phases = ("connect", "handshake", "first_response", "challenge", "register", "unregister", "total")
+    return "\n".join(lines + closing_lines(r, phases))
 
-
-def register_json(r: RegisterResult) -> str:
-    return json.dumps(r.to_dict())
 
 
 def register_nagios(r: RegisterResult, warning: Optional[NagiosRange] = None,
@@ -544,24 +472,13 @@ def register_nagios(r: RegisterResult, warning: Optional[NagiosRange] = None,
         if r.auth_algorithm:
             what += f" (digest {r.auth_algorithm})"
         what += f" in {perf_value(r.total)}s"
-        if critical and r.total is not None and critical.alerts(r.total):
-            state, what = NagiosState.CRITICAL, what + f" (critical {critical.text})"
-        elif warning and r.total is not None and warning.alerts(r.total):
-            state, what = NagiosState.WARNING, what + f" (warning {warning.text})"
+        state, what = thresholds(state, what, r.total, warning, critical)
     else:
-        state = NagiosState.CRITICAL
-        what = f"{r.outcome.value}: {r.reason} ({r.transport} {r.remote})"
-    perf = [f"'total'={perf_value(r.total)}{'s' if r.total is not None else ''};"
-            f"{warning.text if warning else ''};{critical.text if critical else ''};0;"]
-    for k in ("first_response", "challenge", "register", "unregister"):
-        v = getattr(r, k)
-        if v is not None:
-            perf.append(f"'{k}'={perf_value(v)}s;;;0;")
-    perf.append(f"'retransmissions'={r.retransmissions};;;0;")
+        state, what = NagiosState.CRITICAL, failure_text(r)
+    perf = phases_perf(r, "total", warning, critical, ("first_response", "challenge", "register", "unregister"))
     if r.expires is not None:
         perf.append(f"'expires'={r.expires}s;;;0;")
-    text = what.replace("|", "/").replace("\n", " ")
-    return state, f"SIP {state.name} - {text} | " + " ".join(perf)
+    return nagios_line(state, what, perf)
 
 
 def register_prometheus(r: RegisterResult) -> str:

@@ -17,7 +17,7 @@ import threading
 from typing import List, Optional, Tuple
 
 from sipflow.errors import ProbeError
-from sipflow.probe.common import RELIABLE, Failure, Outcome, Target, TlsOptions, is_ip, check_destination, uri_host
+from sipflow.probe.common import RELIABLE, Failure, Outcome, Target, TlsOptions, check_destination, is_ip, uri_host
 from sipflow.sip.framing import frame_stream
 
 WS_SUBPROTOCOL = "sip"    # RFC 7118 §4.1: Sec-WebSocket-Protocol: sip
