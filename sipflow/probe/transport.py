@@ -351,7 +351,10 @@ class Channel:
         if self.ws is not None:
             try:
                 from wsproto.events import CloseConnection
+                from wsproto.frame_protocol import FrameProtocol
                 self.sock.send(self.ws.send(CloseConnection(code=1000)))
+                if self.recorder is not None:
+                    self._record(True, FrameProtocol(client=False, extensions=[]).close(code=1000))
             except Exception:   # noqa: BLE001 - closing is best effort
                 pass
         self.sock.close()
