@@ -18,7 +18,7 @@ from typing import List, Optional, Tuple
 
 from sipflow.errors import ProbeError
 from sipflow.probe.common import RELIABLE, Failure, Outcome, Target, TlsOptions, check_destination, is_ip, uri_host
-from sipflow.sip.framing import frame_stream
+from sipflow.sip.framing import StreamFramer
 
 WS_SUBPROTOCOL = "sip"    # RFC 7118 §4.1: Sec-WebSocket-Protocol: sip
 MAX_REFUSAL_BODY = 300    # characters of a refused upgrade's body shown to the user
@@ -124,7 +124,7 @@ class Channel:
         self.connect_time: Optional[float] = None
         self.handshake_time: Optional[float] = None
         self.ws = None
-        self.buf = bytearray()
+        self.framer = StreamFramer()         # SIP messages out of the TCP/TLS byte stream
         self.out = bytearray()
         self.pending_text: List[str] = []   # a WebSocket message arriving in several frames
         self.pending_bytes = bytearray()
@@ -304,16 +304,10 @@ class Channel:
             return self._ws_messages(data)
         if not data:
             raise EOFError("connection closed by the server")
-        self.buf += data
-        out = []
-        while True:
-            kind, n = frame_stream(self.buf)  # sip.py's framing by Content-Length (§18.3)
-            if kind == "need" or n == 0:
-                return out
-            if kind == "message":
-                out.append(bytes(self.buf[:n]))
-                self._record(False, out[-1])
-            del self.buf[:n]
+        out = [msg for msg, _ in self.framer.feed(data, 0)]   # the analyzer's framing (§18.3)
+        for msg in out:
+            self._record(False, msg)
+        return out
 
     def _ws_messages(self, data: bytes) -> List[bytes]:
         """The SIP messages whole WebSocket messages carry (RFC 7118 §5.1: one per message); a ping
