@@ -159,7 +159,6 @@ def probe():
       sipflow probe call sip:bob@127.0.0.1:5070 --duration 2 --format json
       sipflow probe message sip:bob@127.0.0.1 --text hello
 
-    \b
     Transports: udp, tcp, tls (sips:), and SIP over WebSocket (RFC 7118) as web phones use it:
     'sip:host:port;transport=ws|wss' or ws://host:port/path and wss://host:port/path, as the target
     or as --proxy. Over WebSocket the Via host is a random .invalid name and Contact carries
@@ -400,18 +399,19 @@ def probe_message(target, text, from_uri, user, password, proxy, timeout, bind, 
     \b
     Examples:
       sipflow probe message sip:bob@127.0.0.1 --text "hello"
-      sipflow probe message sip:bob@example.com --proxy ws://192.0.2.10:5066 --user alice --password s3cret
-      sipflow probe message 'sip:bob@example.com;transport=wss' --ca my-ca.pem --format json
+      sipflow probe message sip:bob@example.com --proxy ws://192.0.2.10:5066 \\
+          --user alice --password s3cret
+      sipflow probe message 'sip:bob@example.com;transport=wss' --ca ca.pem
       sipflow probe message sip:bob@192.0.2.10 --format nagios -w 0.5 -c 2
 
     \b
     Exit codes (text and json):
-      0 delivered (2xx)     4 refused        7 3xx                 10 6xx
-      1 could not run       5 unreachable    8 4xx (not 401/407)   11 auth failure
-      2 bad command line    6 conn. reset,   9 5xx                 70 sipflow bug (please report)
-      3 timeout               TLS, upgrade                         130 interrupted
-    --format nagios: 0 OK, 1 WARNING, 2 CRITICAL (anything but a 2xx), 3 UNKNOWN (could not run).
-    --format prometheus: 0 once the metrics are written.
+      0 delivered (2xx)   4 refused          8 4xx (not 401/407)  11 auth failure
+      1 could not run     5 unreachable      9 5xx                70 sipflow bug
+      2 bad command line  6 reset, TLS,      10 6xx               130 interrupted
+      3 timeout             refused upgrade  7 3xx
+    --format nagios: 0 OK, 1 WARNING, 2 CRITICAL (anything but a 2xx),
+    3 UNKNOWN (could not run).  --format prometheus: 0 once written.
     """
     from sipflow.probe import message as pm
     from sipflow.probe.common import TlsOptions
