@@ -232,22 +232,24 @@ def probe_options(target, count, interval, timeout, expect, bind, family, fmt, w
     \b
     Examples:
       sipflow probe options sip:127.0.0.1:5060
-      sipflow probe options 'sip:[::1]:5070;transport=tcp' --count 3 --interval 0.5
+      sipflow probe options 'sip:[::1]:5070;transport=tcp' --count 3
       sipflow probe options sips:pbx.example.com --ca my-ca.pem
       sipflow probe options sip:pbx.example.com --expect 200 --format json
-      sipflow probe options sip:192.0.2.10 --format nagios -w 0.5 -c 1 --timeout 10
-      sipflow probe options sip:192.0.2.10 --format prometheus > sip.prom.$$ && mv sip.prom.$$ sip.prom
+      sipflow probe options ws://192.0.2.10:5066/ --format json
+      sipflow probe options sip:192.0.2.10 --format nagios -w 0.5 -c 1
+      sipflow probe options sip:192.0.2.10 --format prometheus > sip.prom
 
     \b
     Exit codes (text and json):
-      0 every probe was up         5 unreachable            9  5xx not expected
-      1 could not run              6 connection reset, TLS  10 6xx not expected
-      2 bad command line           7 2xx/3xx not expected   11 auth failure
-      3 timeout                    8 4xx not expected       70 sipflow bug (please report)
-      4 refused                    probe call only: 12 busy, 13 no answer, 14 one-way audio
-                                                            130 interrupted
-    --format nagios: 0 OK, 1 WARNING, 2 CRITICAL (no answer, refused, timeout, unexpected code),
-    3 UNKNOWN (could not run).  --format prometheus: 0 once the metrics are written.
+      0 every probe was up    5 unreachable            10 6xx not expected
+      1 could not run         6 reset, TLS, upgrade    11 auth failure
+      2 bad command line      7 2xx/3xx not expected   70 sipflow bug (report it)
+      3 timeout               8 4xx not expected       130 interrupted
+      4 refused               9 5xx not expected
+      probe call only: 12 busy, 13 no answer, 14 one-way audio
+    --format nagios: 0 OK, 1 WARNING, 2 CRITICAL (no answer, refused, timeout,
+    unexpected code), 3 UNKNOWN (could not run).
+    --format prometheus: 0 once the metrics are written.
     """
     from sipflow.probe import options as p
     from sipflow.probe.common import Expect, TlsOptions, parse_target
@@ -331,20 +333,23 @@ def probe_register(aor, user, password, expires, unregister, proxy, timeout, bin
     \b
     Examples:
       sipflow probe register sip:alice@pbx.example.com --password s3cret
-      SIPFLOW_PASSWORD=s3cret sipflow probe register 'sip:alice@[::1]:5070;transport=tcp' --unregister
-      sipflow probe register sip:alice@example.com --user 1001 --proxy sip:192.0.2.10:5060 --expires 300
-      sipflow probe register sip:alice@pbx.example.com --format nagios -w 0.5 -c 2 --timeout 10
+      SIPFLOW_PASSWORD=s3cret sipflow probe register \\
+          'sip:alice@[::1]:5070;transport=tcp' --unregister
+      sipflow probe register sip:alice@example.com --user 1001 \\
+          --proxy sip:192.0.2.10:5060 --expires 300
+      sipflow probe register sip:alice@example.com --proxy wss://192.0.2.10:7443
+      sipflow probe register sip:alice@pbx.example.com --format nagios -w 0.5 -c 2
 
     \b
     Exit codes (text and json):
-      0 registered (and unregistered)  5 unreachable            9  5xx
-      1 could not run                  6 connection reset, TLS  10 6xx
-      2 bad command line               7 other final response   11 auth failure
-      3 timeout                        8 4xx (not 401/407)      70 sipflow bug (please report)
-      4 refused                        probe call only: 12 busy, 13 no answer, 14 one-way audio
-                                                                130 interrupted
-    --format nagios: 0 OK, 1 WARNING, 2 CRITICAL (auth failure, no answer, refused, timeout, other
-    code), 3 UNKNOWN (could not run).  --format prometheus: 0 once the metrics are written.
+      0 registered (and unregistered)  5 unreachable          10 6xx
+      1 could not run                  6 reset, TLS, upgrade  11 auth failure
+      2 bad command line               7 other final response 70 sipflow bug
+      3 timeout                        8 4xx (not 401/407)    130 interrupted
+      4 refused                        9 5xx
+    --format nagios: 0 OK, 1 WARNING, 2 CRITICAL (auth failure, no answer,
+    refused, timeout, other code), 3 UNKNOWN (could not run).
+    --format prometheus: 0 once the metrics are written.
     """
     from sipflow.probe import register as p
     from sipflow.probe.common import TlsOptions
@@ -535,21 +540,23 @@ def probe_call(target, from_uri, user, password, ring_timeout, duration, dtmf, p
     Examples:
       sipflow probe call sip:bob@127.0.0.1:5060 --duration 2
       sipflow probe call 'sip:bob@[::1]:5070;transport=tcp' --dtmf 123#
-      sipflow probe call sip:bob@example.com --proxy sip:192.0.2.10 --from sip:alice@example.com \\
-          --user alice --password s3cret --ring-timeout 15 --format json
-      sipflow probe call sip:echo@192.0.2.10 --format nagios -w 0.5 -c 2 --timeout 20
+      sipflow probe call sip:bob@example.com --proxy sip:192.0.2.10 \\
+          --from sip:alice@example.com --user alice --password s3cret \\
+          --ring-timeout 15 --format json
+      sipflow probe call sip:bob@example.com --proxy ws://192.0.2.10:5066
+      sipflow probe call sip:echo@192.0.2.10 --format nagios -w 0.5 -c 2
 
     \b
     Exit codes (text and json):
-      0 answered, audio both ways  5 unreachable            10 6xx
-      1 could not run              6 conn. reset, TLS       11 auth failure
-      2 bad command line           7 3xx (redirected)       12 busy (486/600)
-      3 timeout                    8 other 4xx              13 no answer (cancelled)
-      4 refused                    9 5xx                    14 one-way audio
-                                                            70 sipflow bug (please report)
-                                                            130 interrupted
-    --format nagios: 0 OK, 1 WARNING, 2 CRITICAL (anything but a call answered with audio both
-    ways), 3 UNKNOWN (could not run).  --format prometheus: 0 once the metrics are written.
+      0 answered, audio both ways  5 unreachable          10 6xx
+      1 could not run              6 reset, TLS, upgrade  11 auth failure
+      2 bad command line           7 3xx (redirected)     12 busy (486/600)
+      3 timeout                    8 other 4xx            13 no answer (cancelled)
+      4 refused                    9 5xx                  14 one-way audio
+      70 sipflow bug (please report)    130 interrupted
+    --format nagios: 0 OK, 1 WARNING, 2 CRITICAL (anything but a call answered
+    with audio both ways), 3 UNKNOWN (could not run).
+    --format prometheus: 0 once the metrics are written.
     """
     from sipflow.probe import call as pc
     from sipflow.probe import callout
