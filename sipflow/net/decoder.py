@@ -44,12 +44,13 @@ FRAG_TIMEOUT = 60.0      # seconds of capture time before an incomplete IP datag
 TCP_IDLE = 900.0         # seconds of capture time before an idle TCP stream's state is dropped
 TCP_OOO_LIMIT = 1 << 20  # bytes held out of order before a gap is declared
 MAX_HTTP_HEAD = 64 * 1024  # a WebSocket upgrade's HTTP head longer than this is not one
+MAX_WS_MESSAGE = 1 << 20   # a WebSocket frame (or message of several) announcing more is not buffered
 MAX_FRAGMENTS = 8192       # pieces of one IP datagram (65 535 bytes in 8-byte units), duplicates included
 
 
 class _TcpDir:
     """One direction of a TCP connection: next expected sequence number and out-of-order segments."""
-    __slots__ = ("next_seq", "ooo", "held", "last", "mode", "ws", "ws_parts", "ws_frames")
+    __slots__ = ("next_seq", "ooo", "held", "last", "mode", "ws", "ws_parts", "ws_frames", "ws_skip")
 
     def __init__(self) -> None:
         self.next_seq: Optional[int] = None
@@ -60,6 +61,7 @@ class _TcpDir:
         self.ws: Optional[StreamBuffer] = None
         self.ws_parts: List[bytes] = []
         self.ws_frames: List[int] = []
+        self.ws_skip = 0            # bytes of an oversized frame still to pass by unbuffered
 
 
 class Decoder:
@@ -494,6 +496,13 @@ class Decoder:
                     return
                 buf.take(end + 4)
                 continue
+            if d.ws_skip:   # the rest of an oversized frame: let it pass without keeping it
+                n = min(d.ws_skip, len(data))
+                buf.take(n)
+                d.ws_skip -= n
+                if not len(buf.data):
+                    return
+                continue
             if len(data) < 2:
                 return
             try:
@@ -503,6 +512,16 @@ class Decoder:
             if parsed is None:
                 return
             fin, opcode, payload, flen = parsed
+            if payload is None or sum(map(len, d.ws_parts)) + len(payload) > MAX_WS_MESSAGE:
+                # Never buffer a frame (or a message) this big: a lie or an attack. Count it, drop what
+                # was gathered, and skip the frame's bytes as they come; framing goes on after it.
+                self.count("ws_frame_oversized")
+                d.ws_parts.clear()
+                d.ws_frames.clear()
+                n = min(flen, len(data))
+                buf.take(n)
+                d.ws_skip = flen - n
+                continue
             _, frames = buf.take(flen)
             if opcode >= 8:  # control frames (close, ping, pong) carry no SIP
                 self.count("ws_control")
@@ -584,7 +603,8 @@ def _ws_peek(data, n: int = 64) -> bytes:
 
 def _ws_frame(data) -> Optional[tuple]:
     """Parse one WebSocket frame at the start of ``data``: (fin, opcode, unmasked payload, frame length),
-    or None when the frame is not complete yet. Raises IndexError on too few bytes for the header."""
+    or None when the frame is not complete yet; the payload is None for a frame over ``MAX_WS_MESSAGE``.
+    Raises IndexError on too few bytes for the header."""
     b0, b1 = data[0], data[1]
     n = b1 & 0x7F
     pos = 2
@@ -600,6 +620,8 @@ def _ws_frame(data) -> Optional[tuple]:
         if len(mask) < 4:
             return None
         pos += 4
+    if n > MAX_WS_MESSAGE:
+        return bool(b0 & 0x80), b0 & 0x0F, None, pos + n   # too big to wait for: the caller skips it
     if len(data) < pos + n:
         return None
     payload = bytes(data[pos:pos + n])
