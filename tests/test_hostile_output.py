@@ -96,3 +96,15 @@ def test_an_address_inside_a_display_name_is_text_not_the_caller(tmp_path):
     assert a.messages[0].msg.from_.display == "<sip:ceo@bank.example>" and a.messages[0].from_tag == "f9"
     r = CliRunner().invoke(main, ["calls", str(path), "--width", "120"])
     assert "attacker@evil.example" in r.output and "ceo@bank" not in r.output
+    # The display names are shown, quoted, beside the address: never in its place
+    assert (c.from_display, c.to_display) == ("<sip:ceo@bank.example>", 'a " quote <sip:x@y>')
+    wide = CliRunner().invoke(main, ["calls", str(path), "--wide", "--width", "200"]).output
+    assert 'attacker@evil.example "<sip:ceo@bank.example>"' in wide and 'bob@y "a \\" quote <sip:x@y>"' in wide
+    text = CliRunner().invoke(main, ["analyze", str(path), "--format", "text"]).output
+    assert 'attacker@evil.example "<sip:ceo@bank.example>" -> bob@y' in text
+    doc = json.loads(CliRunner().invoke(main, ["analyze", str(path), "--format", "json"]).output)
+    call = doc["calls"][0]
+    assert (call["from"], call["from_display"]) == ("sip:attacker@evil.example", "<sip:ceo@bank.example>")
+    rows = list(csv.DictReader(io.StringIO(CliRunner().invoke(main, ["calls", str(path), "--format", "csv"]).output)))
+    assert (rows[0]["from"], rows[0]["from_display"], rows[0]["to_display"]) == (
+        "sip:attacker@evil.example", "<sip:ceo@bank.example>", 'a " quote <sip:x@y>')

@@ -139,7 +139,8 @@ class Dialog:
 class Call:
     """Everything sharing one Call-ID that contains an INVITE dialog: hops, dialogs, media, timings."""
     __slots__ = ("call_id", "events", "invites", "reinvites", "caller", "caller_tag", "from_uri", "to_uri",
-                 "from_user", "to_user", "start", "state", "dialogs", "cancel", "bye", "bye_reason", "cancel_reason",
+                 "from_user", "to_user", "from_value", "to_value",
+                 "start", "state", "dialogs", "cancel", "bye", "bye_reason", "cancel_reason",
                  "ack_2xx", "media", "holds", "anomalies", "saw_initial", "last", "aged_out", "queued", "hop1",
                  "unacked", "dtmf", "caller_agent", "callee_agent")
 
@@ -156,6 +157,7 @@ class Call:
         h = first.head
         self.from_uri, self.to_uri = h.from_uri, h.to_uri
         self.from_user, self.to_user = h.from_user, h.to_user
+        self.from_value, self.to_value = h.from_value, h.to_value
         self.start = first.ts
         self.state = CallState.SETUP
         self.dialogs: Dict[Tuple[str, str], Dialog] = {}
@@ -561,6 +563,7 @@ class Tracker:
                 call.start = ev.ts
                 call.from_uri, call.to_uri = h.from_uri, h.to_uri
                 call.from_user, call.to_user = h.from_user, h.to_user
+                call.from_value, call.to_value = h.from_value, h.to_value
             call.invites.append(tx)
             if (ev.src, ev.sport) == call.caller:
                 call.hop1.append(tx)

@@ -342,7 +342,8 @@ def call_dict(c: CallRecord, end_ts: float, stream_index: Dict[int, int], with_t
     """A call as the JSON document has it; ``with_timeline=False`` leaves out the one member that reads
     messages again (tables that do not show it)."""
     d = {
-        "call_id": c.call_id, "from": c.from_uri, "to": c.to_uri, "start": c.start,
+        "call_id": c.call_id, "from": c.from_uri, "to": c.to_uri, "from_display": c.from_display,
+        "to_display": c.to_display, "start": c.start,
         "outcome": c.outcome.value, "final_status": c.final_status,
         "state": c.state.value, "reason": c.reason, "ended_by": c.ended_by,
     }

@@ -17,6 +17,7 @@ from sipflow.analysis.messages import SipEvent
 from sipflow.media.emodel import Rating
 from sipflow.media.rtcp import VoipMetrics
 from sipflow.net import fmt_endpoint
+from sipflow.sip.message import display_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +238,17 @@ class CallRecord:
     caller_agent: Optional[str] = None    # the caller's User-Agent (or Server) header
     callee_agent: Optional[str] = None
     faxes: Tuple[FaxRecord, ...] = ()  # T.38 fax flows (UDPTL), not RTP
+    from_value: str = ""               # the From and To headers as written by the call's first message
+    to_value: str = ""
+
+    @property
+    def from_display(self) -> Optional[str]:
+        """The From display name: text the caller chose, never an address (shown quoted beside the URI)."""
+        return display_name(self.from_value)
+
+    @property
+    def to_display(self) -> Optional[str]:
+        return display_name(self.to_value)
 
     def first_hop(self) -> Tuple[TransactionRecord, ...]:
         """The initial INVITE transactions the caller sent (all figures are judged there)."""

@@ -166,7 +166,8 @@ def t38_offers(call: Call) -> Tuple[T38Offer, ...]:
 def call_record(call: Call, end: float, judged: Sequence[Anomaly], streams: Tuple[StreamRecord, ...],
                 memo: Dict[int, TransactionRecord], faxes: Tuple[FaxRecord, ...] = ()) -> CallRecord:
     return CallRecord(
-        call_id=call.call_id, from_uri=call.from_uri, to_uri=call.to_uri, from_user=call.from_user,
+        call_id=call.call_id, from_uri=call.from_uri, to_uri=call.to_uri, from_value=call.from_value,
+        to_value=call.to_value, from_user=call.from_user,
         to_user=call.to_user, start=call.start, saw_initial=call.saw_initial, caller=call.caller,
         outcome=call.outcome(end), final_status=call.final_status, state=call.state, reason=call.reason,
         ended_by=call.ended_by, timing=Timings(**call.timings()), hops=call.hops,

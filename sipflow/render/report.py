@@ -25,7 +25,7 @@ from sipflow.analysis.messages import SipEvent
 from sipflow.analysis.timeline import timeline
 from sipflow.render.ladder import Ladder, layouts
 from sipflow.render.safe import printable
-from sipflow.render.tables import OUTCOME_LABEL, call_rows, fmt_datetime, fmt_pct, fmt_secs
+from sipflow.render.tables import OUTCOME_LABEL, call_rows, fmt_datetime, fmt_pct, fmt_secs, party_text
 
 MAX_DETAIL = 1000          # calls with their ladder and raw messages in the page
 MAX_ROWS = 5000            # rows of the registration, dialog and malformed tables
@@ -113,7 +113,8 @@ def page_data(a, max_detail: int = MAX_DETAIL) -> Dict[str, Any]:
     for c, d in zip(a.calls, rows):
         t = c.timing
         table.append({
-            "n": a.number(c), "call_id": c.call_id, "start": c.start, "from": d["from"], "to": d["to"],
+            "n": a.number(c), "call_id": c.call_id, "start": c.start, "from": party_text(d["from"], d["from_display"]),
+            "to": party_text(d["to"], d["to_display"]),
             "outcome": OUTCOME_LABEL.get(c.outcome.value, c.outcome.value), "status": c.final_status,
             "pdd": t.pdd, "setup": t.setup_time, "duration": t.duration, "media": d.get("media", ""),
             "mos": None if worst[c.call_id] is None else round(worst[c.call_id], 2),

@@ -130,6 +130,16 @@ def _party(uri: str) -> str:
     return uri
 
 
+def party_text(uri: str, display: Optional[str]) -> str:
+    """The address first, then the display name quoted beside it: ``alice@example.com "Alice"``. A
+    display name is text anyone can write (``"<sip:ceo@bank>"``), so it never stands in the address's
+    place, and a narrow column cuts it before the address."""
+    text = _party(uri)
+    if display:
+        text += ' "' + display.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return text
+
+
 def _media_summary(a: Analysis, call) -> str:
     """One entry per direction, caller to callee first: ``→PCMA ←PCMA``; video after a ``+``
     (``→PCMA+VP8``), the worst loss when there is any (``→PCMA 3%``), ``←none`` for a direction with no
@@ -174,8 +184,8 @@ def timeline_lines(a: Analysis, width: int = 80) -> List[str]:
     lines: List[str] = []
     for c in a.calls:
         events = timeline(c)
-        lines.append(f"Call {a.number(c)} ({printable(c.call_id)}), {printable(_party(c.from_uri))} -> "
-                     f"{printable(_party(c.to_uri))}:")
+        parties = f"{party_text(c.from_uri, c.from_display)} -> {party_text(c.to_uri, c.to_display)}"
+        lines.append(f"Call {a.number(c)} ({printable(c.call_id)}), {printable(parties)}:")
         if not events:
             lines.append("  (nothing but its messages)")
         for ev in events:
@@ -201,7 +211,8 @@ def calls_text(a: Analysis, width: int = 80, events: bool = False, wide: bool = 
             outcome = OUTCOME_LABEL.get(d["outcome"], d["outcome"])
             if d["final_status"] is not None and d["outcome"] != "answered":
                 outcome += f" {d['final_status']}"
-            rows.append([n, fmt_time(d["start"]), d["call_id"], party(d["from"]), party(d["to"]), outcome,
+            rows.append([n, fmt_time(d["start"]), d["call_id"], party(d["from"], d["from_display"]),
+                         party(d["to"], d["to_display"]), outcome,
                          fmt_secs(d["pdd"]), fmt_secs(d["duration"]), d["media"], d["messages"]]
                         + ([d["caller_agent"] or "-", d["callee_agent"] or "-", d["caller_media"] or "-",
                             d["callee_media"] or "-"] if wide else []))
@@ -213,10 +224,10 @@ def calls_text(a: Analysis, width: int = 80, events: bool = False, wide: bool = 
 
     media_floor = min(max(len(d["media"]) for d in data), 23)   # the media column is read whole when it can be
 
-    text = table(_party)
+    text = table(party_text if wide else lambda uri, display: _party(uri))
     if not wide and (max(len(line) for line in text.splitlines()) > width or "…" in text):
         # Not enough room for user@host: the user part is what people scan for.
-        text = table(lambda uri: _party(uri).split("@")[0] or _party(uri))
+        text = table(lambda uri, display: _party(uri).split("@")[0] or _party(uri))
     text = dates_line([d["start"] for d in data]) + "\n" + text
     tail = (a.scope.line() if a.scope is not None else f"{len(data)} call(s)")
     if events:
@@ -227,9 +238,9 @@ def calls_text(a: Analysis, width: int = 80, events: bool = False, wide: bool = 
         f"sipflow analyze FILE --call N --format text shows all of it.", width))
 
 
-CALL_CSV_FIELDS = ["call_id", "start", "from", "to", "outcome", "final_status", "reason", "ended_by",
-                   "time_to_first_response", "pdd", "challenge", "time_to_answer", "setup_time", "duration", "hops",
-                   "dialogs", "messages", "media", "holds", "caller_agent", "callee_agent", "caller_media",
+CALL_CSV_FIELDS = ["call_id", "start", "from", "to", "from_display", "to_display", "outcome", "final_status", "reason",
+                   "ended_by", "time_to_first_response", "pdd", "challenge", "time_to_answer", "setup_time", "duration",
+                   "hops", "dialogs", "messages", "media", "holds", "caller_agent", "callee_agent", "caller_media",
                    "callee_media"]
 
 

@@ -206,6 +206,17 @@ def laquot(text: str) -> int:
 _QUOTED_PAIR = re.compile(r"\\(.)")
 
 
+def display_name(text: str) -> Optional[str]:
+    """The display name of a From/To/Contact value (None when it has none), by the grammar: a quoted
+    string first, so ``"<sip:ceo@bank>" <sip:x@evil>`` names ``<sip:ceo@bank>``, which is only text."""
+    text = (text or "").strip()
+    lt = laquot(text)
+    if lt <= 0:
+        return None
+    q = quoted_end(text)
+    return (_QUOTED_PAIR.sub(r"\1", text[1:q - 1]) if q else text[:lt].strip().strip('"')) or None
+
+
 def parse_name_addr(text: str) -> NameAddr:
     text = text.strip()
     lt = laquot(text)
@@ -213,9 +224,7 @@ def parse_name_addr(text: str) -> NameAddr:
         gt = text.find(">", lt)
         if gt < 0:
             gt = len(text)
-        q = quoted_end(text)
-        display = (_QUOTED_PAIR.sub(r"\1", text[1:q - 1]) if q else text[:lt].strip().strip('"')) or None
-        return NameAddr(raw=text, uri=parse_uri(text[lt + 1:gt]), display=display,
+        return NameAddr(raw=text, uri=parse_uri(text[lt + 1:gt]), display=display_name(text),
                         params=_params(text[gt + 1:]))
     if text == "*":
         return NameAddr(raw=text, uri=Uri(raw="*"))

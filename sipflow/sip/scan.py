@@ -29,7 +29,8 @@ __all__ = ["SipHead", "scan", "head_of", "parse_contact", "contact_host"]
 class SipHead:
     """What the analyzer needs from one SIP message. ``body`` is the message body (empty when none)."""
     __slots__ = ("method", "uri", "status", "reason", "call_id", "cseq", "cseq_method", "branch", "sent_by",
-                 "via", "from_uri", "from_user", "from_tag", "to_uri", "to_user", "to_tag", "contacts",
+                 "via", "from_uri", "from_user", "from_tag", "to_uri", "to_user", "to_tag", "from_value", "to_value",
+                 "contacts",
                  "expires", "content_type", "reason_header", "user_agent", "server", "body", "problems")
 
     method: Optional[str]
@@ -48,6 +49,8 @@ class SipHead:
     to_uri: str
     to_user: Optional[str]
     to_tag: Optional[str]
+    from_value: str              # the From and To headers as written (display names are read from them)
+    to_value: str
     contacts: Tuple[str, ...]    # every Contact value, lists split (§7.3.1)
     expires: Optional[str]       # the Expires header as written
     content_type: str            # the Content-Type header as written ("" when none)
@@ -221,8 +224,9 @@ def _scan(data: bytes, datagram: bool) -> SipHead:
     num, _, method = found["cseq"].strip().partition(" ")
     h.cseq = to_int(num)
     h.cseq_method = method.strip().upper() or None
-    h.from_uri, h.from_user, h.from_tag = name_addr_fields(found["from"])
-    h.to_uri, h.to_user, h.to_tag = name_addr_fields(found["to"])
+    h.from_value, h.to_value = found["from"].strip(), found["to"].strip()
+    h.from_uri, h.from_user, h.from_tag = name_addr_fields(h.from_value)
+    h.to_uri, h.to_user, h.to_tag = name_addr_fields(h.to_value)
     h.via, h.branch, h.sent_by = _via_fields(found["via"])
     h.contacts = tuple(c for value in contacts for c in split_list(value.strip()))
     expires = found.get("expires")
@@ -249,6 +253,7 @@ def head_of(msg: SipMessage) -> SipHead:
     f, t = msg.from_, msg.to
     h.from_uri, h.from_user, h.from_tag = (str(f.uri), f.uri.user, f.tag) if f else ("", None, None)
     h.to_uri, h.to_user, h.to_tag = (str(t.uri), t.uri.user, t.tag) if t else ("", None, None)
+    h.from_value, h.to_value = msg.header("From") or "", msg.header("To") or ""
     via = msg.vias[0] if msg.vias else None
     h.via, h.branch, h.sent_by = (via.raw, via.branch, via.sent_by) if via else (None, None, None)
     h.contacts = tuple(msg.header_values("Contact"))
