@@ -310,3 +310,8 @@ def test_sip_over_tls_is_read_back_with_the_key_log(kamailio_tls, pki, tmp_path,
     t = subprocess.run(["tshark", "-r", str(cap), "-Y", "tls.app_data", "-T", "fields", "-e", "frame.number"],
                        capture_output=True, text=True, timeout=60)
     assert set(frames) <= {int(x) for x in t.stdout.split()}
+    # --engine tshark reads the same capture the same way: every SIP message through Wireshark's
+    # dissectors (here: decrypted with the key log), the same banners, frames and transport
+    t = CliRunner().invoke(main, ["show", str(cap), "--method", "OPTIONS", "--tls-keylog", str(keys),
+                                  "--engine", "tshark", "--no-progress"])
+    assert t.exit_code == 0 and [line for line in t.output.splitlines() if line.startswith("=== ")] == banners

@@ -32,6 +32,9 @@ from sipflow.media.rtp import HEADER as RTP_HEADER, RTCP_FIRST, RTCP_LAST, looks
 from sipflow.net import Datagram, Decoder, fmt_endpoint
 from sipflow.net.addr import pack_ip
 from sipflow.net.link import LINK_TYPES, LinkType
+
+# Link types whose records are SIP messages tshark cut out (capture.tshark), each one whole
+PDU_LINKS = frozenset(code for code, link in LINK_TYPES.items() if link.kind in ("upper_pdu", "upper_pdu_tls"))
 from sipflow.media.events import rtp_payload
 from sipflow.media.rtcp import RtcpBook
 from sipflow.media.udptl import FaxFlow
@@ -128,6 +131,11 @@ class Analyzer:
         self.retired_packets = 0            # ... and their packets, still in the totals
         self.new_streams = 0                # streams made since the last retirement round
         self.retry_after = 1                # new streams before the next round, once over the bound
+        self.pdu = False                    # the frame being fed is an upper-PDU record (SIP tshark cut out)
+        self.sip_only_from_pdu = options.sip_from == "tshark"
+        self.sip_left_to_tshark = 0         # SIP the native decoder found while tshark gives it (not read twice)
+        self.last_pdu: Tuple[int, bytes] = (-1, b"")
+        self.pdu_repeats: List[int] = []    # frames whose exported PDU tshark repeated (see _datagram)
 
     # -- the loop -------------------------------------------------------------------------------------
 
@@ -435,8 +443,10 @@ class Analyzer:
         if linktype < 0:
             self.undecoded += 1
             return
+        self.pdu = linktype in PDU_LINKS
         for dg in self.decoder.decode(ts, file, frame, linktype, data):
             self._datagram(dg)
+        self.pdu = False
         if self.new_streams:
             self._retire_streams()
 
@@ -471,6 +481,15 @@ class Analyzer:
 
     def _datagram(self, dg: Datagram) -> None:
         payload = dg.payload
+        if self.pdu:   # one whole SIP message, already cut out of its stream by tshark
+            if (dg.frame, payload) == self.last_pdu:
+                # tshark 4.0 exports the first of several SIP messages in one TCP segment once per
+                # message: the repeat is dropped (and said), the others are not in its export at all.
+                self.pdu_repeats.append(dg.frame)
+                return
+            self.last_pdu = (dg.frame, payload)
+            self._sip(dg, payload, dg.frames, datagram=dg.transport in ("udp", "hep"))
+            return
         if dg.transport == "tcp":
             key = (dg.src, dg.sport, dg.dst, dg.dport)
             framer = self.framers.get(key)
@@ -534,6 +553,9 @@ class Analyzer:
                     transport: str, raw: bytes, datagram: bool = True) -> None:
         """One SIP message: scanned (``sip.scan``), its bytes put in the store, its record kept and fed to
         the tracker. Strings that repeat from message to message are shared (``sys.intern``)."""
+        if self.sip_only_from_pdu and not self.pdu:
+            self.sip_left_to_tshark += 1     # --engine tshark: tshark's export has this message
+            return
         try:
             head = scan(raw, datagram)
         except ParseError as e:
@@ -643,6 +665,11 @@ class Analyzer:
         files = [{"path": f.name, "format": f.format, "frames": f.frames, "truncated": f.truncated,
                   "linktypes": list(f.linktypes)} for f in self.files]
         warnings = [f.warning for f in self.files if f.warning]
+        if self.pdu_repeats:
+            shown = ", ".join(map(str, self.pdu_repeats[:10])) + (" ..." if len(self.pdu_repeats) > 10 else "")
+            warnings.append(f"tshark exported the same SIP message twice in frame(s) {shown}: a segment there "
+                            "carried several messages and tshark's export misses all but the first (the native "
+                            "engine reads them all)")
         malformed = sorted(self.malformed, key=lambda m: (m.ts, m.file, m.frame))
         anomalies = list(self.tracker.anomalies) + judged
         stats = {
@@ -662,6 +689,10 @@ class Analyzer:
             "tcp_sip_junk_bytes": sum(fr.junk_bytes for fr in self.framers.values()),
             "tcp_sip_oversized": sum(fr.oversized for fr in self.framers.values()),
         }
+        if self.sip_only_from_pdu:
+            stats["sip_left_to_tshark"] = self.sip_left_to_tshark
+        if self.pdu_repeats:
+            stats["tshark_pdu_repeats"] = len(self.pdu_repeats)
         stats.update({f"net_{k}": v for k, v in sorted(self.decoder.counters.items())})
         bindings = {aor: dict(table) for aor, table in self.tracker.bindings.items()}
         methods = {m: dict(row) for m, row in self.tracker.methods.items()}

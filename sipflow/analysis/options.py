@@ -22,12 +22,19 @@ class AnalyzerOptions:
     # out: reported as an anomaly (aged_out), its transactions forgotten, the call then summarised like
     # a completed one. None: wait for ever.
     idle_timeout: Optional[float] = None
+    # Where SIP messages come from: "native" (sipflow's own decoder, and any upper-PDU records such as
+    # the TLS that tshark decrypted), or "tshark": only upper-PDU records (``--engine tshark`` exports
+    # every SIP message through Wireshark's dissectors); SIP the native decoder finds is then counted
+    # (sip_left_to_tshark) and not read twice. RTP, RTCP and T.38 are always sipflow's own.
+    sip_from: str = "native"
 
     def __post_init__(self) -> None:
         if self.keep_calls is not None and self.keep_calls < 0:
             raise ValueError("keep_calls must be 0 or more")
         if self.idle_timeout is not None and self.idle_timeout <= 0:
             raise ValueError("idle_timeout must be more than 0 seconds")
+        if self.sip_from not in ("native", "tshark"):
+            raise ValueError("sip_from must be native or tshark")
 
     @property
     def bounded(self) -> bool:

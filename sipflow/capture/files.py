@@ -22,7 +22,7 @@ import os
 import struct
 import sys
 import zlib
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from sipflow.errors import CaptureError
 from sipflow.net.link import LINK_TYPES, supported_names
@@ -209,9 +209,12 @@ class CaptureFile:
     """One capture file: iterate it for records. After iteration ``frames``, ``truncated`` and
     ``warning`` tell how it went; ``format`` is 'pcap' or 'pcapng' once the header is read."""
 
-    def __init__(self, path: str, index: int = 0, progress: Optional[ProgressFn] = None, stream=None) -> None:
+    def __init__(self, path: str, index: int = 0, progress: Optional[ProgressFn] = None, stream=None,
+                 read_as: Optional[Dict[int, int]] = None) -> None:
         """``stream``: read this raw binary stream (a pipe from dumpcap, say) instead of opening
-        ``path``, which then only names it; reads return what has arrived, never waiting for a block."""
+        ``path``, which then only names it; reads return what has arrived, never waiting for a block.
+        ``read_as`` reads records of one link type as another (``capture.tshark``: its TLS exports)."""
+        self.read_as = read_as or {}
         self.path = path
         self.index = index
         self.progress = progress
@@ -323,6 +326,7 @@ class CaptureFile:
         self.scale = 1e-9 if magic in (PCAP_MAGIC_NS, 0x4D3CB2A1) else 1e-6
         self.linktype = network & 0x0FFFFFFF
         check_linktype(self.name, self.linktype)
+        self.linktype = self.read_as.get(self.linktype, self.linktype)
         self.linktypes = [self.linktype]
         self.record_header = struct.Struct(order + "IIII")
         self._start += 24
@@ -439,6 +443,7 @@ class CaptureFile:
             lt, _, _snap = struct.unpack_from(self.ng_order + "HHI", buf, pos + 8)
             scale, toff = _idb_options(buf, pos + 16, pos + blen - 4, self.ng_order)
             check_linktype(self.name, lt)
+            lt = self.read_as.get(lt, lt)
             self.interfaces.append((lt, scale, toff))
             if lt not in self.linktypes:
                 self.linktypes.append(lt)

@@ -124,6 +124,9 @@ def analysis_options(formats: List[str]) -> Callable:
         f = click.option("--no-progress", is_flag=True, help="No progress bar on standard error.")(f)
         f = click.option("--tls-keylog", type=click.Path(dir_okay=False, exists=True), metavar="FILE",
                          help="Read SIP over TLS too: tshark decrypts it with this key log (SSLKEYLOGFILE).")(f)
+        f = click.option("--engine", type=click.Choice(["native", "tshark"]), default="native", show_default=True,
+                         help="Who cuts SIP out of the packets: sipflow's own decoder, or tshark's dissectors "
+                              "(SIP over anything Wireshark reads; a cross-check). RTP is always sipflow's.")(f)
         f = click.option("--keep-calls", type=click.IntRange(min=0), metavar="N",
                          help="Keep the records of the N most recent finished calls only; older ones are "
                               "summarised (still in every total and KPI). Default: keep everything.")(f)
@@ -135,7 +138,7 @@ def analysis_options(formats: List[str]) -> Callable:
 
 
 def run_analysis(files, no_progress: bool, keep_calls: Optional[int] = None, idle_timeout: Optional[float] = None,
-                 tls_keylog: Optional[str] = None, **filters):
+                 tls_keylog: Optional[str] = None, engine: str = "native", **filters):
     """Open and analyse the captures with a progress bar on a terminal; return the filtered Analysis.
     The filters' values were checked by their options (usage errors before any work)."""
     from sipflow.analysis.analyzer import Analyzer, Filter
@@ -158,16 +161,17 @@ def run_analysis(files, no_progress: bool, keep_calls: Optional[int] = None, idl
         bar.__enter__()
     try:
         caps = open_captures(list(files), progress=bar.update if bar else None)
-        if tls_keylog:
-            from sipflow.capture.tls import decrypted
-            caps += decrypted(list(files), tls_keylog)
-        an = Analyzer(AnalyzerOptions(keep_calls=keep_calls, idle_timeout=idle_timeout))
+        notes: List[str] = []
+        if tls_keylog or engine == "tshark":
+            from sipflow.capture.tshark import exported
+            caps += exported(list(files), tls_keylog, everything=engine == "tshark", warnings=notes)
+        an = Analyzer(AnalyzerOptions(keep_calls=keep_calls, idle_timeout=idle_timeout, sip_from=engine))
         an.run(caps)
         result = an.result()
     finally:
         if bar:
             bar.__exit__(None, None, None)
-    for w in result.warnings:
+    for w in notes + list(result.warnings):
         say(f"warning: {w}", err=True, fg="yellow")
     since, until = (_on_capture_day(filters.get(k), result, "--" + k) for k in ("since", "until"))
     if since is not None and until is not None and since > until:

@@ -11,6 +11,7 @@ Broken or unknown layers are counted in ``Decoder.counters`` and otherwise ignor
 from __future__ import annotations
 
 import bisect
+import re
 import struct
 from typing import Dict, List, Optional, Tuple
 
@@ -105,8 +106,8 @@ class Decoder:
             self._ethertype(_H.unpack_from(data, link.ethertype_at)[0], data, link.header, out, depth)
         elif link.kind == "ip":
             self._ip(data, 0, out, depth)
-        elif link.kind == "upper_pdu":
-            self._upper_pdu(data, out)
+        elif link.kind in ("upper_pdu", "upper_pdu_tls"):
+            self._upper_pdu(data, out, secure=link.kind == "upper_pdu_tls")
         elif link.kind == "hep":   # a HEP packet as a collector received it: its own clock is the one
             if not self._hep(data, out, own_time=True):
                 self.count("hep_not_understood")
@@ -272,11 +273,13 @@ class Decoder:
                             (self.frame,)))
         return True
 
-    def _upper_pdu(self, data: bytes, out: list) -> None:
-        """A Wireshark "upper PDU" record (``tshark -U``: what ``capture.tls`` exports from TLS): tags
+    def _upper_pdu(self, data: bytes, out: list, secure: bool = False) -> None:
+        """A Wireshark "upper PDU" record (``tshark -U``: what ``capture.tshark`` exports): tags
         (type, length, value; type 0 ends them) naming the protocol, addresses, ports and the original
-        frame number, then one whole SIP message. Its transport is the one its top Via names (TLS for
-        a decrypted session), else the port type's."""
+        frame number, then one whole SIP message. The tags do not tell TCP from TLS or WebSocket: a
+        record from a decrypted TLS session (``secure``) is TLS, or WSS when its top Via says WS or
+        WSS; another is WS when its Via says so (a plain connection, whatever the Via claims), else
+        the port type's transport."""
         pos, tags = 0, {}
         while pos + 4 <= len(data):
             tag, length = struct.unpack_from("!HH", data, pos)
@@ -296,9 +299,12 @@ class Decoder:
             return
         ports = [_I.unpack(tags[t])[0] if len(tags.get(t, b"")) == 4 else 0 for t in (_PDU_SPORT, _PDU_DPORT)]
         kind = _I.unpack(tags[_PDU_PORT_TYPE])[0] if len(tags.get(_PDU_PORT_TYPE, b"")) == 4 else 0
-        head = payload[:1024]
-        transport = "tls" if b"SIP/2.0/TLS " in head else "wss" if b"SIP/2.0/WSS " in head else \
-            {1: "sctp", 2: "tcp"}.get(kind, "udp")
+        top = _TOP_VIA.search(payload, 0, 4096)
+        websocket = top is not None and top.group(1).upper() in (b"WS", b"WSS")
+        if secure:
+            transport = "wss" if websocket else "tls"
+        else:
+            transport = "ws" if websocket else {1: "sctp", 2: "tcp"}.get(kind, "udp")
         frame = _I.unpack(tags[_PDU_FRAME])[0] if len(tags.get(_PDU_FRAME, b"")) == 4 else self.frame
         ntop = _ntop4 if len(src) == 4 else _ntop6
         self.count("upper_pdu")
@@ -599,6 +605,9 @@ def _ws_peek(data, n: int = 64) -> bytes:
         pos += 4
     head = bytes(data[pos:pos + min(n, length)])
     return bytes(b ^ mask[i % 4] for i, b in enumerate(head)) if mask else head
+
+
+_TOP_VIA = re.compile(rb"(?im)^(?:via|v)[ \t]*:[ \t]*SIP[ \t]*/[ \t]*2\.0[ \t]*/[ \t]*([a-z]+)")
 
 
 def _ws_frame(data) -> Optional[tuple]:

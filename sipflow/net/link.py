@@ -15,7 +15,7 @@ from typing import Dict, Optional
 class LinkType:
     code: int
     name: str
-    kind: str                    # ethernet | cooked | ip | loopback | upper_pdu | hep
+    kind: str                    # ethernet | cooked | ip | loopback | upper_pdu | upper_pdu_tls | hep
     header: int                  # bytes before the network layer (Ethernet: without VLAN tags)
     ethertype_at: Optional[int]  # offset of the ethertype / protocol field; None when there is none
     fast: bool = True            # the hot paths decode plain IPv4/IPv6 + UDP frames of this type
@@ -26,6 +26,9 @@ class LinkType:
 # Records from a HEP listener (capture.hep): the data is one HEP packet, as a collector received it.
 # A number outside the registered link types (and the user range 147-162), never accepted in a file.
 HEP_PAYLOAD = 65000
+# Upper-PDU records tshark exported from TLS sessions it decrypted (capture.tshark reads such an
+# export as this type, so the decoder knows the messages came over TLS: the tags do not say).
+UPPER_PDU_TLS = 65001
 
 
 LINK_TYPES: Dict[int, LinkType] = {lt.code: lt for lt in (
@@ -41,6 +44,8 @@ LINK_TYPES: Dict[int, LinkType] = {lt.code: lt for lt in (
     LinkType(252, "Wireshark upper PDU", "upper_pdu", 0, None, fast=False),
     LinkType(276, "Linux cooked v2 (SLL2)", "cooked", 20, 0),
     LinkType(HEP_PAYLOAD, "HEP packet", "hep", 0, None, fast=False, internal=True),
+    LinkType(UPPER_PDU_TLS, "Wireshark upper PDU, decrypted TLS", "upper_pdu_tls", 0, None, fast=False,
+             internal=True),
 )}
 
 
