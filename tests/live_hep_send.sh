@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run inside `unshare --net` by tests/test_live_capture.py: `sipflow hep-send SAMPLE` replays a capture's
-# SIP messages as HEP to `sipflow live --hep-listen` on 127.0.0.1:9060 of this private namespace, while
+# SIP messages (with its RTCP and stream reports) as HEP to `sipflow live --hep-listen` on 127.0.0.1:9060 of this private namespace, while
 # tcpdump records the HEP traffic. Every step is bounded in time.
 set -u
 OUT=$1; SAMPLE=$2; PY=$3
@@ -18,7 +18,8 @@ timeout -k 2 60 "$PY" -m sipflow hep-send "$SAMPLE" --to udp:127.0.0.1:9060 --he
 echo "send $?"
 kill -INT "$LIVE"; wait "$LIVE"; echo "live $?"
 # tcpdump writes each packet as it reads it (-U): stop it once it has all that was sent (at most 20 s)
-SENT=$(awk '{print $1; exit}' "$OUT/hep-send.out")
+# "N SIP messages, R RTCP packets and S stream reports sent to ...": N + R + S packets
+SENT=$(awk '{print $1 + $4 + $8; exit}' "$OUT/hep-send.out")
 for _ in $(seq 200); do
     [ "$(tcpdump -r "$OUT/hep.pcap" -n 2>/dev/null | wc -l)" -ge "$SENT" ] && break
     sleep 0.1

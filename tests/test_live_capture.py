@@ -186,9 +186,14 @@ def test_hep_send_delivers_every_message_to_a_collector(hep_sent):
     """sipflow's own collector receives exactly the capture's messages, with their addresses, ports,
     times and calls (HEP v3 out of sipflow, into sipflow)."""
     out, original, events = hep_sent
-    assert (out / "hep-send.out").read_text().startswith(f"{len(original.messages)} SIP messages sent")
+    said = re.match(r"(\d+) SIP messages, (\d+) RTCP packets and (\d+) stream reports sent",
+                    (out / "hep-send.out").read_text())
+    assert said, (out / "hep-send.out").read_text()
+    sip, rtcp, reports = map(int, said.groups())
+    streams = sum(len(c.streams) for c in original.calls)
+    assert (sip, rtcp, reports) == (len(original.messages), original.stats["rtcp_packets"], streams) and streams
     summary = events[-1]
-    assert summary["counters"]["hep_packets"] == len(original.messages)
+    assert summary["counters"]["hep_packets"] == sip + rtcp + reports
     assert summary["counters"]["sip_messages"] == len(original.messages)
     assert summary["methods"] == original.methods
     ended = {e["call_id"]: e for e in events if e["type"] == "call" and e["event"] == "ended"}
@@ -200,17 +205,20 @@ def test_hep_send_delivers_every_message_to_a_collector(hep_sent):
 
 
 def test_the_hep_traffic_on_the_wire_reads_back_as_the_same_messages(hep_sent):
-    """tcpdump's capture of the HEP packets: tshark sees one UDP packet to 9060 per message (tshark 4.0
-    has no HEP dissector), and sipflow reading that file (HEP decoded from a capture) finds the
-    original messages, addresses and ports."""
+    """tcpdump's capture of the HEP packets: tshark sees one UDP packet to 9060 per message, RTCP packet
+    and stream report (tshark 4.0 has no HEP dissector), and sipflow reading that file (HEP decoded
+    from a capture) finds the original messages, addresses and ports, and counts the reports."""
     out, original, _ = hep_sent
+    sent = sum(map(int, re.match(r"(\d+) SIP messages, (\d+) RTCP packets and (\d+) stream reports",
+                                 (out / "hep-send.out").read_text()).groups()))
     if shutil.which("tshark"):
         r = subprocess.run(["tshark", "-r", str(out / "hep.pcap"), "-Y", "udp.dstport == 9060", "-T", "fields",
                             "-e", "frame.number"], capture_output=True, text=True, timeout=120)
-        assert len(r.stdout.split()) == len(original.messages)
+        assert len(r.stdout.split()) == sent > len(original.messages)
     again = sipflow.analyze(str(out / "hep.pcap"))
     assert [(e.src, e.sport, e.dst, e.dport, e.method, e.status, e.call_id) for e in again.messages] == \
         [(e.src, e.sport, e.dst, e.dport, e.method, e.status, e.call_id) for e in original.messages]
+    assert again.stats["net_hep_qos"] == sum(len(c.streams) for c in original.calls)
 
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")

@@ -132,6 +132,9 @@ class Analyzer:
         self.new_streams = 0                # streams made since the last retirement round
         self.retry_after = 1                # new streams before the next round, once over the bound
         self.pdu = False                    # the frame being fed is an upper-PDU record (SIP tshark cut out)
+        # Called with every RTCP datagram as it is read: (ts, src, sport, dst, dport, payload, Call-ID or
+        # ""); the live command forwards them over HEP.
+        self.on_rtcp: Optional[Callable[[float, str, int, str, int, bytes, str], None]] = None
         self.sip_only_from_pdu = options.sip_from == "tshark"
         self.sip_left_to_tshark = 0         # SIP the native decoder found while tshark gives it (not read twice)
         self.last_pdu: Tuple[int, bytes] = (-1, b"")
@@ -401,10 +404,21 @@ class Analyzer:
               payload: bytes) -> None:
         """An RTCP datagram (``media.rtcp``): folded into the book, or a malformed record that says why."""
         self.rtcp_packets += 1
+        if self.on_rtcp is not None:
+            self.on_rtcp(ts, src, sport, dst, dport, payload, self.rtcp_call_id(src, sport, dst, dport))
         problem = self.rtcp.add(ts, frame, src, sport, payload, self._srtcp(src, sport, dst, dport))
         if problem is not None:
             self.malformed.append(Malformed(frame, fi, ts, fmt_endpoint(src, sport), fmt_endpoint(dst, dport),
                                             f"RTCP: {problem}"))
+
+    def rtcp_call_id(self, src: str, sport: int, dst: str, dport: int) -> str:
+        """The Call-ID of the call whose SDP announced either end of an RTCP flow ("" when none did)."""
+        book = self.tracker.media_book
+        for ip, port in ((dst, dport), (dst, dport - 1), (src, sport), (src, sport - 1)):
+            offer = book.offer_at(ip, port)
+            if offer is not None:
+                return offer.call_id
+        return ""
 
     def _srtcp(self, src: str, sport: int, dst: str, dport: int) -> bool:
         """Whether the SDP in force at either end of an RTCP flow (its RTP port is the same, rtcp-mux, or

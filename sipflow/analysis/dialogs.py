@@ -577,7 +577,7 @@ class Tracker:
         for m in sess.media:
             if m.address and m.port:
                 offer = MediaOffer(m.address, m.port, ev.ts, ev.frame, codec_map(m.codecs), m.direction, ev.src,
-                                   m.kind, m.proto, ev.file)
+                                   m.kind, m.proto, ev.file, call.call_id)
                 call.media.append(offer)
                 self.media_book.announce(offer)
                 if is_private(m.address) and m.address != ev.src and not is_private(ev.src):

@@ -33,7 +33,7 @@ def codec_map(codecs: Tuple[Codec, ...]) -> Mapping[int, Codec]:
 @dataclass(frozen=True)
 class MediaOffer:
     """Where a party said it wants to receive media (c= and m= of an SDP body)."""
-    __slots__ = ("ip", "port", "ts", "frame", "codecs", "direction", "sender_ip", "kind", "proto", "file")
+    __slots__ = ("ip", "port", "ts", "frame", "codecs", "direction", "sender_ip", "kind", "proto", "file", "call_id")
     ip: str
     port: int
     ts: float
@@ -44,6 +44,7 @@ class MediaOffer:
     kind: str                      # audio, video, image (T.38) ...
     proto: str                     # RTP/AVP, RTP/SAVPF, udptl ...
     file: int
+    call_id: str                   # the call whose SDP it was
 
 
 @dataclass(frozen=True)

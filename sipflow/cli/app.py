@@ -138,7 +138,7 @@ def analysis_options(formats: List[str]) -> Callable:
 
 
 def run_analysis(files, no_progress: bool, keep_calls: Optional[int] = None, idle_timeout: Optional[float] = None,
-                 tls_keylog: Optional[str] = None, engine: str = "native", **filters):
+                 tls_keylog: Optional[str] = None, engine: str = "native", on_rtcp=None, **filters):
     """Open and analyse the captures with a progress bar on a terminal; return the filtered Analysis.
     The filters' values were checked by their options (usage errors before any work)."""
     from sipflow.analysis.analyzer import Analyzer, Filter
@@ -166,6 +166,7 @@ def run_analysis(files, no_progress: bool, keep_calls: Optional[int] = None, idl
             from sipflow.capture.tshark import exported
             caps += exported(list(files), tls_keylog, everything=engine == "tshark", warnings=notes)
         an = Analyzer(AnalyzerOptions(keep_calls=keep_calls, idle_timeout=idle_timeout, sip_from=engine))
+        an.on_rtcp = on_rtcp
         an.run(caps)
         result = an.result()
     finally:

@@ -160,15 +160,32 @@ def live(ifaces, via, bpf, duration, count, snaplen, write, rotate, keep_files, 
             h.close()
         raise
     session = LiveSession(AnalyzerOptions(keep_calls=keep_calls, idle_timeout=idle_timeout))
+    rtcp_out: list = []     # --hep-send: RTCP read since the last look, as HEP packets
+    if sender is not None:
+        from sipflow.render import hepout
 
-    def forward(a):
-        """Send the messages the snapshot holds that were not sent yet (capture order)."""
+        def queue_rtcp(ts, src, sport, dst, dport, payload, call_id):
+            packet = hepout.rtcp_packet(ts, src, sport, dst, dport, payload, call_id, hep_id, hep_password, hep_node)
+            if packet is not None:
+                rtcp_out.append(packet)
+        session.analyzer.on_rtcp = queue_rtcp
+
+    def forward(a, events):
+        """Send what the collector has not had yet: the snapshot's new messages (capture order), the RTCP
+        read meanwhile, and a quality report of each RTP stream of the calls that ended."""
         if sender is None:
             return
-        from sipflow.render.hepout import message_packets
-        for _, packet in message_packets(session.new_messages(a), hep_id, hep_password, hep_node):
+        for _, packet in hepout.message_packets(session.new_messages(a), hep_id, hep_password, hep_node):
             if packet is not None:
                 sender.send(packet)
+        for packet in rtcp_out:
+            sender.send(packet)
+        rtcp_out.clear()
+        ended = {e.data.get("call_id") for e in events if e.kind == "call" and e.what == "ended"}
+        for c in (c for c in a.calls if c.call_id in ended):
+            for _, packet in hepout.report_packets(c, a.end_ts, hep_id, hep_password, hep_node):
+                if packet is not None:
+                    sender.send(packet)
 
     writer = None
     if write:
@@ -231,7 +248,7 @@ def live(ifaces, via, bpf, duration, count, snaplen, write, rotate, keep_files, 
             if now >= next_look:
                 a, events = session.look()
                 emit(events)
-                forward(a)
+                forward(a, events)
                 next_look = now + 0.5
                 if table is not None:
                     table.update(a, events, counters(a))
@@ -264,7 +281,7 @@ def live(ifaces, via, bpf, duration, count, snaplen, write, rotate, keep_files, 
             cap.close()      # before the last counters: dumpcap tells its drops when it stops
         a, events = session.finish()
         emit(events)
-        forward(a)
+        forward(a, events)
         c = counters(a)
         if table is not None:
             table.update(a, events, c)
@@ -305,7 +322,9 @@ def live(ifaces, via, bpf, duration, count, snaplen, write, rotate, keep_files, 
 @handle_errors
 def hep_send(files, hep_to, hep_id, hep_password, hep_node, rate, no_progress):
     """Replay the SIP messages of captures into a HEP collector (HOMER) with their original
-    timestamps, addresses, ports and transports, and the Call-ID as correlation id.
+    timestamps, addresses, ports and transports, and the Call-ID as correlation id; with them the
+    RTCP (type 5, as JSON, tied to its call by the SDP) and sipflow's quality report of each RTP stream
+    as its call ends (type 34), in time order.
 
     \b
     Examples:
@@ -314,23 +333,40 @@ def hep_send(files, hep_to, hep_id, hep_password, hep_node, rate, no_progress):
     """
     from sipflow.capture.hep import HepSender
     from sipflow.cli.app import run_analysis
-    from sipflow.render.hepout import message_packets
-    a = run_analysis(files, no_progress)
+    from sipflow.render import hepout
+    rtcp = []
+
+    def keep_rtcp(ts, src, sport, dst, dport, payload, call_id):
+        rtcp.append((ts, hepout.rtcp_packet(ts, src, sport, dst, dport, payload, call_id, hep_id, hep_password,
+                                            hep_node)))
+    a = run_analysis(files, no_progress, on_rtcp=keep_rtcp)
+    queue = [(e.ts, "sip", packet) for e, packet in hepout.message_packets(a.messages, hep_id, hep_password,
+                                                                          hep_node)]
+    queue += [(ts, "rtcp", packet) for ts, packet in rtcp]
+    for c in a.calls:
+        end = max([c.start] + [e.ts for e in c.events[-1:]] + [s.last_ts for s in c.streams])
+        queue += [(end, "report", packet) for _, packet in hepout.report_packets(c, end, hep_id, hep_password,
+                                                                                hep_node)]
+    queue.sort(key=lambda item: item[0])
     sender = HepSender(hep_to)
     skipped = 0
+    sent = {"sip": 0, "rtcp": 0, "report": 0}
     start = time.monotonic()
     try:
-        for _, packet in message_packets(a.messages, hep_id, hep_password, hep_node):
+        for _, kind, packet in queue:
             if packet is None:
                 skipped += 1
                 continue
             ahead = (sender.sent + sender.failed) / rate - (time.monotonic() - start)
             if ahead > 0:
                 time.sleep(ahead)
+            before = sender.sent
             sender.send(packet)
+            sent[kind] += sender.sent - before
     finally:
         sender.close()
-    say(f"{sender.sent} SIP messages sent to {hep_to}" + (f", {sender.failed} could not be sent" if sender.failed
-                                                        else "") + (f", {skipped} too big for HEP" if skipped else ""))
+    say(f"{sent['sip']} SIP messages, {sent['rtcp']} RTCP packets and {sent['report']} stream reports sent to "
+        f"{hep_to}" + (f", {sender.failed} could not be sent" if sender.failed else "")
+        + (f", {skipped} not sendable as HEP" if skipped else ""))
     if sender.failed:
         raise SipflowError(f"{sender.failed} messages could not be sent to {hep_to}")

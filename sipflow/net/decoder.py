@@ -268,6 +268,10 @@ class Decoder:
             self.count(f"hep_{e.kind}")
             return False
         self.count("hep")
+        if p.proto_type not in (hep.PROTO_SIP, hep.PROTO_RTCP) or p.payload[:1] == b"{":
+            # an agent's own report (QoS, RTCP as JSON, logs...): counted by its kind, not a packet to read
+            self.count(f"hep_{p.proto_name.replace('-', '_').replace(' ', '_')}")
+            return True
         ts = p.ts if own_time and p.ts is not None else self.ts
         out.append(Datagram(ts, self.file, self.frame, p.src, p.sport, p.dst, p.dport, "hep", p.payload,
                             (self.frame,)))
