@@ -9,7 +9,7 @@ import os
 
 import click
 
-from sipflow.cli.app import (output_option, analysis_options, emit_stream, emit_text, handle_errors, main,
+from sipflow.cli.app import (output_option, analysis_options, selected, emit_stream, emit_text, handle_errors, main,
                              pick_call, run_analysis, say, terminal_width)
 from sipflow.errors import SipflowError
 
@@ -56,7 +56,7 @@ def show(files, fmt, output, width, no_progress, frames, **filters):
       sipflow show capture.pcap --call-id a84b4c76 --method BYE
     """
     from sipflow.render.messages import show_text
-    if not frames and not any(v is not None for v in filters.values()):
+    if not frames and not selected(filters):
         raise click.UsageError("say which messages: --frame N, or a filter such as --call N or --call-id ID")
     a = run_analysis(files, no_progress, **filters)
     picked = [e for e in a.messages if not frames or set(e.frames) & set(frames)]
@@ -240,8 +240,8 @@ def ladder(files, fmt, output, width, no_progress, time_mode, group, alias_pairs
         drawn = [merge(drawn)]
     if picture:
         if not any(lad.arrows for lad in drawn):
-            raise SipflowError("no SIP message to draw" + (" matches the filters" if any(
-                v is not None for v in filters.values()) else " in the capture"))
+            raise SipflowError("no SIP message to draw" + (" matches the filters" if selected(filters)
+                                                           else " in the capture"))
         if len(drawn) > MAX_PICTURE_LADDERS:
             raise click.UsageError(f"{len(drawn)} Call-IDs would make one huge picture (at most "
                                    f"{MAX_PICTURE_LADDERS}): choose calls with --call, --call-id, --user, --status "

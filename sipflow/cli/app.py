@@ -100,6 +100,14 @@ def _method_option(ctx, param, value):
     raise click.BadParameter(f"{value!r} is not a SIP method sipflow knows ({', '.join(METHODS)})")
 
 
+SELECTORS = ("call_id", "call_index", "user", "method", "status", "since", "until")   # the filter options
+
+
+def selected(filters: dict) -> bool:
+    """Whether any filter option was given (the others: --engine, --keep-calls... select nothing)."""
+    return any(filters.get(k) is not None for k in SELECTORS)
+
+
 def analysis_options(formats: List[str]) -> Callable:
     """Options every analysis command shares: files, format, output and the filters."""
     def deco(f):

@@ -11,6 +11,7 @@ options are ``cli``'s.
 
 import enum
 import ipaddress
+import json
 import math
 import re
 import secrets
@@ -299,7 +300,6 @@ class Result:
         return None if self.up else self
 
     def to_json(self) -> str:
-        import json
         return json.dumps(self.to_dict())
 
 

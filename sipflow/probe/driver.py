@@ -15,7 +15,7 @@ import time
 from typing import Callable, Dict, List, Optional, Tuple
 
 from sipflow.errors import ProbeError
-from sipflow.probe.common import Failure, Outcome, Target, TlsOptions, parse_bind
+from sipflow.probe.common import Failure, Outcome, Target, TlsOptions, parse_bind, uri_host
 from sipflow.probe.flow import Connect, Flow, Link, MediaAnswer, OpenMedia, Report, Send, StartMedia, StopMedia
 from sipflow.probe.transport import Channel, describe_failure, resolve_target
 
@@ -212,5 +212,4 @@ class Driver:
 
 
 def _addr_text(addr) -> str:
-    from sipflow.probe.common import uri_host
     return f"{uri_host(addr[0])}:{addr[1]}"

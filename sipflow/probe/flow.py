@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from sipflow.errors import ParseError
-from sipflow.probe.common import Failure, Outcome, Target
+from sipflow.probe.common import Failure, Outcome, Target, uri_host
 from sipflow.sip import builder
 from sipflow.sip.digest import DigestSession, challenges_from, choose
 from sipflow.sip.message import SipMessage, parse_message
@@ -254,7 +254,7 @@ class Credentials:
         self.fresh = set()
         self.stale_left = 1
 
-    def main(self, used: Sequence = ()) :
+    def main(self, used: Sequence = ()):
         """The Authorization the result reports (the WWW one when both were sent)."""
         used = used or self.sent
         return next((a for a in used if a.header == "Authorization"), used[0] if used else None)
@@ -272,14 +272,8 @@ def seen_as(msg: Optional[SipMessage], link: Optional[Link]) -> Optional[str]:
     received, rport = via.param("received"), via.param("rport")
     if not (received or rport):
         return None
-    from sipflow.probe.common import uri_host
     return f"{uri_host(received or link.local[0])}:{rport or link.local[1]}"
 
 
 def link_text(link: Optional[Link]) -> str:
-    from sipflow.probe.common import uri_host
     return f"{uri_host(link.local[0])}:{link.local[1]}" if link and link.local and link.local[1] else ""
-
-
-__all__ = ["Action", "Connect", "Credentials", "Failure", "Flow", "Link", "MediaAnswer", "OpenMedia", "Outcome",
-           "Report", "Send", "StartMedia", "StopMedia", "Transactions", "parse", "seen_as"]
