@@ -25,7 +25,7 @@ from sipflow.analysis.model import Analysis, Filter, Malformed
 from sipflow.analysis.dialogs import Tracker
 from sipflow.analysis.options import AnalyzerOptions
 from sipflow.analysis.join import gap_anomalies, join_faxes, join_streams, media_gaps, one_way
-from sipflow.analysis.messages import RawStore, SipEvent
+from sipflow.analysis.messages import SPILL_AT, SPILL_AT_BOUNDED, RawStore, SipEvent
 from sipflow.analysis.snapshot import freeze, streams_end
 from sipflow.errors import ParseError
 from sipflow.media.rtp import HEADER as RTP_HEADER, RTCP_FIRST, RTCP_LAST, looks_like_rtp
@@ -118,7 +118,8 @@ class Analyzer:
         self.sip_count = 0                  # every SIP message seen (records may be summarised away)
         self.dropped = 0                    # records in ``events`` marked dropped since the last compaction
         self.others: Deque[SipEvent] = deque()  # keep_calls: records of messages outside calls, oldest first
-        self.store = RawStore()
+        # Endless input keeps only a small buffer in memory: the 16 MiB one would swing RSS by as much
+        self.store = RawStore(SPILL_AT_BOUNDED if options.bounded else SPILL_AT)
         self.malformed: List[Malformed] = []
         self.files: List[_capture.CaptureFile] = []
         self.frames = 0
@@ -717,7 +718,8 @@ class Analyzer:
         stats.update(self.tracker.counters)
         if self.options.bounded or self.options.idle_timeout is not None:
             stats.update({"messages_kept": len(messages), "calls_summarised": len(summarised),
-                          "streams_retired": self.retired_streams})
+                          "streams_retired": self.retired_streams,
+                          "media_book_pruned": self.tracker.media_book.pruned})
             stats["streams"] += self.retired_streams
         return Analysis(files, messages, tuple(call_records), tuple(registrations), bindings, tuple(streams),
                         tuple(malformed), tuple(anomalies), methods, stats, end, tuple(warnings), summarised)

@@ -336,12 +336,15 @@ class Tracker:
         self.finished: Deque[Call] = deque()   # keep_calls: finished calls, oldest first
         self.summarised = CallTotals()
         # media address -> the latest SDP there (for new streams' clocks); a bounded analysis remembers
-        # 16 addresses per call it keeps (calls still in progress are the newest, so they stay)
-        self.media_book = MediaBook(min(MAX_ENDPOINTS, max(4096, 16 * options.keep_calls))
+        # 8 addresses per call it keeps (calls still in progress are the newest, so they stay), and the
+        # last CSeq of 6 senders per call: both fill as the keep window does, not long after it (the
+        # soak measures memory flat from then on)
+        self.media_book = MediaBook(min(MAX_ENDPOINTS, max(4096, 8 * options.keep_calls))
                                     if options.keep_calls is not None else MAX_ENDPOINTS)
-        self._cseq_memory = min(_CSEQ_MEMORY, max(4096, 16 * options.keep_calls)) \
+        self._cseq_memory = min(_CSEQ_MEMORY, max(4096, 6 * options.keep_calls)) \
             if options.keep_calls is not None else _CSEQ_MEMORY
-        self.counters: Dict[str, int] = {"transactions_expired": 0, "transactions_aged_out": 0, "calls_aged_out": 0}
+        self.counters: Dict[str, int] = {"transactions_expired": 0, "transactions_aged_out": 0, "calls_aged_out": 0,
+                                         "cseq_memory_pruned": 0}
 
     def anomaly(self, kind: AnomalyKind, ev: SipEvent, detail: str, call: Optional[Call] = None) -> None:
         a = Anomaly(kind, ev.frame, ev.call_id, detail, ev.file)
@@ -436,6 +439,7 @@ class Tracker:
             del self.calls[call.call_id]
             gone.append(call)   # the analyzer drops its records, then the call forgets them
         if len(self._last_cseq) > self._cseq_memory:   # oldest senders first (dicts keep insertion order)
+            self.counters["cseq_memory_pruned"] += 1
             for k in list(self._last_cseq)[:len(self._last_cseq) // 2]:
                 del self._last_cseq[k]
         return gone

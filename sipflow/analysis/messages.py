@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from sipflow.sip.scan import SipHead
 
 SPILL_AT = 16 << 20   # bytes of messages held in memory before they go to the spill file
+SPILL_AT_BOUNDED = 1 << 20   # ... on endless input (keep_calls): a small buffer keeps RSS flat
 _LEN_BITS = 24        # a message's place is (offset << 24) | length: one int instead of two
 
 

@@ -66,11 +66,12 @@ class MediaBook:
     """The latest SDP at each media address. Bounded: past ``limit`` addresses (MAX_ENDPOINTS, or less
     for an analysis that keeps a bounded number of calls) the oldest half is forgotten (a stream there
     then gets its clock measured instead)."""
-    __slots__ = ("endpoints", "limit")
+    __slots__ = ("endpoints", "limit", "pruned")
 
     def __init__(self, limit: int = MAX_ENDPOINTS) -> None:
         self.endpoints: Dict[Tuple[str, int], MediaOffer] = {}
         self.limit = limit
+        self.pruned = 0           # times the book was full and forgot its oldest half
 
     def announce(self, offer: MediaOffer) -> None:
         eps = self.endpoints
@@ -78,6 +79,7 @@ class MediaBook:
         eps.pop(key, None)
         eps[key] = offer
         if len(eps) > self.limit:
+            self.pruned += 1
             for k in list(itertools.islice(eps, self.limit // 2)):
                 del eps[k]
 
