@@ -189,6 +189,28 @@ def probe_recording_and_tls_options(f):
     return f
 
 
+def single_run_options(timeout_default: str, measured: str):
+    """Options probe register, message and call share: the run's bound, where it leaves from, the
+    result's format with the Nagios thresholds on the one time that decides, and -v."""
+    def deco(f):
+        f = click.option("-v", "--verbose", is_flag=True,
+                         help="Print every SIP message sent and received on standard error (digest responses "
+                              "and the password redacted).")(f)
+        f = click.option("-c", "--critical", metavar="RANGE", callback=_parsed(_parse_range),
+                         help=f"Nagios: CRITICAL when {measured} in seconds is outside RANGE (e.g. 1).")(f)
+        f = click.option("-w", "--warning", metavar="RANGE", callback=_parsed(_parse_range),
+                         help=f"Nagios: WARNING when {measured} in seconds is outside RANGE (e.g. 0.5).")(f)
+        f = click.option("--format", "fmt", type=click.Choice(["text", "json", "nagios", "prometheus"]),
+                         default="text", show_default=True,
+                         help="text, one JSON object, a Nagios plugin line, or a Prometheus textfile.")(f)
+        f = click.option("-6", "family", flag_value=6, help="Use IPv6 (when the target is a name).")(f)
+        f = click.option("-4", "family", flag_value=4, help="Use IPv4 (when the target is a name).")(f)
+        f = click.option("--bind", metavar="IP[:PORT]", help="Send from this local address (and port).")(f)
+        return click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
+                            help=f"Seconds the whole run may take, whatever happens.  [default: {timeout_default}]")(f)
+    return deco
+
+
 @probe.command("options", cls=_ProbeCommand)
 @click.argument("target")
 @click.option("--proxy", metavar="URI",
@@ -300,20 +322,7 @@ def _register_exit(result) -> ProbeExit:
 @click.option("--unregister", is_flag=True, help="Once registered, remove the binding again (Expires: 0).")
 @click.option("--proxy", metavar="URI", help="Send through this outbound proxy, sip:host[:port][;transport=..] "
                                              "(a Route to it is added).  [default: the AOR's domain]")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
-              help="Seconds the whole run may take, whatever happens.  [default: 10]")
-@click.option("--bind", metavar="IP[:PORT]", help="Send from this local address (and port).")
-@click.option("-4", "family", flag_value=4, help="Use IPv4 (when the target is a name).")
-@click.option("-6", "family", flag_value=6, help="Use IPv6 (when the target is a name).")
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "nagios", "prometheus"]), default="text",
-              show_default=True, help="text, one JSON object, a Nagios plugin line, or a Prometheus textfile.")
-@click.option("-w", "--warning", metavar="RANGE", callback=_parsed(_parse_range),
-              help="Nagios: WARNING when the total time in seconds is outside RANGE (e.g. 0.5).")
-@click.option("-c", "--critical", metavar="RANGE", callback=_parsed(_parse_range),
-              help="Nagios: CRITICAL when the total time in seconds is outside RANGE (e.g. 1).")
-@click.option("-v", "--verbose", is_flag=True,
-              help="Print every SIP message sent and received on standard error (digest responses and "
-                   "the password redacted).")
+@single_run_options(timeout_default="10", measured="the total time")
 @probe_recording_and_tls_options
 @handle_probe_errors
 def probe_register(aor, user, password, expires, unregister, proxy, timeout, bind, family, fmt, warning, critical,
@@ -374,19 +383,7 @@ def probe_register(aor, user, password, expires, unregister, proxy, timeout, bin
               help="Digest password for a 401/407 (never printed).")
 @click.option("--proxy", metavar="URI", help="Send through this outbound proxy, sip:host[:port][;transport=..] or "
                                              "ws://host:port (a Route to it is added).")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
-              help="Seconds the whole run may take, whatever happens.  [default: 10]")
-@click.option("--bind", metavar="IP[:PORT]", help="Send from this local address (and port).")
-@click.option("-4", "family", flag_value=4, help="Use IPv4 (when the target is a name).")
-@click.option("-6", "family", flag_value=6, help="Use IPv6 (when the target is a name).")
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "nagios", "prometheus"]), default="text",
-              show_default=True, help="text, one JSON object, a Nagios plugin line, or a Prometheus textfile.")
-@click.option("-w", "--warning", metavar="RANGE", callback=_parsed(_parse_range),
-              help="Nagios: WARNING when the total time in seconds is outside RANGE (e.g. 0.5).")
-@click.option("-c", "--critical", metavar="RANGE", callback=_parsed(_parse_range),
-              help="Nagios: CRITICAL when the total time in seconds is outside RANGE (e.g. 1).")
-@click.option("-v", "--verbose", is_flag=True,
-              help="Print every SIP message sent and received on standard error (secrets redacted).")
+@single_run_options(timeout_default="10", measured="the total time")
 @probe_recording_and_tls_options
 @handle_probe_errors
 def probe_message(target, text, from_uri, user, password, proxy, timeout, bind, family, fmt, warning, critical,
@@ -498,23 +495,10 @@ def _call_exit(result) -> ProbeExit:
 @click.option("--dtmf", metavar="DIGITS", default="", help="Send these digits (0-9 * # A-D) as RFC 4733 "
                                                             "events once the call is up.")
 @click.option("--proxy", metavar="URI", help="Send through this outbound proxy (a Route to it is added).")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
-              help="Seconds the whole run may take, whatever happens.  [default: --duration + "
-                   "--ring-timeout + 30]")
-@click.option("--bind", metavar="IP[:PORT]", help="Send from this local address (and port).")
-@click.option("-4", "family", flag_value=4, help="Use IPv4 (when the target is a name).")
-@click.option("-6", "family", flag_value=6, help="Use IPv6 (when the target is a name).")
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "nagios", "prometheus"]), default="text",
-              show_default=True, help="text, one JSON object, a Nagios plugin line, or a Prometheus textfile.")
-@click.option("-w", "--warning", metavar="RANGE", callback=_parsed(_parse_range),
-              help="Nagios: WARNING when the setup time (INVITE to ACK) in seconds is outside RANGE.")
-@click.option("-c", "--critical", metavar="RANGE", callback=_parsed(_parse_range),
-              help="Nagios: CRITICAL when the setup time in seconds is outside RANGE.")
+@single_run_options(timeout_default="--duration + --ring-timeout + 30", measured="the setup time (INVITE to ACK)")
 @click.option("--audio", metavar="tone|FILE.wav", default="tone", show_default=True,
               help="What to send: the 1 kHz tone, or a WAV file (8000 Hz mono 16-bit PCM, anything else is "
                    "refused) encoded as the answer's G.711 codec and looped for --duration.")
-@click.option("-v", "--verbose", is_flag=True,
-              help="Print every SIP message sent and received on standard error (secrets redacted).")
 @probe_recording_and_tls_options
 @click.option("--ladder", "show_ladder", is_flag=True,
               help="Also draw the ladder of the probe's own messages (after the result; on standard error "
