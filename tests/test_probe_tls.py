@@ -14,6 +14,7 @@ import json
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -315,3 +316,53 @@ def test_sip_over_tls_is_read_back_with_the_key_log(kamailio_tls, pki, tmp_path,
     t = CliRunner().invoke(main, ["show", str(cap), "--method", "OPTIONS", "--tls-keylog", str(keys),
                                   "--engine", "tshark", "--no-progress"])
     assert t.exit_code == 0 and [line for line in t.output.splitlines() if line.startswith("=== ")] == banners
+
+
+def test_live_decrypts_sip_over_tls_as_it_is_captured(kamailio_tls, pki, tmp_path, monkeypatch):
+    """`sipflow live -i lo --tls-keylog K` while the probe sends OPTIONS over TLS to Kamailio and
+    Python's ssl writes the session keys to K as it opens the session (K empty when live starts): the
+    NDJSON summary counts both OPTIONS and both 200s, decrypted, as TLS, and nothing malformed."""
+    import os
+    import signal
+    import sys
+    for tool in ("tshark", "dumpcap"):
+        if not shutil.which(tool):
+            pytest.skip(f"needs {tool}")
+    keys, err = tmp_path / "keys.txt", tmp_path / "live.err"
+    keys.write_text("")
+    root = Path(__file__).resolve().parents[1]
+    live = subprocess.Popen([sys.executable, "-m", "sipflow", "live", "-i", "lo", "-f", f"port {kamailio_tls}",
+                             "--tls-keylog", str(keys), "--tls-port", str(kamailio_tls), "--format", "ndjson",
+                             "--stats-every", "0.2", "--duration", "60"],
+                            stdout=subprocess.PIPE, stderr=open(err, "wb"), cwd=root,
+                            env={**os.environ, "PYTHONPATH": str(root)})
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(live.stdout.readline, b"")), daemon=True)
+    reader.start()
+
+    def decrypted():
+        stats = [json.loads(x) for x in list(lines) if b'"type": "stats"' in x or b'"type":"stats"' in x]
+        return stats[-1]["sip_messages"] if stats else 0
+    try:
+        for _ in range(300):     # it says so once libpcap and the TLS pipeline are both capturing
+            if b"capturing on" in err.read_bytes() or live.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert b"capturing on" in err.read_bytes(), err.read_text()
+        monkeypatch.setenv("SSLKEYLOGFILE", str(keys))
+        code, out, _ = probe("options", f"sip:{V4}:{kamailio_tls};transport=tls", "--ca", pki / "ca.pem",
+                             "--format", "json", "--count", 2, "--interval", 0.2, "--timeout", 5)
+        assert code == ProbeExit.OK, out
+        for _ in range(300):     # stop once live has told all four (the stop's own drain is not what is tested)
+            if decrypted() >= 4 or live.poll() is not None:
+                break
+            time.sleep(0.1)
+    finally:
+        live.send_signal(signal.SIGINT)
+        live.wait(timeout=90)
+        reader.join(timeout=30)
+    assert live.returncode == 0, err.read_text()
+    summary = json.loads(lines[-1])
+    assert summary["type"] == "summary" and summary["counters"]["tls_messages"] == 4, summary["counters"]
+    assert summary["methods"]["OPTIONS"]["requests"] == 2 and summary["methods"]["OPTIONS"]["200"] == 2
+    assert summary["counters"]["sip_messages"] == 4 and summary["counters"]["malformed"] == 0

@@ -1,5 +1,6 @@
 """Asking tshark for SIP: every message Wireshark's dissectors find (``--engine tshark``), or only the
-SIP inside TLS sessions it decrypts with a key log (``--tls-keylog FILE`` on every analysis command).
+SIP inside TLS sessions it decrypts with a key log (``--tls-keylog FILE`` on every analysis command, and
+on ``sipflow live``).
 
 Owns running tshark on a capture file and opening what it exports: each SIP message as a Wireshark
 "upper PDU" record (``tshark -U "OSI layer 7"``): the message's bytes with tags for its addresses,
@@ -11,17 +12,30 @@ from tshark and the analyzer takes SIP from the export alone (``AnalyzerOptions.
 RTP, RTCP and T.38 are still measured by sipflow's decoder: one parser, ours, reads all SIP bytes,
 whoever cut them out. (tshark's PDU export was chosen over pyshark for this: it hands back the exact
 bytes, with no per-field Python objects built.)
+
+Live (``LiveTls``), tshark cannot export PDUs as it captures (it refuses a display filter when it
+saves, and through a pipe it writes its export only when its buffer fills): ``dumpcap`` captures TCP
+into a ``tshark -l`` that prints one JSON line per decrypted SIP packet (``-T ek -x``: the message's
+bytes as hex in ``sip_raw``), flushed at once; each message becomes an upper-PDU record of decrypted
+TLS for the same analyzer.
 """
 from __future__ import annotations
 
+import json
 import os
+import queue
 import shutil
+import signal
 import subprocess
 import tempfile
+import threading
+import time
 from typing import List, Optional
 
 from sipflow.capture.files import CaptureFile
+from sipflow.capture.live import QUIET, QUIET_MAX
 from sipflow.errors import CaptureError
+from sipflow.net.decoder import upper_pdu
 from sipflow.net.link import UPPER_PDU_TLS
 
 UPPER_PDU = 252           # Wireshark's upper-PDU link type, what tshark -U writes
@@ -101,3 +115,144 @@ def exported(paths: List[str], keylog: Optional[str] = None, everything: bool = 
             warnings.append(f"tshark found no SIP in {path}: its dissectors look for SIP on the usual ports "
                             "only (the native engine reads it on any port)")
     return out
+
+
+DUMPCAP_START = 10.0      # seconds dumpcap may take to say it is capturing
+
+
+def _started(proc: subprocess.Popen) -> Optional[str]:
+    """Wait (bounded) for dumpcap to say it is capturing: None then, else what it said instead. Its
+    standard error is read by a thread from then on, so it never fills."""
+    lines: "queue.Queue" = queue.Queue()
+
+    def read():
+        for line in proc.stderr:
+            lines.put(line.decode("utf-8", "replace").strip())
+        lines.put(None)
+    threading.Thread(target=read, daemon=True).start()
+    said = []
+    try:
+        while True:
+            line = lines.get(timeout=DUMPCAP_START)
+            if line is None:
+                return " ".join(said) or "it exited"
+            if line.startswith("Capturing on"):
+                return None
+            said.append(line)
+    except queue.Empty:
+        return "it did not start within %g s" % DUMPCAP_START
+
+
+class LiveTls:
+    """SIP over TLS on live interfaces, decrypted with a key log as it is captured (``sipflow live
+    --tls-keylog``): ``dumpcap -f tcp`` into ``tshark -l`` (``-d tls.port==P,sip`` for each of
+    ``ports``), whose JSON lines a thread turns into upper-PDU records of decrypted TLS, numbered
+    by tshark's frame numbers under their own ``file_index``. The key log may grow while it runs (a
+    phone writes each session's keys as it opens it): tshark reads it again when a session needs
+    keys. ``read(timeout)`` as a HEP listener's; ``close()`` stops dumpcap and takes what tshark still
+    prints."""
+
+    def __init__(self, ifaces: List[str], keylog: str, ports: List[int], file_index: int) -> None:
+        for tool in ("dumpcap", "tshark"):
+            if shutil.which(tool) is None:
+                raise CaptureError(f"--tls-keylog needs {tool} (Debian: apt-get install tshark)")
+        if not os.path.isfile(keylog):
+            raise CaptureError(f"--tls-keylog {keylog}: no such file (create it empty if the phone writes it "
+                               "later)")
+        self.file_index = file_index
+        self.frames = 0
+        cap = ["dumpcap", "-q", "-w", "-"]
+        for name in ifaces:
+            cap += ["-i", name, "-f", "tcp"]
+        dis = ["tshark", "-n", "-l", "-r", "-", "-o", f"tls.keylog_file:{keylog}"]
+        dis += [a for port in ports for a in ("-d", f"tls.port=={port},sip")]
+        dis += ["-Y", "tls && sip", "-T", "ek", "-x"]
+        self._dumpcap = subprocess.Popen(cap, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE)
+        said = _started(self._dumpcap)    # "Capturing on ...": packets from now on are seen
+        if said is not None:
+            self._dumpcap.kill()
+            self._dumpcap.wait()
+            raise CaptureError(f"dumpcap could not capture for --tls-keylog: {said}")
+        self._tshark = subprocess.Popen(dis, stdin=self._dumpcap.stdout, stdout=subprocess.PIPE,
+                                        stderr=subprocess.DEVNULL)
+        self._dumpcap.stdout.close()     # tshark's now: dumpcap sees the pipe close if tshark dies
+        self._queue: "queue.Queue" = queue.Queue(maxsize=100_000)
+        self._thread = threading.Thread(target=self._pump, daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        for line in self._tshark.stdout:
+            for rec in self.records(line):
+                self._queue.put(rec)
+        self._queue.put(None)
+
+    def records(self, line: bytes) -> List[tuple]:
+        """The records of one of tshark's JSON lines (none for its index lines or a line it could not
+        say in full)."""
+        try:
+            layers = json.loads(line).get("layers") or {}
+            frame, ip = layers.get("frame") or {}, layers.get("ip") or layers.get("ipv6") or {}
+            tcp = layers.get("tcp") or {}
+            raws = layers.get("sip_raw")
+            ts = float(frame["frame_frame_time_epoch"])
+            number = int(frame["frame_frame_number"])
+            src = ip.get("ip_ip_src") or ip.get("ipv6_ipv6_src")
+            dst = ip.get("ip_ip_dst") or ip.get("ipv6_ipv6_dst")
+            sport, dport = int(tcp["tcp_tcp_srcport"]), int(tcp["tcp_tcp_dstport"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return []
+        if not raws or not src or not dst:
+            return []
+        out = []
+        for raw in (raws if isinstance(raws, list) else [raws]):
+            try:
+                data = upper_pdu(src, dst, sport, dport, number, bytes.fromhex(raw))
+            except (ValueError, OSError):
+                continue
+            out.append((ts, self.file_index, number, UPPER_PDU_TLS, data, 0, len(data)))
+        return out
+
+    def read(self, timeout: float = 0.0) -> List[tuple]:
+        out: List[tuple] = []
+        try:
+            rec = self._queue.get(timeout=timeout) if timeout else self._queue.get_nowait()
+            while rec is not None and len(out) < 512:
+                out.append(rec)
+                rec = self._queue.get_nowait()
+        except queue.Empty:
+            pass
+        self.frames += len(out)
+        return out
+
+    def close(self) -> List[tuple]:
+        """Stop capturing; the records tshark still had to print. Packets captured before the stop may
+        still be in the kernel's buffer or dumpcap's: take what comes until tshark has been quiet for
+        QUIET s (at most QUIET_MAX), as the interface's own capture does, then stop dumpcap."""
+        out: List[tuple] = []
+        start = last = time.monotonic()
+        while time.monotonic() - last < QUIET and time.monotonic() - start < QUIET_MAX:
+            got = self.read(0.05)
+            if got:
+                out += got
+                last = time.monotonic()
+        if self._dumpcap.poll() is None:
+            self._dumpcap.send_signal(signal.SIGINT)   # as Ctrl-C: dumpcap writes out what it holds
+        for proc in (self._dumpcap, self._tshark):
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._thread.join(timeout=15)
+        late = []                 # (read() counted the ones before the stop)
+        while True:
+            try:
+                rec = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if rec is None:
+                break
+            late.append(rec)
+        self.frames += len(late)
+        return out + late

@@ -104,13 +104,17 @@ def _positive(ctx, param, value):
               help="Capture agent id sent with --hep-send.")
 @click.option("--hep-password", default=None, help="HEP authentication key sent with --hep-send.")
 @click.option("--hep-node", default=None, help="Node name sent with --hep-send.")
+@click.option("--tls-keylog", "tls_keylog", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Also read SIP over TLS: tshark decrypts it with this key log (SSLKEYLOGFILE) as it is captured.")
+@click.option("--tls-port", "tls_ports", metavar="PORT", multiple=True, type=click.IntRange(1, 65535),
+              help="With --tls-keylog: a port SIP over TLS is served on (5061 if none given). Repeatable.")
 @click.option("--report", "report_path", metavar="FILE", callback=output_option,
               help="At the end, also write the HTML report of what was seen (as `sipflow report`).")
 @click.option("--list-interfaces", is_flag=True, help="List the interfaces that can be sniffed, and exit.")
 @handle_errors
 def live(ifaces, via, bpf, duration, count, snaplen, write, rotate, keep_files, fmt, view, keep_calls,
-         idle_timeout, stats_every, hep_specs, hep_to, hep_id, hep_password, hep_node, report_path,
-         list_interfaces):
+         idle_timeout, stats_every, hep_specs, hep_to, hep_id, hep_password, hep_node, tls_keylog, tls_ports,
+         report_path, list_interfaces):
     """Sniff an interface and report calls and registrations as they happen: each call's start,
     ringing, answer, hold/resume, transfer and end (outcome, duration, loss, MOS), registration
     results, anomalies, and the counters with the kernel's drop count. Ctrl-C ends it with the
@@ -126,6 +130,7 @@ def live(ifaces, via, bpf, duration, count, snaplen, write, rotate, keep_files, 
       sipflow live --hep-listen udp:127.0.0.1:9060          # a HEP collector for Kamailio's siptrace
       sipflow live -i eth0 -f "port 5060" --hep-send udp:192.0.2.5:9060 --hep-node sbc1   # feed HOMER
       sipflow live -i eth0 --duration 3600 --report reports/last-hour.html
+      SSLKEYLOGFILE=keys.txt some-phone & sipflow live -i eth0 --tls-keylog keys.txt
       sipflow live --list-interfaces
     """
     from sipflow.analysis.options import AnalyzerOptions
@@ -143,6 +148,10 @@ def live(ifaces, via, bpf, duration, count, snaplen, write, rotate, keep_files, 
                                "--hep-listen udp:HOST:PORT")
     if write and not iface:
         raise click.UsageError("-w writes what the interface captured: give -i IFACE too")
+    if (tls_keylog or tls_ports) and not iface:
+        raise click.UsageError("--tls-keylog decrypts what the interface captures: give -i IFACE too")
+    if tls_ports and not tls_keylog:
+        raise click.UsageError("--tls-port names where SIP over TLS is, for --tls-keylog: give --tls-keylog too")
     if (rotate or keep_files) and not write:
         raise click.UsageError("--rotate and --keep-files cut the -w capture: give -w FILE too")
     if keep_files and not rotate:
@@ -150,6 +159,10 @@ def live(ifaces, via, bpf, duration, count, snaplen, write, rotate, keep_files, 
     from sipflow.capture.hep import HepListener, HepSender
     heps = []
     sender = None
+    tls = None
+    if tls_keylog:
+        from sipflow.capture.tshark import LiveTls
+        tls = LiveTls(list(ifaces), tls_keylog, list(tls_ports) or [5061], file_index=len(hep_specs) + 1)
     try:
         for n, spec in enumerate(hep_specs):
             heps.append(HepListener(spec, file_index=n + 1))
@@ -158,6 +171,8 @@ def live(ifaces, via, bpf, duration, count, snaplen, write, rotate, keep_files, 
     except Exception:
         for h in heps:
             h.close()
+        if tls is not None:
+            tls.close()
         raise
     session = LiveSession(AnalyzerOptions(keep_calls=keep_calls, idle_timeout=idle_timeout))
     rtcp_out: list = []     # --hep-send: RTCP read since the last look, as HEP packets
@@ -213,19 +228,24 @@ def live(ifaces, via, bpf, duration, count, snaplen, write, rotate, keep_files, 
                 "rtp_packets": a.stats["rtp_packets"],
                 "calls": len(a.calls) + len(a.summarised), "malformed": len(a.malformed),
                 "kernel_dropped": drops.dropped if drops else 0, "interface_dropped": drops.interface if drops else 0,
-                "hep_packets": sum(h.frames for h in heps), "hep_sent": sender.sent if sender else 0}
+                "hep_packets": sum(h.frames for h in heps), "hep_sent": sender.sent if sender else 0,
+                **({"tls_messages": tls.frames} if tls is not None else {})}
 
     def arrived():
         """What came in: interface packets (the read waits up to 100 ms), then HEP packets (waiting
-        only when there is no interface to wait on)."""
+        only when there is no interface to wait on), then SIP tshark decrypted from TLS."""
         if cap is not None:
             for rec in cap.read():
                 yield rec, True
         for i, h in enumerate(heps):
             for rec in h.read(0.1 if cap is None and i == 0 else 0.0):
                 yield rec, False
+        if tls is not None:
+            for rec in tls.read(0.0):
+                yield rec, False
 
-    where = ([f"{iface}" + (f" ({bpf})" if bpf else "")] if iface else []) + [f"HEP {h.spec}" for h in heps]
+    where = ([f"{iface}" + (f" ({bpf})" if bpf else "")] if iface else []) + [f"HEP {h.spec}" for h in heps] \
+        + ([f"TLS decrypted with {tls_keylog}"] if tls is not None else [])
     say(f"sipflow: capturing on {', '.join(where)}; Ctrl-C stops", err=True)
     start = time.monotonic()
     next_look, next_stats = start + 0.5, start + stats_every
@@ -275,6 +295,9 @@ def live(ifaces, via, bpf, duration, count, snaplen, write, rotate, keep_files, 
                     break
                 for ts, fi, frame, lt, buf, off, caplen in recs:
                     session.feed(ts, fi, frame, lt, bytes(buf[off:off + caplen]))
+        if tls is not None:   # what tshark still had to say once its capture stopped
+            for ts, fi, frame, lt, buf, off, caplen in tls.close():
+                session.feed(ts, fi, frame, lt, bytes(buf[off:off + caplen]))
         if writer is not None:
             writer.close()
         if cap is not None:
