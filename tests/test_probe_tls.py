@@ -341,7 +341,7 @@ def test_live_decrypts_sip_over_tls_as_it_is_captured(kamailio_tls, pki, tmp_pat
     reader.start()
 
     def decrypted():
-        stats = [json.loads(x) for x in list(lines) if b'"type": "stats"' in x or b'"type":"stats"' in x]
+        stats = [json.loads(x) for x in list(lines) if b'"type":"stats"' in x]
         return stats[-1]["sip_messages"] if stats else 0
     try:
         for _ in range(300):     # it says so once libpcap and the TLS pipeline are both capturing
@@ -363,6 +363,50 @@ def test_live_decrypts_sip_over_tls_as_it_is_captured(kamailio_tls, pki, tmp_pat
         reader.join(timeout=30)
     assert live.returncode == 0, err.read_text()
     summary = json.loads(lines[-1])
-    assert summary["type"] == "summary" and summary["counters"]["tls_messages"] == 4, summary["counters"]
+    assert summary["type"] == "summary" and summary["counters"]["tshark_messages"] == 4, summary["counters"]
     assert summary["methods"]["OPTIONS"]["requests"] == 2 and summary["methods"]["OPTIONS"]["200"] == 2
     assert summary["counters"]["sip_messages"] == 4 and summary["counters"]["malformed"] == 0
+
+
+def test_live_engine_tshark_reads_the_interface_through_wiresharks_dissectors(tmp_path):
+    """`sipflow live -i lo --engine tshark` while the probe sends OPTIONS over UDP to SIPp: both
+    messages come through tshark (each counted as such, none read twice by sipflow's own decoder):
+    one OPTIONS and its 200."""
+    import os
+    import signal
+    import sys
+    from test_probe import sipp_uas
+    for tool in ("tshark", "dumpcap"):
+        if not shutil.which(tool):
+            pytest.skip(f"needs {tool}")
+    root = Path(__file__).resolve().parents[1]
+    with sipp_uas(tmp_path) as port:
+        err = tmp_path / "live.err"
+        live = subprocess.Popen([sys.executable, "-m", "sipflow", "live", "-i", "lo", "-f", f"udp port {port}",
+                                 "--engine", "tshark", "--format", "ndjson", "--stats-every", "0.2",
+                                 "--duration", "60"], stdout=subprocess.PIPE, stderr=open(err, "wb"), cwd=root,
+                                env={**os.environ, "PYTHONPATH": str(root)})
+        lines = []
+        reader = threading.Thread(target=lambda: lines.extend(iter(live.stdout.readline, b"")), daemon=True)
+        reader.start()
+        try:
+            for _ in range(300):
+                if b"capturing on" in err.read_bytes() or live.poll() is not None:
+                    break
+                time.sleep(0.1)
+            assert b"capturing on" in err.read_bytes(), err.read_text()
+            code, out, _ = probe("options", f"sip:{V4}:{port}", "--format", "json", "--timeout", 5)
+            assert code == ProbeExit.OK, out
+            for _ in range(300):
+                stats = [json.loads(x) for x in list(lines) if b'"type":"stats"' in x]
+                if (stats and stats[-1]["sip_messages"] >= 2) or live.poll() is not None:
+                    break
+                time.sleep(0.1)
+        finally:
+            live.send_signal(signal.SIGINT)
+            live.wait(timeout=90)
+            reader.join(timeout=30)
+    assert live.returncode == 0, err.read_text()
+    summary = json.loads(lines[-1])
+    assert summary["counters"]["tshark_messages"] == summary["counters"]["sip_messages"] == 2, summary["counters"]
+    assert summary["methods"]["OPTIONS"] == {"requests": 1, "200": 1}

@@ -13,7 +13,7 @@ RTP, RTCP and T.38 are still measured by sipflow's decoder: one parser, ours, re
 whoever cut them out. (tshark's PDU export was chosen over pyshark for this: it hands back the exact
 bytes, with no per-field Python objects built.)
 
-Live (``LiveTls``), tshark cannot export PDUs as it captures (it refuses a display filter when it
+Live (``LiveTshark``), tshark cannot export PDUs as it captures (it refuses a display filter when it
 saves, and through a pipe it writes its export only when its buffer fills): ``dumpcap`` captures TCP
 into a ``tshark -l`` that prints one JSON line per decrypted SIP packet (``-T ek -x``: the message's
 bytes as hex in ``sip_raw``), flushed at once; each message becomes an upper-PDU record of decrypted
@@ -143,37 +143,40 @@ def _started(proc: subprocess.Popen) -> Optional[str]:
         return "it did not start within %g s" % DUMPCAP_START
 
 
-class LiveTls:
-    """SIP over TLS on live interfaces, decrypted with a key log as it is captured (``sipflow live
-    --tls-keylog``): ``dumpcap -f tcp`` into ``tshark -l`` (``-d tls.port==P,sip`` for each of
-    ``ports``), whose JSON lines a thread turns into upper-PDU records of decrypted TLS, numbered
-    by tshark's frame numbers under their own ``file_index``. The key log may grow while it runs (a
-    phone writes each session's keys as it opens it): tshark reads it again when a session needs
-    keys. ``read(timeout)`` as a HEP listener's; ``close()`` stops dumpcap and takes what tshark still
-    prints."""
+class LiveTshark:
+    """SIP on live interfaces as tshark reads it (``sipflow live --tls-keylog`` for TLS, ``--engine
+    tshark`` for every SIP message): ``dumpcap`` into ``tshark -l`` (with the key log and ``-d
+    tls.port==P,sip`` for each of ``ports``), whose JSON lines a thread turns into upper-PDU records,
+    of decrypted TLS for what came out of a TLS session, numbered by tshark's frame numbers under
+    their own ``file_index``. The key log may grow while it runs (a phone writes each session's keys
+    as it opens it): tshark reads it again when a session needs keys. ``read(timeout)`` as a HEP
+    listener's; ``close()`` drains and stops dumpcap and takes what tshark still prints."""
 
-    def __init__(self, ifaces: List[str], keylog: str, ports: List[int], file_index: int) -> None:
+    def __init__(self, ifaces: List[str], keylog: Optional[str], ports: List[int], file_index: int,
+                 everything: bool = False, bpf: Optional[str] = None) -> None:
+        what = "--engine tshark" if everything else "--tls-keylog"
         for tool in ("dumpcap", "tshark"):
             if shutil.which(tool) is None:
-                raise CaptureError(f"--tls-keylog needs {tool} (Debian: apt-get install tshark)")
-        if not os.path.isfile(keylog):
+                raise CaptureError(f"{what} needs {tool} (Debian: apt-get install tshark)")
+        if keylog is not None and not os.path.isfile(keylog):
             raise CaptureError(f"--tls-keylog {keylog}: no such file (create it empty if the phone writes it "
                                "later)")
         self.file_index = file_index
         self.frames = 0
         cap = ["dumpcap", "-q", "-w", "-"]
         for name in ifaces:
-            cap += ["-i", name, "-f", "tcp"]
-        dis = ["tshark", "-n", "-l", "-r", "-", "-o", f"tls.keylog_file:{keylog}"]
-        dis += [a for port in ports for a in ("-d", f"tls.port=={port},sip")]
-        dis += ["-Y", "tls && sip", "-T", "ek", "-x"]
+            cap += ["-i", name] + (["-f", bpf] if bpf else ["-f", "tcp"] if not everything else [])
+        dis = ["tshark", "-n", "-l", "-r", "-"]
+        if keylog is not None:
+            dis += ["-o", f"tls.keylog_file:{keylog}"] + [a for port in ports for a in ("-d", f"tls.port=={port},sip")]
+        dis += ["-Y", "sip" if everything else "tls && sip", "-T", "ek", "-x"]
         self._dumpcap = subprocess.Popen(cap, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                          stderr=subprocess.PIPE)
         said = _started(self._dumpcap)    # "Capturing on ...": packets from now on are seen
         if said is not None:
             self._dumpcap.kill()
             self._dumpcap.wait()
-            raise CaptureError(f"dumpcap could not capture for --tls-keylog: {said}")
+            raise CaptureError(f"dumpcap could not capture for {what}: {said}")
         self._tshark = subprocess.Popen(dis, stdin=self._dumpcap.stdout, stdout=subprocess.PIPE,
                                         stderr=subprocess.DEVNULL)
         self._dumpcap.stdout.close()     # tshark's now: dumpcap sees the pipe close if tshark dies
@@ -193,24 +196,26 @@ class LiveTls:
         try:
             layers = json.loads(line).get("layers") or {}
             frame, ip = layers.get("frame") or {}, layers.get("ip") or layers.get("ipv6") or {}
-            tcp = layers.get("tcp") or {}
+            transport = next(t for t in ("tcp", "udp", "sctp") if t in layers)
+            l4 = layers[transport]
             raws = layers.get("sip_raw")
             ts = float(frame["frame_frame_time_epoch"])
             number = int(frame["frame_frame_number"])
             src = ip.get("ip_ip_src") or ip.get("ipv6_ipv6_src")
             dst = ip.get("ip_ip_dst") or ip.get("ipv6_ipv6_dst")
-            sport, dport = int(tcp["tcp_tcp_srcport"]), int(tcp["tcp_tcp_dstport"])
-        except (ValueError, KeyError, TypeError, AttributeError):
+            sport, dport = int(l4[f"{transport}_{transport}_srcport"]), int(l4[f"{transport}_{transport}_dstport"])
+        except (ValueError, KeyError, TypeError, AttributeError, StopIteration):
             return []
         if not raws or not src or not dst:
             return []
+        kind = UPPER_PDU_TLS if "tls" in layers else UPPER_PDU
         out = []
         for raw in (raws if isinstance(raws, list) else [raws]):
             try:
-                data = upper_pdu(src, dst, sport, dport, number, bytes.fromhex(raw))
+                data = upper_pdu(src, dst, sport, dport, number, bytes.fromhex(raw), transport)
             except (ValueError, OSError):
                 continue
-            out.append((ts, self.file_index, number, UPPER_PDU_TLS, data, 0, len(data)))
+            out.append((ts, self.file_index, number, kind, data, 0, len(data)))
         return out
 
     def read(self, timeout: float = 0.0) -> List[tuple]:

@@ -106,6 +106,9 @@ def _positive(ctx, param, value):
 @click.option("--hep-node", default=None, help="Node name sent with --hep-send.")
 @click.option("--tls-keylog", "tls_keylog", metavar="FILE", type=click.Path(dir_okay=False),
               help="Also read SIP over TLS: tshark decrypts it with this key log (SSLKEYLOGFILE) as it is captured.")
+@click.option("--engine", type=click.Choice(["native", "tshark"]), default="native", show_default=True,
+              help="Who cuts SIP out of the packets: sipflow's decoder, or tshark's dissectors (a pipe from "
+                   "dumpcap into tshark); RTP is always sipflow's.")
 @click.option("--tls-port", "tls_ports", metavar="PORT", multiple=True, type=click.IntRange(1, 65535),
               help="With --tls-keylog: a port SIP over TLS is served on (5061 if none given). Repeatable.")
 @click.option("--report", "report_path", metavar="FILE", callback=output_option,
@@ -113,8 +116,8 @@ def _positive(ctx, param, value):
 @click.option("--list-interfaces", is_flag=True, help="List the interfaces that can be sniffed, and exit.")
 @handle_errors
 def live(ifaces, via, bpf, duration, count, snaplen, write, rotate, keep_files, fmt, view, keep_calls,
-         idle_timeout, stats_every, hep_specs, hep_to, hep_id, hep_password, hep_node, tls_keylog, tls_ports,
-         report_path, list_interfaces):
+         idle_timeout, stats_every, hep_specs, hep_to, hep_id, hep_password, hep_node, tls_keylog, engine,
+         tls_ports, report_path, list_interfaces):
     """Sniff an interface and report calls and registrations as they happen: each call's start,
     ringing, answer, hold/resume, transfer and end (outcome, duration, loss, MOS), registration
     results, anomalies, and the counters with the kernel's drop count. Ctrl-C ends it with the
@@ -150,6 +153,8 @@ def live(ifaces, via, bpf, duration, count, snaplen, write, rotate, keep_files, 
         raise click.UsageError("-w writes what the interface captured: give -i IFACE too")
     if (tls_keylog or tls_ports) and not iface:
         raise click.UsageError("--tls-keylog decrypts what the interface captures: give -i IFACE too")
+    if engine == "tshark" and not iface:
+        raise click.UsageError("--engine tshark reads what the interface captures: give -i IFACE too")
     if tls_ports and not tls_keylog:
         raise click.UsageError("--tls-port names where SIP over TLS is, for --tls-keylog: give --tls-keylog too")
     if (rotate or keep_files) and not write:
@@ -160,9 +165,10 @@ def live(ifaces, via, bpf, duration, count, snaplen, write, rotate, keep_files, 
     heps = []
     sender = None
     tls = None
-    if tls_keylog:
-        from sipflow.capture.tshark import LiveTls
-        tls = LiveTls(list(ifaces), tls_keylog, list(tls_ports) or [5061], file_index=len(hep_specs) + 1)
+    if tls_keylog or engine == "tshark":
+        from sipflow.capture.tshark import LiveTshark
+        tls = LiveTshark(list(ifaces), tls_keylog, list(tls_ports) or [5061], file_index=len(hep_specs) + 1,
+                         everything=engine == "tshark", bpf=bpf)
     try:
         for n, spec in enumerate(hep_specs):
             heps.append(HepListener(spec, file_index=n + 1))
@@ -174,7 +180,7 @@ def live(ifaces, via, bpf, duration, count, snaplen, write, rotate, keep_files, 
         if tls is not None:
             tls.close()
         raise
-    session = LiveSession(AnalyzerOptions(keep_calls=keep_calls, idle_timeout=idle_timeout))
+    session = LiveSession(AnalyzerOptions(keep_calls=keep_calls, idle_timeout=idle_timeout, sip_from=engine))
     rtcp_out: list = []     # --hep-send: RTCP read since the last look, as HEP packets
     if sender is not None:
         from sipflow.render import hepout
@@ -229,7 +235,7 @@ def live(ifaces, via, bpf, duration, count, snaplen, write, rotate, keep_files, 
                 "calls": len(a.calls) + len(a.summarised), "malformed": len(a.malformed),
                 "kernel_dropped": drops.dropped if drops else 0, "interface_dropped": drops.interface if drops else 0,
                 "hep_packets": sum(h.frames for h in heps), "hep_sent": sender.sent if sender else 0,
-                **({"tls_messages": tls.frames} if tls is not None else {})}
+                **({"tshark_messages": tls.frames} if tls is not None else {})}
 
     def arrived():
         """What came in: interface packets (the read waits up to 100 ms), then HEP packets (waiting
@@ -245,7 +251,8 @@ def live(ifaces, via, bpf, duration, count, snaplen, write, rotate, keep_files, 
                 yield rec, False
 
     where = ([f"{iface}" + (f" ({bpf})" if bpf else "")] if iface else []) + [f"HEP {h.spec}" for h in heps] \
-        + ([f"TLS decrypted with {tls_keylog}"] if tls is not None else [])
+        + (["SIP through tshark" + (f" (TLS decrypted with {tls_keylog})" if tls_keylog else "")]
+           if tls is not None else [])
     say(f"sipflow: capturing on {', '.join(where)}; Ctrl-C stops", err=True)
     start = time.monotonic()
     next_look, next_stats = start + 0.5, start + stats_every

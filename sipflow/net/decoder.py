@@ -612,15 +612,19 @@ def _ws_peek(data, n: int = 64) -> bytes:
     return bytes(b ^ mask[i % 4] for i, b in enumerate(head)) if mask else head
 
 
-def upper_pdu(src: str, dst: str, sport: int, dport: int, frame: int, payload: bytes) -> bytes:
-    """A SIP message as a Wireshark upper-PDU record over TCP, the shape ``_upper_pdu`` reads (for SIP a
-    tshark pipe hands over as text: ``capture.tshark``'s live TLS)."""
+PDU_PORT_TYPES = {"sctp": 1, "tcp": 2, "udp": 3}    # Wireshark's exported-PDU port types
+
+
+def upper_pdu(src: str, dst: str, sport: int, dport: int, frame: int, payload: bytes, transport: str = "tcp") -> bytes:
+    """A SIP message as a Wireshark upper-PDU record, the shape ``_upper_pdu`` reads (for SIP a tshark
+    pipe hands over as text: ``capture.tshark``'s live reading)."""
     v6 = ":" in src
     family = socket.AF_INET6 if v6 else socket.AF_INET
     tags = [(_PDU_PROTO, b"sip\0"),
             (_PDU_IP6_SRC if v6 else _PDU_IP4_SRC, socket.inet_pton(family, src)),
             (_PDU_IP6_DST if v6 else _PDU_IP4_DST, socket.inet_pton(family, dst)),
-            (_PDU_PORT_TYPE, _I.pack(2)), (_PDU_SPORT, _I.pack(sport)), (_PDU_DPORT, _I.pack(dport)),
+            (_PDU_PORT_TYPE, _I.pack(PDU_PORT_TYPES.get(transport, 2))), (_PDU_SPORT, _I.pack(sport)),
+            (_PDU_DPORT, _I.pack(dport)),
             (_PDU_FRAME, _I.pack(frame & 0xFFFFFFFF))]
     head = b"".join(struct.pack("!HH", tag, len(value)) + value for tag, value in tags)
     return head + b"\0\0\0\0" + payload
