@@ -175,3 +175,33 @@ def test_silent_streams_beyond_the_bound_are_retired_and_still_counted(tmp_path)
     assert long_stream.packets == long_packets and long_stream.lost == 0
     unbounded = sipflow.analyze(str(path))
     assert unbounded.stats["rtp_packets"] == a.stats["rtp_packets"] and len(unbounded.streams) == short + 1
+
+
+def test_the_message_file_is_compacted_on_endless_input_and_kept_messages_read_the_same(capture):
+    """keep_calls: once the message file passes its bound, only the bytes of the records still held
+    move to a new one. The file stays bounded whatever the input's length, every kept message
+    (calls, registrations, transactions in flight) reads exactly as without any bound, and a
+    snapshot taken before a compaction never reads another message's bytes for a dropped one."""
+    everything = sipflow.analyze(capture)
+    raw_of = {(m.file, m.frame): m.raw for m in everything.messages}
+    files = open_captures([capture])
+    an = Analyzer(AnalyzerOptions(keep_calls=5))
+    an.compact_at = 20_000          # about 40 messages: the sample's 800 force many compactions
+    an.files.extend(files)
+    early = None
+    biggest = 0
+    for n, (ts, fi, frame, lt, buf, off, caplen) in enumerate(records(files)):
+        an.feed(ts, fi, frame, lt, bytes(buf[off:off + caplen]))
+        biggest = max(biggest, an.store.size)
+        if n == 100:
+            early = an.snapshot()
+    a = an.result()
+    assert a.stats["store_compactions"] >= 10 and an.store.compactions == a.stats["store_compactions"]
+    live = sum(len(m.raw) for m in a.messages)
+    assert biggest <= an.compact_at + live + 64 * 1024, (biggest, live)
+    assert a.messages and all(m.raw == raw_of[(m.file, m.frame)] for m in a.messages)
+    for c in a.calls:
+        assert all(e.raw == raw_of[(e.file, e.frame)] for e in c.events)
+    # the early snapshot's messages: each reads as itself, or (dropped since) as nothing at all
+    assert any(m.raw == b"" for m in early.messages)
+    assert all(m.raw in (b"", raw_of[(m.file, m.frame)]) for m in early.messages)

@@ -25,7 +25,7 @@ from sipflow.analysis.model import Analysis, Filter, Malformed
 from sipflow.analysis.dialogs import Tracker
 from sipflow.analysis.options import AnalyzerOptions
 from sipflow.analysis.join import gap_anomalies, join_faxes, join_streams, media_gaps, one_way
-from sipflow.analysis.messages import SPILL_AT, SPILL_AT_BOUNDED, RawStore, SipEvent
+from sipflow.analysis.messages import COMPACT_AT, SPILL_AT, SPILL_AT_BOUNDED, RawStore, SipEvent
 from sipflow.analysis.snapshot import freeze, streams_end
 from sipflow.errors import ParseError
 from sipflow.media.rtp import HEADER as RTP_HEADER, RTCP_FIRST, RTCP_LAST, looks_like_rtp
@@ -120,6 +120,7 @@ class Analyzer:
         self.others: Deque[SipEvent] = deque()  # keep_calls: records of messages outside calls, oldest first
         # Endless input keeps only a small buffer in memory: the 16 MiB one would swing RSS by as much
         self.store = RawStore(SPILL_AT_BOUNDED if options.bounded else SPILL_AT)
+        self.compact_at = COMPACT_AT        # bounded: message bytes on disk before the store is compacted
         self.malformed: List[Malformed] = []
         self.files: List[_capture.CaptureFile] = []
         self.frames = 0
@@ -615,6 +616,19 @@ class Analyzer:
         if self.dropped > 1024 and self.dropped * 2 > len(self.events):
             self.events = [e for e in self.events if not e.dropped]
             self.dropped = 0
+        if self.store.size > self.compact_at:
+            self._compact_store()
+
+    def _compact_store(self) -> None:
+        """keep_calls on endless input: the message file would grow for ever (a day of a busy PBX is
+        gigabytes); once it passes ``compact_at`` only the bytes of the records still held (kept messages,
+        registrations' last messages, transactions in flight) move to a new file."""
+        live = [e for e in self.events if not e.dropped]
+        for reg in self.tracker.registrations.values():
+            live += reg.events
+        for tx in self.tracker.transactions.values():
+            live += [e for e in (tx.request, tx.ack, *tx.responses) if e is not None]
+        self.store.compact(live)
 
     def _retire_streams(self) -> None:
         """keep_calls: beyond STREAMS_PER_CALL x keep_calls streams, forget those silent for STREAM_IDLE,
@@ -718,7 +732,7 @@ class Analyzer:
         stats.update(self.tracker.counters)
         if self.options.bounded or self.options.idle_timeout is not None:
             stats.update({"messages_kept": len(messages), "calls_summarised": len(summarised),
-                          "streams_retired": self.retired_streams,
+                          "streams_retired": self.retired_streams, "store_compactions": self.store.compactions,
                           "media_book_pruned": self.tracker.media_book.pruned})
             stats["streams"] += self.retired_streams
         return Analysis(files, messages, tuple(call_records), tuple(registrations), bindings, tuple(streams),

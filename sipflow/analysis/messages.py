@@ -22,19 +22,26 @@ if TYPE_CHECKING:  # pragma: no cover
 SPILL_AT = 16 << 20   # bytes of messages held in memory before they go to the spill file
 SPILL_AT_BOUNDED = 1 << 20   # ... on endless input (keep_calls): a small buffer keeps RSS flat
 _LEN_BITS = 24        # a message's place is (offset << 24) | length: one int instead of two
+_OFF_BITS = 40        # ... and above the offset, the store's generation (see ``RawStore.compact``)
+COMPACT_AT = 256 << 20   # bounded analysis: bytes on disk before the store keeps only the live messages
 
 
 class RawStore:
     """Every SIP message's bytes, appended in order: in a memory buffer up to ``SPILL_AT`` bytes, then
     in an unnamed temporary file, so that memory does not grow with the messages' size. Works the same
     for seekable files, standard input, gzip and reassembled TCP, and is append-only: what a snapshot
-    refers to never changes."""
+    refers to never changes, until ``compact`` (endless input only) moves the live messages to a new
+    file and forgets the rest: a place from before then reads as empty bytes, never as another
+    message's (its generation is in the place)."""
 
     def __init__(self, spill_at: int = SPILL_AT) -> None:
         self.spill_at = spill_at
         self._buf = bytearray()
         self._base = 0            # offset of _buf[0]: everything before it is in the file
         self._file = None
+        self.gen = 0              # compactions so far
+        self.compactions = 0
+        self.forgotten = 0        # bytes of messages no record needed any more, left behind by compact
 
     def add(self, data: bytes) -> int:
         """Keep ``data``; return its place (for ``get``)."""
@@ -45,7 +52,7 @@ class RawStore:
         self._buf += data
         if len(self._buf) >= self.spill_at:
             self._spill()
-        return (off << _LEN_BITS) | n
+        return (((self.gen << _OFF_BITS) | off) << _LEN_BITS) | n
 
     def _spill(self) -> None:
         if self._file is None:
@@ -58,6 +65,9 @@ class RawStore:
 
     def get(self, place: int) -> bytes:
         off, n = place >> _LEN_BITS, place & ((1 << _LEN_BITS) - 1)
+        if off >> _OFF_BITS != self.gen:
+            return b""            # a message forgotten by a compaction (its record was dropped)
+        off &= (1 << _OFF_BITS) - 1
         if off >= self._base:
             i = off - self._base
             return bytes(self._buf[i:i + n])
@@ -66,6 +76,23 @@ class RawStore:
     @property
     def size(self) -> int:
         return self._base + len(self._buf)
+
+    def compact(self, live) -> None:
+        """Keep only the messages of the ``live`` records (``SipEvent``s): copy them to a new file (a new
+        generation), point each record at its new place, and drop the old file. The records not named
+        here read as empty bytes from now on."""
+        old_size = self.size
+        keep = {id(e): e for e in live if e.store is self}
+        parts = [(e, self.get(e.place)) for e in keep.values()]
+        old = self._file
+        self._file, self._buf, self._base = None, bytearray(), 0
+        self.gen += 1
+        self.compactions += 1
+        for e, data in parts:
+            e.place = self.add(data)
+        if old is not None:
+            old.close()
+        self.forgotten += old_size - sum(len(d) for _, d in parts)
 
     def close(self) -> None:
         if self._file is not None:
