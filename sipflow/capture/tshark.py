@@ -14,10 +14,10 @@ whoever cut them out. (tshark's PDU export was chosen over pyshark for this: it 
 bytes, with no per-field Python objects built.)
 
 Live (``LiveTshark``), tshark cannot export PDUs as it captures (it refuses a display filter when it
-saves, and through a pipe it writes its export only when its buffer fills): ``dumpcap`` captures TCP
-into a ``tshark -l`` that prints one JSON line per decrypted SIP packet (``-T ek -x``: the message's
-bytes as hex in ``sip_raw``), flushed at once; each message becomes an upper-PDU record of decrypted
-TLS for the same analyzer.
+saves, and through a pipe it writes its export only when its buffer fills): ``dumpcap`` captures
+into a ``tshark -l`` that prints one JSON line per SIP packet (``-T ek -x``: the message's bytes as
+hex in ``sip_raw``), flushed at once; each message becomes an upper-PDU record (of decrypted TLS
+when it came out of a TLS session) for the same analyzer.
 """
 from __future__ import annotations
 
@@ -36,9 +36,7 @@ from sipflow.capture.files import CaptureFile
 from sipflow.capture.live import QUIET, QUIET_MAX
 from sipflow.errors import CaptureError
 from sipflow.net.decoder import upper_pdu
-from sipflow.net.link import UPPER_PDU_TLS
-
-UPPER_PDU = 252           # Wireshark's upper-PDU link type, what tshark -U writes
+from sipflow.net.link import UPPER_PDU, UPPER_PDU_TLS
 
 TSHARK_TIMEOUT = 3600      # seconds for one file
 

@@ -26,6 +26,7 @@ class LinkType:
 # Records from a HEP listener (capture.hep): the data is one HEP packet, as a collector received it.
 # A number outside the registered link types (and the user range 147-162), never accepted in a file.
 HEP_PAYLOAD = 65000
+UPPER_PDU = 252           # Wireshark's upper-PDU link type: what tshark -U writes
 # Upper-PDU records tshark exported from TLS sessions it decrypted (capture.tshark reads such an
 # export as this type, so the decoder knows the messages came over TLS: the tags do not say).
 UPPER_PDU_TLS = 65001
@@ -41,7 +42,7 @@ LINK_TYPES: Dict[int, LinkType] = {lt.code: lt for lt in (
     LinkType(113, "Linux cooked (SLL)", "cooked", 16, 14),
     LinkType(228, "raw IPv4", "ip", 0, None),
     LinkType(229, "raw IPv6", "ip", 0, None, fast=False),
-    LinkType(252, "Wireshark upper PDU", "upper_pdu", 0, None, fast=False),
+    LinkType(UPPER_PDU, "Wireshark upper PDU", "upper_pdu", 0, None, fast=False),
     LinkType(276, "Linux cooked v2 (SLL2)", "cooked", 20, 0),
     LinkType(HEP_PAYLOAD, "HEP packet", "hep", 0, None, fast=False, internal=True),
     LinkType(UPPER_PDU_TLS, "Wireshark upper PDU, decrypted TLS", "upper_pdu_tls", 0, None, fast=False,
