@@ -138,89 +138,29 @@ def live(ifaces, via, bpf, duration, count, snaplen, write, rotate, keep_files, 
     """
     from sipflow.analysis.options import AnalyzerOptions
     from sipflow.analysis.session import LiveSession
-    from sipflow.capture.live import DumpcapCapture, LiveCapture, interfaces
+    from sipflow.capture.live import interfaces
     from sipflow.render import live as out
 
     if list_interfaces:
         for name, about in interfaces():
             say(f"{name:<20} {about}".rstrip())
         return
-    iface = ",".join(ifaces) if ifaces else None
-    if not iface and not hep_specs:
-        raise click.UsageError("say where from: -i IFACE (sipflow live --list-interfaces lists them) or "
-                               "--hep-listen udp:HOST:PORT")
-    if write and not iface:
-        raise click.UsageError("-w writes what the interface captured: give -i IFACE too")
-    if (tls_keylog or tls_ports) and not iface:
-        raise click.UsageError("--tls-keylog decrypts what the interface captures: give -i IFACE too")
-    if engine == "tshark" and not iface:
-        raise click.UsageError("--engine tshark reads what the interface captures: give -i IFACE too")
-    if tls_ports and not tls_keylog:
-        raise click.UsageError("--tls-port names where SIP over TLS is, for --tls-keylog: give --tls-keylog too")
-    if (rotate or keep_files) and not write:
-        raise click.UsageError("--rotate and --keep-files cut the -w capture: give -w FILE too")
-    if keep_files and not rotate:
-        raise click.UsageError("--keep-files keeps the last N files of --rotate: give --rotate too")
-    from sipflow.capture.hep import HepListener, HepSender
-    heps = []
-    sender = None
-    tls = None
-    if tls_keylog or engine == "tshark":
-        from sipflow.capture.tshark import LiveTshark
-        tls = LiveTshark(list(ifaces), tls_keylog, list(tls_ports) or [5061], file_index=len(hep_specs) + 1,
-                         everything=engine == "tshark", bpf=bpf)
-    try:
-        for n, spec in enumerate(hep_specs):
-            heps.append(HepListener(spec, file_index=n + 1))
-        cap = _open_interfaces(list(ifaces), via, bpf, snaplen, DumpcapCapture, LiveCapture) if ifaces else None
-        sender = HepSender(hep_to) if hep_to else None
-    except Exception:
-        for h in heps:
-            h.close()
-        if tls is not None:
-            tls.close()
-        raise
+    _check_sources(ifaces, hep_specs, write, rotate, keep_files, tls_keylog, tls_ports, engine)
+    sources = _Sources(ifaces, via, bpf, snaplen, hep_specs, tls_keylog, tls_ports, engine)
     session = LiveSession(AnalyzerOptions(keep_calls=keep_calls, idle_timeout=idle_timeout, sip_from=engine))
-    rtcp_out: list = []     # --hep-send: RTCP read since the last look, as HEP packets
-    if sender is not None:
-        from sipflow.render import hepout
-
-        def queue_rtcp(ts, src, sport, dst, dport, payload, call_id):
-            packet = hepout.rtcp_packet(ts, src, sport, dst, dport, payload, call_id, hep_id, hep_password, hep_node)
-            if packet is not None:
-                rtcp_out.append(packet)
-        session.analyzer.on_rtcp = queue_rtcp
-
-    def forward(a, events):
-        """Send what the collector has not had yet: the snapshot's new messages (capture order), the RTCP
-        read meanwhile, and a quality report of each RTP stream of the calls that ended."""
-        if sender is None:
-            return
-        for _, packet in hepout.message_packets(session.new_messages(a), hep_id, hep_password, hep_node):
-            if packet is not None:
-                sender.send(packet)
-        for packet in rtcp_out:
-            sender.send(packet)
-        rtcp_out.clear()
-        ended = {e.data.get("call_id") for e in events if e.kind == "call" and e.what == "ended"}
-        for c in (c for c in a.calls if c.call_id in ended):
-            for _, packet in hepout.report_packets(c, a.end_ts, hep_id, hep_password, hep_node):
-                if packet is not None:
-                    sender.send(packet)
-
-    writer = None
-    if write:
-        from sipflow.capture.writer import PCAP, PCAPNG, CaptureWriter, RotatingWriter
-        fmt_out, lt_out = (PCAPNG, None) if isinstance(cap, DumpcapCapture) else (PCAP, cap.linktype)
-        writer = RotatingWriter(write, fmt_out, lt_out, rotate[0], rotate[1], keep_files) if rotate else \
-            CaptureWriter(write, fmt_out, lt_out)
+    try:
+        hep = _HepForwarder(hep_to, hep_id, hep_password, hep_node, session) if hep_to else None
+    except Exception:
+        sources.close()
+        raise
+    writer = sources.writer(write, rotate, keep_files) if write else None
     stop = []
     previous = {s: signal.signal(s, lambda *_: stop.append(s)) for s in (signal.SIGINT, signal.SIGTERM)}
 
     table = None
     if fmt == "text" and (view == "table" or (view == "auto" and sys.stdout.isatty())):
         from sipflow.render.liveview import LiveView
-        table = LiveView(", ".join(([iface] if iface else []) + [f"HEP {spec}" for spec in hep_specs]))
+        table = LiveView(", ".join(sources.names))
 
     def emit(events):
         if table is not None:
@@ -229,31 +169,18 @@ def live(ifaces, via, bpf, duration, count, snaplen, write, rotate, keep_files, 
             click.echo(out.ndjson(e.as_dict()) if fmt == "ndjson" else out.event_line(e))
 
     def counters(a):
-        drops = cap.drops() if cap is not None else None
         return {"packets": session.packets, "sip_messages": a.stats["sip_messages"],
-                "rtp_packets": a.stats["rtp_packets"],
-                "calls": len(a.calls) + len(a.summarised), "malformed": len(a.malformed),
-                "kernel_dropped": drops.dropped if drops else 0, "interface_dropped": drops.interface if drops else 0,
-                "hep_packets": sum(h.frames for h in heps), "hep_sent": sender.sent if sender else 0,
-                **({"tshark_messages": tls.frames} if tls is not None else {})}
+                "rtp_packets": a.stats["rtp_packets"], "calls": len(a.calls) + len(a.summarised),
+                "malformed": len(a.malformed), **sources.counters(), "hep_sent": hep.sender.sent if hep else 0}
 
-    def arrived():
-        """What came in: interface packets (the read waits up to 100 ms), then HEP packets (waiting
-        only when there is no interface to wait on), then SIP tshark decrypted from TLS."""
-        if cap is not None:
-            for rec in cap.read():
-                yield rec, True
-        for i, h in enumerate(heps):
-            for rec in h.read(0.1 if cap is None and i == 0 else 0.0):
-                yield rec, False
-        if tls is not None:
-            for rec in tls.read(0.0):
-                yield rec, False
+    def take(records, sniffed=False):
+        for ts, fi, frame, lt, buf, off, caplen in records:
+            data = bytes(buf[off:off + caplen])
+            if writer is not None and sniffed:
+                writer.write(round(ts * 1e6) * 1000, lt, data)
+            session.feed(ts, fi, frame, lt, data)
 
-    where = ([f"{iface}" + (f" ({bpf})" if bpf else "")] if iface else []) + [f"HEP {h.spec}" for h in heps] \
-        + (["SIP through tshark" + (f" (TLS decrypted with {tls_keylog})" if tls_keylog else "")]
-           if tls is not None else [])
-    say(f"sipflow: capturing on {', '.join(where)}; Ctrl-C stops", err=True)
+    say(f"sipflow: capturing on {', '.join(sources.where)}; Ctrl-C stops", err=True)
     start = time.monotonic()
     next_look, next_stats = start + 0.5, start + stats_every
     a = None
@@ -261,11 +188,8 @@ def live(ifaces, via, bpf, duration, count, snaplen, write, rotate, keep_files, 
         table.start()
     try:
         while not stop:
-            for (ts, fi, frame, lt, buf, off, caplen), sniffed in arrived():
-                data = bytes(buf[off:off + caplen])
-                if writer is not None and sniffed:
-                    writer.write(round(ts * 1e6) * 1000, lt, data)
-                session.feed(ts, fi, frame, lt, data)
+            for rec, sniffed in sources.arrived():
+                take([rec], sniffed)
                 if count is not None and session.packets >= count:
                     stop.append("count")
                     break
@@ -275,7 +199,8 @@ def live(ifaces, via, bpf, duration, count, snaplen, write, rotate, keep_files, 
             if now >= next_look:
                 a, events = session.look()
                 emit(events)
-                forward(a, events)
+                if hep:
+                    hep.forward(a, events)
                 next_look = now + 0.5
                 if table is not None:
                     table.update(a, events, counters(a))
@@ -289,37 +214,19 @@ def live(ifaces, via, bpf, duration, count, snaplen, write, rotate, keep_files, 
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        if cap is not None and not stop_by_count(stop):   # what was captured before the stop, still on its way
-            for ts, fi, frame, lt, buf, off, caplen in cap.drain():
-                data = bytes(buf[off:off + caplen])
-                if writer is not None:
-                    writer.write(round(ts * 1e6) * 1000, lt, data)
-                session.feed(ts, fi, frame, lt, data)
-        for h in heps:   # what agents sent before the stop is still in the socket: take it (bounded)
-            for _ in range(1000):
-                recs = h.read(0.0)
-                if not recs:
-                    break
-                for ts, fi, frame, lt, buf, off, caplen in recs:
-                    session.feed(ts, fi, frame, lt, bytes(buf[off:off + caplen]))
-        if tls is not None:   # what tshark still had to say once its capture stopped
-            for ts, fi, frame, lt, buf, off, caplen in tls.close():
-                session.feed(ts, fi, frame, lt, bytes(buf[off:off + caplen]))
+        sources.drain(take, interface=not stop_by_count(stop))   # what was on its way at the stop
         if writer is not None:
             writer.close()
-        if cap is not None:
-            cap.close()      # before the last counters: dumpcap tells its drops when it stops
+        sources.close()      # before the last counters: dumpcap tells its drops when it stops
         a, events = session.finish()
         emit(events)
-        forward(a, events)
+        if hep:
+            hep.forward(a, events)
+            hep.close()
         c = counters(a)
         if table is not None:
             table.update(a, events, c)
             table.stop()
-        if sender is not None:
-            sender.close()
-        for h in heps:
-            h.close()
     if fmt == "ndjson":
         from sipflow.render.tables import summary_dict
         click.echo(out.ndjson({"type": "summary", "ts": a.end_ts, "counters": c, **summary_dict(a)}))
@@ -330,12 +237,148 @@ def live(ifaces, via, bpf, duration, count, snaplen, write, rotate, keep_files, 
         say(out.stats_line(c))
     if report_path:
         from sipflow.render.report import write as write_report
-        size = write_report(a, [where[0] if where else "live"], report_path)
+        size = write_report(a, [sources.where[0] if sources.where else "live"], report_path)
         say(f"{report_path}: {size / 1e6:.1f} MB, {len(a.calls)} calls", err=True)
     if write:
         files = getattr(writer, "paths", [write])
         say(f"{files[0] if len(files) == 1 else files[0] + ' ... ' + files[-1]}: {session.packets} packets"
             + (f" in {len(files)} files kept" if len(files) > 1 else ""), err=True)
+
+
+def _check_sources(ifaces, hep_specs, write, rotate, keep_files, tls_keylog, tls_ports, engine) -> None:
+    """Usage errors between the options that name where packets come from, before anything opens."""
+    if not ifaces and not hep_specs:
+        raise click.UsageError("say where from: -i IFACE (sipflow live --list-interfaces lists them) or "
+                               "--hep-listen udp:HOST:PORT")
+    if write and not ifaces:
+        raise click.UsageError("-w writes what the interface captured: give -i IFACE too")
+    if (tls_keylog or tls_ports) and not ifaces:
+        raise click.UsageError("--tls-keylog decrypts what the interface captures: give -i IFACE too")
+    if engine == "tshark" and not ifaces:
+        raise click.UsageError("--engine tshark reads what the interface captures: give -i IFACE too")
+    if tls_ports and not tls_keylog:
+        raise click.UsageError("--tls-port names where SIP over TLS is, for --tls-keylog: give --tls-keylog too")
+    if (rotate or keep_files) and not write:
+        raise click.UsageError("--rotate and --keep-files cut the -w capture: give -w FILE too")
+    if keep_files and not rotate:
+        raise click.UsageError("--keep-files keeps the last N files of --rotate: give --rotate too")
+
+
+class _Sources:
+    """Where packets come from: the interfaces (libpcap or dumpcap), HEP listeners, and tshark's
+    reading of the interfaces (``--tls-keylog``, ``--engine tshark``). Opened together, read together,
+    drained and closed together."""
+
+    def __init__(self, ifaces, via, bpf, snaplen, hep_specs, tls_keylog, tls_ports, engine) -> None:
+        from sipflow.capture.hep import HepListener
+        from sipflow.capture.live import DumpcapCapture, LiveCapture
+        self.heps: list = []
+        self.cap = self.tshark = None
+        self.tshark_done = False        # its last records taken (drain): closing it again is not needed
+        try:
+            if tls_keylog or engine == "tshark":
+                from sipflow.capture.tshark import LiveTshark
+                self.tshark = LiveTshark(list(ifaces), tls_keylog, list(tls_ports) or [5061],
+                                         file_index=len(hep_specs) + 1, everything=engine == "tshark", bpf=bpf)
+            for n, spec in enumerate(hep_specs):
+                self.heps.append(HepListener(spec, file_index=n + 1))
+            if ifaces:
+                self.cap = _open_interfaces(list(ifaces), via, bpf, snaplen, DumpcapCapture, LiveCapture)
+        except Exception:
+            self.close()
+            raise
+        iface = ",".join(ifaces)
+        self.names = ([iface] if ifaces else []) + [f"HEP {spec}" for spec in hep_specs]
+        self.where = ([iface + (f" ({bpf})" if bpf else "")] if ifaces else []) + [f"HEP {h.spec}" for h in self.heps]
+        if self.tshark is not None:
+            self.where.append("SIP through tshark" + (f" (TLS decrypted with {tls_keylog})" if tls_keylog else ""))
+
+    def writer(self, path, rotate, keep_files):
+        """The -w writer, in the interface capture's format."""
+        from sipflow.capture.live import DumpcapCapture
+        from sipflow.capture.writer import PCAP, PCAPNG, CaptureWriter, RotatingWriter
+        fmt, linktype = (PCAPNG, None) if isinstance(self.cap, DumpcapCapture) else (PCAP, self.cap.linktype)
+        return RotatingWriter(path, fmt, linktype, rotate[0], rotate[1], keep_files) if rotate else \
+            CaptureWriter(path, fmt, linktype)
+
+    def arrived(self):
+        """(record, from the interface?): interface packets (the read waits up to 100 ms), then HEP
+        packets (waiting only when there is no interface to wait on), then the SIP tshark read."""
+        if self.cap is not None:
+            for rec in self.cap.read():
+                yield rec, True
+        for i, h in enumerate(self.heps):
+            for rec in h.read(0.1 if self.cap is None and i == 0 else 0.0):
+                yield rec, False
+        if self.tshark is not None:
+            for rec in self.tshark.read(0.0):
+                yield rec, False
+
+    def drain(self, take, interface: bool) -> None:
+        """At the stop, hand ``take`` what was still on its way: the interface's packets (unless the
+        stop was --count's), what agents sent (bounded), and what tshark still had to say."""
+        if self.cap is not None and interface:
+            take(self.cap.drain(), sniffed=True)
+        for h in self.heps:
+            for _ in range(1000):
+                recs = h.read(0.0)
+                if not recs:
+                    break
+                take(recs)
+        if self.tshark is not None and not self.tshark_done:
+            take(self.tshark.close())
+            self.tshark_done = True
+
+    def counters(self) -> dict:
+        drops = self.cap.drops() if self.cap is not None else None
+        return {"kernel_dropped": drops.dropped if drops else 0, "interface_dropped": drops.interface if drops else 0,
+                "hep_packets": sum(h.frames for h in self.heps),
+                **({"tshark_messages": self.tshark.frames} if self.tshark is not None else {})}
+
+    def close(self) -> None:
+        if self.cap is not None:
+            self.cap.close()
+        for h in self.heps:
+            h.close()
+        if self.tshark is not None and not self.tshark_done:
+            self.tshark.close()
+            self.tshark_done = True
+
+
+class _HepForwarder:
+    """--hep-send: what the collector has not had yet, after each look: the snapshot's new messages
+    (capture order), the RTCP read meanwhile, and a quality report of each RTP stream of the calls
+    that ended."""
+
+    def __init__(self, spec, capture_id, password, node, session) -> None:
+        from sipflow.capture.hep import HepSender
+        from sipflow.render import hepout
+        self.hepout, self.session = hepout, session
+        self.agent = (capture_id, password, node)
+        self.sender = HepSender(spec)
+        self.rtcp: list = []
+        session.analyzer.on_rtcp = self._queue_rtcp
+
+    def _queue_rtcp(self, ts, src, sport, dst, dport, payload, call_id) -> None:
+        packet = self.hepout.rtcp_packet(ts, src, sport, dst, dport, payload, call_id, *self.agent)
+        if packet is not None:
+            self.rtcp.append(packet)
+
+    def forward(self, a, events) -> None:
+        for _, packet in self.hepout.message_packets(self.session.new_messages(a), *self.agent):
+            if packet is not None:
+                self.sender.send(packet)
+        for packet in self.rtcp:
+            self.sender.send(packet)
+        self.rtcp.clear()
+        ended = {e.data.get("call_id") for e in events if e.kind == "call" and e.what == "ended"}
+        for c in (c for c in a.calls if c.call_id in ended):
+            for _, packet in self.hepout.report_packets(c, a.end_ts, *self.agent):
+                if packet is not None:
+                    self.sender.send(packet)
+
+    def close(self) -> None:
+        self.sender.close()
 
 
 @main.command("hep-send")
