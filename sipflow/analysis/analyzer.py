@@ -32,9 +32,6 @@ from sipflow.media.rtp import HEADER as RTP_HEADER, RTCP_FIRST, RTCP_LAST, looks
 from sipflow.net import Datagram, Decoder, fmt_endpoint
 from sipflow.net.addr import pack_ip
 from sipflow.net.link import LINK_TYPES, LinkType
-
-# Link types whose records are SIP messages tshark cut out (capture.tshark), each one whole
-PDU_LINKS = frozenset(code for code, link in LINK_TYPES.items() if link.kind in ("upper_pdu", "upper_pdu_tls"))
 from sipflow.media.events import rtp_payload
 from sipflow.media.rtcp import RtcpBook
 from sipflow.media.udptl import FaxFlow
@@ -44,6 +41,9 @@ from sipflow.sip.framing import StreamFramer
 from sipflow.sip.message import DAMAGE, looks_like_sip
 from sipflow.sip.scan import scan
 from sipflow.sip.sdp import Codec
+
+# Link types whose records are SIP messages tshark cut out (capture.tshark), each one whole
+PDU_LINKS = frozenset(code for code, link in LINK_TYPES.items() if link.kind in ("upper_pdu", "upper_pdu_tls"))
 
 __all__ = ["Analyzer", "Analysis", "Filter", "Malformed", "analyze"]
 
