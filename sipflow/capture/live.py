@@ -22,7 +22,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 from sipflow.errors import CaptureError
 
@@ -127,6 +127,31 @@ class LiveCapture:
             self._pcap.close()
 
 
+def until_quiet(read: Callable[[], List[tuple]]) -> List[tuple]:
+    """At a stop: what ``read`` gives until it has been quiet for QUIET s (at most QUIET_MAX)."""
+    out: List[tuple] = []
+    start = last = time.monotonic()
+    while time.monotonic() - last < QUIET and time.monotonic() - start < QUIET_MAX:
+        got = read()
+        if got:
+            out += got
+            last = time.monotonic()
+    return out
+
+
+def rest_of(q: "queue.Queue") -> List[tuple]:
+    """What a reader thread left in its queue, up to its end mark (None)."""
+    out = []
+    while True:
+        try:
+            rec = q.get_nowait()
+        except queue.Empty:
+            return out
+        if rec is None:
+            return out
+        out.append(rec)
+
+
 class DumpcapCapture:
     """Several interfaces (or one, without root: Debian lets the ``wireshark`` group run dumpcap) through
     ``dumpcap -w -``: its pcapng stream is read by ``capture.files`` in a thread, so ``read()`` keeps the
@@ -176,30 +201,14 @@ class DumpcapCapture:
 
     def drain(self) -> List[tuple]:
         """At the stop: every record still on its way, then dumpcap is stopped (as by Ctrl-C)."""
-        out: List[tuple] = []
-        # packets captured before the stop may still be in dumpcap's buffers (it writes every 100 ms):
-        # take what comes until the pipe has been quiet for QUIET s (at most QUIET_MAX), then stop it
-        start = last = time.monotonic()
-        while self._drops is None and time.monotonic() - last < QUIET \
-                and time.monotonic() - start < QUIET_MAX:
-            got = self.read()
-            if got:
-                out += got
-                last = time.monotonic()
+        # packets captured before the stop may still be in dumpcap's buffers (it writes every 100 ms)
+        out = until_quiet(self.read) if self._drops is None else []
         if self._drops is None:
             self._stop()
         self._thread.join(timeout=30)
-        late = 0                      # (read() counted the ones before the stop)
-        while True:
-            try:
-                rec = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if rec is None:
-                break
-            out.append(rec)
-            late += 1
-        self.frames += late
+        late = rest_of(self._queue)   # (read() counted the ones before the stop)
+        out += late
+        self.frames += len(late)
         return out
 
     def drops(self) -> Drops:

@@ -29,11 +29,10 @@ import signal
 import subprocess
 import tempfile
 import threading
-import time
 from typing import List, Optional
 
 from sipflow.capture.files import CaptureFile
-from sipflow.capture.live import QUIET, QUIET_MAX
+from sipflow.capture.live import rest_of, until_quiet
 from sipflow.errors import CaptureError
 from sipflow.net.decoder import upper_pdu
 from sipflow.net.link import UPPER_PDU, UPPER_PDU_TLS
@@ -232,13 +231,7 @@ class LiveTshark:
         """Stop capturing; the records tshark still had to print. Packets captured before the stop may
         still be in the kernel's buffer or dumpcap's: take what comes until tshark has been quiet for
         QUIET s (at most QUIET_MAX), as the interface's own capture does, then stop dumpcap."""
-        out: List[tuple] = []
-        start = last = time.monotonic()
-        while time.monotonic() - last < QUIET and time.monotonic() - start < QUIET_MAX:
-            got = self.read(0.05)
-            if got:
-                out += got
-                last = time.monotonic()
+        out = until_quiet(lambda: self.read(0.05))
         if self._dumpcap.poll() is None:
             self._dumpcap.send_signal(signal.SIGINT)   # as Ctrl-C: dumpcap writes out what it holds
         for proc in (self._dumpcap, self._tshark):
@@ -248,14 +241,6 @@ class LiveTshark:
                 proc.kill()
                 proc.wait()
         self._thread.join(timeout=15)
-        late = []                 # (read() counted the ones before the stop)
-        while True:
-            try:
-                rec = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if rec is None:
-                break
-            late.append(rec)
+        late = rest_of(self._queue)   # (read() counted the ones before the stop)
         self.frames += len(late)
         return out + late
