@@ -24,9 +24,8 @@ from sipflow.capture import files as _capture
 from sipflow.analysis.model import Analysis, Filter, Malformed
 from sipflow.analysis.dialogs import Tracker
 from sipflow.analysis.options import AnalyzerOptions
-from sipflow.analysis.join import gap_anomalies, join_faxes, join_streams, media_gaps, one_way
 from sipflow.analysis.messages import COMPACT_AT, SPILL_AT, SPILL_AT_BOUNDED, RawStore, SipEvent
-from sipflow.analysis.snapshot import freeze, streams_end
+from sipflow.analysis.snapshot import take
 from sipflow.errors import ParseError
 from sipflow.media.rtp import HEADER as RTP_HEADER, RTCP_FIRST, RTCP_LAST, looks_like_rtp
 from sipflow.net import Datagram, Decoder, fmt_endpoint
@@ -677,66 +676,7 @@ class Analyzer:
         wanted; it changes nothing, so feeding goes on afterwards and earlier snapshots stay as they
         were. Judgments that depend on time (in progress, missing ACK) are made for the latest packet."""
         with _gc_paused():
-            return self._snapshot()
-
-    def _snapshot(self) -> Analysis:
-        for st in self.by_ssrc.values():
-            if len(st.pending) > 1:
-                st.flush()
-        end = max(self.end_ts, self.tracker.end_ts, streams_end(self.by_ssrc.values()))
-        calls = sorted(self.tracker.calls.values(), key=lambda c: c.start)
-        judged = self.tracker.end_judgments(end)
-        joins = join_streams(calls, self.by_ssrc.values())
-        gaps = media_gaps(joins)
-        judged = judged + one_way(calls, joins) + gap_anomalies(joins, gaps)
-        call_records, registrations, streams = freeze(calls, self.tracker.registrations.values(), joins, judged,
-                                                      self.rtcp, end, gaps, join_faxes(calls, self.faxes.values()))
-        files = [{"path": f.name, "format": f.format, "frames": f.frames, "truncated": f.truncated,
-                  "linktypes": list(f.linktypes)} for f in self.files]
-        warnings = [f.warning for f in self.files if f.warning]
-        if self.pdu_repeats:
-            shown = ", ".join(map(str, self.pdu_repeats[:10])) + (" ..." if len(self.pdu_repeats) > 10 else "")
-            warnings.append(f"tshark exported the same SIP message twice in frame(s) {shown}: a segment there "
-                            "carried several messages and tshark's export misses all but the first (the native "
-                            "engine reads them all)")
-        malformed = sorted(self.malformed, key=lambda m: (m.ts, m.file, m.frame))
-        anomalies = list(self.tracker.anomalies) + judged
-        stats = {
-            "frames": self.frames,
-            "sip_messages": len(self.events),
-            "retransmissions": self.tracker.retransmissions,
-            "rtp_packets": sum(st.packets for st in self.by_ssrc.values()) + self.retired_packets,
-            "rtcp_packets": self.rtcp_packets,
-            "udptl_packets": self.udptl_packets,
-            "malformed": len(malformed),
-            "anomalies": len(anomalies),
-            "keepalives": self.keepalives,
-            "undecoded": self.undecoded,
-            "calls": len(call_records),
-            "registrations": len(registrations),
-            "streams": len(streams),
-            "tcp_sip_junk_bytes": sum(fr.junk_bytes for fr in self.framers.values()),
-            "tcp_sip_oversized": sum(fr.oversized for fr in self.framers.values()),
-        }
-        if self.sip_only_from_pdu:
-            stats["sip_left_to_tshark"] = self.sip_left_to_tshark
-        if self.pdu_repeats:
-            stats["tshark_pdu_repeats"] = len(self.pdu_repeats)
-        stats.update({f"net_{k}": v for k, v in sorted(self.decoder.counters.items())})
-        bindings = {aor: dict(table) for aor, table in self.tracker.bindings.items()}
-        methods = {m: dict(row) for m, row in self.tracker.methods.items()}
-        messages = tuple(e for e in self.events if not e.dropped) if self.dropped else tuple(self.events)
-        summarised = self.tracker.summarised.freeze()
-        stats["sip_messages"] = self.sip_count
-        stats["calls"] += len(summarised)
-        stats.update(self.tracker.counters)
-        if self.options.bounded or self.options.idle_timeout is not None:
-            stats.update({"messages_kept": len(messages), "calls_summarised": len(summarised),
-                          "streams_retired": self.retired_streams, "store_compactions": self.store.compactions,
-                          "media_book_pruned": self.tracker.media_book.pruned})
-            stats["streams"] += self.retired_streams
-        return Analysis(files, messages, tuple(call_records), tuple(registrations), bindings, tuple(streams),
-                        tuple(malformed), tuple(anomalies), methods, stats, end, tuple(warnings), summarised)
+            return take(self)
 
     def result(self) -> Analysis:
         """The analysis at the end of the input: ``close()``, then a ``snapshot()``."""

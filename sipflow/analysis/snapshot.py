@@ -1,8 +1,9 @@
 """Snapshots: the analyzer's accumulators at one moment, copied into immutable records.
 
-Owns the copy from what keeps changing (``analysis.dialogs``' calls, transactions and registrations,
+Owns ``take``, an ``Analysis`` of the analyzer at one moment (its records, judgments and counters), and
+the copy from what keeps changing (``analysis.dialogs``' calls, transactions and registrations,
 ``media.stats``' streams) to what never changes (``analysis.records``). Reads its inputs and writes
-nothing back: a snapshot can be taken mid-capture, as often as wanted, and an earlier one stays as it
+nothing back (but for flushing the streams' pending packets): a snapshot can be taken mid-capture, as often as wanted, and an earlier one stays as it
 was. The judgments that depend on the moment (a call still in progress, an ACK still missing) are made
 for the snapshot's end time.
 """
@@ -14,7 +15,9 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 from sipflow.analysis.dialogs import Anomaly, Call, Transaction
 from sipflow.analysis.registrations import Registration
 from sipflow.analysis.offers import InfoDtmf, MediaOffer
-from sipflow.analysis.join import Join, codec_for
+from sipflow.analysis.join import (Join, codec_for, gap_anomalies, join_faxes, join_streams, media_gaps,
+                                   one_way)
+from sipflow.analysis.model import Analysis
 from sipflow.analysis.records import (CallRecord, DialogRecord, DtmfRecord, FaxRecord, RegistrationRecord,
                                       RtcpRecord, StreamRecord, T38Offer, Timings, TransactionRecord, VideoRecord)
 from sipflow.media.emodel import judge
@@ -215,3 +218,65 @@ def freeze(calls: Sequence[Call], registrations: Iterable[Registration], joins: 
 
 def streams_end(streams: Iterable[RtpStream]) -> float:
     return max((st.last_ts for st in streams if st.packets), default=0.0)
+
+
+def take(an) -> Analysis:
+    """An ``Analysis`` of everything an ``analysis.analyzer.Analyzer`` holds now: its calls, streams and
+    registrations frozen (``freeze``), the judgments of the moment made, and its counters as the stats."""
+    for st in an.by_ssrc.values():
+        if len(st.pending) > 1:
+            st.flush()
+    end = max(an.end_ts, an.tracker.end_ts, streams_end(an.by_ssrc.values()))
+    calls = sorted(an.tracker.calls.values(), key=lambda c: c.start)
+    judged = an.tracker.end_judgments(end)
+    joins = join_streams(calls, an.by_ssrc.values())
+    gaps = media_gaps(joins)
+    judged = judged + one_way(calls, joins) + gap_anomalies(joins, gaps)
+    call_records, registrations, streams = freeze(calls, an.tracker.registrations.values(), joins, judged,
+                                                  an.rtcp, end, gaps, join_faxes(calls, an.faxes.values()))
+    files = [{"path": f.name, "format": f.format, "frames": f.frames, "truncated": f.truncated,
+              "linktypes": list(f.linktypes)} for f in an.files]
+    warnings = [f.warning for f in an.files if f.warning]
+    if an.pdu_repeats:
+        shown = ", ".join(map(str, an.pdu_repeats[:10])) + (" ..." if len(an.pdu_repeats) > 10 else "")
+        warnings.append(f"tshark exported the same SIP message twice in frame(s) {shown}: a segment there "
+                        "carried several messages and tshark's export misses all but the first (the native "
+                        "engine reads them all)")
+    malformed = sorted(an.malformed, key=lambda m: (m.ts, m.file, m.frame))
+    anomalies = list(an.tracker.anomalies) + judged
+    stats = {
+        "frames": an.frames,
+        "sip_messages": len(an.events),
+        "retransmissions": an.tracker.retransmissions,
+        "rtp_packets": sum(st.packets for st in an.by_ssrc.values()) + an.retired_packets,
+        "rtcp_packets": an.rtcp_packets,
+        "udptl_packets": an.udptl_packets,
+        "malformed": len(malformed),
+        "anomalies": len(anomalies),
+        "keepalives": an.keepalives,
+        "undecoded": an.undecoded,
+        "calls": len(call_records),
+        "registrations": len(registrations),
+        "streams": len(streams),
+        "tcp_sip_junk_bytes": sum(fr.junk_bytes for fr in an.framers.values()),
+        "tcp_sip_oversized": sum(fr.oversized for fr in an.framers.values()),
+    }
+    if an.sip_only_from_pdu:
+        stats["sip_left_to_tshark"] = an.sip_left_to_tshark
+    if an.pdu_repeats:
+        stats["tshark_pdu_repeats"] = len(an.pdu_repeats)
+    stats.update({f"net_{k}": v for k, v in sorted(an.decoder.counters.items())})
+    bindings = {aor: dict(table) for aor, table in an.tracker.bindings.items()}
+    methods = {m: dict(row) for m, row in an.tracker.methods.items()}
+    messages = tuple(e for e in an.events if not e.dropped) if an.dropped else tuple(an.events)
+    summarised = an.tracker.summarised.freeze()
+    stats["sip_messages"] = an.sip_count
+    stats["calls"] += len(summarised)
+    stats.update(an.tracker.counters)
+    if an.options.bounded or an.options.idle_timeout is not None:
+        stats.update({"messages_kept": len(messages), "calls_summarised": len(summarised),
+                      "streams_retired": an.retired_streams, "store_compactions": an.store.compactions,
+                      "media_book_pruned": an.tracker.media_book.pruned})
+        stats["streams"] += an.retired_streams
+    return Analysis(files, messages, tuple(call_records), tuple(registrations), bindings, tuple(streams),
+                    tuple(malformed), tuple(anomalies), methods, stats, end, tuple(warnings), summarised)
