@@ -10,10 +10,14 @@ network namespace (its autouse fixture is imported). Every process started here 
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -318,50 +322,57 @@ def test_sip_over_tls_is_read_back_with_the_key_log(kamailio_tls, pki, tmp_path,
     assert t.exit_code == 0 and [line for line in t.output.splitlines() if line.startswith("=== ")] == banners
 
 
-def test_live_decrypts_sip_over_tls_as_it_is_captured(kamailio_tls, pki, tmp_path, monkeypatch):
-    """`sipflow live -i lo --tls-keylog K` while the probe sends OPTIONS over TLS to Kamailio and
-    Python's ssl writes the session keys to K as it opens the session (K empty when live starts): the
-    NDJSON summary counts both OPTIONS and both 200s, decrypted, as TLS, and nothing malformed."""
-    import os
-    import signal
-    import sys
+@contextlib.contextmanager
+def live_sipflow(tmp_path, *args):
+    """`sipflow live -i lo ARGS --format ndjson` in a subprocess, once it says it is capturing; yields
+    a function that waits (bounded) until its stats count at least N SIP messages. Stopped by SIGINT
+    at the end of the block; ``lines`` (the NDJSON lines it wrote) end with the summary."""
     for tool in ("tshark", "dumpcap"):
         if not shutil.which(tool):
             pytest.skip(f"needs {tool}")
-    keys, err = tmp_path / "keys.txt", tmp_path / "live.err"
-    keys.write_text("")
     root = Path(__file__).resolve().parents[1]
-    live = subprocess.Popen([sys.executable, "-m", "sipflow", "live", "-i", "lo", "-f", f"port {kamailio_tls}",
-                             "--tls-keylog", str(keys), "--tls-port", str(kamailio_tls), "--format", "ndjson",
-                             "--stats-every", "0.2", "--duration", "60"],
-                            stdout=subprocess.PIPE, stderr=open(err, "wb"), cwd=root,
-                            env={**os.environ, "PYTHONPATH": str(root)})
+    err = tmp_path / "live.err"
+    live = subprocess.Popen([sys.executable, "-m", "sipflow", "live", "-i", "lo", *map(str, args), "--format",
+                             "ndjson", "--stats-every", "0.2", "--duration", "60"], stdout=subprocess.PIPE,
+                            stderr=open(err, "wb"), cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
     lines = []
     reader = threading.Thread(target=lambda: lines.extend(iter(live.stdout.readline, b"")), daemon=True)
     reader.start()
 
-    def decrypted():
-        stats = [json.loads(x) for x in list(lines) if b'"type":"stats"' in x]
-        return stats[-1]["sip_messages"] if stats else 0
+    def told(n):
+        """Wait until live has told n SIP messages (the stop's own drain is not what is tested)."""
+        for _ in range(300):
+            stats = [json.loads(x) for x in list(lines) if b'"type":"stats"' in x]
+            if (stats and stats[-1]["sip_messages"] >= n) or live.poll() is not None:
+                return
+            time.sleep(0.1)
     try:
-        for _ in range(300):     # it says so once libpcap and the TLS pipeline are both capturing
+        for _ in range(300):     # it says so once libpcap and the tshark pipeline are both capturing
             if b"capturing on" in err.read_bytes() or live.poll() is not None:
                 break
             time.sleep(0.1)
         assert b"capturing on" in err.read_bytes(), err.read_text()
-        monkeypatch.setenv("SSLKEYLOGFILE", str(keys))
-        code, out, _ = probe("options", f"sip:{V4}:{kamailio_tls};transport=tls", "--ca", pki / "ca.pem",
-                             "--format", "json", "--count", 2, "--interval", 0.2, "--timeout", 5)
-        assert code == ProbeExit.OK, out
-        for _ in range(300):     # stop once live has told all four (the stop's own drain is not what is tested)
-            if decrypted() >= 4 or live.poll() is not None:
-                break
-            time.sleep(0.1)
+        yield told, lines
     finally:
         live.send_signal(signal.SIGINT)
         live.wait(timeout=90)
         reader.join(timeout=30)
     assert live.returncode == 0, err.read_text()
+
+
+def test_live_decrypts_sip_over_tls_as_it_is_captured(kamailio_tls, pki, tmp_path, monkeypatch):
+    """`sipflow live -i lo --tls-keylog K` while the probe sends OPTIONS over TLS to Kamailio and
+    Python's ssl writes the session keys to K as it opens the session (K empty when live starts): the
+    NDJSON summary counts both OPTIONS and both 200s, decrypted, as TLS, and nothing malformed."""
+    keys = tmp_path / "keys.txt"
+    keys.write_text("")
+    with live_sipflow(tmp_path, "-f", f"port {kamailio_tls}", "--tls-keylog", keys, "--tls-port",
+                      kamailio_tls) as (told, lines):
+        monkeypatch.setenv("SSLKEYLOGFILE", str(keys))
+        code, out, _ = probe("options", f"sip:{V4}:{kamailio_tls};transport=tls", "--ca", pki / "ca.pem",
+                             "--format", "json", "--count", 2, "--interval", 0.2, "--timeout", 5)
+        assert code == ProbeExit.OK, out
+        told(4)
     summary = json.loads(lines[-1])
     assert summary["type"] == "summary" and summary["counters"]["tshark_messages"] == 4, summary["counters"]
     assert summary["methods"]["OPTIONS"]["requests"] == 2 and summary["methods"]["OPTIONS"]["200"] == 2
@@ -372,41 +383,12 @@ def test_live_engine_tshark_reads_the_interface_through_wiresharks_dissectors(tm
     """`sipflow live -i lo --engine tshark` while the probe sends OPTIONS over UDP to SIPp: both
     messages come through tshark (each counted as such, none read twice by sipflow's own decoder):
     one OPTIONS and its 200."""
-    import os
-    import signal
-    import sys
     from test_probe import sipp_uas
-    for tool in ("tshark", "dumpcap"):
-        if not shutil.which(tool):
-            pytest.skip(f"needs {tool}")
-    root = Path(__file__).resolve().parents[1]
     with sipp_uas(tmp_path) as port:
-        err = tmp_path / "live.err"
-        live = subprocess.Popen([sys.executable, "-m", "sipflow", "live", "-i", "lo", "-f", f"udp port {port}",
-                                 "--engine", "tshark", "--format", "ndjson", "--stats-every", "0.2",
-                                 "--duration", "60"], stdout=subprocess.PIPE, stderr=open(err, "wb"), cwd=root,
-                                env={**os.environ, "PYTHONPATH": str(root)})
-        lines = []
-        reader = threading.Thread(target=lambda: lines.extend(iter(live.stdout.readline, b"")), daemon=True)
-        reader.start()
-        try:
-            for _ in range(300):
-                if b"capturing on" in err.read_bytes() or live.poll() is not None:
-                    break
-                time.sleep(0.1)
-            assert b"capturing on" in err.read_bytes(), err.read_text()
+        with live_sipflow(tmp_path, "-f", f"udp port {port}", "--engine", "tshark") as (told, lines):
             code, out, _ = probe("options", f"sip:{V4}:{port}", "--format", "json", "--timeout", 5)
             assert code == ProbeExit.OK, out
-            for _ in range(300):
-                stats = [json.loads(x) for x in list(lines) if b'"type":"stats"' in x]
-                if (stats and stats[-1]["sip_messages"] >= 2) or live.poll() is not None:
-                    break
-                time.sleep(0.1)
-        finally:
-            live.send_signal(signal.SIGINT)
-            live.wait(timeout=90)
-            reader.join(timeout=30)
-    assert live.returncode == 0, err.read_text()
+            told(2)
     summary = json.loads(lines[-1])
     assert summary["counters"]["tshark_messages"] == summary["counters"]["sip_messages"] == 2, summary["counters"]
     assert summary["methods"]["OPTIONS"] == {"requests": 1, "200": 1}
