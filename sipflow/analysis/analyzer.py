@@ -24,7 +24,7 @@ from sipflow.capture import files as _capture
 from sipflow.analysis.model import Analysis, Filter, Malformed
 from sipflow.analysis.dialogs import Tracker
 from sipflow.analysis.options import AnalyzerOptions
-from sipflow.analysis.messages import COMPACT_AT, SPILL_AT, SPILL_AT_BOUNDED, RawStore, SipEvent
+from sipflow.analysis.messages import COMPACT_AT, RawStore, SipEvent
 from sipflow.analysis.snapshot import take
 from sipflow.errors import ParseError
 from sipflow.media.rtp import HEADER as RTP_HEADER, RTCP_FIRST, RTCP_LAST, looks_like_rtp
@@ -117,8 +117,7 @@ class Analyzer:
         self.sip_count = 0                  # every SIP message seen (records may be summarised away)
         self.dropped = 0                    # records in ``events`` marked dropped since the last compaction
         self.others: Deque[SipEvent] = deque()  # keep_calls: records of messages outside calls, oldest first
-        # Endless input keeps only a small buffer in memory: the 16 MiB one would swing RSS by as much
-        self.store = RawStore(SPILL_AT_BOUNDED if options.bounded else SPILL_AT)
+        self.store = RawStore()
         self.compact_at = COMPACT_AT        # bounded: message bytes on disk before the store is compacted
         self.malformed: List[Malformed] = []
         self.files: List[_capture.CaptureFile] = []
