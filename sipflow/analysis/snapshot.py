@@ -155,7 +155,7 @@ def fax_record(flow: FaxFlow, offer: MediaOffer) -> FaxRecord:
 def t38_offers(call: Call) -> Tuple[T38Offer, ...]:
     """The INVITEs and re-INVITEs whose SDP offered T.38 (``m=image ... udptl``), with their final
     answer: a 2xx moves the media to UDPTL; a rejection (488, typically) leaves it where it was."""
-    requests = {t.request.frame: t for t in call.invites + call.reinvites}
+    requests = {t.request.frame: t for t in (*call.invites, *call.reinvites)}
     out: Dict[int, T38Offer] = {}
     for o in call.media:
         tx = requests.get(o.frame)
