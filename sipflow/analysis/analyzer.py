@@ -24,7 +24,7 @@ from sipflow.capture import files as _capture
 from sipflow.analysis.model import Analysis, Filter, Malformed
 from sipflow.analysis.dialogs import Tracker
 from sipflow.analysis.options import AnalyzerOptions
-from sipflow.analysis.messages import COMPACT_AT, RawStore, SipEvent
+from sipflow.analysis.messages import COMPACT_AT, RawStore, Shared, SipEvent
 from sipflow.analysis.snapshot import take
 from sipflow.errors import ParseError
 from sipflow.media.rtp import HEADER as RTP_HEADER, RTCP_FIRST, RTCP_LAST, looks_like_rtp
@@ -68,8 +68,7 @@ _FAST = {code: _fast_struct(link) for code, link in LINK_TYPES.items() if link.f
 _VEC_LINKS = {code: (link.header, link.ethertype_at) for code, link in LINK_TYPES.items() if link.fast}
 _intern = sys.intern
 # Record fields whose strings repeat (per call, per dialog, per transaction): kept once (sys.intern).
-_SHARED_FIELDS = ("method", "call_id", "cseq_method", "branch", "from_tag", "to_tag", "from_user", "to_user",
-                  "reason")
+_SHARED_FIELDS = ("call_id", "branch", "from_tag", "to_tag", "from_user", "to_user", "sent_by")
 # UDP ports the general decoder reads as encapsulation (VXLAN, HEP), never on the hot path.
 _ENCAPSULATION_PORTS = frozenset((4789, 9060))
 OTHERS_PER_CALL = 8   # keep_calls: records of messages outside calls kept per call kept
@@ -118,6 +117,7 @@ class Analyzer:
         self.dropped = 0                    # records in ``events`` marked dropped since the last compaction
         self.others: Deque[SipEvent] = deque()  # keep_calls: records of messages outside calls, oldest first
         self.store = RawStore()
+        self.shared = Shared()              # the parts of message records that repeat (one tuple each)
         self.compact_at = COMPACT_AT        # bounded: message bytes on disk before the store is compacted
         self.malformed: List[Malformed] = []
         self.files: List[_capture.CaptureFile] = []
@@ -585,8 +585,11 @@ class Analyzer:
             ports.clear()
         if head.cseq is not None:
             head.cseq = ports.setdefault(head.cseq, head.cseq)
-        ev = SipEvent(head, ts, file, frame, tuple(frames), _intern(src), ports.setdefault(sport, sport), _intern(dst),
-                      ports.setdefault(dport, dport), transport, self.store, self.store.add(raw))
+        shared = self.shared
+        ev = SipEvent(head, ts, frame, tuple(frames),
+                      shared.flow(_intern(src), ports.setdefault(sport, sport), _intern(dst),
+                                  ports.setdefault(dport, dport), transport, file, self.store),
+                      shared.kind(head.method, head.status, head.reason, head.cseq_method), self.store.add(raw))
         if head.problems and any(p.kind in DAMAGE for p in head.problems):
             self.malformed.append(Malformed(frame, file, ts, ev.source, ev.destination,
                                             "; ".join(p for p in head.problems if p.kind in DAMAGE)))
