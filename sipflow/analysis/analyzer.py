@@ -127,6 +127,7 @@ class Analyzer:
         self.keepalives = 0
         self.end_ts = 0.0
         self.closed = False
+        self.final: Optional[Analysis] = None   # the result, once the input has ended
         self.retired_streams = 0            # keep_calls: streams forgotten (silent, beyond the bound)
         self.retired_packets = 0            # ... and their packets, still in the totals
         self.new_streams = 0                # streams made since the last retirement round
@@ -677,13 +678,20 @@ class Analyzer:
         """What the analysis knows now, as an immutable ``Analysis``: call it at any time, as often as
         wanted; it changes nothing, so feeding goes on afterwards and earlier snapshots stay as they
         were. Judgments that depend on time (in progress, missing ACK) are made for the latest packet."""
+        if self.final is not None:
+            return self.final
         with _gc_paused():
             return take(self)
 
     def result(self) -> Analysis:
-        """The analysis at the end of the input: ``close()``, then a ``snapshot()``."""
+        """The analysis at the end of the input: ``close()``, then the last snapshot. Nothing can change
+        after it, so it is made once (the calls let go of their state as they are frozen, which keeps the
+        peak memory down) and every later ``result()`` or ``snapshot()`` returns it."""
         self.close()
-        return self.snapshot()
+        if self.final is None:
+            with _gc_paused():
+                self.final = take(self, release=True)
+        return self.final
 
 
 def _endpoints(flow: bytes) -> Tuple[str, int, str, int]:
