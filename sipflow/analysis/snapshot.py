@@ -3,9 +3,10 @@
 Owns ``take``, an ``Analysis`` of the analyzer at one moment (its records, judgments and counters), and
 the copy from what keeps changing (``analysis.dialogs``' calls, transactions and registrations,
 ``media.stats``' streams) to what never changes (``analysis.records``). Reads its inputs and writes
-nothing back (but for flushing the streams' pending packets): a snapshot can be taken mid-capture, as often as wanted, and an earlier one stays as it
-was. The judgments that depend on the moment (a call still in progress, an ACK still missing) are made
-for the snapshot's end time.
+nothing back (but for flushing the streams' pending packets, and the final result's ``release``): a
+snapshot can be taken mid-capture, as often as wanted, and an earlier one stays as it was. The
+judgments that depend on the moment (a call still in progress, an ACK still missing) are made for the
+snapshot's end time.
 """
 from __future__ import annotations
 
