@@ -17,7 +17,6 @@ without compiled code.
 """
 
 import json
-import mmap
 import re
 import struct
 import sys
@@ -26,42 +25,52 @@ import time
 HEADERS = re.compile(rb"\r\n(Call-ID|i|CSeq|Via|v|From|f|To|t|Contact|m|Expires|Content-Type|c|"
                      rb"Content-Length|l)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
 ETH_IP_UDP = 14 + 20 + 8
+CHUNK = 8 << 20
 
 
 def run(path, with_json=True):
     """Return the number of SIP messages read."""
     encode = json.JSONEncoder(separators=(",", ":")).encode
-    with open(path, "rb") as f, open("/dev/null", "w") as out:
-        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        if data[:4] not in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1"):
-            raise SystemExit("%s: not a little-endian classic pcap" % path)
-        record = struct.Struct("<IIII").unpack_from
-        find = HEADERS.findall
+    record = struct.Struct("<IIII").unpack_from
+    find = HEADERS.findall
+    calls = {}
+    frame = count = 0
+    with open(path, "rb", buffering=0) as f, open("/dev/null", "w") as out:
         write = out.write
-        calls = {}
-        off, end, frame, count = 24, len(data), 0, 0
-        while off + 16 <= end:
-            sec, frac, caplen, _ = record(data, off)
-            payload = data[off + 16 + ETH_IP_UDP:off + 16 + caplen]
-            off += 16 + caplen
-            frame += 1
-            head_end = payload.find(b"\r\n\r\n")
-            if head_end < 0:
-                continue
-            fields = dict(find(payload, 0, head_end))
-            call_id = fields.get(b"Call-ID") or fields.get(b"i") or b""
-            seen = calls.get(call_id)
-            if seen is None:
-                seen = calls[call_id] = []
-            seen.append(frame)
-            count += 1
-            if with_json:
-                first = payload[:payload.find(b"\r\n")]
-                write(encode({"frame": frame, "ts": sec + frac * 1e-6, "line": first.decode("utf-8", "replace"),
-                              "call_id": call_id.decode("utf-8", "replace"),
-                              "cseq": (fields.get(b"CSeq") or b"").decode("utf-8", "replace")}))
-                write("\n")
-        data.close()
+        if f.read(24)[:4] not in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1"):
+            raise SystemExit("%s: not a little-endian classic pcap" % path)
+        data = b""
+        while True:   # read in chunks (as a capture reader must: stdin, gzip), records cut at the edges
+            more = f.read(CHUNK)
+            if not more:
+                break
+            data += more
+            off, end = 0, len(data)
+            while off + 16 <= end:
+                sec, frac, caplen, _ = record(data, off)
+                if off + 16 + caplen > end:
+                    break
+                payload = data[off + 16 + ETH_IP_UDP:off + 16 + caplen]
+                off += 16 + caplen
+                frame += 1
+                head_end = payload.find(b"\r\n\r\n")
+                if head_end < 0:
+                    continue
+                fields = dict(find(payload, 0, head_end))
+                call_id = fields.get(b"Call-ID") or fields.get(b"i") or b""
+                seen = calls.get(call_id)
+                if seen is None:
+                    seen = calls[call_id] = []
+                seen.append(frame)
+                count += 1
+                if with_json:
+                    first = payload[:payload.find(b"\r\n")]
+                    write(encode({"frame": frame, "ts": sec + frac * 1e-6,
+                                  "line": first.decode("utf-8", "replace"),
+                                  "call_id": call_id.decode("utf-8", "replace"),
+                                  "cseq": (fields.get(b"CSeq") or b"").decode("utf-8", "replace")}))
+                    write("\n")
+            data = data[off:]
     return count
 
 
