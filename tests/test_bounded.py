@@ -205,3 +205,29 @@ def test_the_message_file_is_compacted_on_endless_input_and_kept_messages_read_t
     # the early snapshot's messages: each reads as itself, or (dropped since) as nothing at all
     assert any(m.raw == b"" for m in early.messages)
     assert all(m.raw in (b"", raw_of[(m.file, m.frame)]) for m in early.messages)
+
+
+def test_shared_record_parts_stay_bounded_under_a_flood_of_new_flows(tmp_path):
+    """Message records share their flow and kind tuples through the analyzer's tables; a flood of new
+    senders empties the table instead of growing it, and the records made before keep their values."""
+    from sipflow.analysis.messages import Shared
+
+    class Small(Shared):
+        LIMIT = 8
+
+    def _options(i):
+        return sip_text("OPTIONS sip:ping@198.51.100.1 SIP/2.0", [
+            ("Via", f"SIP/2.0/UDP 192.0.2.{i + 1}:{5060 + i};branch=z9hG4bKflood{i}"),
+            ("From", f"<sip:ping@192.0.2.{i + 1}>;tag=f{i}"), ("To", "<sip:ping@198.51.100.1>"),
+            ("Call-ID", f"flood-{i}"), ("CSeq", "1 OPTIONS")])
+
+    recs = [(1_700_000_000 + i, 0, udp_frame(f"192.0.2.{i + 1}", 5060 + i, "198.51.100.1", 5060,
+                                             _options(i), i + 1)) for i in range(30)]
+    path = write_pcap(tmp_path / "flood.pcap", 1, recs)
+    an = Analyzer()
+    an.shared = Small()
+    an.run(open_captures([str(path)]))
+    a = an.result()
+    assert len(a.messages) == 30 and len(an.shared.flows) <= Small.LIMIT
+    assert [(m.src, m.sport) for m in a.messages] == [(f"192.0.2.{i + 1}", 5060 + i) for i in range(30)]
+    assert {m.method for m in a.messages} == {"OPTIONS"} and len(an.shared.kinds) == 1

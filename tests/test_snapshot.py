@@ -59,6 +59,12 @@ def test_snapshots_mid_capture_and_after_are_consistent(path):
     assert first.stats["frames"] <= last.stats["frames"]
     # And the last one is what the whole-file analysis says (fast paths and all).
     assert _doc(last) == _doc(whole)
+    # result() makes the final analysis once, the calls letting go of their state as they are frozen:
+    # it says the same, changes no earlier snapshot, and is what every later look returns.
+    last_doc = _doc(last)
+    final = an.result()
+    assert _doc(final) == last_doc and _doc(last) == last_doc and _doc(first) == first_doc
+    assert an.result() is final and an.snapshot() is final
 
 
 def test_a_call_in_progress_at_a_snapshot_is_in_progress_there_and_answered_later():

@@ -104,8 +104,8 @@ class Shared:
     """The parts of a message record that repeat from message to message, one tuple each: where it went
     (``flow``: endpoints, transport, file, store) and what it is (``kind``: method or status and reason,
     CSeq method). A record points at the shared tuple: 72 bytes less per message than a slot each
-    (measured: 31 MB on 440k messages). Bounded: a flood of new values empties the tables (records
-    keep their tuples)."""
+    (measured: 11 MB less peak RSS on 440k messages, where 58,796 flows each cost a tuple). Bounded: a
+    flood of new values empties the tables (records keep their tuples)."""
     __slots__ = ("flows", "kinds")
     LIMIT = 1 << 16
 
@@ -115,22 +115,18 @@ class Shared:
 
     def flow(self, src: str, sport: int, dst: str, dport: int, transport: str, file: int,
              store: Optional[RawStore]) -> tuple:
-        key = (src, sport, dst, dport, transport, file, store)
-        got = self.flows.get(key)
-        if got is None:
-            if len(self.flows) >= self.LIMIT:
-                self.flows.clear()
-            got = self.flows[key] = key
-        return got
+        return self._one(self.flows, (src, sport, dst, dport, transport, file, store))
 
     def kind(self, method: Optional[str], status: Optional[int], reason: Optional[str],
              cseq_method: Optional[str]) -> tuple:
-        key = (method, status, reason, cseq_method)
-        got = self.kinds.get(key)
+        return self._one(self.kinds, (method, status, reason, cseq_method))
+
+    def _one(self, table: Dict[tuple, tuple], key: tuple) -> tuple:
+        got = table.get(key)
         if got is None:
-            if len(self.kinds) >= self.LIMIT:
-                self.kinds.clear()
-            got = self.kinds[key] = key
+            if len(table) >= self.LIMIT:
+                table.clear()
+            got = table[key] = key
         return got
 
 
