@@ -20,7 +20,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Dict, List, Optional, Tuple
 
-from sipflow.sip.message import (COMPACT, KNOWN_METHODS, REQUIRED, NameAddr, SipMessage, body_of,
+from sipflow.sip.message import (COMPACT, KNOWN_METHODS, MAX_DIGITS, REQUIRED, NameAddr, SipMessage, body_of,
                                  laquot, parse_message, parse_name_addr, split_host_port, split_list, to_int)
 
 __all__ = ["SipHead", "scan", "head_of", "parse_contact", "contact_host"]
@@ -144,8 +144,15 @@ def _via_fields(value: str) -> Tuple[str, Optional[str], str]:
     text = value.strip()
     rest = text.partition(" ")[2].strip()
     hostport, _, params = rest.partition(";")
+    return text, _param(params, "branch"), _sent_by(hostport)
+
+
+@lru_cache(maxsize=4096)
+def _sent_by(hostport: str) -> str:
+    """A Via's sent-by as transaction keys use it (``host:port``, host in lower case). Cached: a sender
+    repeats it in every request."""
     host, port = split_host_port(hostport.strip())
-    return text, _param(params, "branch"), f"{host.lower()}:{port or ''}"
+    return f"{host.lower()}:{port or ''}"
 
 
 @lru_cache(maxsize=4096)
@@ -197,8 +204,8 @@ def _scan(data: bytes, datagram: bool) -> SipHead:
     found: Dict[str, str] = {}
     contacts: List[str] = []
     slots = _SLOT
-    for i in range(1, len(lines)):
-        name, colon, value = lines[i].partition(":")
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
         if not colon:
             raise _Unusual
         slot = slots.get(name, _NEW)
@@ -222,13 +229,13 @@ def _scan(data: bytes, datagram: bool) -> SipHead:
         raise _Unusual  # an empty Via: the full parse takes the top Via from the next one
     h.call_id = found["call_id"].strip()
     num, _, method = found["cseq"].strip().partition(" ")
-    h.cseq = to_int(num)
+    h.cseq = int(num) if num.isdigit() and num.isascii() and len(num) <= MAX_DIGITS else to_int(num)
     h.cseq_method = method.strip().upper() or None
     h.from_value, h.to_value = found["from"].strip(), found["to"].strip()
     h.from_uri, h.from_user, h.from_tag = name_addr_fields(h.from_value)
     h.to_uri, h.to_user, h.to_tag = name_addr_fields(h.to_value)
     h.via, h.branch, h.sent_by = _via_fields(found["via"])
-    h.contacts = tuple(c for value in contacts for c in split_list(value.strip()))
+    h.contacts = tuple(c for value in contacts for c in split_list(value.strip())) if contacts else ()
     expires = found.get("expires")
     h.expires = expires.strip() if expires is not None else None
     h.content_type = found.get("content_type", "").strip()
@@ -237,8 +244,11 @@ def _scan(data: bytes, datagram: bool) -> SipHead:
     agent, server = found.get("user_agent"), found.get("server")
     h.user_agent = agent.strip() if agent is not None else None
     h.server = server.strip() if server is not None else None
-    problems: List[str] = []
     cl = found.get("content_length")
+    if cl is not None and len(data) == head_end + 4 and cl.strip() == "0":
+        h.body, h.problems = b"", ()    # no body, and the length says so: body_of's answer, sooner
+        return h
+    problems: List[str] = []
     h.body = body_of(data[head_end + 4:], cl.strip() if cl is not None else None, datagram, problems)
     h.problems = tuple(problems)
     return h
