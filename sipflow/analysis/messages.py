@@ -23,6 +23,9 @@ SPILL_AT = 1 << 20   # bytes of messages held in memory before they go to the sp
                      # buffer cost 35 MB of peak RSS on 440 k messages, its old copies kept by malloc, and no speed)
 _LEN_BITS = 24        # a message's place is (offset << 24) | length: one int instead of two
 _OFF_BITS = 40        # ... and above the offset, the store's generation (see ``RawStore.compact``)
+_FRAME_BITS = 40      # a record's ``pos``: (store place << 40) | frame number (a trillion frames)
+_FRAME_MASK = (1 << _FRAME_BITS) - 1
+_RETRANSMITTED, _DROPPED = 1, 2   # a record's ``flags``
 COMPACT_AT = 256 << 20   # bounded analysis: bytes on disk before the store keeps only the live messages
 
 
@@ -133,27 +136,28 @@ class Shared:
 class SipEvent:
     """One SIP message as seen on the wire: its key fields, where and when, and where its bytes are.
 
-    A small mutable record (the tracker sets ``retransmission`` and ``call``); about 170 bytes. What
+    A small mutable record (the tracker sets ``retransmission`` and ``call``); about 150 bytes. What
     repeats from message to message is shared: the endpoints, transport, file and store are one tuple
     (``flow``), the method, status, reason and CSeq method another (``kind``), both from ``Shared``;
-    strings (Call-ID, tags, users) are interned. ``head`` is the scan's full result while the analyzer
-    works on the message, then dropped."""
-    __slots__ = ("ts", "frame", "_frames", "flow", "kind", "call_id", "cseq", "from_user", "to_user", "from_tag",
-                 "to_tag", "branch", "place", "retransmission", "dropped", "call", "head")
+    strings (Call-ID, tags, users) are interned. The frame number and the store place are one int
+    (``pos``) and the two flags one small int (``flags``): an int object less per message, 36 bytes
+    (measured: 16 MB on 440k messages). ``head`` is the scan's full result while the analyzer works on
+    the message, then dropped."""
+    __slots__ = ("ts", "pos", "_frames", "flow", "kind", "call_id", "cseq", "from_user", "to_user", "from_tag",
+                 "to_tag", "branch", "flags", "call", "head")
 
     def __init__(self, head: "SipHead", ts: float, frame: int, frames: Tuple[int, ...], flow: tuple, kind: tuple,
                  place: int) -> None:
-        self.ts, self.frame = ts, frame
+        self.ts = ts
+        self.pos = (place << _FRAME_BITS) | frame
         self._frames = frames if len(frames) != 1 or frames[0] != frame else None
         self.flow, self.kind = flow, kind
-        self.retransmission = False
+        self.flags = 0
         self.call: Optional["Call"] = None
         self.call_id, self.cseq = head.call_id, head.cseq
         self.from_user, self.to_user = head.from_user, head.to_user
         self.from_tag, self.to_tag, self.branch = head.from_tag, head.to_tag, head.branch
-        self.place = place
         self.head: Optional["SipHead"] = head
-        self.dropped = False      # summarised out of memory (AnalyzerOptions.keep_calls)
 
     src = property(lambda self: self.flow[0], doc="the sender's address")
     sport = property(lambda self: self.flow[1])
@@ -166,6 +170,34 @@ class SipEvent:
     status = property(lambda self: self.kind[1], doc="the response's status code (None: a request)")
     reason = property(lambda self: self.kind[2])
     cseq_method = property(lambda self: self.kind[3])
+    frame = property(lambda self: self.pos & _FRAME_MASK, doc="the frame that completed the message")
+
+    @property
+    def place(self) -> int:
+        """Where the store keeps the message's bytes (``RawStore.get``)."""
+        return self.pos >> _FRAME_BITS
+
+    @place.setter
+    def place(self, place: int) -> None:
+        self.pos = (place << _FRAME_BITS) | (self.pos & _FRAME_MASK)
+
+    @property
+    def retransmission(self) -> bool:
+        """The tracker matched it to a transaction that had seen it already."""
+        return bool(self.flags & _RETRANSMITTED)
+
+    @retransmission.setter
+    def retransmission(self, yes: bool) -> None:
+        self.flags = self.flags | _RETRANSMITTED if yes else self.flags & ~_RETRANSMITTED
+
+    @property
+    def dropped(self) -> bool:
+        """Summarised out of memory (AnalyzerOptions.keep_calls)."""
+        return bool(self.flags & _DROPPED)
+
+    @dropped.setter
+    def dropped(self, yes: bool) -> None:
+        self.flags = self.flags | _DROPPED if yes else self.flags & ~_DROPPED
 
     @property
     def frames(self) -> Tuple[int, ...]:
