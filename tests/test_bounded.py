@@ -231,3 +231,41 @@ def test_shared_record_parts_stay_bounded_under_a_flood_of_new_flows(tmp_path):
     assert len(a.messages) == 30 and len(an.shared.flows) <= Small.LIMIT
     assert [(m.src, m.sport) for m in a.messages] == [(f"192.0.2.{i + 1}", 5060 + i) for i in range(30)]
     assert {m.method for m in a.messages} == {"OPTIONS"} and len(an.shared.kinds) == 1
+
+
+def test_a_flood_of_reinvites_on_one_call_keeps_every_offer_and_grows_lists(tmp_path):
+    """What a call rarely has (re-INVITEs, SDP offers, holds) starts as a shared empty tuple; a flood
+    on one Call-ID turns each into a list, so that every append stays constant-time, and the record
+    still has every one of them in order."""
+    from sipflow.analysis.dialogs import _SHORT
+    n = 3 * _SHORT
+    a_ip, b_ip = "192.0.2.10", "198.51.100.20"
+
+    def sdp(hold):
+        return ("v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\n"
+                f"m=audio 40000 RTP/AVP 0\r\na={'sendonly' if hold else 'sendrecv'}\r\n")
+
+    def msg(first, cseq, method, branch, ttag=None, body=""):
+        headers = [("Via", f"SIP/2.0/UDP {a_ip}:5060;branch={branch}"), ("From", "<sip:a@x>;tag=fa"),
+                   ("To", "<sip:b@y>" + (f";tag={ttag}" if ttag else "")), ("Call-ID", "flood@x"),
+                   ("CSeq", f"{cseq} {method}")]
+        if body:
+            headers.append(("Content-Type", "application/sdp"))
+        return sip_text(first, headers, body)
+
+    msgs = [(a_ip, b_ip, msg("INVITE sip:b@y SIP/2.0", 1, "INVITE", "z9hG4bKi0", body=sdp(False))),
+            (b_ip, a_ip, msg("SIP/2.0 200 OK", 1, "INVITE", "z9hG4bKi0", "tb")),
+            (a_ip, b_ip, msg("ACK sip:b@y SIP/2.0", 1, "ACK", "z9hG4bKa0", "tb"))]
+    for i in range(n):
+        branch = f"z9hG4bKr{i}"
+        msgs += [(a_ip, b_ip, msg("INVITE sip:b@y SIP/2.0", i + 2, "INVITE", branch, "tb", sdp(i % 2 == 0))),
+                 (b_ip, a_ip, msg("SIP/2.0 200 OK", i + 2, "INVITE", branch, "tb"))]
+    recs = [(1_700_000_000 + k // 100, (k % 100) * 10_000, udp_frame(s, 5060, d, 5060, m, k + 1))
+            for k, (s, d, m) in enumerate(msgs)]
+    an = Analyzer()
+    an.run(open_captures([str(write_pcap(tmp_path / "reinvites.pcap", 1, recs))]))
+    live = an.tracker.calls["flood@x"]
+    assert all(type(seq) is list for seq in (live.reinvites, live.media, live.holds))
+    c = an.result().calls[0]
+    assert len(c.reinvites) == n and [t.request.cseq for t in c.reinvites] == list(range(2, n + 2))
+    assert len(c.media) == n + 1 and [h[2] for h in c.holds] == ["hold", "unhold"] * (n // 2)

@@ -16,7 +16,7 @@ import sys
 
 from collections import deque
 from types import MappingProxyType
-from typing import Deque, Dict, List, Mapping, Optional, Tuple
+from typing import Deque, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from sipflow.analysis.kinds import (Anomaly, AnomalyKind, CallState, DialogState, Outcome, TxState)
 from sipflow.analysis.messages import SipEvent
@@ -41,6 +41,17 @@ SWEEP_EVERY = 10.0         # capture seconds between sweeps of finished transact
 _CSEQ_MEMORY = 1 << 16     # keep_calls: senders whose last CSeq is remembered
 _NONE: Mapping = MappingProxyType({})   # a call's empty table, shared until it has an entry
 _intern = sys.intern
+_SHORT = 16                # a call's rarely-used sequences stay tuples up to this many items
+
+
+def _grown(seq: Sequence, item) -> Sequence:
+    """``seq`` with ``item`` added. What most calls have none or a few of stays a tuple (the empty one
+    is shared: no list per call); past ``_SHORT`` items it becomes a list, so a flood of re-INVITEs or
+    anomalies on one Call-ID appends in constant time instead of copying the tuple each time."""
+    if type(seq) is list:
+        seq.append(item)
+        return seq
+    return seq + (item,) if len(seq) < _SHORT else [*seq, item]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -151,9 +162,9 @@ class Call:
         self.call_id = call_id
         self.events: List[SipEvent] = []
         self.invites: List[Transaction] = []      # initial INVITE transactions (no To-tag), every hop
-        # What a call rarely has is an empty tuple until it has some (a list or dict each would cost 1.1 kB
-        # per call, 10 % of the memory of a signalling capture): re-INVITEs, rejected INVITEs, SDP, holds.
-        self.reinvites: Tuple[Transaction, ...] = ()
+        # What a call rarely has is an empty tuple until it has some (``_grown``; a list or dict each cost
+        # 1.1 kB per call, 10 % of a signalling capture's memory): re-INVITEs, rejected INVITEs, SDP, holds.
+        self.reinvites: Sequence[Transaction] = ()
         self.hop1: List[Transaction] = []         # the invites the caller sent (kept as they come: no rescans)
         self.unacked: Mapping[tuple, Transaction] = _NONE   # (CSeq, sender) -> INVITE rejected, not yet ACKed
         self.caller: Optional[Tuple[str, int]] = None
@@ -171,12 +182,12 @@ class Call:
         self.bye_reason: Optional[str] = None      # the Reason header (RFC 3326) of the BYE and the CANCEL
         self.cancel_reason: Optional[str] = None
         self.ack_2xx: Optional[SipEvent] = None
-        self.media: Tuple[MediaOffer, ...] = ()
-        self.holds: Tuple[Tuple[float, int, str], ...] = ()  # (ts, frame, "hold"/"unhold")
+        self.media: Sequence[MediaOffer] = ()
+        self.holds: Sequence[Tuple[float, int, str]] = ()  # (ts, frame, "hold"/"unhold")
         self.dtmf: Tuple[InfoDtmf, ...] = ()      # keys sent in INFO requests (RFC 4733 keys are on streams)
         self.caller_agent: Optional[str] = None    # User-Agent (or Server) of each side
         self.callee_agent: Optional[str] = None
-        self.anomalies: Tuple[Anomaly, ...] = ()
+        self.anomalies: Sequence[Anomaly] = ()
         self.saw_initial = False
         self.last = first.ts          # the time of its latest message
         self.aged_out = False         # idle_timeout passed while it was still open
@@ -355,7 +366,7 @@ class Tracker:
         a = Anomaly(kind, ev.frame, ev.call_id, detail, ev.file)
         self.anomalies.append(a)
         if call is not None:
-            call.anomalies += (a,)
+            call.anomalies = _grown(call.anomalies, a)
 
     # -- entry point --------------------------------------------------------------------------------
 
@@ -563,7 +574,7 @@ class Tracker:
             return
         h = ev.head
         if h.to_tag:
-            call.reinvites += (tx,)
+            call.reinvites = _grown(call.reinvites, tx)
         else:
             if not call.saw_initial:
                 call.saw_initial = True
@@ -588,7 +599,7 @@ class Tracker:
                 offer = MediaOffer(_intern(m.address), m.port, ev.ts, ev.frame, codec_map(m.codecs),
                                    _intern(m.direction), ev.src, _intern(m.kind), _intern(m.proto), ev.file,
                                    call.call_id)
-                call.media += (offer,)
+                call.media = _grown(call.media, offer)
                 self.media_book.announce(offer)
                 if is_private(m.address) and m.address != ev.src and not is_private(ev.src):
                     self.anomaly(AnomalyKind.NAT, ev, f"SDP c={m.address} is private but the packet came from {ev.src}",
@@ -598,7 +609,7 @@ class Tracker:
             hold = all(m.on_hold for m in audio)
             was = call.holds[-1][2] == "hold" if call.holds else False
             if hold != was:
-                call.holds += ((ev.ts, ev.frame, "hold" if hold else "unhold"),)
+                call.holds = _grown(call.holds, (ev.ts, ev.frame, "hold" if hold else "unhold"))
         return sess
 
     def _info(self, ev: SipEvent, call: Call) -> None:
