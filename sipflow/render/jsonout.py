@@ -40,6 +40,8 @@ def message_lines(messages: Iterable[SipEvent]) -> Iterator[str]:
     for e in messages:
         where = wheres.get(e.flow)
         if where is None:
+            if len(wheres) >= 1 << 16:   # bounded: a capture of a million senders must not double the memory
+                wheres.clear()
             where = wheres[e.flow] = '"src": %s, "dst": %s, "transport": %s' % (
                 _text(e.source), _text(e.destination), _text(e.transport))
         what = whats.get(e.kind)
