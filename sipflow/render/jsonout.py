@@ -46,6 +46,8 @@ def message_lines(messages: Iterable[SipEvent]) -> Iterator[str]:
                 _text(e.source), _text(e.destination), _text(e.transport))
         what = whats.get(e.kind)
         if what is None:
+            if len(whats) >= 1 << 16:   # (hostile reason phrases: each is a kind of its own)
+                whats.clear()
             what = whats[e.kind] = ('"method": %s, "status": %s, "reason": %s' % (
                 _opt(e.method), "null" if e.status is None else int.__repr__(e.status), _opt(e.reason)),
                 _opt(e.cseq_method))
