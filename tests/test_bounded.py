@@ -212,8 +212,6 @@ def test_shared_record_parts_stay_bounded_under_a_flood_of_new_flows(tmp_path):
     senders empties the table instead of growing it, and the records made before keep their values."""
     from sipflow.analysis.messages import Shared
 
-    class Small(Shared):
-        LIMIT = 8
 
     def _options(i):
         return sip_text("OPTIONS sip:ping@198.51.100.1 SIP/2.0", [
@@ -225,10 +223,10 @@ def test_shared_record_parts_stay_bounded_under_a_flood_of_new_flows(tmp_path):
                                              _options(i), i + 1)) for i in range(30)]
     path = write_pcap(tmp_path / "flood.pcap", 1, recs)
     an = Analyzer()
-    an.shared = Small()
+    an.shared = Shared(8)
     an.run(open_captures([str(path)]))
     a = an.result()
-    assert len(a.messages) == 30 and len(an.shared.flows) <= Small.LIMIT
+    assert len(a.messages) == 30 and len(an.shared.flows) <= 8
     assert [(m.src, m.sport) for m in a.messages] == [(f"192.0.2.{i + 1}", 5060 + i) for i in range(30)]
     assert {m.method for m in a.messages} == {"OPTIONS"} and len(an.shared.kinds) == 1
 

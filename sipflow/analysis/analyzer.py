@@ -117,7 +117,10 @@ class Analyzer:
         self.dropped = 0                    # records in ``events`` marked dropped since the last compaction
         self.others: Deque[SipEvent] = deque()  # keep_calls: records of messages outside calls, oldest first
         self.store = RawStore()
-        self.shared = Shared()              # the parts of message records that repeat (one tuple each)
+        # The parts of message records that repeat, one tuple each; on endless input the table is sized
+        # by the calls kept, as the tracker's are, so that it is full when the window is (bench/soak.py).
+        self.shared = Shared(min(Shared.LIMIT, max(4096, 8 * options.keep_calls)) if options.bounded
+                             else Shared.LIMIT)
         self.compact_at = COMPACT_AT        # bounded: message bytes on disk before the store is compacted
         self.malformed: List[Malformed] = []
         self.files: List[_capture.CaptureFile] = []
