@@ -171,9 +171,9 @@ class Call:
         self.caller_tag: Optional[str] = None
         # Parties as the first message names them; the initial INVITE, when seen, has the last word.
         h = first.head
-        self.from_uri, self.to_uri = h.from_uri, h.to_uri
+        self.from_uri, self.to_uri = _intern(h.from_uri), _intern(h.to_uri)   # a user's calls share them
         self.from_user, self.to_user = h.from_user, h.to_user
-        self.from_value, self.to_value = h.from_value, h.to_value
+        self.from_value, self.to_value = h.from_value, _intern(h.to_value)   # (an INVITE's To has no tag)
         self.start = first.ts
         self.state = CallState.SETUP
         self.dialogs: Dict[Tuple[str, str], Dialog] = {}
@@ -581,9 +581,9 @@ class Tracker:
                 call.caller = (ev.src, ev.sport)
                 call.caller_tag = h.from_tag
                 call.start = ev.ts
-                call.from_uri, call.to_uri = h.from_uri, h.to_uri
+                call.from_uri, call.to_uri = _intern(h.from_uri), _intern(h.to_uri)
                 call.from_user, call.to_user = h.from_user, h.to_user
-                call.from_value, call.to_value = h.from_value, h.to_value
+                call.from_value, call.to_value = h.from_value, _intern(h.to_value)
             call.invites.append(tx)
             if (ev.src, ev.sport) == call.caller:
                 call.hop1.append(tx)
