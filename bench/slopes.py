@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How sipflow's peak RSS grows: per SIP message and per RTP packet.
 
-    python bench/slopes.py [--signalling 10000,40000] [--rtp 1000000,3000000] [--keep]
+    python bench/slopes.py [--signalling 10000,40000] [--rtp 1000000,3000000] [--rtp-calls N] [--keep]
 
 Runs `python -m sipflow analyze FILE --format json --output /dev/null` (and with
 --summary also `python -m sipflow summary FILE --output /dev/null`) on two sizes
@@ -14,6 +14,9 @@ of each workload and prints the difference quotient of the peak RSS:
   per RTP packet.  A bigger RTP capture also has more SIP messages and more
   streams, so the quotient is printed raw and, when the signalling slope is
   known, with the SIP share (signalling slope x extra SIP messages) taken out.
+  With --rtp-calls N both rtp captures have about N calls (so about the same
+  streams) and only the talk time grows: the quotient is then the cost of the
+  packets themselves.
 
 Captures come from bench/out/ when an earlier --keep run left them there, else
 they are generated (and deleted at the end unless --keep is given).  Peak RSS
@@ -46,13 +49,17 @@ def sizes(text, what):
     return vals
 
 
-def capture(workload, size, seed, keep, generated):
+def capture(workload, size, seed, keep, generated, rtp_calls=None):
     """(path, ground truth) of a cached or freshly generated capture."""
     packets, calls = (None, size) if workload == "signalling" else (size, None)
     path = bench.capture_path(workload, seed, packets, calls)
+    extra = ()
+    if workload == "rtp" and rtp_calls:   # the calls are in the name: a capture of its own
+        path = path.replace("-s%d.pcap" % seed, "-c%d-s%d.pcap" % (rtp_calls, seed))
+        extra = ("--calls", str(rtp_calls))
     meta = bench.cached_truth(path, workload, packets, calls)
     if meta is None:
-        meta = bench.make_capture(packets, seed, path, workload, calls)
+        meta = bench.make_capture(packets, seed, path, workload, calls, extra=extra)
         if not keep:
             generated.append(path)
     else:
@@ -66,6 +73,8 @@ def main(argv=None):
                                  epilog=__doc__.split("\n", 2)[2])
     ap.add_argument("--signalling", default="10000,40000", metavar="CALLS,CALLS",
                     help="the two signalling captures, in calls (default 10000,40000)")
+    ap.add_argument("--rtp-calls", type=int, default=None, metavar="N",
+                    help="rtp: about N calls in both captures, so that only the packets per stream grow")
     ap.add_argument("--rtp", default="1000000,3000000", metavar="PACKETS,PACKETS",
                     help="the two rtp captures, in packets (default 1000000,3000000)")
     ap.add_argument("--workloads", default="signalling,rtp",
@@ -84,6 +93,8 @@ def main(argv=None):
     for w in workloads:
         if w not in ("signalling", "rtp"):
             ap.error("unknown workload %r" % w)
+    if args.rtp_calls is not None and args.rtp_calls < 1:
+        ap.error("--rtp-calls must be positive")
     plan = {"signalling": sizes(args.signalling, "signalling"), "rtp": sizes(args.rtp, "rtp")}
 
     env = bench.child_env()
@@ -107,7 +118,7 @@ def main(argv=None):
     try:
         for workload in workloads:
             for size in plan[workload]:
-                path, meta = capture(workload, size, args.seed, args.keep, generated)
+                path, meta = capture(workload, size, args.seed, args.keep, generated, args.rtp_calls)
                 bench.warm(path)
                 for cname, make_cmd in commands:
                     if cname == "summary" and workload != "signalling":
