@@ -15,8 +15,8 @@ import pytest
 import sipflow
 from sipflow.analysis.model import message_dict
 from sipflow.render import jsonout
-from tests.conftest import sample_files, shared_files
-from tests.pcaptools import udp_frame, write_pcap
+from conftest import sample_files, shared_files
+from pcaptools import sip_text, udp_frame, write_pcap
 
 REFERENCE = json.JSONEncoder(separators=(", ", ": ")).encode
 
@@ -75,3 +75,16 @@ def test_message_lines_escape_hostile_text_as_the_json_module_does(tmp_path):
     text = "\n".join(jsonout.message_lines(a.messages))
     assert text.isascii() and "\x1b" not in text and "\\u001b" in text
     assert json.loads(text.splitlines()[0])["cseq"] == 2 ** 40
+
+
+def test_message_lines_write_a_time_given_as_an_int_as_the_json_module_does():
+    """``Analyzer.feed`` takes the time from its caller, who may give an int."""
+    from sipflow.analysis.analyzer import Analyzer
+    an = Analyzer()
+    payload = sip_text("OPTIONS sip:x@198.51.100.1 SIP/2.0", [
+        ("Via", "SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKint"), ("From", "<sip:a@x>;tag=1"), ("To", "<sip:x@y>"),
+        ("Call-ID", "int-time"), ("CSeq", "1 OPTIONS")])
+    an.feed(1_700_000_000, 0, 1, 1, udp_frame("192.0.2.1", 5060, "198.51.100.1", 5060, payload, 1))
+    a = an.result()
+    assert [json.loads(line)["ts"] for line in jsonout.message_lines(a.messages)] == [1_700_000_000]
+    assert list(jsonout.message_lines(a.messages)) == [REFERENCE(message_dict(e)) for e in a.messages]

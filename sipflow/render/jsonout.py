@@ -29,6 +29,12 @@ def _opt(v) -> str:
     return "null" if v is None else _text(v)
 
 
+def _time(v) -> str:
+    # as the json module writes a number: float.__repr__ for floats (NumPy's included), int.__repr__ for
+    # ints (Analyzer.feed takes a time from its caller)
+    return float.__repr__(v) if isinstance(v, float) else _encode(v)
+
+
 def message_lines(messages: Iterable[SipEvent]) -> Iterator[str]:
     """Each message as ``_encode(message_dict(e))`` writes it, character for character, at a third of
     the cost: the parts messages share (endpoints and transport, method, status and reason: the
@@ -54,7 +60,7 @@ def message_lines(messages: Iterable[SipEvent]) -> Iterator[str]:
         yield ('{"frame": %d, "frames": [%s], "file": %d, "ts": %s, %s, %s, "call_id": %s, "cseq": %s, '
                '"cseq_method": %s, "from_user": %s, "to_user": %s, "from_tag": %s, "to_tag": %s, '
                '"branch": %s, "retransmission": %s}') % (
-            e.frame, ", ".join(map(str, e.frames)), e.file, float.__repr__(e.ts), where, what[0], _opt(e.call_id),
+            e.frame, ", ".join(map(str, e.frames)), e.file, _time(e.ts), where, what[0], _opt(e.call_id),
             "null" if e.cseq is None else int.__repr__(e.cseq), what[1], _opt(e.from_user), _opt(e.to_user),
             _opt(e.from_tag), _opt(e.to_tag), _opt(e.branch), "true" if e.retransmission else "false")
 
