@@ -162,8 +162,9 @@ class Call:
         self.call_id = call_id
         self.events: List[SipEvent] = []
         self.invites: List[Transaction] = []      # initial INVITE transactions (no To-tag), every hop
-        # What a call rarely has is an empty tuple until it has some (``_grown``; a list or dict each cost
-        # 1.1 kB per call, 10 % of a signalling capture's memory): re-INVITEs, rejected INVITEs, SDP, holds.
+        # What a call rarely has is the shared empty tuple until it has some (``_grown``): re-INVITEs,
+        # rejected INVITEs, SDP, holds, anomalies. An empty list or dict of its own each cost a call 56 to
+        # 64 bytes or more (measured with the SDP words interned: 29 MB less on 440k messages).
         self.reinvites: Sequence[Transaction] = ()
         self.hop1: List[Transaction] = []         # the invites the caller sent (kept as they come: no rescans)
         self.unacked: Mapping[tuple, Transaction] = _NONE   # (CSeq, sender) -> INVITE rejected, not yet ACKed
