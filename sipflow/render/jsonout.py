@@ -36,11 +36,12 @@ def _time(v) -> str:
 
 
 def message_lines(messages: Iterable[SipEvent]) -> Iterator[str]:
-    """Each message as ``_encode(message_dict(e))`` writes it, character for character, at a third of
-    the cost: the parts messages share (endpoints and transport, method, status and reason: the
-    record's ``flow`` and ``kind``) are encoded once each, the rest goes through the json module's own
-    C escaper. The messages are most of a big document (measured on 440k messages: 2.6 s of the
-    json writer's 4.2 s before). tests/test_jsonout.py holds the two to the same text."""
+    """Each message as ``_encode(message_dict(e))`` writes it, character for character, at 60 % of the
+    cost (measured: 0.43 s against 0.73 s for 118k messages): the parts messages share (endpoints and
+    transport, method, status and reason: the record's ``flow`` and ``kind``) are encoded once each, the
+    rest goes through the json module's own C escaper. Messages are most of a big document: the whole
+    writer went from 4.2 to 3.2 s on 440k messages. tests/test_jsonout.py holds the two to the same
+    text."""
     wheres: Dict[tuple, str] = {}
     whats: Dict[tuple, tuple] = {}
     for e in messages:
