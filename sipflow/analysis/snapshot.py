@@ -203,7 +203,8 @@ def freeze(calls: Sequence[Call], registrations: Iterable[Registration], joins: 
     """Calls, registrations and streams as records (streams in the order of ``joins``). ``release``:
     the input has ended and this is the last look, so each call lets go of its messages and
     transactions once its record is made (``Call.forget``): the records take the memory the calls
-    free instead of adding to it (measured: 40 MB less peak RSS on 440k messages)."""
+    free instead of adding to it (measured on 440k messages: the end adds 28 MB instead of 50, peak RSS
+    18 MB less)."""
     streams = [stream_record(j, book, (gaps or {}).get(id(j.stream), ())) for j in joins]
     by_call: Dict[int, List[StreamRecord]] = {}
     for j, rec in zip(joins, streams):
