@@ -104,6 +104,18 @@ def port_taken(ip, port, kind) -> bool:
             return True
 
 
+def stop_group(proc, steps=((signal.SIGTERM, 5), (signal.SIGKILL, 5))) -> None:
+    """Stop a process started with start_new_session=True and everything it started: each signal in turn
+    to its process group, with that many seconds' grace, until it has exited."""
+    for sig, grace in steps:
+        if proc.poll() is not None:
+            break
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(grace)
+
+
 @contextlib.contextmanager
 def server(cmd, log: Path, ready):
     """Run cmd (bounded by timeout(1)) until the block ends; ready() says it is listening."""
@@ -118,13 +130,7 @@ def server(cmd, log: Path, ready):
             time.sleep(0.05)
         yield proc
     finally:
-        for sig, grace in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
-            if proc.poll() is not None:
-                break
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(grace)
+        stop_group(proc)
         logf.close()
 
 

@@ -85,7 +85,22 @@ def test_a_missing_ca_file_is_a_could_not_run_error(tmp_path):
 # --------------------------------------------------------------------------- a CA, a certificate, Kamailio
 
 def openssl(*args, cwd):
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+    subprocess.run(["openssl", *map(str, args)], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def make_pki(d: Path, names: str, cas=("ca",)) -> Path:
+    """In ``d``: CAs (``<name>.pem``), and a server certificate for 127.0.0.1 signed by the first, with
+    the subjectAltName ``names`` (e.g. ``IP:127.0.0.1,DNS:localhost``). Returns ``d``."""
+    for name in cas:
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.pem",
+                "-days", 2, "-subj", f"/CN=sipflow test {name}", "-addext", "basicConstraints=critical,CA:TRUE",
+                "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+            "-subj", "/CN=127.0.0.1", cwd=d)
+    (d / "ext.cnf").write_text(f"subjectAltName={names}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", f"{cas[0]}.pem", "-CAkey", f"{cas[0]}.key",
+            "-CAcreateserial", "-out", "server.pem", "-days", 2, "-extfile", "ext.cnf", cwd=d)
+    return d
 
 
 @pytest.fixture(scope="module")
@@ -94,19 +109,7 @@ def pki(tmp_path_factory):
     second CA that signed nothing. Returns the directory."""
     if not shutil.which("openssl"):
         pytest.skip("the openssl command is not installed")
-    d = tmp_path_factory.mktemp("pki")
-    for name in ("ca", "other-ca"):
-        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.pem",
-                "-days", "2", "-subj", f"/CN=sipflow test {name}",
-                "-addext", "basicConstraints=critical,CA:TRUE",
-                "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
-            "-subj", "/CN=127.0.0.1", cwd=d)
-    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,IP:::1\nbasicConstraints=CA:FALSE\n"
-                               "extendedKeyUsage=serverAuth\n")
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf", cwd=d)
-    return d
+    return make_pki(tmp_path_factory.mktemp("pki"), "IP:127.0.0.1,IP:::1", ("ca", "other-ca"))
 
 
 @pytest.fixture(scope="module")

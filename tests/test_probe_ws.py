@@ -26,7 +26,6 @@ import json
 import re
 import shutil
 import socket
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from sipflow.cli import ProbeExit, main
 
 from test_probe import SCENARIOS, V4, free_port, port_taken, private_loopback, server
 from test_probe_call import _kamailio_modules, received, sipp
+from test_probe_tls import make_pki
 
 assert private_loopback   # the imported fixture is this module's autouse network namespace too
 
@@ -49,26 +49,12 @@ TRANSPORTS = ("ws", "wss")
 
 # --------------------------------------------------------------------------- a CA, a certificate, Kamailio
 
-def openssl(*args, cwd):
-    subprocess.run(["openssl", *map(str, args)], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
     """A throwaway CA and the server certificate it signed for 127.0.0.1 and localhost; the directory."""
     if not shutil.which("openssl"):
         pytest.skip("the openssl command is not installed (Debian: apt-get install openssl)")
-    d = tmp_path_factory.mktemp("pki-ws")
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", 2,
-            "-subj", "/CN=sipflow ws test CA", "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
-            "-subj", "/CN=127.0.0.1", cwd=d)
-    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n"
-                               "extendedKeyUsage=serverAuth\n")
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", "server.pem", "-days", 2, "-extfile", "ext.cnf", cwd=d)
-    return d
+    return make_pki(tmp_path_factory.mktemp("pki-ws"), "IP:127.0.0.1,DNS:localhost")
 
 
 @dataclass

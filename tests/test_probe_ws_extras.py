@@ -34,7 +34,7 @@ import pytest
 
 from sipflow.cli import ProbeExit
 
-from test_probe import V4, private_loopback
+from test_probe import V4, private_loopback, stop_group
 from test_probe_ws import PASSWORD, kamailio_ws, kamailio_ws_process, pki, probe, sip_target, url_target
 
 assert private_loopback   # the imported fixture is this module's autouse network namespace too
@@ -94,13 +94,7 @@ def tcpdump(cap: Path, port: int):
             time.sleep(0.05)
         yield
     finally:
-        for sig, grace in ((signal.SIGINT, 15), (signal.SIGKILL, 5)):
-            if proc.poll() is not None:
-                break
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(grace)
+        stop_group(proc, ((signal.SIGINT, 15), (signal.SIGKILL, 5)))   # SIGINT: tcpdump flushes the file
 
 
 def wait_for_client_close(cap: Path, client_port: str, limit=10.0) -> None:

@@ -189,6 +189,24 @@ def probe_recording_and_tls_options(f):
     return f
 
 
+def proxy_option(default: str = ""):
+    """--proxy, one meaning on every probe command: where the request goes first, with a Route to it."""
+    return click.option("--proxy", metavar="URI", help="Send through this outbound proxy (a Route to it is "
+                        "added; the target stays the Request-URI): sip:host[:port][;transport=...] or "
+                        "ws(s)://host:port/path." + (f"  [default: {default}]" if default else ""))
+
+
+def credential_options(user_default: str):
+    """--user and --password (digest credentials for a 401/407), as probe register, message and call take
+    them."""
+    def deco(f):
+        f = click.option("--password", metavar="P", envvar="SIPFLOW_PASSWORD", show_envvar=True,
+                         help="Digest password for a 401/407 (the environment variable keeps it out of the "
+                              "process list). Never printed.")(f)
+        return click.option("--user", metavar="U", help=f"Digest username.  [default: {user_default}]")(f)
+    return deco
+
+
 def single_run_options(timeout_default: str, measured: str):
     """Options probe register, message and call share: the run's bound, where it leaves from, the
     result's format with the Nagios thresholds on the one time that decides, and -v."""
@@ -213,9 +231,7 @@ def single_run_options(timeout_default: str, measured: str):
 
 @probe.command("options", cls=_ProbeCommand)
 @click.argument("target")
-@click.option("--proxy", metavar="URI",
-              help="Outbound proxy (sip:host[:port][;transport=...]): send there, with a Route to it and the "
-                   "target as Request-URI.")
+@proxy_option()
 @click.option("--count", type=click.IntRange(1, 1000), default=1, show_default=True,
               help="Probes to send (at most 1000).")
 @click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
@@ -313,15 +329,11 @@ def _register_exit(result) -> ProbeExit:
 
 @probe.command("register", cls=_ProbeCommand)
 @click.argument("aor")
-@click.option("--user", metavar="U", help="Digest username.  [default: the AOR's user]")
-@click.option("--password", metavar="P", envvar="SIPFLOW_PASSWORD", show_envvar=True,
-              help="Digest password (the environment variable keeps it out of the process list). Never "
-                   "printed.")
+@credential_options("the AOR's user")
 @click.option("--expires", type=click.IntRange(0, 2 ** 32 - 1), default=60, show_default=True,
               help="Seconds the binding is asked for (the Expires header); 0 only removes it.")
 @click.option("--unregister", is_flag=True, help="Once registered, remove the binding again (Expires: 0).")
-@click.option("--proxy", metavar="URI", help="Send through this outbound proxy, sip:host[:port][;transport=..] "
-                                             "(a Route to it is added).  [default: the AOR's domain]")
+@proxy_option("the AOR's domain")
 @single_run_options(timeout_default="10", measured="the total time")
 @probe_recording_and_tls_options
 @handle_probe_errors
@@ -378,11 +390,8 @@ def probe_register(aor, user, password, expires, unregister, proxy, timeout, bin
               help="The message text, sent as text/plain (UTF-8, at most 1300 bytes).")
 @click.option("--from", "from_uri", metavar="URI", help="From URI, e.g. sip:alice@example.com.  "
                                                         "[default: sip:sipflow@OUR-ADDRESS]")
-@click.option("--user", metavar="U", help="Digest username.  [default: the From user]")
-@click.option("--password", metavar="P", envvar="SIPFLOW_PASSWORD", show_envvar=True,
-              help="Digest password for a 401/407 (never printed).")
-@click.option("--proxy", metavar="URI", help="Send through this outbound proxy, sip:host[:port][;transport=..] or "
-                                             "ws://host:port (a Route to it is added).")
+@credential_options("the From user")
+@proxy_option()
 @single_run_options(timeout_default="10", measured="the total time")
 @probe_recording_and_tls_options
 @handle_probe_errors
@@ -485,16 +494,14 @@ def _call_exit(result) -> ProbeExit:
 @click.argument("target")
 @click.option("--from", "from_uri", metavar="URI", help="From URI, e.g. sip:alice@example.com.  "
                                                         "[default: sip:sipflow@OUR-ADDRESS]")
-@click.option("--user", metavar="U", help="Digest username.  [default: the From user]")
-@click.option("--password", metavar="P", envvar="SIPFLOW_PASSWORD", show_envvar=True,
-              help="Digest password for a 401/407 (never printed).")
+@credential_options("the From user")
 @click.option("--ring-timeout", type=click.FloatRange(min=0, min_open=True), metavar="S",
               help="CANCEL the call when it is not answered S seconds after the first provisional response.")
 @click.option("--duration", type=click.FloatRange(0, 3600), default=5.0, show_default=True, metavar="S",
               help="Seconds from the ACK to our BYE, sending the tone meanwhile.")
 @click.option("--dtmf", metavar="DIGITS", default="", help="Send these digits (0-9 * # A-D) as RFC 4733 "
                                                             "events once the call is up.")
-@click.option("--proxy", metavar="URI", help="Send through this outbound proxy (a Route to it is added).")
+@proxy_option()
 @single_run_options(timeout_default="--duration + --ring-timeout + 30", measured="the setup time (INVITE to ACK)")
 @click.option("--audio", metavar="tone|FILE.wav", default="tone", show_default=True,
               help="What to send: the 1 kHz tone, or a WAV file (8000 Hz mono 16-bit PCM, anything else is "
