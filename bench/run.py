@@ -169,6 +169,37 @@ def sipflow_ready(env, command="analyze", options=("--format", "--output")):
     return None
 
 
+def cpu_model():
+    """The CPU's model name from /proc/cpuinfo (None where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for ln in f:
+                if ln.startswith("model name"):
+                    return ln.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def remove_captures(paths):
+    """Delete captures this run generated, with their ground truth, and say so."""
+    for path in paths:
+        for p in (path, os.path.splitext(path)[0] + ".truth.json"):
+            try:
+                os.remove(p)
+            except OSError:
+                pass
+    print("\n(removed the generated capture%s; use --keep to keep %s in bench/out/)"
+          % (("", "it") if len(paths) == 1 else ("s", "them")))
+
+
+def save_json(path, doc):
+    """Write a bench's results as JSON (--json PATH) and say where."""
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=1)
+    print("\nresults written to %s" % path)
+
+
 def capture_path(workload, seed, packets=None, calls=None):
     """Where run.py caches a generated capture under bench/out/."""
     if workload == "signalling":
@@ -417,12 +448,7 @@ def main(argv=None):
         run(args, tools, path, meta)
     finally:
         if generated:
-            for p in (generated, os.path.splitext(generated)[0] + ".truth.json"):
-                try:
-                    os.remove(p)
-                except OSError:
-                    pass
-            print("\n(removed the generated capture; use --keep to keep it in bench/out/)")
+            remove_captures([generated])
     return 0
 
 
@@ -441,15 +467,7 @@ def run(args, tools, path, meta):
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
         usable = ncpu
-    model = None
-    try:
-        with open("/proc/cpuinfo") as f:
-            for ln in f:
-                if ln.startswith("model name"):
-                    model = ln.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    model = cpu_model()
     mem = None
     try:
         with open("/proc/meminfo") as f:
@@ -658,9 +676,7 @@ def run(args, tools, path, meta):
             if meta:
                 doc["calls"] = meta["calls"]
                 doc["register_call_ids"] = meta["register_call_ids"]
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=1)
-        print("\nresults written to %s" % args.json)
+        save_json(args.json, doc)
 
 
 if __name__ == "__main__":

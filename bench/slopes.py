@@ -25,7 +25,6 @@ Always exits 0 unless the arguments are wrong.
 """
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -146,14 +145,8 @@ def main(argv=None):
                         print("  FAILED (%s)\n%s" % (why, bench.tail(best["stderr"] or best["stdout"])))
                     rows.append(row)
     finally:
-        for p in generated:
-            for f in (p, os.path.splitext(p)[0] + ".truth.json"):
-                try:
-                    os.remove(f)
-                except OSError:
-                    pass
         if generated:
-            print("(removed the generated captures; use --keep to keep them in bench/out/)")
+            bench.remove_captures(generated)
         shutil.rmtree(logdir, ignore_errors=True)
 
     print()
@@ -209,9 +202,7 @@ def main(argv=None):
         print("  (need two successful runs of a workload)")
 
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"seed": args.seed, "repeat": args.repeat, "runs": rows, "slopes": slopes}, f, indent=1)
-        print("\nresults written to %s" % args.json)
+        bench.save_json(args.json, {"seed": args.seed, "repeat": args.repeat, "runs": rows, "slopes": slopes})
     return 0
 
 

@@ -43,7 +43,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)                 # the working tree's sipflow, as run.py's children get it
 
 from pcap_walk import walk  # noqa: E402
-from run import cached_truth, make_capture  # noqa: E402  (the same generator run as bench/run.py's)
+from run import cached_truth, cpu_model, make_capture, remove_captures, save_json  # noqa: E402  (the same generator run as bench/run.py's)
 
 KEEP_CALLS = 1000                        # sipflow live's defaults (--keep-calls, --idle-timeout)
 IDLE_TIMEOUT = 3600.0
@@ -218,15 +218,7 @@ def print_trace(traces, top=15):
 
 def machine():
     ncpu = os.cpu_count()
-    model = None
-    try:
-        with open("/proc/cpuinfo") as f:
-            for ln in f:
-                if ln.startswith("model name"):
-                    model = ln.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    model = cpu_model()
     return "%d CPUs%s, %s, Python %s" % (ncpu, ", " + model if model else "", platform.platform(terse=True),
                                          platform.python_version())
 
@@ -289,12 +281,7 @@ def main(argv=None):
         run(args, paths, meta)
     finally:
         if generated:
-            for p in (generated, os.path.splitext(generated)[0] + ".truth.json"):
-                try:
-                    os.remove(p)
-                except OSError:
-                    pass
-            print("\n(removed the generated capture; use --keep to keep it in bench/out/)")
+            remove_captures([generated])
     return 0
 
 
@@ -361,8 +348,9 @@ def run(args, paths, meta):
     verdict = None
     print()
     if full is None:
-        print("no verdict: the keep window never filled (its calls did not turn over, or its tables never reached their bounds); the input needs well over "
-              "--keep-calls (%d) finished calls" % args.keep_calls)
+        print("no verdict: the keep window never filled (its calls did not turn over, or its tables never "
+              "reached their bounds); the input needs well over --keep-calls (%d) finished calls"
+              % args.keep_calls)
     else:
         growth = 100.0 * (end["rss_mib"] - full["rss_mib"]) / full["rss_mib"]
         after = [s for s in soak.samples if s["packets"] >= full["packets"] and s["label"] != "after finish"]
@@ -395,9 +383,7 @@ def run(args, paths, meta):
                "window_full": full, "middle": middle, "end": end,
                "rss_growth_percent": None if full is None else round(growth, 2), "pass": verdict,
                "tracemalloc": args.tracemalloc}
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=1)
-        print("\nresults written to %s" % args.json)
+        save_json(args.json, doc)
 
 
 if __name__ == "__main__":

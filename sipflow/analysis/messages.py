@@ -103,6 +103,16 @@ class RawStore:
             self._file = None
 
 
+def _flag(bit: int, doc: str) -> property:
+    """A record's boolean kept as one bit of its ``flags``."""
+    def get(self) -> bool:
+        return bool(self.flags & bit)
+
+    def put(self, yes: bool) -> None:
+        self.flags = self.flags | bit if yes else self.flags & ~bit
+    return property(get, put, doc=doc)
+
+
 class Shared:
     """The parts of a message record that repeat from message to message, one tuple each: where it went
     (``flow``: endpoints, transport, file, store) and what it is (``kind``: method or status and reason,
@@ -182,23 +192,8 @@ class SipEvent:
     def place(self, place: int) -> None:
         self.pos = (place << _FRAME_BITS) | (self.pos & _FRAME_MASK)
 
-    @property
-    def retransmission(self) -> bool:
-        """The tracker matched it to a transaction that had seen it already."""
-        return bool(self.flags & _RETRANSMITTED)
-
-    @retransmission.setter
-    def retransmission(self, yes: bool) -> None:
-        self.flags = self.flags | _RETRANSMITTED if yes else self.flags & ~_RETRANSMITTED
-
-    @property
-    def dropped(self) -> bool:
-        """Summarised out of memory (AnalyzerOptions.keep_calls)."""
-        return bool(self.flags & _DROPPED)
-
-    @dropped.setter
-    def dropped(self, yes: bool) -> None:
-        self.flags = self.flags | _DROPPED if yes else self.flags & ~_DROPPED
+    retransmission = _flag(_RETRANSMITTED, "the tracker matched it to a transaction that had seen it already")
+    dropped = _flag(_DROPPED, "summarised out of memory (AnalyzerOptions.keep_calls)")
 
     @property
     def frames(self) -> Tuple[int, ...]:

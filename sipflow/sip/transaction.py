@@ -67,7 +67,45 @@ NON_INVITE_TABLE: Dict[TxState, Dict[str, Tuple[TxState, str]]] = {
 }
 
 
-class ClientTransaction:
+class _Timed:
+    """What both client transactions do alike: match a response (§17.1.3), say when their next timer is
+    due, fire the timers that are, and end on a transport error (§17.1.4). Each subclass has its state
+    table (``_event``), its timers (``self.timers``: name -> deadline) and the states it is done in."""
+    DONE: Tuple[enum.Enum, ...] = ()
+    branch: str
+    method: str
+    state: enum.Enum
+    timers: Dict[str, float]
+
+    def matches(self, msg: SipMessage) -> bool:
+        return matches(self, msg)
+
+    @property
+    def done(self) -> bool:
+        """The transaction user has its answer: a final response, a timeout or a transport error."""
+        return self.state in self.DONE
+
+    def next_deadline(self) -> Optional[float]:
+        return min(self.timers.values()) if self.timers else None
+
+    def on_timer(self, now: float) -> List[bytes]:
+        """Fire every timer due at ``now``, earliest first (one firing per timer per call)."""
+        out: List[bytes] = []
+        for name, deadline in sorted(self.timers.items(), key=lambda kv: kv[1]):
+            if deadline <= now and self.timers.get(name) == deadline:  # not cancelled by an earlier one
+                del self.timers[name]
+                out += self._event("timer_" + name.lower(), now)
+        return out
+
+    def on_transport_error(self, now: float) -> List[bytes]:
+        """§17.1.4: the transport layer could not deliver: the transaction ends at once."""
+        return self._event("transport_error", now)
+
+    def _event(self, event: str, now: float, msg: Optional[SipMessage] = None) -> List[bytes]:
+        raise NotImplementedError
+
+
+class ClientTransaction(_Timed):
     """One non-INVITE client transaction. The caller sends ``request`` when it creates the transaction
     (at ``now``), then feeds responses (``on_response``), timer expiries (``on_timer`` at or after
     ``next_deadline()``) and transport errors; every method returns the bytes to send, if any."""
@@ -92,32 +130,10 @@ class ClientTransaction:
         if not reliable:
             self.timers["E"] = now + T1
 
-    def matches(self, msg: SipMessage) -> bool:
-        return matches(self, msg)
-
-    @property
-    def done(self) -> bool:
-        """The transaction user has its answer: a final response, a timeout or a transport error."""
-        return self.state in (TxState.COMPLETED, TxState.TERMINATED)
-
-    def next_deadline(self) -> Optional[float]:
-        return min(self.timers.values()) if self.timers else None
-
-    def on_timer(self, now: float) -> List[bytes]:
-        """Fire every timer due at ``now``, earliest first (one firing per timer per call)."""
-        out: List[bytes] = []
-        for name, deadline in sorted(self.timers.items(), key=lambda kv: kv[1]):
-            if deadline <= now and self.timers.get(name) == deadline:  # not cancelled by an earlier one
-                del self.timers[name]
-                out += self._event("timer_" + name.lower(), now)
-        return out
+    DONE = (TxState.COMPLETED, TxState.TERMINATED)
 
     def on_response(self, msg: SipMessage, now: float) -> List[bytes]:
         return self._event("1xx" if msg.status < 200 else "final", now, msg)
-
-    def on_transport_error(self, now: float) -> List[bytes]:
-        """§17.1.4: the transport layer could not deliver: the transaction ends at once."""
-        return self._event("transport_error", now)
 
     def _event(self, event: str, now: float, msg: Optional[SipMessage] = None) -> List[bytes]:
         step = NON_INVITE_TABLE[self.state].get(event)
@@ -213,7 +229,7 @@ def cancel_for(invite: SipMessage) -> bytes:
     return _copied(invite, "CANCEL", invite.header("To") or "")
 
 
-class InviteClientTransaction:
+class InviteClientTransaction(_Timed):
     """One INVITE client transaction. Created when the INVITE is sent (at ``now``); then fed responses,
     timer expiries and transport errors, each returning the bytes to send (retransmitted INVITEs, ACKs
     for non-2xx finals)."""
@@ -241,31 +257,11 @@ class InviteClientTransaction:
             self.timers["A"] = now + T1
 
     method = "INVITE"
-
-    def matches(self, msg: SipMessage) -> bool:
-        return matches(self, msg)
-
-    @property
-    def done(self) -> bool:
-        return self.state in (InviteState.COMPLETED, InviteState.TERMINATED)
-
-    def next_deadline(self) -> Optional[float]:
-        return min(self.timers.values()) if self.timers else None
-
-    def on_timer(self, now: float) -> List[bytes]:
-        out: List[bytes] = []
-        for name, deadline in sorted(self.timers.items(), key=lambda kv: kv[1]):
-            if deadline <= now and self.timers.get(name) == deadline:
-                del self.timers[name]
-                out += self._event("timer_" + name.lower(), now)
-        return out
+    DONE = (InviteState.COMPLETED, InviteState.TERMINATED)
 
     def on_response(self, msg: SipMessage, now: float) -> List[bytes]:
         event = "1xx" if msg.status < 200 else "2xx" if msg.status < 300 else "non2xx"
         return self._event(event, now, msg)
-
-    def on_transport_error(self, now: float) -> List[bytes]:
-        return self._event("transport_error", now)
 
     def _event(self, event: str, now: float, msg: Optional[SipMessage] = None) -> List[bytes]:
         step = INVITE_TABLE[self.state].get(event)
