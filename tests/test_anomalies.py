@@ -113,6 +113,20 @@ def test_forked_invite_makes_two_early_dialogs(tmp_path):
     assert c.timings()["setup_time"] is not None
 
 
+def test_a_fork_flood_keeps_every_dialog_in_order(tmp_path):
+    """More forks than a call keeps in its small tuple (16; past that a dict): the record lists every
+    dialog in the order they were made, each with its own state, and finds each by its tags."""
+    n = 40
+    msgs = [(0, "ab", req("INVITE", 1, "z9hG4bK1"))]
+    msgs += [(0.01 * (i + 1), "ba", resp(180, "Ringing", "INVITE", 1, "z9hG4bK1", ttag=f"fork{i}")) for i in range(n)]
+    msgs += [(1.0, "ba", resp(200, "OK", "INVITE", 1, "z9hG4bK1", ttag="fork33")),
+             (1.1, "ba", resp(183, "Progress", "INVITE", 1, "z9hG4bK1", ttag="fork2"))]
+    c = capture(tmp_path, msgs).calls[0]
+    assert list(c.dialogs) == [("f1", f"fork{i}") for i in range(n)]
+    assert [k for k, d in c.dialogs.items() if d.state is DialogState.CONFIRMED] == [("f1", "fork33")]
+    assert c.dialogs[("f1", "fork39")].state is DialogState.EARLY and ("f1", "fork40") not in c.dialogs
+
+
 def test_malformed_sip_is_listed_with_its_frame_not_dropped(tmp_path):
     junk = b"INVITE sip:bob@y SIP/2.0\r\nthis line has no colon\r\nCall-ID: q\r\n\r\n"
     a = capture(tmp_path, [(0, "ab", junk), (1, "ab", b"NOTSIP garbage \x00\x01")])

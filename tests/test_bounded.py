@@ -97,13 +97,17 @@ def test_without_options_nothing_is_forgotten_but_finished_transactions(capture)
     files = open_captures([capture])
     an = Analyzer()
     an.run(files)
+    live = len(an.tracker.transactions)
     a = an.result()
     assert len(a.messages) == a.stats["sip_messages"] and len(a.calls) == 121
     # 80 answered calls x (INVITE, ACK, BYE, OPTIONS) + 39 busy x (INVITE, OPTIONS) + 2 unanswered INVITEs
-    created = a.stats["transactions_expired"] + len(an.tracker.transactions)
+    created = a.stats["transactions_expired"] + live
     assert created == 400 and a.stats["transactions_expired"] > 340, \
         "finished transactions are forgotten 32 s after their last message (Timers D, J)"
-    assert len(an.tracker.transactions) <= 4 * (32 + 10) // 5 + 2, "what is left is the last ~42 s"
+    assert live <= 4 * (32 + 10) // 5 + 2, "what is left is the last ~42 s"
+    # The result made, the tracker let go of what matching needed; the result has it all
+    assert not an.tracker.transactions and not an.tracker.calls and not an.tracker.registrations
+    assert not an.events and an.result() is a and an.snapshot() is a
 
 
 def test_calls_and_transactions_that_never_end_are_aged_out_and_reported(capture):

