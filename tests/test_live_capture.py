@@ -145,6 +145,40 @@ def test_the_written_capture_holds_the_same_calls(run):
     assert summary["counters"]["packets"] == sum(f["frames"] for f in a.files)
 
 
+@pytest.fixture(scope="module")
+def sdp_run(tmp_path_factory):
+    """--media sdp-only while RTP-like noise that no SDP announces goes to 127.0.0.1:7000."""
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    if shutil.which("tcpdump") is None:
+        pytest.skip("tcpdump is not installed")
+    out = tmp_path_factory.mktemp("sdponly")
+    _media(out)
+    _run_script(out, "live_run.sh", "uac.log", "sdponly")
+    assert "noise 0" in (out / "status").read_text()
+    events = [json.loads(line) for line in (out / "events.ndjson").read_text().splitlines()]
+    return out, events
+
+
+def test_sdp_only_media_lets_the_calls_media_through_and_keeps_the_rest_out(sdp_run):
+    out, events = sdp_run
+    noise = sipflow.analyze(str(out / "noise.pcap"))   # tcpdump's view of port 7000 at the same time
+    assert noise.stats["rtp_packets"] > 1000
+    ended = [e for e in events if e["type"] == "call" and e["event"] == "ended"]
+    assert len(ended) == CALLS and all(e["outcome"] == "answered" and e["streams"] == 2 for e in ended)
+    seen = sipflow.analyze(str(out / "live.pcap"))     # what the filter let through, as sipflow wrote it
+    assert len(seen.calls) == CALLS
+    for c in seen.calls:   # the first packets may come before the filter names their port: most come after
+        assert len(c.streams) == 2 and all(s.packets > 100 for s in c.streams), c.streams
+    calls_rtp = sum(s.packets for c in seen.calls for s in c.streams)
+    assert seen.stats["rtp_packets"] == calls_rtp <= CALLS * 2 * 125, "no noise got through"
+    counters = events[-1]["counters"]
+    assert counters["rtp_packets"] == calls_rtp
+    # each call's ports named as its SDP came (offer, answer) and dropped at its end
+    assert counters["filter_changes"] >= 2 * CALLS and counters["media_ports"] == 0
+
+
 def test_a_hep_collector_tells_the_calls_kamailio_mirrors(hep_run):
     events = hep_run
     calls = [e for e in events if e["type"] == "call"]

@@ -69,6 +69,31 @@ def test_live_refuses_a_bad_filter_and_an_unknown_interface():
     assert r.exit_code == 0 and any(line.split()[0] == "lo" for line in r.output.splitlines() if line.strip())
 
 
+def test_sdp_only_media_needs_one_interface_through_libpcap():
+    r = CliRunner().invoke(main, ["live", "--hep-listen", "udp:127.0.0.1:9060", "--media", "sdp-only"])
+    assert r.exit_code == 2 and "-i IFACE" in r.output
+    for args in (["-i", "lo", "--via", "dumpcap"], ["-i", "lo", "-i", "eth0"]):
+        r = CliRunner().invoke(main, ["live", *args, "--media", "sdp-only"])
+        assert r.exit_code == 2 and "--media" in r.output and "dumpcap pipe cannot" in r.output, r.output
+
+
+def test_the_media_filter_names_sip_fragments_and_the_media_ports_merged():
+    from sipflow.capture.live import MEDIA_RANGES, media_filter
+    bpf, widened = media_filter("udp port 5060", [6001, 6000, 6010, 6011, 7000, 6000])
+    assert not widened
+    assert bpf.split(" or ")[0] == "(udp port 5060)" and "ip[6:2] & 0x3fff != 0" in bpf and "ip6[6] == 44" in bpf
+    assert bpf.endswith("udp portrange 6000-6001 or udp portrange 6010-6011 or udp port 7000")
+    assert media_filter("udp port 5060", ())[0].count(" or ") == 2   # SIP and fragments only
+    most, widened = media_filter("udp port 5060", range(10000, 10000 + 2 * MEDIA_RANGES, 2))
+    assert not widened and most.count(" or udp port ") == MEDIA_RANGES
+    wide, widened = media_filter("udp port 5060", range(10000, 10000 + 2 * MEDIA_RANGES + 2, 2))
+    assert widened and wide.endswith(" or udp") and "udp port 10000" not in wide
+    if importlib.util.find_spec("pcapy") is not None:   # each compiles, the longest within Linux's 4,096
+        import pcapy
+        for f in (bpf, most, wide):
+            assert 0 < len(pcapy.compile(1, 65535, f, 1, 0).get_bpf()) <= 4096
+
+
 def test_several_interfaces_need_dumpcap_and_the_option_says_so():
     r = CliRunner().invoke(main, ["live", "-i", "lo", "-i", "eth0", "--via", "pcap"])
     assert r.exit_code == 2 and "--via" in r.output and "several" in r.output

@@ -18,7 +18,7 @@ import socket
 import struct
 import sys
 from collections import deque
-from typing import Callable, Deque, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Deque, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple, Union
 
 from sipflow.capture import files as _capture
 from sipflow.analysis.model import Analysis, Filter, Malformed
@@ -676,6 +676,18 @@ class Analyzer:
         self.closed = True
         for dg in self.decoder.finish():
             self._datagram(dg)
+
+    def media_ports(self) -> FrozenSet[int]:
+        """The UDP ports the SDP of every call still in progress announced, and the port above each
+        (RTCP's, RFC 3550 §11): what ``sipflow live --media sdp-only`` lets through beside SIP."""
+        ports = set()
+        for call in self.tracker.calls.values():
+            if not call.finished:
+                for o in call.media:
+                    ports.add(o.port)
+                    if o.port < 65535:
+                        ports.add(o.port + 1)
+        return frozenset(ports)
 
     def snapshot(self) -> Analysis:
         """What the analysis knows now, as an immutable ``Analysis``: call it at any time, as often as

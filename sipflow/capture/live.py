@@ -22,7 +22,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Iterable, List, Optional, Tuple
 
 from sipflow.errors import CaptureError
 
@@ -32,6 +32,30 @@ SNAPLEN = 262144
 QUIET, QUIET_MAX = 0.5, 5.0   # dumpcap at the stop: wait for this much silence, at most this long
 _META = struct.Struct("=IIII")   # next_batch's per-packet record: seconds, microseconds, offset, caplen
 _DUMPCAP_DROPS = re.compile(r"received/dropped on interface .*: (\d+)/(\d+)")   # dumpcap's last words
+
+
+SIP_FILTER = "port 5060 or port 5061"   # --media sdp-only without -f: where SIP is
+MEDIA_RANGES = 600     # port ranges a media filter names at most (a BPF program has at most 4,096
+                       # instructions on Linux; measured: about 5 per range); beyond, all UDP goes through
+
+
+def media_filter(sip: str, ports: Iterable[int], most: int = MEDIA_RANGES) -> Tuple[str, bool]:
+    """(BPF, widened) for ``--media sdp-only``: the SIP filter, IP fragments (the later pieces of a big
+    SIP message carry no port), and UDP to or from each media port, neighbours merged into ranges.
+    ``widened``: more than ``most`` ranges, so all UDP goes through instead."""
+    ranges: List[List[int]] = []
+    for p in sorted(set(ports)):
+        if ranges and p == ranges[-1][1] + 1:
+            ranges[-1][1] = p
+        else:
+            ranges.append([p, p])
+    parts = [f"({sip})", "(ip[6:2] & 0x3fff != 0)", "(ip6 and ip6[6] == 44)"]
+    widened = len(ranges) > most
+    if widened:
+        parts.append("udp")
+    else:
+        parts += [f"udp port {a}" if a == b else f"udp portrange {a}-{b}" for a, b in ranges]
+    return " or ".join(parts), widened
 
 
 @dataclass(frozen=True)
@@ -87,6 +111,14 @@ class LiveCapture:
         # packet): read without blocking, and wait on the descriptor with our own timeout instead
         self._pcap.setnonblock(1)
         self._fd = self._pcap.getfd()
+
+    def set_filter(self, bpf: str) -> None:
+        """Replace the capture filter while capturing (the kernel swaps it at once; what it let through
+        before stays in the buffer)."""
+        try:
+            self._pcap.setfilter(bpf)
+        except _pcapy().PcapError as e:
+            raise CaptureError(f"bad capture filter {bpf!r}: {e}") from None
 
     def read(self) -> List[tuple]:
         """The packets that arrived since the last read, as records (an empty list after a timeout)."""

@@ -74,7 +74,8 @@ def _positive(ctx, param, value):
               help="libpcap in-process (pcapy-ng, one interface, root), or a dumpcap pipe (several interfaces, "
                    "or the wireshark group's rights); auto picks libpcap when it can.")
 @click.option("-f", "--filter", "bpf", metavar="BPF", default=None,
-              help='A capture filter in tcpdump syntax, e.g. "port 5060 or udp portrange 10000-20000".')
+              help='A capture filter in tcpdump syntax, e.g. "port 5060 or udp portrange 10000-20000" '
+                   '(with --media sdp-only: where SIP is).')
 @click.option("--duration", type=float, callback=_positive, metavar="S", help="Stop after S seconds.")
 @click.option("--count", type=click.IntRange(min=1), metavar="N", help="Stop after N packets.")
 @click.option("--snaplen", type=click.IntRange(min=64, max=262144), default=262144, show_default=True,
@@ -113,11 +114,15 @@ def _positive(ctx, param, value):
               help="With --tls-keylog: a port SIP over TLS is served on (5061 if none given). Repeatable.")
 @click.option("--report", "report_path", metavar="FILE", callback=output_option,
               help="At the end, also write the HTML report of what was seen (as `sipflow report`).")
+@click.option("--media", type=click.Choice(["all", "sdp-only"]), default="all", show_default=True,
+              help="sdp-only: the interface's filter lets through SIP (-f, or port 5060 or 5061) and only the "
+                   "UDP ports that calls in progress announced in SDP, changed as calls come and go: other "
+                   "traffic on a busy link stays out of Python. libpcap, one interface.")
 @click.option("--list-interfaces", is_flag=True, help="List the interfaces that can be sniffed, and exit.")
 @handle_errors
 def live(ifaces, via, bpf, duration, count, snaplen, write, rotate, keep_files, fmt, view, keep_calls,
          idle_timeout, stats_every, hep_specs, hep_to, hep_id, hep_password, hep_node, tls_keylog, engine,
-         tls_ports, report_path, list_interfaces):
+         tls_ports, report_path, media, list_interfaces):
     """Sniff an interface and report calls and registrations as they happen: each call's start,
     ringing, answer, hold/resume, transfer and end (outcome, duration, loss, MOS), registration
     results, anomalies, and the counters with the kernel's drop count. Ctrl-C ends it with the
@@ -128,12 +133,13 @@ def live(ifaces, via, bpf, duration, count, snaplen, write, rotate, keep_files, 
       sipflow live -i eth0 -f "port 5060"
       sipflow live -i any --duration 60 -w /tmp/sip.pcap
       sipflow live -i eth0 -w /var/tmp/sip.pcap --rotate 100MB --keep-files 24
-      sipflow live -i eth0 -i eth1 -f "port 5060"            # two interfaces, through dumpcap
+      sipflow live -i eth0 -i eth1 -f "port 5060"     # two interfaces: dumpcap
       sipflow live -i lo --format ndjson | jq -c 'select(.event == "ended")'
-      sipflow live --hep-listen udp:127.0.0.1:9060          # a HEP collector for Kamailio's siptrace
-      sipflow live -i eth0 -f "port 5060" --hep-send udp:192.0.2.5:9060 --hep-node sbc1   # feed HOMER
+      sipflow live --hep-listen udp:127.0.0.1:9060   # HEP from Kamailio, heplify
+      sipflow live -i eth0 --hep-send udp:192.0.2.5:9060 --hep-node sbc1  # HOMER
       sipflow live -i eth0 --duration 3600 --report reports/last-hour.html
-      SSLKEYLOGFILE=keys.txt some-phone & sipflow live -i eth0 --tls-keylog keys.txt
+      sipflow live -i eth0 --media sdp-only    # SIP, and only its calls' RTP
+      sipflow live -i eth0 --tls-keylog keys.txt    # SSLKEYLOGFILE of the phone
       sipflow live --list-interfaces
     """
     from sipflow.analysis.options import AnalyzerOptions
@@ -146,7 +152,11 @@ def live(ifaces, via, bpf, duration, count, snaplen, write, rotate, keep_files, 
             say(f"{name:<20} {about}".rstrip())
         return
     _check_sources(ifaces, hep_specs, write, rotate, keep_files, tls_keylog, tls_ports, engine)
-    sources = _Sources(ifaces, via, bpf, snaplen, hep_specs, tls_keylog, tls_ports, engine)
+    media_only = None
+    if media == "sdp-only":
+        media_only = _MediaFilter(ifaces, via, bpf)
+        via = "pcap"
+    sources = _Sources(ifaces, via, bpf, snaplen, hep_specs, tls_keylog, tls_ports, engine, media_only)
     session = LiveSession(AnalyzerOptions(keep_calls=keep_calls, idle_timeout=idle_timeout, sip_from=engine))
     try:
         hep = _HepForwarder(hep_to, hep_id, hep_password, hep_node, session) if hep_to else None
@@ -171,7 +181,8 @@ def live(ifaces, via, bpf, duration, count, snaplen, write, rotate, keep_files, 
     def counters(a):
         return {"packets": session.packets, "sip_messages": a.stats["sip_messages"],
                 "rtp_packets": a.stats["rtp_packets"], "calls": len(a.calls) + len(a.summarised),
-                "malformed": len(a.malformed), **sources.counters(), "hep_sent": hep.sender.sent if hep else 0}
+                "malformed": len(a.malformed), **sources.counters(), "hep_sent": hep.sender.sent if hep else 0,
+                **(media_only.counters() if media_only else {})}
 
     def take(records, sniffed=False):
         for ts, fi, frame, lt, buf, off, caplen in records:
@@ -193,6 +204,8 @@ def live(ifaces, via, bpf, duration, count, snaplen, write, rotate, keep_files, 
                 if count is not None and session.packets >= count:
                     stop.append("count")
                     break
+            if media_only is not None:
+                media_only.follow(session.analyzer.media_ports(), sources.cap)
             now = time.monotonic()
             if duration is not None and now - start >= duration:
                 break
@@ -264,12 +277,47 @@ def _check_sources(ifaces, hep_specs, write, rotate, keep_files, tls_keylog, tls
         raise click.UsageError("--keep-files keeps the last N files of --rotate: give --rotate too")
 
 
+class _MediaFilter:
+    """--media sdp-only: the interface's capture filter, SIP and the media ports of the calls in
+    progress, set again whenever those ports change (after each read, so a stream's first packets
+    are missed only for the time one read takes)."""
+
+    def __init__(self, ifaces, via, bpf) -> None:
+        from sipflow.capture.live import SIP_FILTER, media_filter
+        if not ifaces:
+            raise click.UsageError("--media sdp-only narrows the interface's filter: give -i IFACE too")
+        if via == "dumpcap" or len(ifaces) > 1:
+            raise click.BadParameter("it changes the capture filter while capturing, which libpcap can do and a "
+                                     "dumpcap pipe cannot: one interface, --via pcap (or auto)",
+                                     param_hint="--media")
+        self.sip = bpf or SIP_FILTER
+        self.make = media_filter
+        self.ports: frozenset = frozenset()
+        self.changes = 0
+        self.widened = False
+        self.bpf = media_filter(self.sip, ())[0]   # what the interface opens with
+
+    def follow(self, ports: frozenset, cap) -> None:
+        if ports == self.ports:
+            return
+        bpf, widened = self.make(self.sip, ports)
+        if widened and not self.widened:
+            say(f"sipflow: {len(ports)} media ports are more than a capture filter holds well; all UDP goes "
+                "through until calls end", err=True)
+        cap.set_filter(bpf)
+        self.ports, self.widened, self.bpf = ports, widened, bpf
+        self.changes += 1
+
+    def counters(self) -> dict:
+        return {"media_ports": len(self.ports), "filter_changes": self.changes}
+
+
 class _Sources:
     """Where packets come from: the interfaces (libpcap or dumpcap), HEP listeners, and tshark's
     reading of the interfaces (``--tls-keylog``, ``--engine tshark``). Opened together, read together,
     drained and closed together."""
 
-    def __init__(self, ifaces, via, bpf, snaplen, hep_specs, tls_keylog, tls_ports, engine) -> None:
+    def __init__(self, ifaces, via, bpf, snaplen, hep_specs, tls_keylog, tls_ports, engine, media_only=None) -> None:
         from sipflow.capture.hep import HepListener
         from sipflow.capture.live import DumpcapCapture, LiveCapture
         self.heps: list = []
@@ -283,13 +331,16 @@ class _Sources:
             for n, spec in enumerate(hep_specs):
                 self.heps.append(HepListener(spec, file_index=n + 1))
             if ifaces:
-                self.cap = _open_interfaces(list(ifaces), via, bpf, snaplen, DumpcapCapture, LiveCapture)
+                self.cap = _open_interfaces(list(ifaces), via, media_only.bpf if media_only else bpf, snaplen,
+                                            DumpcapCapture, LiveCapture)
         except Exception:
             self.close()
             raise
         iface = ",".join(ifaces)
         self.names = ([iface] if ifaces else []) + [f"HEP {spec}" for spec in hep_specs]
-        self.where = ([iface + (f" ({bpf})" if bpf else "")] if ifaces else []) + [f"HEP {h.spec}" for h in self.heps]
+        shown = f"SIP {media_only.sip} and the media its SDP announces" if media_only else bpf
+        self.where = ([iface + (f" ({shown})" if shown else "")] if ifaces else []) + \
+            [f"HEP {h.spec}" for h in self.heps]
         if self.tshark is not None:
             self.where.append("SIP through tshark" + (f" (TLS decrypted with {tls_keylog})" if tls_keylog else ""))
 

@@ -55,7 +55,9 @@ def stats_line(counters: Dict[str, int]) -> str:
     return (f"packets {c['packets']}, SIP {c['sip_messages']}, RTP {c['rtp_packets']}, calls {c['calls']}, "
             f"malformed {c['malformed']}, dropped by the kernel {c['kernel_dropped']}, "
             f"by the interface {c['interface_dropped']}" + (f", HEP packets {c['hep_packets']}" if c.get("hep_packets")
-                                                            else ""))
+                                                            else "")
+            + (f", media ports {c['media_ports']} (filter set {c['filter_changes']} times)"
+               if "filter_changes" in c else ""))
 
 
 def ndjson(obj: Dict[str, Any]) -> str:
