@@ -34,10 +34,10 @@ REPO = Path(__file__).resolve().parents[1]
 CALLS = 3
 
 
-def _skip_reason():
+def _skip_reason(*more_tools):
     if not sys.platform.startswith("linux") or os.geteuid() != 0:
         return "needs root on Linux (unshare --net, libpcap)"
-    missing = [t for t in ("sipp", "unshare", "ip", "ss", "timeout") if shutil.which(t) is None]
+    missing = [t for t in ("sipp", "unshare", "ip", "ss", "timeout", *more_tools) if shutil.which(t) is None]
     if missing:
         return f"missing {', '.join(missing)}"
     if importlib.util.find_spec("pcapy") is None:
@@ -148,11 +148,9 @@ def test_the_written_capture_holds_the_same_calls(run):
 @pytest.fixture(scope="module")
 def sdp_run(tmp_path_factory):
     """--media sdp-only while RTP-like noise that no SDP announces goes to 127.0.0.1:7000."""
-    reason = _skip_reason()
+    reason = _skip_reason("tcpdump")
     if reason:
         pytest.skip(reason)
-    if shutil.which("tcpdump") is None:
-        pytest.skip("tcpdump is not installed")
     out = tmp_path_factory.mktemp("sdponly")
     _media(out)
     _run_script(out, "live_run.sh", "uac.log", "sdponly")
@@ -200,11 +198,9 @@ def test_a_hep_collector_tells_the_calls_kamailio_mirrors(hep_run):
 
 @pytest.fixture(scope="module")
 def hep_sent(tmp_path_factory):
-    reason = _skip_reason()
+    reason = _skip_reason("tcpdump")
     if reason:
         pytest.skip(reason)
-    if shutil.which("tcpdump") is None:
-        pytest.skip("tcpdump is not installed")
     out = tmp_path_factory.mktemp("hepsend")
     sample = REPO / "samples" / "transfer-hold.pcap"
     proc = subprocess.run(["unshare", "--net", "bash", str(REPO / "tests" / "live_hep_send.sh"), str(out),
