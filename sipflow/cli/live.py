@@ -205,7 +205,7 @@ def live(ifaces, via, bpf, duration, count, snaplen, write, rotate, keep_files, 
                     stop.append("count")
                     break
             if media_only is not None:
-                media_only.follow(session.analyzer.media_ports(), sources.cap)
+                media_only.follow(session.analyzer, sources.cap)
             now = time.monotonic()
             if duration is not None and now - start >= duration:
                 break
@@ -295,15 +295,22 @@ class _MediaFilter:
         self.ports: frozenset = frozenset()
         self.changes = 0
         self.widened = False
+        self.sip_seen = 0          # the analyzer's SIP count when the ports were last read
         self.bpf = media_filter(self.sip, ())[0]   # what the interface opens with
 
-    def follow(self, ports: frozenset, cap) -> None:
+    def follow(self, analyzer, cap) -> None:
+        """After a read: the ports change only with SIP (an SDP, a call's end, calls aged out as SIP
+        time passes), so they are read again only when SIP came; the filter is set when they changed."""
+        if analyzer.sip_count == self.sip_seen:
+            return
+        self.sip_seen = analyzer.sip_count
+        ports = analyzer.media_ports()
         if ports == self.ports:
             return
         bpf, widened = self.make(self.sip, ports)
         if widened and not self.widened:
-            say(f"sipflow: {len(ports)} media ports are more than a capture filter holds well; all UDP goes "
-                "through until calls end", err=True)
+            say(f"sipflow: the calls in progress use {len(ports)} media ports, more than a capture filter "
+                "holds well; all UDP goes through until fewer are in use", err=True)
         cap.set_filter(bpf)
         self.ports, self.widened, self.bpf = ports, widened, bpf
         self.changes += 1
