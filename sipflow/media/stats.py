@@ -59,9 +59,10 @@ def measure_clock(values) -> int:
     """The clock rate a run of packets shows, as flat (sequence, RTP timestamp, arrival, PT byte)
     values: the RTP timestamp's advance over the arrival time, summed over consecutive packets of the
     most frequent payload type, taken to the nearest usual rate. Pairs more than ``PROBE_PAUSE`` apart
-    (a pause, across which some senders advance the timestamp and some do not) and pairs whose
-    timestamp goes back are left out. 0 when it cannot tell (too little time, or a rate far from every
-    usual one)."""
+    (a pause, across which some senders advance the timestamp and some do not) are left out, and so is
+    a packet whose timestamp goes back (a late or repeated one): the next packet is paired with the
+    latest before it, not with it, which would count several frames' advance over one packet's gap.
+    0 when it cannot tell (too little time, or a rate far from every usual one)."""
     counts: dict = {}
     for b in values[3::4]:
         counts[b & 0x7F] = counts.get(b & 0x7F, 0) + 1
@@ -74,7 +75,9 @@ def measure_clock(values) -> int:
         ts, arr = values[i + 1], values[i + 2]
         if prev_ts is not None:
             step, dt = (ts - prev_ts) & 0xFFFFFFFF, arr - prev_arr
-            if step < 0x80000000 and 0.0 <= dt <= PROBE_PAUSE:
+            if step >= 0x80000000:
+                continue
+            if 0.0 <= dt <= PROBE_PAUSE:
                 advance += step
                 span += dt
         prev_ts, prev_arr = ts, arr
